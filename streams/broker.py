@@ -1,0 +1,58 @@
+"""Where the Kafka broker comes from — the one place that decides.
+
+Order: ``KAFKA_BOOTSTRAP`` if set → a testcontainers Kafka when a Docker engine
+answers → a local Apache Kafka (KRaft) provisioned from Maven Central.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from streams.local_kafka import LocalKafka
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Pinned Confluent image: testcontainers' KafkaContainer targets cp-kafka, not apache/kafka.
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.1"
+
+
+def docker_available(timeout_s: float = 2.0) -> bool:
+    """True when a Docker engine answers a ping (a client binary alone is not enough)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | None = None) -> Iterator[str]:
+    """Yield a bootstrap address for a real broker, starting (and later stopping) one if needed."""
+    if settings.kafka_bootstrap:
+        logger.info("using Kafka at %s (KAFKA_BOOTSTRAP)", settings.kafka_bootstrap)
+        yield settings.kafka_bootstrap
+        return
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
+            bootstrap = container.get_bootstrap_server()
+            logger.info("using testcontainers Kafka at %s", bootstrap)
+            yield bootstrap
+        return
+    broker = LocalKafka(
+        data_dir or settings.data_dir / "kafka",
+        port=settings.local_kafka_port if port is None else port,
+        heap=settings.local_kafka_heap,
+    )
+    with broker:
+        yield broker.bootstrap

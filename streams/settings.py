@@ -1,0 +1,87 @@
+"""One settings object for every jobstream service, read once at the edge.
+
+Every limit the system enforces is a named field here with a default; the
+README's configuration table lists them. Services receive a ``Settings``
+instance; nothing below the CLI reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """jobstream configuration; env vars are ``JOBSTREAM_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBSTREAM_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    # --- where things are -------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "JOBSTREAM_KAFKA_BOOTSTRAP"),
+        description="Existing Kafka cluster (host:port,...). Unset: Docker, else a local broker.",
+    )
+    clickhouse_url: str = Field(
+        default="chdb://.jobstream/clickhouse",
+        validation_alias=AliasChoices("CLICKHOUSE_URL", "JOBSTREAM_CLICKHOUSE_URL"),
+        description="chdb://<dir> (embedded, one process per dir) or http(s)://host:8123.",
+    )
+    data_dir: Path = Field(default=Path(".jobstream"), description="Local state: broker logs, chDB.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL put in links; unset means root-relative links."
+    )
+
+    # --- Kafka topics -----------------------------------------------------
+    topic_prefix: str = Field(default="", description="Prefix for every topic (isolates test runs).")
+    requested_partitions: int = Field(default=6, ge=1, le=1000)
+    events_partitions: int = Field(default=6, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    max_message_bytes: int = Field(
+        default=40 * 1024 * 1024, ge=1024, description="Largest Kafka message (topic max.message.bytes)."
+    )
+    local_kafka_port: int = Field(
+        default=9092, ge=0, le=65535, description="Port of the local broker `jobstream up` starts (0: any free)."
+    )
+    local_kafka_heap: str = Field(default="768m", description="JVM heap of the local broker.")
+
+    # --- ingest API -------------------------------------------------------
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
+    produce_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for Kafka's ack (503 past it).")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 202s and non-terminal reads.")
+
+    # --- processors -------------------------------------------------------
+    workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")
+    worker_port: int = Field(default=6066, ge=0, le=65535, description="Faust web port of the first worker (0: off).")
+    batch_max_size: int = Field(default=64, ge=1, le=10_000, description="Most jobs in one batch (1: no batching).")
+    batch_max_wait_ms: int = Field(default=50, ge=1, le=60_000, description="Longest wait to fill a batch.")
+    calc_processes: int = Field(default=0, ge=0, le=256, description="Calculation pool size per worker (0: cores).")
+
+    # --- SSE gateway ------------------------------------------------------
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")
+    sse_retry_ms: int = Field(default=2000, ge=0, description="`retry:` hint sent to SSE clients.")
+    sse_queue_size: int = Field(default=1000, ge=1, description="Events buffered per SSE client before disconnect.")
+    sse_history_poll_s: float = Field(default=1.0, gt=0, description="How often a stream re-reads history to close gaps.")
+    sse_max_stream_s: float = Field(default=3600.0, gt=0, description="Longest life of one SSE connection.")
+
+    # --- sink ---------------------------------------------------------------
+    sink_batch_max_size: int = Field(default=5000, ge=1, description="Most events per ClickHouse insert.")
+    sink_batch_max_wait_ms: int = Field(default=200, ge=1, description="Longest wait to fill a sink batch.")
+
+    def topic(self, name: str) -> str:
+        """The real topic name for a logical one, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every environment variable name Settings reads (for the compose test and the README)."""
+        names: set[str] = set()
+        for name, field in cls.model_fields.items():
+            choices = getattr(field.validation_alias, "choices", None)
+            names.update(choices if choices else [f"JOBSTREAM_{name.upper()}"])
+        return names

@@ -1,0 +1,62 @@
+"""Topic names and their settings, and the one place topics get created.
+
+Topics are created explicitly (the local broker runs with auto-create off) so
+partition counts are a decision, not an accident.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id
+EVENTS = "jobs.events"  #: JobEvent history of every job, keyed by job_id
+DEAD_LETTERS = "jobs.dead-letters"  #: requests a processor could not handle, with the reason
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic jobstream owns, with partitions and configs from settings."""
+    common = {"max.message.bytes": str(settings.max_message_bytes)}
+    return [
+        TopicSpec(settings.topic(REQUESTED), settings.requested_partitions, common),
+        TopicSpec(settings.topic(EVENTS), settings.events_partitions, common),
+        TopicSpec(settings.topic(DEAD_LETTERS), 1, common),
+    ]
+
+
+def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [s for s in topic_specs(settings) if s.name not in existing]
+    if not wanted:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor, config=s.config)
+            for s in wanted
+        ],
+        request_timeout=timeout_s,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            logger.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                continue
+            raise
