@@ -1,0 +1,61 @@
+"""RFC 9457 problem details: every error the HTTP API returns looks like this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+import orjson
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem+json body."""
+
+    def __init__(self, status: int, title: str, detail: str = "", *, headers: dict[str, str] | None = None,
+                 **extensions: Any) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem_response(status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
+                     **extensions: Any) -> Response:
+    body = {"type": "about:blank", "title": title, "status": status, **({"detail": detail} if detail else {}),
+            **extensions}
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """pydantic errors → ``[{"field": "params.values.3", "reason": "..."}]``."""
+    out = []
+    for error in errors:
+        loc = [str(part) for part in (*prefix, *error.get("loc", ())) if part != "body"]
+        out.append({"field": ".".join(loc) or "(body)", "reason": error.get("msg", "invalid")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Route FastAPI's own errors through problem+json too."""
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> Response:
+        return problem_response(exc.status, exc.title, exc.detail, exc.headers, **exc.extensions)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem_response(400, "Malformed JSON", "the request body is not valid JSON")
+        return problem_response(422, "Invalid request", "see 'errors'", errors=field_errors(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))

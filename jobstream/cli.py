@@ -1,0 +1,163 @@
+"""The ``jobstream`` command: run the pipeline, or one role of it.
+
+Settings are read here, once, from the environment and the command line, and
+passed down; nothing below reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from streams.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="jobstream: heavy calculations behind HTTP, on Kafka.")
+logger = logging.getLogger("jobstream")
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _serve(settings: Settings, bootstrap: str, roles: set[str]) -> None:
+    import uvicorn
+
+    from jobstream.server import create_app
+
+    uvicorn.run(
+        create_app(settings, bootstrap, roles), host=settings.host, port=settings.port, log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _start_worker(settings: Settings, bootstrap: str, index: int) -> subprocess.Popen[bytes]:
+    from streams.local_kafka import _die_with_parent
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_DATA_DIR": str(settings.data_dir),
+           "JOBSTREAM_TOPIC_PREFIX": settings.topic_prefix}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(index)],
+        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    """SIGTERM all, wait for each until a shared deadline, SIGKILL what is left."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@app.command()
+def up(
+    host: Optional[str] = typer.Option(None, help="Bind address [env JOBSTREAM_HOST, default 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, help="HTTP port [env JOBSTREAM_PORT, default 8000]."),
+    workers: Optional[int] = typer.Option(None, help="Processor worker processes [env JOBSTREAM_WORKERS]."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local state [env JOBSTREAM_DATA_DIR, default ./.jobstream]."),
+    log_level: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
+    from streams.broker import kafka_broker
+    from streams.topics import ensure_topics
+
+    _logging(log_level)
+    settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with kafka_broker(settings) as bootstrap:
+        ensure_topics(bootstrap, settings)
+        processes = [_start_worker(settings, bootstrap, i) for i in range(settings.workers)]
+        base = f"http://{settings.host}:{settings.port}"
+        typer.echo(
+            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {bootstrap}\n"
+            f"  ClickHouse {settings.clickhouse_url}\n  workers    {settings.workers}\n  data       "
+            f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
+        )
+        try:
+            _serve(settings, bootstrap, {"api", "gateway", "sink"})
+        finally:
+            logger.info("stopping %d worker(s)", len(processes))
+            stop_processes(processes)
+    logger.info("stopped")
+
+
+@app.command()
+def serve(
+    role: list[str] = typer.Option(["api", "gateway", "sink"], help="Roles to run: api, gateway, sink."),
+    host: Optional[str] = typer.Option(None, help="Bind address [env JOBSTREAM_HOST]."),
+    port: Optional[int] = typer.Option(None, help="HTTP port [env JOBSTREAM_PORT]."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run HTTP roles against an existing broker (KAFKA_BOOTSTRAP) — the distributed layout."""
+    _logging(log_level)
+    settings = _settings(host=host, port=port)
+    if not settings.kafka_bootstrap:
+        raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
+    _serve(settings, settings.kafka_bootstrap, set(role))
+
+
+@app.command()
+def worker(
+    index: int = typer.Option(0, help="Worker number (keeps each worker's local state apart)."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
+    from processors.app import run_worker
+
+    _logging(log_level)
+    settings = _settings()
+    if not settings.kafka_bootstrap:
+        raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
+    run_worker(settings, settings.kafka_bootstrap, worker_index=index, loglevel=log_level)
+
+
+@app.command()
+def kafka(
+    provision_only: bool = typer.Option(False, "--provision-only", help="Only fetch the broker jars with Maven."),
+    port: int = typer.Option(9092, help="Broker port."),
+    data_dir: Optional[Path] = typer.Option(None, help="Broker data [default <data dir>/kafka]."),
+) -> None:
+    """Fetch (and optionally run, in the foreground) the local Apache Kafka broker."""
+    from streams.local_kafka import LocalKafka, kafka_version, provision
+
+    _logging("info")
+    provision()
+    if provision_only:
+        typer.echo(f"Kafka {kafka_version()} jars are ready")
+        return
+    settings = _settings()
+    with LocalKafka(data_dir or settings.data_dir / "kafka", port=port, heap=settings.local_kafka_heap) as broker:
+        typer.echo(f"Kafka {kafka_version()} at {broker.bootstrap}; Ctrl-C stops it")
+        try:
+            broker.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Builds the HTTP process: ingest API, SSE gateway and sink, in any combination.
+
+``jobstream up`` runs all three in one process (the only one that opens chDB);
+the distributed layout runs each role in its own container. The factory takes
+settings and a bootstrap address and owns the life of what it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Iterable
+
+from fastapi import FastAPI, Request
+
+from ingest_api import problems
+from ingest_api import routes as api_routes
+from ingest_api.recent import RecentJobs
+from sink.sink import Sink
+from sink.store import ClickHouseStore
+from sse_gateway import routes as sse_routes
+from sse_gateway.fanout import Fanout
+from streams import topics
+from streams.producer import AsyncProducer
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ROLES = frozenset({"api", "gateway", "sink"})
+
+
+def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
+               store: ClickHouseStore | None = None) -> FastAPI:
+    """The FastAPI app for ``roles``; pass ``store`` to share one ClickHouse client (chDB)."""
+    roles = frozenset(roles)
+    unknown = roles - ROLES
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(topics.ensure_topics, bootstrap, settings)
+        own_store = store is None
+        app.state.store = store or await asyncio.to_thread(ClickHouseStore, settings.clickhouse_url)
+        started: list = []
+        try:
+            if "api" in roles:
+                app.state.producer = AsyncProducer(bootstrap, settings)
+                started.append(app.state.producer)
+            if "gateway" in roles:
+                app.state.fanout = Fanout(bootstrap, settings, observers=[app.state.recent.observe]).start()
+                started.append(app.state.fanout)
+            if "sink" in roles:
+                app.state.sink = Sink(bootstrap, app.state.store, settings).start()
+                started.append(app.state.sink)
+            app.state.ready = True
+            logger.info("serving roles %s", ",".join(sorted(roles)))
+            yield
+        finally:
+            app.state.ready = False
+            for component in reversed(started):
+                stop = getattr(component, "close", None) or component.stop
+                await asyncio.to_thread(stop)
+            if own_store:
+                app.state.store.close()
+
+    app = FastAPI(title="jobstream", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.ready = False
+    app.state.recent = RecentJobs()
+    problems.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if "api" in roles:
+        app.include_router(api_routes.router)
+    if "gateway" in roles:
+        app.include_router(sse_routes.router)
+
+    @app.get("/healthz", responses={503: {"description": "Not ready"}})
+    async def healthz(request: Request) -> dict[str, str]:
+        if not request.app.state.ready:
+            raise problems.Problem(503, "Starting", "not ready yet")
+        return {"status": "ok"}
+
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes``, declared or streamed.
+
+    Pure ASGI (not BaseHTTPMiddleware) so SSE responses stream untouched.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():  # type: ignore[no-untyped-def]
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        response = problems.problem_response(413, "Body too large", f"the limit is {self.max_bytes} bytes",
+                                             limit_bytes=self.max_bytes)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,3 @@
+"""The calculations that ship with jobstream (importing this registers them)."""
+
+from processors.calculations import stats  # noqa: F401
