@@ -56,6 +56,33 @@ def _start_worker(settings: Settings, bootstrap: str, index: int) -> subprocess.
     )
 
 
+class WorkerSupervisor:
+    """Keeps ``count`` worker processes running: one that dies is started again (a crash
+    loses nothing — its uncommitted requests are redelivered to the replacement)."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        import threading
+
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self.processes = [_start_worker(settings, bootstrap, i) for i in range(settings.workers)]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    logger.warning("worker %d exited with %s; starting it again", index, process.returncode)
+                    self.processes[index] = _start_worker(self._settings, self._bootstrap, index)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        stop_processes(self.processes)
+
+
 def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
     """SIGTERM all, wait for each until a shared deadline, SIGKILL what is left."""
     for process in processes:
@@ -87,7 +114,7 @@ def up(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with kafka_broker(settings) as bootstrap:
         ensure_topics(bootstrap, settings)
-        processes = [_start_worker(settings, bootstrap, i) for i in range(settings.workers)]
+        supervisor = WorkerSupervisor(settings, bootstrap)
         base = f"http://{settings.host}:{settings.port}"
         typer.echo(
             f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {bootstrap}\n"
@@ -97,8 +124,8 @@ def up(
         try:
             _serve(settings, bootstrap, {"api", "gateway", "sink"})
         finally:
-            logger.info("stopping %d worker(s)", len(processes))
-            stop_processes(processes)
+            logger.info("stopping %d worker(s)", settings.workers)
+            supervisor.stop()
     logger.info("stopped")
 
 

@@ -31,17 +31,17 @@ class Settings(BaseSettings):
         description="chdb://<dir> (embedded, one process per dir) or http(s)://host:8123.",
     )
     data_dir: Path = Field(default=Path(".jobstream"), description="Local state: broker logs, chDB.")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
     public_url: str | None = Field(
         default=None, description="Base URL put in links; unset means root-relative links."
     )
 
     # --- Kafka topics -----------------------------------------------------
     topic_prefix: str = Field(default="", description="Prefix for every topic (isolates test runs).")
-    requested_partitions: int = Field(default=6, ge=1, le=1000)
-    events_partitions: int = Field(default=6, ge=1, le=1000)
-    replication_factor: int = Field(default=1, ge=1, le=16)
+    requested_partitions: int = Field(default=6, ge=1, le=1000, description="Partitions of jobs.requested (max worker parallelism).")
+    events_partitions: int = Field(default=6, ge=1, le=1000, description="Partitions of jobs.events.")
+    replication_factor: int = Field(default=1, ge=1, le=16, description="Replication of topics we create.")
     max_message_bytes: int = Field(
         default=40 * 1024 * 1024, ge=1024, description="Largest Kafka message (topic max.message.bytes)."
     )
@@ -57,7 +57,6 @@ class Settings(BaseSettings):
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")
-    worker_port: int = Field(default=6066, ge=0, le=65535, description="Faust web port of the first worker (0: off).")
     batch_max_size: int = Field(default=64, ge=1, le=10_000, description="Most jobs in one batch (1: no batching).")
     batch_max_wait_ms: int = Field(default=50, ge=1, le=60_000, description="Longest wait to fill a batch.")
     calc_processes: int = Field(default=0, ge=0, le=256, description="Calculation pool size per worker (0: cores).")

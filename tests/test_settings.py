@@ -1,0 +1,34 @@
+"""Settings: read from the environment once, validated, and every one documented."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import Settings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_env_names_and_unprefixed_aliases(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("CLICKHOUSE_URL", "http://ch:8123")
+    monkeypatch.setenv("JOBSTREAM_BATCH_MAX_SIZE", "1")
+    settings = Settings()
+    assert (settings.kafka_bootstrap, settings.clickhouse_url, settings.batch_max_size) == (
+        "broker:9092", "http://ch:8123", 1)
+
+
+def test_a_bad_value_fails_loudly_naming_the_setting(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("JOBSTREAM_BATCH_MAX_SIZE", "0")
+    with pytest.raises(ValidationError, match="batch_max_size"):
+        Settings()
+
+
+def test_topic_prefix_applies_to_every_topic():
+    assert Settings(topic_prefix="x.").topic("jobs.events") == "x.jobs.events"
+
+
+@pytest.mark.parametrize("name", sorted(Settings.env_names() - {"JOBSTREAM_KAFKA_BOOTSTRAP", "JOBSTREAM_CLICKHOUSE_URL"}))
+def test_every_setting_is_in_the_readme_table(name: str):
+    assert f"| `{name}` |" in README
