@@ -64,6 +64,15 @@ def provision(pom: Path = POM) -> str:
     return cache.read_text().strip()
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id (base64url of a UUID), never starting with '-' which the
+    StorageTool's argument parser would take for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -156,7 +165,7 @@ class LocalKafka:
         classpath = provision()
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = new_cluster_id()
             fmt = subprocess.run(
                 self._java(classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
                            "--standalone", "--ignore-formatted"),

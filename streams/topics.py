@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafka_config import admin_config
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 30.0) -> None:
     """Create missing topics; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [s for s in topic_specs(settings) if s.name not in existing]
     if not wanted:

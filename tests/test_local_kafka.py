@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.local_kafka import LocalKafka, kafka_version
+from streams.local_kafka import LocalKafka, kafka_version, new_cluster_id
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import ROOT, wait_until
@@ -72,3 +72,9 @@ def test_broker_dies_with_a_killed_parent(tmp_path: Path):
         wait_until(lambda: not alive(jvm), 30, message="the orphaned JVM to exit")
     finally:
         parent.kill()
+
+
+def test_cluster_ids_are_kafka_shaped_and_never_look_like_options():
+    ids = {new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
