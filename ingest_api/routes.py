@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingest_api.auth import current_tenant
 from ingest_api.problems import Problem, field_errors
 from ingest_api.recent import RecentJobs
 from processors.calculations import registry
@@ -65,11 +66,6 @@ class JobOut(BaseModel):
     result: Any = None
     error: dict[str, Any] | None = None
     links: Links
-
-
-def current_tenant() -> str:
-    """The caller's tenant (single-tenant until API keys are configured)."""
-    return "default"
 
 
 def links_for(request: Request, job_id: str) -> Links:

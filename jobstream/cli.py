@@ -34,6 +34,22 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _refuse_open_bind_without_keys(settings: Settings) -> None:
+    """Without API keys anyone who can reach the port can submit and read jobs: loopback only."""
+    import ipaddress
+
+    if settings.api_keys or settings.api_keys_file:
+        return
+    try:
+        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise typer.BadParameter(
+            f"refusing to bind {settings.host} without API keys; set JOBSTREAM_API_KEYS or bind 127.0.0.1"
+        )
+
+
 def _serve(settings: Settings, bootstrap: str, roles: set[str]) -> None:
     import uvicorn
 
@@ -111,6 +127,7 @@ def up(
 
     _logging(log_level)
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    _refuse_open_bind_without_keys(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with kafka_broker(settings) as bootstrap:
         ensure_topics(bootstrap, settings)

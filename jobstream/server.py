@@ -15,6 +15,7 @@ from typing import AsyncIterator, Iterable
 from fastapi import FastAPI, Request
 
 from ingest_api import problems
+from ingest_api.auth import KeyRing
 from ingest_api import routes as api_routes
 from ingest_api.recent import RecentJobs
 from sink.sink import Sink
@@ -69,6 +70,9 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
     app.state.settings = settings
     app.state.ready = False
     app.state.recent = RecentJobs()
+    app.state.keyring = KeyRing.parse(
+        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+    )
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if "api" in roles:

@@ -19,7 +19,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ingest_api.problems import Problem
-from ingest_api.routes import current_tenant, load_view
+from ingest_api.auth import current_tenant
+from ingest_api.routes import load_view
 from sink.store import ClickHouseStore
 from sse_gateway.fanout import Fanout, Subscription
 from streams.events import JobEvent

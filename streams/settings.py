@@ -8,7 +8,7 @@ instance; nothing below the CLI reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=9092, ge=0, le=65535, description="Port of the local broker `jobstream up` starts (0: any free)."
     )
     local_kafka_heap: str = Field(default="768m", description="JVM heap of the local broker.")
+
+    # --- auth ----------------------------------------------------------------
+    api_keys: SecretStr | None = Field(default=None, description="'tenant=key,...' pairs; unset: no auth, loopback only.")
+    api_keys_file: Path | None = Field(default=None, description="File of 'tenant=key' lines (# comments).")
 
     # --- ingest API -------------------------------------------------------
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
