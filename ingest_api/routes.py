@@ -7,39 +7,30 @@ is a 503 and the client may retry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingest_api import listing
 from ingest_api.auth import current_tenant
+from ingest_api.backpressure import LagMonitor
+from ingest_api.idempotency import IdempotencyKeys
 from ingest_api.problems import Problem, field_errors
 from ingest_api.recent import RecentJobs
+from ingest_api.submit import InvalidSubmission, JobSubmission, idempotent_job_id, prepare, publish
 from processors.calculations import registry
 from sink.store import ClickHouseStore
-from streams import topics
-from streams.events import (
-    EventType, JobEvent, JobRequested, JobStatus, JobView, dumps, new_job_id, utcnow,
-)
-from streams.producer import AsyncProducer, Outgoing, ProduceError
+from streams.events import JobStatus, JobView
+from streams.producer import ProduceError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-
-
-class JobSubmission(BaseModel):
-    """What a client posts to ``/v1/jobs``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(description="A registered calculation, see GET /v1/kinds.", examples=["stats.describe"])
-    params: dict[str, Any] = Field(description="The calculation's parameters.")
-    priority: int = Field(default=0, ge=0, le=9, description="Higher runs first (0..9).")
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400, description="Give up after this long running.")
 
 
 class Links(BaseModel):
@@ -75,50 +66,198 @@ def links_for(request: Request, job_id: str) -> Links:
     return Links(self=path, events=f"{path}/events", result=f"{path}/result")
 
 
-@router.post("/v1/jobs", status_code=202, response_model=Accepted, responses={
-    400: {"description": "Malformed JSON"}, 413: {"description": "Body too large"},
-    422: {"description": "Invalid job"}, 503: {"description": "Kafka unavailable; retry later"},
-})
-async def submit(body: JobSubmission, request: Request, response: Response,
-                 tenant: str = Depends(current_tenant)) -> Accepted:
-    try:
-        calc = registry.get(body.kind)
-    except registry.UnknownKind:
-        raise Problem(422, "Unknown kind", f"no calculation named {body.kind!r}",
-                      errors=[{"field": "kind", "reason": "unknown kind"}],
-                      known_kinds=[c.kind for c in registry.kinds()]) from None
-    try:
-        calc.validate(body.params)
-    except ValidationError as exc:
-        raise Problem(422, "Invalid params", f"params do not fit {body.kind!r}",
-                      errors=field_errors(exc.errors(), ("params",))) from None
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise Problem(415, "Unsupported media type", "send the body as application/json",
+                      headers={"Accept-Post": "application/json"})
 
-    settings: Settings = request.app.state.settings
-    job_id = new_job_id()
-    now = utcnow()
-    job = JobRequested(job_id=job_id, tenant=tenant, ts=now, kind=body.kind, params=body.params,
-                       priority=body.priority, timeout_s=body.timeout_s)
-    queued = JobEvent(job_id=job_id, tenant=tenant, seq=0, ts=now, type=EventType.QUEUED, kind=body.kind,
-                      data={"priority": body.priority, "timeout_s": body.timeout_s})
-    key = job_id.encode()
-    producer: AsyncProducer = request.app.state.producer
-    recent: RecentJobs = request.app.state.recent
-    recent.add(queued)  # before the send: the fanout may see this job's next events before we resume
-    try:
-        await producer.send_many([
-            Outgoing(settings.topic(topics.REQUESTED), key, dumps(job)),
-            Outgoing(settings.topic(topics.EVENTS), key, dumps(queued)),
-        ])
-    except ProduceError as exc:
-        recent.discard(tenant, job_id)
-        logger.warning("submit refused: %s", exc, extra={"job_id": job_id, "tenant": tenant})
-        raise Problem(503, "Kafka unavailable", "the job was not accepted; retry later",
-                      headers={"Retry-After": str(settings.retry_after_s)}) from None
+
+def _admit(request: Request) -> None:
+    """429 when the processors are already further behind than the configured bound."""
+    lag: LagMonitor | None = getattr(request.app.state, "lag", None)
+    if lag is not None and lag.overloaded:
+        retry = lag.retry_after_s()
+        raise Problem(429, "Too many queued jobs", f"{lag.lag} jobs are waiting; retry in about {retry}s",
+                      headers={"Retry-After": str(retry)}, queued_jobs=lag.lag)
+
+
+def _retry_after(request: Request) -> str:
+    lag: LagMonitor | None = getattr(request.app.state, "lag", None)
+    return str(lag.retry_after_s(lag.lag + 1) if lag is not None else request.app.state.settings.retry_after_s)
+
+
+def _unavailable(request: Request, exc: ProduceError) -> Problem:
+    logger.warning("Kafka did not acknowledge: %s", exc)
+    return Problem(503, "Kafka unavailable", "the job was not accepted; retry later",
+                   headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
+
+
+def _invalid(exc: InvalidSubmission) -> Problem:
+    return Problem(422, exc.title, exc.detail, errors=exc.errors, **exc.extensions)
+
+
+def _accepted(request: Request, response: Response, job_id: str) -> Accepted:
     links = links_for(request, job_id)
     response.headers["Location"] = links.self
-    response.headers["Retry-After"] = str(settings.retry_after_s)
-    logger.info("accepted job", extra={"job_id": job_id, "tenant": tenant, "kind": body.kind})
+    response.headers["Retry-After"] = _retry_after(request)
     return Accepted(job_id=job_id, status=JobStatus.QUEUED, links=links)
+
+
+@router.post("/v1/jobs", status_code=202, response_model=Accepted, dependencies=[Depends(_require_json)], responses={
+    200: {"model": Accepted, "description": "Same Idempotency-Key and body as an earlier request: that job"},
+    400: {"description": "Malformed JSON"}, 409: {"description": "Idempotency-Key reused with another body"},
+    413: {"description": "Body too large"}, 415: {"description": "Not JSON"}, 422: {"description": "Invalid job"},
+    429: {"description": "Too many queued jobs; retry later"}, 503: {"description": "Kafka unavailable; retry later"},
+})
+async def submit(body: JobSubmission, request: Request, response: Response,
+                 tenant: str = Depends(current_tenant),
+                 idempotency_key: str | None = Header(default=None, max_length=255)) -> Accepted:
+    """Accept a job: 202 once Kafka acknowledged it. With Idempotency-Key, a retry returns the same job."""
+    if idempotency_key is None:
+        return await _submit_once(body, request, response, tenant, None)
+    keys: IdempotencyKeys = request.app.state.idempotency
+    with await keys.exclusive(tenant, idempotency_key):
+        return await _submit_once(body, request, response, tenant, idempotency_key)
+
+
+async def _submit_once(body: JobSubmission, request: Request, response: Response, tenant: str,
+                       idempotency_key: str | None) -> Accepted:
+    settings: Settings = request.app.state.settings
+    extra = []
+    job_id = None
+    if idempotency_key is not None:
+        keys: IdempotencyKeys = request.app.state.idempotency
+        fingerprint = body.fingerprint()
+        seen = keys.lookup(tenant, idempotency_key)
+        if seen is not None:
+            if seen.fingerprint != fingerprint:
+                raise Problem(409, "Idempotency-Key reused", "this key was used with a different request body",
+                              errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}])
+            response.status_code = 200
+            return _accepted(request, response, seen.job_id)
+        job_id = idempotent_job_id(tenant, idempotency_key)
+        key_record, entry = keys.record(tenant, idempotency_key, job_id, fingerprint)
+        extra.append(key_record)
+    _admit(request)
+    try:
+        job = prepare(body, tenant, job_id)
+    except InvalidSubmission as exc:
+        raise _invalid(exc) from None
+    recent: RecentJobs = request.app.state.recent
+    recent.add(job.queued)  # before the send: the fanout may see this job's next events before we resume
+    try:
+        await publish(request.app.state.producer, settings, [job], extra)
+    except ProduceError as exc:
+        recent.discard(tenant, job.job_id)
+        raise _unavailable(request, exc) from None
+    if idempotency_key is not None:
+        keys.remember(tenant, idempotency_key, entry)
+    logger.info("accepted job %s", job.job_id, extra={"job_id": job.job_id, "tenant": tenant, "kind": body.kind})
+    return _accepted(request, response, job.job_id)
+
+
+class BatchSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[Any] = Field(min_length=1, description="Job submissions, validated one by one.")
+
+
+class BatchItem(BaseModel):
+    index: int
+    job_id: str | None = None
+    status: JobStatus | None = None
+    links: Links | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchAccepted(BaseModel):
+    accepted: int
+    rejected: int
+    jobs: list[BatchItem]
+
+
+@router.post("/v1/jobs:batch", response_model=BatchAccepted, dependencies=[Depends(_require_json)], responses={
+    202: {"model": BatchAccepted, "description": "At least one job accepted"},
+    413: {"description": "Body too large"}, 415: {"description": "Not JSON"},
+    422: {"description": "No job valid, or too many jobs"}, 429: {"description": "Too many queued jobs"},
+    503: {"description": "Kafka unavailable; none accepted"},
+})
+async def submit_batch(body: BatchSubmission, request: Request, response: Response,
+                       tenant: str = Depends(current_tenant)) -> BatchAccepted:
+    """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
+    settings: Settings = request.app.state.settings
+    if len(body.jobs) > settings.batch_max_jobs:
+        raise Problem(422, "Too many jobs", f"at most {settings.batch_max_jobs} jobs per batch",
+                      errors=[{"field": "jobs", "reason": f"more than {settings.batch_max_jobs} items"}])
+    _admit(request)
+    items: list[BatchItem] = []
+    ready = []
+    for index, raw in enumerate(body.jobs):
+        try:
+            job = prepare(JobSubmission.model_validate(raw), tenant)
+        except ValidationError as exc:
+            errors = field_errors(exc.errors(), ("jobs", str(index)))
+            items.append(BatchItem(index=index, error=InvalidSubmission("Invalid job", "see 'errors'", errors).problem()))
+            continue
+        except InvalidSubmission as exc:
+            problem = exc.problem()
+            problem["errors"] = [{**e, "field": f"jobs.{index}.{e['field']}"} for e in exc.errors]
+            items.append(BatchItem(index=index, error=problem))
+            continue
+        ready.append(job)
+        items.append(BatchItem(index=index, job_id=job.job_id, status=JobStatus.QUEUED,
+                               links=links_for(request, job.job_id)))
+    if ready:
+        recent: RecentJobs = request.app.state.recent
+        for job in ready:
+            recent.add(job.queued)
+        try:
+            await publish(request.app.state.producer, settings, ready)
+        except ProduceError as exc:
+            for job in ready:
+                recent.discard(tenant, job.job_id)
+            raise _unavailable(request, exc) from None
+        response.status_code = 202
+        response.headers["Retry-After"] = _retry_after(request)
+    else:
+        response.status_code = 422
+    return BatchAccepted(accepted=len(ready), rejected=len(body.jobs) - len(ready), jobs=items)
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    kind: str
+    status: JobStatus
+    submitted_at: datetime
+    updated_at: datetime
+    links: Links
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+@router.get("/v1/jobs", response_model=JobPage, responses={400: {"description": "Bad cursor"}})
+async def list_jobs(request: Request, tenant: str = Depends(current_tenant),
+                    status: JobStatus | None = None, kind: str | None = None,
+                    since: datetime | None = None, until: datetime | None = None,
+                    limit: int = Query(default=50, ge=1), cursor: str | None = None) -> JobPage:
+    """The caller's jobs, newest first; filter by status, kind and submission time."""
+    settings: Settings = request.app.state.settings
+    if limit > settings.list_max_limit:
+        raise Problem(422, "Invalid request", f"limit is at most {settings.list_max_limit}",
+                      errors=[{"field": "limit", "reason": f"at most {settings.list_max_limit}"}])
+    try:
+        rows, next_cursor = await asyncio.to_thread(
+            listing.list_jobs, request.app.state.store, tenant, status=status, kind=kind, since=since,
+            until=until, limit=limit, cursor=cursor)
+    except listing.BadCursor:
+        raise Problem(400, "Bad cursor", "use the next_cursor of a previous page",
+                      errors=[{"field": "cursor", "reason": "not a cursor of this API"}]) from None
+    return JobPage(jobs=[JobSummary(**row, links=links_for(request, row["job_id"])) for row in rows],
+                   next_cursor=next_cursor)
 
 
 async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
@@ -136,7 +275,7 @@ async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
 async def status(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> JobOut:
     view = await load_view(request, tenant, job_id)
     if not view.status.terminal:
-        response.headers["Retry-After"] = str(request.app.state.settings.retry_after_s)
+        response.headers["Retry-After"] = _retry_after(request)
     return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links_for(request, job_id))
 
 
@@ -151,8 +290,7 @@ async def result(job_id: str, request: Request, tenant: str = Depends(current_te
     if view.status.terminal:
         raise Problem(409, f"Job {view.status.value}", "there is no result", error=view.error)
     links = links_for(request, job_id)
-    retry = str(request.app.state.settings.retry_after_s)
-    return Response(status_code=202, headers={"Location": links.self, "Retry-After": retry})
+    return Response(status_code=202, headers={"Location": links.self, "Retry-After": _retry_after(request)})
 
 
 @router.get("/v1/kinds")

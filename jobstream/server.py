@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 
 from ingest_api import problems
 from ingest_api.auth import KeyRing
+from ingest_api.backpressure import LagMonitor
+from ingest_api.idempotency import IdempotencyKeys
 from ingest_api import routes as api_routes
 from ingest_api.recent import RecentJobs
 from sink.sink import Sink
@@ -49,12 +51,19 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
             if "api" in roles:
                 app.state.producer = AsyncProducer(bootstrap, settings)
                 started.append(app.state.producer)
+                app.state.idempotency = IdempotencyKeys(bootstrap, settings).start()
+                started.append(app.state.idempotency)
+                app.state.lag = LagMonitor(bootstrap, settings).start()
+                started.append(app.state.lag)
             if "gateway" in roles:
                 app.state.fanout = Fanout(bootstrap, settings, observers=[app.state.recent.observe]).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
                 app.state.sink = Sink(bootstrap, app.state.store, settings).start()
                 started.append(app.state.sink)
+            if "api" in roles:  # not ready before every stored Idempotency-Key is known
+                if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
+                    raise RuntimeError("could not load the stored Idempotency-Keys from Kafka in 120 s")
             app.state.ready = True
             logger.info("serving roles %s", ",".join(sorted(roles)))
             yield

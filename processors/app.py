@@ -23,7 +23,7 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-APP_ID = "jobstream-processors"
+APP_ID = topics.PROCESSORS_GROUP
 
 
 def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> faust.App:

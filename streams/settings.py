@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for Kafka's ack (503 past it).")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 202s and non-terminal reads.")
+    batch_max_jobs: int = Field(default=1000, ge=1, le=100_000, description="Most jobs in one POST /v1/jobs:batch.")
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0, description="How long Idempotency-Keys are kept.")
+    idempotency_max_keys: int = Field(default=1_000_000, ge=1, description="Most keys held in memory per API process.")
+    max_queued_jobs: int = Field(default=100_000, ge=1, description="Processor lag past which submits get 429.")
+    lag_check_s: float = Field(default=1.0, gt=0, description="How often the API measures processor lag.")
+    list_max_limit: int = Field(default=1000, ge=1, description="Largest page of GET /v1/jobs.")
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id
 EVENTS = "jobs.events"  #: JobEvent history of every job, keyed by job_id
 DEAD_LETTERS = "jobs.dead-letters"  #: requests a processor could not handle, with the reason
+PROCESSORS_GROUP = "jobstream-processors"  #: the processors' consumer group (= Faust app id)
+IDEMPOTENCY = "jobs.idempotency"  #: Idempotency-Key → job, compacted, kept idempotency_ttl_s
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic(REQUESTED), settings.requested_partitions, common),
         TopicSpec(settings.topic(EVENTS), settings.events_partitions, common),
         TopicSpec(settings.topic(DEAD_LETTERS), 1, common),
+        TopicSpec(settings.topic(IDEMPOTENCY), 3, {
+            "cleanup.policy": "compact,delete", "retention.ms": str(int(settings.idempotency_ttl_s * 1000)),
+        }),
     ]
 
 
