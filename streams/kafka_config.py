@@ -23,7 +23,7 @@ def producer_config(bootstrap: str, settings: Settings, **extra: Any) -> dict[st
         "logger": RDKAFKA_LOGGER,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 2,
+        "linger.ms": 0,  # a request waits for its ack; messages that queue meanwhile still batch
         "compression.type": "lz4",
         "message.max.bytes": settings.max_message_bytes,
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),

@@ -1,0 +1,65 @@
+"""Shared bench plumbing: a real broker, a jobstream process, latency statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import httpx
+import numpy as np
+
+from streams.broker import kafka_broker
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(latencies_s) * 1000
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP if set, else a local broker for the bench's lifetime."""
+    with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
+        with kafka_broker(Settings(), data_dir=Path(tmp) / "kafka", port=0) as bootstrap:
+            yield bootstrap
+
+
+@contextlib.contextmanager
+def jobstream_process(args: list[str], env: dict[str, str], port: int, timeout_s: float = 120) -> Iterator[str]:
+    """Run ``jobstream <args>`` as its own process until the block ends; yields its base URL."""
+    with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
+        full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, "CLICKHOUSE_URL": f"chdb://{tmp}/clickhouse",
+                    "JOBSTREAM_PORT": str(port), **env}
+        process = subprocess.Popen([sys.executable, "-m", "jobstream.cli", *args], env=full_env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "log", "wb"))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((Path(tmp) / "log").read_text()[-3000:])
+                time.sleep(0.2)  # polling a starting server, bench only
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def free_port() -> int:
+    from streams.local_kafka import free_port as _free
+
+    return _free()

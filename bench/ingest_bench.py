@@ -1,0 +1,151 @@
+"""Submit throughput and latency of the ingest API, next to a bare producer's ceiling.
+
+    .venv/bin/python -m bench.ingest_bench [--seconds 10] [--concurrency 64]
+
+In one run, against one real broker:
+1. ceiling: a bare confluent-kafka producer in this process sending the same two
+   records per job (request + queued event), idempotent, acks=all;
+2. ``POST /v1/jobs`` with ``--concurrency`` clients in flight;
+3. ``POST /v1/jobs:batch`` with 100 jobs per request.
+The API is one uvicorn process (one core); the load generator is another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import httpx
+import orjson
+from confluent_kafka import Producer
+
+from bench.common import broker, free_port, jobstream_process, percentiles_ms
+from streams import topics
+from streams.events import EventType, JobEvent, JobRequested, dumps
+from streams.kafka_config import producer_config
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+JOB = {"kind": "stats.describe", "params": {"values": [1.0, 2.0, 3.0, 4.0]}}
+
+
+def ceiling(bootstrap: str, settings: Settings, seconds: float) -> float:
+    producer = Producer(producer_config(bootstrap, settings))
+    requested, events = settings.topic(topics.REQUESTED), settings.topic(topics.EVENTS)
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        for _ in range(1000):
+            job_id = uuid.uuid4().hex
+            request = JobRequested(job_id=job_id, kind=JOB["kind"], params=JOB["params"])
+            queued = JobEvent(job_id=job_id, seq=0, type=EventType.QUEUED, kind=JOB["kind"])
+            while True:
+                try:
+                    producer.produce(requested, key=job_id.encode(), value=dumps(request))
+                    producer.produce(events, key=job_id.encode(), value=dumps(queued))
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            producer.poll(0)
+            sent += 1
+    producer.flush()
+    return sent / (time.monotonic() - started)
+
+
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %f %f %f\\n", summary.requests, summary.duration / 1e6,
+                         latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+def single_wrk(url: str, seconds: float, concurrency: int) -> tuple[float, dict[str, float]]:
+    """wrk (C, one thread) as the load generator: httpx itself tops out near 1k req/s."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.replace("{body}", orjson.dumps(JOB).decode()))
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", script.name,
+                          f"{url}/v1/jobs"], capture_output=True, text=True, check=True).stdout
+    requests, duration, p50, p99 = out.split("RESULT ")[1].split()
+    if "Non-2xx" in out:
+        raise RuntimeError(out)
+    return int(requests) / float(duration), {"p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+async def single(url: str, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def loop() -> None:
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                response = await client.post("/v1/jobs", json=JOB)
+                if response.status_code != 202:
+                    raise RuntimeError(f"{response.status_code}: {response.text}")
+                latencies.append(time.monotonic() - t0)
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return len(latencies) / (time.monotonic() - started), latencies
+
+
+async def batched(url: str, seconds: float, concurrency: int, size: int = 100) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    body = {"jobs": [JOB] * size}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async def loop() -> None:
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                response = await client.post("/v1/jobs:batch", json=body)
+                if response.status_code != 202:
+                    raise RuntimeError(f"{response.status_code}: {response.text}")
+                latencies.append(time.monotonic() - t0)
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return len(latencies) * size / (time.monotonic() - started), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    with broker() as bootstrap:
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, max_queued_jobs=10**9)
+        ensure_topics(bootstrap, settings)
+        env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix,
+               "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
+        with jobstream_process(["serve", "--role", "api", "--log-level", "warning"], env, free_port()) as url:
+            asyncio.run(single(url, 2, 8))  # warm-up
+            if shutil.which("wrk"):
+                api_rate, single_pct = single_wrk(url, args.seconds, args.concurrency)
+                generator = "wrk"
+            else:
+                api_rate, api_lat = asyncio.run(single(url, args.seconds, args.concurrency))
+                single_pct, generator = percentiles_ms(api_lat), "httpx (install wrk for a faster generator)"
+            batch_rate, batch_lat = asyncio.run(batched(url, args.seconds, 4))
+        ceiling_rate = ceiling(bootstrap, settings, args.seconds)
+    batch_pct = percentiles_ms(batch_lat)
+    print(f"{'path':<38}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'of ceiling':>12}")
+    print(f"{'bare confluent-kafka producer (ceiling)':<38}{ceiling_rate:>10.0f}{'':>10}{'':>10}{'100%':>12}")
+    print(f"{'POST /v1/jobs, concurrency ' + str(args.concurrency):<38}{api_rate:>10.0f}"
+          f"{single_pct['p50_ms']:>10.1f}{single_pct['p99_ms']:>10.1f}{api_rate / ceiling_rate:>12.1%}")
+    print(f"{'POST /v1/jobs:batch (100/request, 4 in flight)':<38}{batch_rate:>10.0f}"
+          f"{batch_pct['p50_ms']:>10.1f}{batch_pct['p99_ms']:>10.1f}{batch_rate / ceiling_rate:>12.1%}")
+    print(f"(single submits generated by {generator}; batch latency is per request of 100 jobs;"
+          " the API is one process = one core)")
+
+
+if __name__ == "__main__":
+    main()
