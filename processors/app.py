@@ -1,33 +1,120 @@
-"""The Faust app: one agent that batches ``jobs.requested`` and hands batches to the runner.
+"""The Faust app: one agent reads ``jobs.requested`` and hands each request to the runner.
 
-``stream.take(max, within=...)`` forms batches by size or wait. Acks (and so
-offset commits) happen after the loop body returns, i.e. after every outcome
-event was acknowledged by Kafka: at-least-once, with idempotent effects
-downstream (results keyed by ``(job_id, calc_version)``, sink dedup).
+Faust owns the consumer group (partitions shared between workers, rebalances,
+offset commits); batching is ours (``processors.batching``), because a batch
+has to adapt to load and priorities and must not stop intake while it runs —
+``stream.take`` stops reading while its loop body runs and acks the whole
+buffer even when the body fails. So the agent iterates ``stream.noack()``:
+Faust never acks on its own, and the runner acks each request record only
+after the job's terminal event was acknowledged by Kafka (at-least-once).
+Faust commits the highest contiguous acked offset per partition.
+
+On a rebalance Faust suspends flow and clears its buffers; it clears ours too
+(the runner is registered with ``app.flow_control``): jobs not yet started are
+dropped — not acked, so the partition's next owner gets them — and taken off
+the consumer's unacked set (Faust's fetcher may still hold the last message it
+delivered, so letting go of our reference is not enough), so Faust waits
+(``stream_wait_empty``) only for the batches that are running.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gc
 import logging
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from processors.executor import create_pool
-from processors.runner import BatchRunner
+from processors.calculations import registry
+from processors.cancellation import ControlTail
+from processors.dead_letters import DeadLetters, Source
+from processors.outbox import Outbox
+from processors.pool import CalcPool
+from processors.runner import Runner
 from streams import topics
-from streams.events import JobEvent, dumps
+from streams.producer import AsyncProducer
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 APP_ID = topics.PROCESSORS_GROUP
+CONTROL_CATCH_UP_S = 30.0
+
+
+def plugin_modules(settings: Settings) -> list[str]:
+    return [m.strip() for m in settings.plugins.split(",") if m.strip()]
+
+
+class WorkerRuntime:
+    """What a worker runs besides Faust: producer, calculation pool, runner, control tail.
+
+    Started lazily by the agent (they need the running loop); ``clear`` is the
+    hook ``app.flow_control`` calls when partitions are revoked.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.runner: Runner | None = None
+        self.pool: CalcPool | None = None
+        self.control: ControlTail | None = None
+        self._producer: AsyncProducer | None = None
+        self._outbox: Outbox | None = None
+        self._started: asyncio.Future[Runner] | None = None
+
+    async def start(self) -> Runner:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._started)
+
+    async def _start(self) -> Runner:
+        settings = self.settings
+        self._producer = AsyncProducer(self.bootstrap, settings)
+        self._outbox = outbox = Outbox(self.bootstrap, settings, settings.topic(topics.EVENTS)).start()
+        dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
+        self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),
+                             grace_s=settings.timeout_grace_s, on_progress=self._on_progress)
+        await self.pool.start()
+        self.runner = Runner(settings, self.pool, outbox, dead_letters).start()
+        self.control = ControlTail(self.bootstrap, settings, self.runner.on_cancel).start()
+        try:
+            await asyncio.wait_for(self.control.caught_up.wait(), CONTROL_CATCH_UP_S)
+        except asyncio.TimeoutError:
+            logger.warning("jobs.control not read to its end within %.0fs; starting anyway", CONTROL_CATCH_UP_S)
+        # Start-up objects (Faust, aiokafka, pydantic schemas) never die: keep the collector from rescanning
+        # them on every full collection (long pauses of the loop, seen in the SSE gateway too).
+        gc.freeze()
+        logger.info("worker ready", extra={"processes": self.pool.size, "batch_max_size": settings.batch_max_size})
+        return self.runner
+
+    def _on_progress(self, job_id: str, fraction: float) -> None:
+        if self.runner is not None:
+            self.runner.on_progress(job_id, fraction)
+
+    def clear(self) -> None:
+        """Called by Faust's flow control on revocation (and resume): drop jobs not yet started."""
+        if self.runner is not None:
+            self.runner.drop_pending()
+
+    async def stop(self) -> None:
+        if self.control is not None:
+            await asyncio.to_thread(self.control.stop)
+        if self.runner is not None:
+            await self.runner.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        if self._outbox is not None:
+            await self._outbox.stop()
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close)
 
 
 def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> faust.App:
     """Build the processors' Faust app (one per worker process)."""
+    registry.load_plugins(plugin_modules(settings))  # batch keys are computed here, in the worker
     datadir = Path(settings.data_dir).resolve() / "faust" / f"worker-{worker_index}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -43,27 +130,27 @@ def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> 
         consumer_max_fetch_size=settings.max_message_bytes,
         producer_max_request_size=settings.max_message_bytes,
         producer_acks=-1,
-        broker_commit_every=settings.batch_max_size,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 4),
     )
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
-    events = app.topic(settings.topic(topics.EVENTS), key_type=bytes, value_type=bytes)
-
-    progress_queue: Any = multiprocessing.get_context("spawn").Manager().Queue()
-    pool = create_pool(settings.calc_processes, progress_queue)
-
-    async def emit(event: JobEvent) -> Any:
-        # force=True: send now instead of attaching to the current event (we wait for acks ourselves).
-        return await events.send(key=event.job_id.encode(), value=dumps(event), force=True)
-
-    runner = BatchRunner(pool, emit, progress_queue)
+    runtime = WorkerRuntime(settings, bootstrap)
+    app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  (only .clear() is called)
 
     @app.agent(requested)
     async def process(stream: faust.StreamT[bytes]) -> None:
-        await runner.start()
-        async for batch in stream.take(settings.batch_max_size, within=settings.batch_max_wait_ms / 1000):
-            await runner.run(list(batch))
+        runner = await runtime.start()
+        async for event in stream.noack().events():
+            message = event.message
+            await runner.submit(event.value, event.ack, Source(message.topic, message.partition, message.offset),
+                                forget=functools.partial(app.consumer.unacked.discard, message))
+            del event, message
 
-    app.jobstream_pool = pool  # type: ignore[attr-defined]
+    @app.on_before_shutdown.connect  # type: ignore[misc]  (sent after Faust waited for running batches)
+    async def _stop_runtime(app: faust.App, **kwargs: Any) -> None:
+        await runtime.stop()
+
+    app.jobstream_runtime = runtime  # type: ignore[attr-defined]
     return app
 
 
@@ -72,7 +159,4 @@ def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, log
     topics.ensure_topics(bootstrap, settings)
     app = create_app(settings, bootstrap, worker_index=worker_index)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        app.jobstream_pool.shutdown(cancel_futures=True)  # type: ignore[attr-defined]
+    worker.execute_from_commandline()

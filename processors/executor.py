@@ -1,89 +1,258 @@
-"""Calculations run here, in a process pool, never on the worker's event loop.
+"""What a calculation process runs: one batch of one kind, one call, one outcome per job.
 
-``run_batch`` is what a pool process executes for one batch of one kind. It
-validates params, calls the calculation once for the whole batch and returns one
-``Outcome`` per job. Progress travels back through a multiprocessing queue that
-the worker drains on a thread (throttled here to ``PROGRESS_INTERVAL_S`` per job).
+This is the child side of ``processors.pool``; nothing here touches Kafka or the
+event loop. ``run_jobs`` validates each job's params, calls the calculation
+ONCE for all valid jobs and classifies what happened, so the worker can decide:
+
+* ``succeeded`` / ``failed`` (permanent: bad params, unknown kind,
+  ``CalculationError``) — final;
+* ``transient`` (``TransientError``, or an unexpected exception of a job that
+  ran alone) — retried with backoff;
+* ``split`` — the batch raised and we cannot tell which job is at fault: the
+  worker splits it and runs the halves, so one poison job never fails its
+  batch-mates;
+* ``cancelled`` / ``timed_out`` — stopped at a progress point;
+* ``not_run`` — a batch-mate stopped the call; run again as is.
+
+Progress points (the ``progress`` callback a calculation calls) are where
+cancellation and ``timeout_s`` are honoured: the callback raises and the call
+unwinds. Reports are throttled to ``PROGRESS_INTERVAL_S`` per job, and a job
+that ends within its first interval sends none (its start and end are
+reported by the worker anyway).
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import ctypes
+import logging
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
+import orjson
 from pydantic import ValidationError
 
 from processors.calculations import registry
 
+logger = logging.getLogger(__name__)
+
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress reports per job per second
 
-_progress_queue: Any = None
+SUCCEEDED, FAILED, TRANSIENT, SPLIT, CANCELLED, TIMED_OUT, NOT_RUN = (
+    "succeeded", "failed", "transient", "split", "cancelled", "timed_out", "not_run",
+)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    params: dict[str, Any]
+    timeout_s: float | None = None  #: running time left; None: no limit
 
 
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    ok: bool
+    status: str
     result: Any = None
     error: dict[str, str] | None = None
     calc_version: str = ""
 
-
-def _init_pool(queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = queue
-    registry.load_plugins()
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
 
 
-def create_pool(processes: int, progress_queue: Any) -> ProcessPoolExecutor:
-    """A spawn-based pool (no fork of a process that runs Kafka client threads)."""
-    return ProcessPoolExecutor(
-        max_workers=processes or os.cpu_count() or 1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_pool,
-        initargs=(progress_queue,),
-    )
+class Control(Protocol):
+    """How a running batch talks to its worker: progress out, cancellations in."""
+
+    def progress(self, job_id: str, fraction: float) -> None: ...
+
+    def cancelled(self) -> set[str]:
+        """Job ids cancelled so far (reads pending commands)."""
+        ...
 
 
-def _error(kind: str, message: str) -> dict[str, str]:
-    return {"type": kind, "message": message}
+@dataclass
+class NoControl:
+    """For running a batch in-process (tests, tools): records progress, never cancels."""
+
+    reports: list[tuple[str, float]] = field(default_factory=list)
+    cancel: set[str] = field(default_factory=set)
+
+    def progress(self, job_id: str, fraction: float) -> None:
+        self.reports.append((job_id, fraction))
+
+    def cancelled(self) -> set[str]:
+        return self.cancel
 
 
-def run_batch(kind: str, job_ids: list[str], params: list[dict[str, Any]]) -> list[Outcome]:
-    """Validate, then run the calculation once on every valid job of the batch."""
+class _Stop(BaseException):
+    """Raised from a progress point to stop the call for job ``index`` (``status`` says why).
+
+    A BaseException, so a calculation's own ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, index: int, status: str) -> None:
+        super().__init__(status)
+        self.index = index
+        self.status = status
+
+
+def error(type_: str, message: str) -> dict[str, str]:
+    return {"type": type_, "message": message[:2000]}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_batch(kind: str, job_ids: Sequence[str], params: Sequence[dict[str, Any]],
+              control: Control | None = None) -> list[Outcome]:
+    """In-process convenience (tests, tools): ``run_jobs`` on ids and params, without time limits."""
+    return run_jobs(kind, [JobSpec(j, p) for j, p in zip(job_ids, params)], control or NoControl())
+
+
+def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control) -> list[Outcome]:
+    """Validate, run the calculation once on every valid job, and classify each job's outcome."""
     try:
         calc = registry.get(kind)
     except registry.UnknownKind:
-        return [Outcome(j, False, error=_error("unknown_kind", f"no calculation {kind!r}")) for j in job_ids]
+        return [Outcome(j.job_id, FAILED, error=error("unknown_kind", f"no calculation {kind!r}")) for j in jobs]
     outcomes: dict[int, Outcome] = {}
     valid: list[tuple[int, Any]] = []
-    for index, (job_id, raw) in enumerate(zip(job_ids, params)):
+    for index, job in enumerate(jobs):
         try:
-            valid.append((index, calc.validate(raw)))
+            valid.append((index, calc.validate(job.params)))
         except ValidationError as exc:
-            outcomes[index] = Outcome(job_id, False, error=_error("invalid_params", str(exc)), calc_version=calc.version)
-    last_report: dict[int, float] = {}
-
-    def progress(batch_index: int, fraction: float) -> None:
-        now = time.monotonic()
-        if _progress_queue is None or now - last_report.get(batch_index, 0.0) < PROGRESS_INTERVAL_S:
-            return
-        last_report[batch_index] = now
-        _progress_queue.put((job_ids[valid[batch_index][0]], min(max(fraction, 0.0), 1.0)))
-
+            outcomes[index] = Outcome(job.job_id, FAILED, error=error("invalid_params", str(exc)),
+                                      calc_version=calc.version)
     if valid:
+        for index, outcome in _run_valid(calc, [jobs[i] for i, _ in valid], [p for _, p in valid], control).items():
+            outcomes[valid[index][0]] = outcome
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any],
+               control: Control) -> dict[int, Outcome]:
+    started = time.monotonic()
+    deadlines = [started + j.timeout_s if j.timeout_s is not None else None for j in jobs]
+    earliest = min((d for d in deadlines if d is not None), default=None)
+    last_report = [started] * len(jobs)
+    ids = [j.job_id for j in jobs]
+
+    def progress(index: int, fraction: float) -> None:
+        now = time.monotonic()
+        cancelled = control.cancelled()
+        if cancelled:
+            for i, job_id in enumerate(ids):
+                if job_id in cancelled:
+                    raise _Stop(i, CANCELLED)
+        if earliest is not None and now > earliest:
+            for i, deadline in enumerate(deadlines):
+                if deadline is not None and now > deadline:
+                    raise _Stop(i, TIMED_OUT)
+        # 0 is not news (the worker reports the start itself)
+        if fraction > 0 and 0 <= index < len(ids) and now - last_report[index] >= PROGRESS_INTERVAL_S:
+            last_report[index] = now
+            control.progress(ids[index], min(max(float(fraction), 0.0), 1.0))
+
+    def outcome(status: str, index: int, exc: BaseException | None = None, type_: str = "") -> Outcome:
+        err = error(type_, _describe(exc) if exc is not None else status) if type_ else None
+        return Outcome(ids[index], status, error=err, calc_version=calc.version)
+
+    def all_(status: str, exc: BaseException, type_: str) -> dict[int, Outcome]:
+        return {i: outcome(status, i, exc, type_) for i in range(len(ids))}
+
+    def one(index: int | None, status: str, exc: BaseException, type_: str) -> dict[int, Outcome] | None:
+        if index is None or not 0 <= index < len(ids):
+            return None
+        return {i: outcome(status, i, exc, type_) if i == index else outcome(NOT_RUN, i) for i in range(len(ids))}
+
+    try:
+        results = calc.fn(params, progress)
+        if len(results) != len(params):
+            raise RuntimeError(f"{calc.kind} returned {len(results)} results for {len(params)} jobs")
+    except _Stop as stop:
+        if stop.status == CANCELLED:
+            return one(stop.index, CANCELLED, RuntimeError("cancelled at a progress point"), "cancelled") or {}
+        return one(stop.index, TIMED_OUT, TimeoutError("timeout_s exceeded"), "timeout") or {}
+    except registry.CalculationError as exc:
+        if len(ids) == 1:
+            return all_(FAILED, exc, "calculation_error")
+        return one(exc.index, FAILED, exc, "calculation_error") or all_(SPLIT, exc, "calculation_error")
+    except registry.TransientError as exc:
+        return one(exc.index, TRANSIENT, exc, "transient_error") or all_(TRANSIENT, exc, "transient_error")
+    except Exception as exc:  # a bug or a resource problem: isolate the job, then retry it
+        logger.warning("%s batch of %d raised %s", calc.kind, len(ids), _describe(exc))
+        if len(ids) == 1:
+            return {0: Outcome(ids[0], TRANSIENT, error=error("internal_error", _describe(exc) + "\n"
+                                                                + traceback.format_exc(limit=5)),
+                               calc_version=calc.version)}
+        return all_(SPLIT, exc, "internal_error")
+    done: dict[int, Outcome] = {}
+    for index, result in enumerate(results):
+        try:  # results must survive JSON: numpy scalars/arrays become plain numbers and lists
+            plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
+            done[index] = Outcome(ids[index], SUCCEEDED, result=plain, calc_version=calc.version)
+        except TypeError as exc:
+            done[index] = Outcome(ids[index], FAILED, error=error("bad_result", _describe(exc)),
+                                  calc_version=calc.version)
+    return done
+
+
+# --- the calculation process ----------------------------------------------------
+
+
+class _PipeControl:
+    """Control over the process's pipe: progress goes out, cancel commands are read at progress points."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._cancelled: set[str] = set()
+
+    def progress(self, job_id: str, fraction: float) -> None:
+        self._conn.send(("progress", job_id, fraction))
+
+    def cancelled(self) -> set[str]:
+        while self._conn.poll():
+            message = self._conn.recv()
+            if message and message[0] == "cancel":
+                self._cancelled.add(message[1])
+        return self._cancelled
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker killed with -9 must not leave calculation processes burning CPU."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: we still exit at EOF on the pipe
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
+    """Entry point of a calculation process: run batches until told to stop or the worker is gone."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C or a SIGTERM to the whole process group: the worker decides when its calculations end
+    # (it finishes running batches first); it closes the pipe, and PR_SET_PDEATHSIG covers a kill -9.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    registry.load_plugins(plugins)
+    conn.send(("ready", os.getpid()))
+    while True:
         try:
-            results = calc.fn([p for _, p in valid], progress)
-            if len(results) != len(valid):
-                raise RuntimeError(f"{kind} returned {len(results)} results for {len(valid)} jobs")
-            for (index, _), result in zip(valid, results):
-                outcomes[index] = Outcome(job_ids[index], True, result=result, calc_version=calc.version)
-        except registry.CalculationError as exc:
-            for index, _ in valid:
-                outcomes[index] = Outcome(job_ids[index], False, error=_error("calculation_error", str(exc)),
-                                          calc_version=calc.version)
-    return [outcomes[i] for i in range(len(job_ids))]
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if message[0] == "run":
+            _, call_id, kind, jobs = message
+            outcomes = run_jobs(kind, jobs, _PipeControl(conn))
+            conn.send(("done", call_id, outcomes))
+        # a "cancel" read here came after its batch ended: nothing to stop

@@ -1,153 +1,392 @@
-"""Turns one batch of job requests into events: running → progress → succeeded | failed.
+"""The worker's job lifecycle: from a request off Kafka to exactly one terminal event, then the ack.
 
-The batch is grouped by kind and each group goes to the process pool as ONE
-call (faust#631: never one pool call per event). ``emit`` publishes an event and
-returns an awaitable that resolves when Kafka acknowledged it; the runner waits
-for every terminal event's ack before returning, so the source offsets are
-committed only after the outcome is durable (at-least-once).
+``submit`` takes a request (decoded here; undecodable → dead letter) into the
+``Batcher``; the dispatcher waits for a free calculation process, asks the
+batcher for the next batch and runs it as ONE call on the pool. Outcomes
+decide what follows (see ``processors.executor``):
+
+* succeeded / failed / cancelled / timed out → the terminal event, and once
+  Kafka acknowledged it, the request's offset is acked (at-least-once);
+* transient → a ``retrying`` event and the job goes back to the batcher with
+  exponential backoff and jitter, up to ``JOBSTREAM_RETRY_MAX_ATTEMPTS``;
+* split (the batch raised) → the batch is halved and the halves run again, so
+  the poison job ends up alone and only it fails;
+* the process died → timed-out jobs (the watchdog killed it) fail, a batch is
+  halved, and a job alone counts a crash: after ``JOBSTREAM_CRASH_MAX`` it goes
+  to the dead-letter topic and fails.
+
+Cancels arrive from ``jobs.control``: a job not started is dropped with a
+``cancelled`` event; a running one is stopped at its next progress point.
+Progress is forwarded only when it grows, so it is monotonic per job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
-from collections import defaultdict
-from concurrent.futures import Executor
-from typing import Any, Awaitable, Callable
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
 
-from processors.executor import Outcome, run_batch
-from streams.events import EventType, JobEvent, JobRequested, load_request
+import orjson
+
+from processors import executor
+from processors.batching import BatchPolicy, Batcher
+from processors.calculations import registry
+from processors.cancellation import CancelledJobs
+from processors.dead_letters import CRASHED, UNDECODABLE, DeadLetters, Source
+from processors.executor import JobSpec, Outcome
+from processors.outbox import Outbox
+from processors.pool import CalcPool, ProcessDied
+from processors.retry import RetryPolicy
+from streams.control import CancelCommand
+from streams.events import EventType, JobRequested, load_request, utcnow
+from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Hands an event to the Kafka producer (in call order) and returns its delivery future.
-Emit = Callable[[JobEvent], Awaitable["asyncio.Future[Any]"]]
+Ack = Callable[[], Any]  # marks the request's Kafka record done (its offset may be committed)
+Forget = Callable[[], Any]  # lets go of the record without acking it (it will be delivered again)
 
 
-class _JobSeq:
-    """Next seq per job in flight (queued was seq 0, written by the API)."""
+@dataclass(eq=False)
+class Job:
+    request: JobRequested
+    raw: bytes
+    acks: list[Ack]
+    source: Source | None
+    forgets: list[Forget]
+    arrived: float
+    attempt: int = 1
+    crashes: int = 0
+    started_at: float | None = None
+    announced_attempt: int = 0  # the attempt a `running` event was sent for
+    progress: float = 0.0
+    finished: bool = False
+    group: Hashable = None
 
-    def __init__(self) -> None:
-        self._next: dict[str, int] = {}
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
 
-    def take(self, job_id: str) -> int:
-        seq = self._next.get(job_id, 1)
-        self._next[job_id] = seq + 1
-        return seq
+    @property
+    def deadline(self) -> float | None:
+        """Monotonic time by which the job must be done (timeout_s counts from its first start)."""
+        if self.request.timeout_s is None or self.started_at is None:
+            return None
+        return self.started_at + self.request.timeout_s
 
-    def forget(self, job_id: str) -> None:
-        self._next.pop(job_id, None)
+
+@dataclass
+class RunnerStats:
+    batches: int = 0
+    jobs_done: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
 
 
-class BatchRunner:
-    def __init__(self, pool: Executor, emit: Emit, progress_queue: Any) -> None:
+class Runner:
+    def __init__(self, settings: Settings, pool: CalcPool, outbox: Outbox, dead_letters: DeadLetters) -> None:
+        self._settings = settings
         self._pool = pool
-        self._emit = emit
-        self._seq = _JobSeq()
-        self._in_flight: dict[str, JobRequested] = {}
-        self._progress_queue = progress_queue
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[asyncio.Future[Any]] = []
-        self._outbox: asyncio.Queue[tuple[JobEvent, asyncio.Future[Any]]] = asyncio.Queue()
+        self._outbox = outbox
+        self._dead_letters = dead_letters
+        self._retry = RetryPolicy.from_settings(settings)
+        # The dispatcher holds one free slot while it plans: that one plus those still in the pool.
+        self.batcher: Batcher[Job] = Batcher(BatchPolicy.from_settings(settings), idle_slots=lambda: pool.idle + 1)
+        self.cancels = CancelledJobs(settings.cancel_memory)
+        self.jobs: dict[str, Job] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.stats = RunnerStats()
 
-    async def start(self) -> None:
-        """Start the ordered sender and the pump for progress reports from pool processes."""
-        if self._loop is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._sender_task = asyncio.ensure_future(self._send_in_order())
-        threading.Thread(target=self._pump, name="progress-pump", daemon=True).start()
+    def start(self) -> "Runner":
+        self._dispatcher = asyncio.ensure_future(self._dispatch_forever())
+        return self
 
-    async def _send_in_order(self) -> None:
-        """One sender, so one job's events reach the producer in seq order."""
-        while True:
-            event, done = await self._outbox.get()
-            try:
-                delivery = await self._emit(event)
-            except Exception as exc:
-                done.set_exception(exc)
-                continue
-            delivery.add_done_callback(lambda d, done=done: _copy_result(d, done))
+    async def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
 
-    def _pump(self) -> None:
-        while True:
-            try:
-                item = self._progress_queue.get()
-            except (EOFError, OSError):
-                return
-            if item is None:
-                return
-            job_id, fraction = item
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._progress, job_id, fraction)
-
-    def _progress(self, job_id: str, fraction: float) -> None:
-        request = self._in_flight.get(job_id)
-        if request is not None:
-            self._pending.append(self._event(request, EventType.PROGRESS, {"progress": fraction}))
-
-    def _event(self, request: JobRequested, type_: EventType, data: dict[str, Any]) -> asyncio.Future[Any]:
-        """Queue an event for sending; the future resolves when Kafka acknowledged it."""
-        event = JobEvent(
-            job_id=request.job_id, tenant=request.tenant, seq=self._seq.take(request.job_id),
-            type=type_, kind=request.kind, data=data,
-        )
-        assert self._loop is not None
-        done: asyncio.Future[Any] = self._loop.create_future()
-        self._outbox.put_nowait((event, done))
-        return done
-
-    async def run(self, raw_batch: list[bytes]) -> None:
-        requests: list[JobRequested] = []
-        for raw in raw_batch:
-            try:
-                requests.append(load_request(raw))
-            except ValueError:
-                logger.error("dropping undecodable request (%d bytes)", len(raw))
-        by_kind: dict[str, list[JobRequested]] = defaultdict(list)
-        for request in requests:
-            by_kind[request.kind].append(request)
-        await asyncio.gather(*(self._run_kind(kind, group) for kind, group in by_kind.items()))
-
-    async def _run_kind(self, kind: str, group: list[JobRequested]) -> None:
-        started = []
-        for request in group:
-            self._in_flight[request.job_id] = request
-            started.append(self._event(request, EventType.RUNNING, {"attempt": 1, "batch_size": len(group)}))
-            started.append(self._event(request, EventType.PROGRESS, {"progress": 0.0}))
-        await asyncio.gather(*started)
-        loop = asyncio.get_running_loop()
+    # --- intake ------------------------------------------------------------------------
+    async def submit(self, raw: bytes, ack: Ack, source: Source | None = None, forget: Forget | None = None) -> None:
+        """Take one request record; returns once there is room for more (backpressure)."""
+        while len(self.jobs) >= self._settings.worker_max_pending:
+            self._room.clear()
+            await self._room.wait()
         try:
-            outcomes: list[Outcome] = await loop.run_in_executor(
-                self._pool, run_batch, kind, [r.job_id for r in group], [r.params for r in group]
-            )
-        except Exception as exc:  # the pool process crashed or the calculation raised
-            logger.exception("batch of %d %s jobs failed", len(group), kind)
-            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-            outcomes = [Outcome(r.job_id, False, error=error) for r in group]
-        finals = []
-        for request, outcome in zip(group, outcomes):
-            self._in_flight.pop(request.job_id, None)
-            if outcome.ok:
-                data = {"result": outcome.result, "calc_version": outcome.calc_version, "attempt": 1}
-                finals.append(self._event(request, EventType.PROGRESS, {"progress": 1.0}))
-                finals.append(self._event(request, EventType.SUCCEEDED, data))
+            request = load_request(raw)
+        except ValueError as exc:
+            self._spawn(self._undecodable(raw, ack, source, exc))
+            return
+        held = self.jobs.get(request.job_id)
+        if held is not None:  # the same request twice (redelivery): one run, both records acked after it
+            held.acks.append(ack)
+            if forget is not None:
+                held.forgets.append(forget)
+            return
+        job = Job(request, raw, [ack], source, [forget] if forget else [], time.monotonic())
+        if self.cancels.cancelled(request.job_id, request.tenant):
+            self._finish(job, EventType.CANCELLED, _error("cancelled", "cancelled before it started"))
+            return
+        job.group = _group(request)
+        self.jobs[job.job_id] = job
+        self.batcher.add(job, job.group, request.priority)
+
+    def on_cancel(self, command: CancelCommand) -> None:
+        """A cancel from jobs.control (on the loop): drop the job if it waits, stop it if it runs."""
+        self.cancels.add(command.job_id, command.tenant)
+        job = self.jobs.get(command.job_id)
+        if job is None or job.request.tenant != command.tenant:
+            return
+        if self.batcher.remove_where(lambda j: j is job):
+            self._finish(job, EventType.CANCELLED, _error("cancelled", command.reason or "cancelled on request"))
+        else:
+            self._pool.cancel(job.job_id)
+
+    def on_progress(self, job_id: str, fraction: float) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and not job.finished and fraction > job.progress:
+            job.progress = fraction
+            self._outbox.emit(job.request, EventType.PROGRESS, {"progress": round(fraction, 6)})
+
+    def drop_pending(self) -> int:
+        """Partitions are being revoked: forget every job not yet running (Kafka delivers it again)."""
+        dropped = self.batcher.clear()
+        for job in dropped:
+            if self.jobs.get(job.job_id) is job:
+                del self.jobs[job.job_id]
+            self._outbox.seqs.forget(job.job_id)
+            for forget in job.forgets:
+                forget()
+        if dropped:
+            logger.info("dropped %d pending jobs on rebalance", len(dropped))
+        self._room.set()
+        return len(dropped)
+
+    # --- dispatch ----------------------------------------------------------------------
+    async def _dispatch_forever(self) -> None:
+        while True:
+            slot = await self._pool.acquire()
+            try:
+                group, jobs = await self.batcher.next_batch()
+            except BaseException:
+                self._pool.release(slot)
+                raise
+            self._spawn(self._run_batch(slot, group, jobs))
+
+    async def _run_batch(self, slot: Any, group: Hashable, jobs: list[Job]) -> None:
+        try:
+            await self._run_on_slot(slot, group, jobs)
+        except Exception:  # a bug of ours: never lose the jobs, run them again
+            logger.exception("batch handling failed; requeueing %d jobs", len(jobs))
+            for job in jobs:
+                if not job.finished:
+                    self.batcher.add(job, job.group, job.request.priority, delay_s=1.0, count_arrival=False)
+        finally:
+            self._pool.release(slot)
+
+    async def _run_on_slot(self, slot: Any, group: Hashable, jobs: list[Job]) -> None:
+        jobs = [job for job in jobs if not self._stopped_before_start(job)]
+        if not jobs:
+            return
+        kind = jobs[0].request.kind
+        now = time.monotonic()
+        specs = []
+        for job in jobs:
+            if job.started_at is None:
+                job.started_at = now
+            if job.announced_attempt != job.attempt:
+                self._outbox.emit(job.request, EventType.RUNNING,
+                                  {"attempt": job.attempt, "batch_size": len(jobs), "worker": self.name})
+                if job.announced_attempt == 0:
+                    self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 0.0})
+                job.announced_attempt = job.attempt
+            deadline = job.deadline
+            specs.append(JobSpec(job.job_id, job.request.params, None if deadline is None else deadline - now))
+        deadlines = {job.job_id: job.deadline for job in jobs if job.deadline is not None}
+        started = time.monotonic()
+        try:
+            outcomes = await self._pool.run(slot, kind, specs, deadlines)  # type: ignore[arg-type]
+        except ProcessDied as died:
+            await self._after_death(slot, group, jobs, died)
+            return
+        self.batcher.observe(group, len(jobs), time.monotonic() - started)
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(jobs))
+        del self.stats.batch_sizes[:-1000]
+        again: list[Job] = []
+        split: list[Job] = []
+        for job, outcome in zip(jobs, outcomes):
+            if outcome.status == executor.NOT_RUN:
+                again.append(job)
+            elif outcome.status == executor.SPLIT:
+                split.append(job)
             else:
-                finals.append(self._event(request, EventType.FAILED, {"error": outcome.error, "attempt": 1}))
-            self._seq.forget(request.job_id)
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*finals, *pending)
-        logger.info("batch done", extra={"kind": kind, "batch_size": len(group)})
+                self._settle(job, outcome)
+        if again:
+            await self._run_on_slot(slot, group, again)
+        for half in _halves(split):
+            await self._run_on_slot(slot, group, half)
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        attempt = {"attempt": job.attempt}
+        if outcome.status == executor.SUCCEEDED:
+            self._finish(job, EventType.SUCCEEDED,
+                         {"result": outcome.result, "calc_version": outcome.calc_version, **attempt})
+        elif outcome.status == executor.CANCELLED:
+            self._finish(job, EventType.CANCELLED, {"error": outcome.error, **attempt})
+        elif outcome.status == executor.TRANSIENT:
+            self._retry_or_fail(job, outcome.error or _error("transient_error", "transient failure")["error"])
+        else:  # failed, timed_out
+            self._finish(job, EventType.FAILED, {"error": outcome.error, **attempt})
+
+    async def _after_death(self, slot: Any, group: Hashable, jobs: list[Job], died: ProcessDied) -> None:
+        late = [job for job in jobs if job.job_id in died.timed_out]
+        for job in late:
+            self._finish(job, EventType.FAILED, {**_error("timeout", "killed: timeout_s passed without a progress "
+                                                          "point"), "attempt": job.attempt})
+        rest = [job for job in jobs if job.job_id not in died.timed_out]
+        if late or not rest:
+            if rest:
+                await self._run_on_slot(slot, group, rest)
+            return
+        if len(rest) > 1:
+            for half in _halves(rest):
+                await self._run_on_slot(slot, group, half)
+            return
+        job = rest[0]
+        job.crashes += 1
+        message = f"the calculation process died (exit code {died.exitcode}), crash {job.crashes}"
+        if job.crashes >= self._settings.crash_max:
+            await self._dead_letters.send(
+                job.raw, reason=CRASHED, error=message, job_id=job.job_id, tenant=job.request.tenant,
+                source=job.source, key=job.job_id.encode(),
+            )
+            self._finish(job, EventType.FAILED, {**_error("crashed", message + "; dead-lettered"),
+                                                 "attempt": job.attempt})
+        else:
+            self._retry_or_fail(job, {"type": "crashed", "message": message})
+
+    def _retry_or_fail(self, job: Job, error: dict[str, str]) -> None:
+        deadline = job.deadline
+        delay = self._retry.delay_s(job.attempt)
+        if not self._retry.should_retry(job.attempt):
+            self._finish(job, EventType.FAILED, {"error": error, "attempt": job.attempt, "retries_exhausted": True})
+            return
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            self._finish(job, EventType.FAILED, {**_error("timeout", "no time left for another attempt"),
+                                                 "attempt": job.attempt, "last_error": error})
+            return
+        self._outbox.emit(job.request, EventType.RETRYING,
+                          {"attempt": job.attempt, "next_attempt": job.attempt + 1, "delay_s": round(delay, 3),
+                           "error": error})
+        job.attempt += 1
+        self.batcher.add(job, job.group, job.request.priority, delay_s=delay, count_arrival=False,
+                         arrived=job.arrived)
+
+    def _stopped_before_start(self, job: Job) -> bool:
+        """Cancelled or out of time while it waited: settle it without running it."""
+        if job.finished:
+            return True
+        if self.cancels.cancelled(job.job_id, job.request.tenant):
+            self._finish(job, EventType.CANCELLED, _error("cancelled", "cancelled before it started"))
+            return True
+        deadline = job.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            self._finish(job, EventType.FAILED, _error("timeout", "timeout_s passed"))
+            return True
+        return False
+
+    # --- the end of a job ---------------------------------------------------------------
+    def _finish(self, job: Job, type_: EventType, data: dict[str, Any]) -> None:
+        """Emit the terminal event; ack the request's record(s) once Kafka has the event."""
+        if job.finished:
+            return
+        job.finished = True
+        if self.jobs.get(job.job_id) is job:
+            del self.jobs[job.job_id]
+            self._room.set()
+        if type_ is EventType.SUCCEEDED and job.progress < 1.0:
+            self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 1.0})
+        delivered = self._outbox.emit(job.request, type_, data)
+        assert delivered is not None  # terminal events always come with a future
+        self.stats.jobs_done += 1
+
+        def ack(future: "asyncio.Future[None]") -> None:
+            if future.cancelled() or future.exception() is not None:
+                return  # not acked: the request is redelivered after a restart
+            for one in job.acks:
+                try:
+                    one()
+                except Exception:  # the consumer is stopping: the record is redelivered, the run is idempotent
+                    logger.warning("could not ack the request of job %s", job.job_id, exc_info=True)
+
+        delivered.add_done_callback(ack)
+
+    async def _undecodable(self, raw: bytes, ack: Ack, source: Source | None, exc: Exception) -> None:
+        job_id, tenant, kind = _salvage_ids(raw)
+        await self._dead_letters.send(raw, reason=UNDECODABLE, error=str(exc), job_id=job_id, tenant=tenant,
+                                      source=source)
+        if job_id is not None:
+            request = JobRequested.model_construct(job_id=job_id, tenant=tenant or "default", kind=kind,
+                                                   params={}, seq=0, ts=utcnow())
+            delivered = self._outbox.emit(request, EventType.FAILED,
+                                          _error("undecodable", f"the request could not be decoded: {exc}"))
+            if delivered is not None:
+                await delivered
+        ack()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("runner task failed", exc_info=task.exception())
 
 
-def _copy_result(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
-    else:
-        target.set_result(source.result())
+def _group(request: JobRequested) -> Hashable:
+    """Jobs batch together when they share a kind and, if the calculation says so, a batch key."""
+    try:
+        calc = registry.get(request.kind)
+    except registry.UnknownKind:
+        return (request.kind, None)
+    if calc.batch_key is None:
+        return (request.kind, None)
+    try:
+        return (request.kind, calc.batch_key(request.params))
+    except Exception:  # a bad key function must not stop the job: it fails (or not) in the pool
+        return (request.kind, None)
+
+
+def _halves(jobs: list[Job]) -> list[list[Job]]:
+    if not jobs:
+        return []
+    middle = (len(jobs) + 1) // 2
+    return [half for half in (jobs[:middle], jobs[middle:]) if half]
+
+
+def _error(type_: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": type_, "message": message}}
+
+
+def _salvage_ids(raw: bytes) -> tuple[str | None, str | None, str]:
+    """The job id, tenant and kind of an undecodable request, when its JSON still names them."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None, "unknown"
+    if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
+        return None, None, "unknown"
+    tenant = data.get("tenant") if isinstance(data.get("tenant"), str) else None
+    kind = data.get("kind") if isinstance(data.get("kind"), str) else "unknown"
+    return data["job_id"], tenant, kind

@@ -21,7 +21,9 @@ REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id
 EVENTS = "jobs.events"  #: JobEvent history of every job, keyed by job_id
 DEAD_LETTERS = "jobs.dead-letters"  #: requests a processor could not handle, with the reason
 PROCESSORS_GROUP = "jobstream-processors"  #: the processors' consumer group (= Faust app id)
+SINK_GROUP = "jobstream-sink"  #: the ClickHouse sink's consumer group (the gateway reads its offsets)
 IDEMPOTENCY = "jobs.idempotency"  #: Idempotency-Key → job, compacted, kept idempotency_ttl_s
+CONTROL = "jobs.control"  #: commands to running workers (cancel), keyed by job_id; every worker reads all
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic(IDEMPOTENCY), 3, {
             "cleanup.policy": "compact,delete", "retention.ms": str(int(settings.idempotency_ttl_s * 1000)),
         }),
+        TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
     ]
 
 

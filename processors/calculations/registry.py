@@ -12,6 +12,7 @@ params and list kinds; it never imports Faust.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -32,6 +33,14 @@ class CalculationError(Exception):
         self.index = index  # which job of the batch, when only one is at fault
 
 
+class TransientError(Exception):
+    """A failure that may pass (a resource was busy): the job is retried with backoff."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index  # which job of the batch, when only one is affected
+
+
 class UnknownKind(KeyError):
     """No calculation is registered under this kind."""
 
@@ -42,6 +51,8 @@ class Progress(Protocol):
 
 
 BatchFn = Callable[[Sequence[Any], Progress], list[Any]]
+# Jobs of one kind whose raw params give the same key are batched together (say, same shape).
+BatchKey = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Calculation:
     params: type[BaseModel]
     fn: BatchFn
     description: str
+    batch_key: BatchKey | None = None
 
     def validate(self, params: dict[str, Any]) -> BaseModel:
         return self.params.model_validate(params)
@@ -60,23 +72,32 @@ _REGISTRY: dict[str, Calculation] = {}
 _loaded = False
 
 
-def calculation(kind: str, *, version: str, params: type[BaseModel]) -> Callable[[BatchFn], BatchFn]:
-    """Register ``fn`` as calculation ``kind`` at ``version`` taking ``params`` per job."""
+def calculation(kind: str, *, version: str, params: type[BaseModel],
+                batch_key: BatchKey | None = None) -> Callable[[BatchFn], BatchFn]:
+    """Register ``fn`` as calculation ``kind`` at ``version`` taking ``params`` per job.
+
+    ``batch_key(raw_params)`` (optional, must be cheap and never raise) splits a kind
+    into groups that vectorise together; without it every job of a kind can share a batch.
+    """
 
     def register(fn: BatchFn) -> BatchFn:
         existing = _REGISTRY.get(kind)
         if existing is not None and existing.fn is not fn and existing.version == version:
             raise ValueError(f"calculation {kind!r} version {version} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[kind] = Calculation(kind, version, params, fn, doc[0] if doc else "")
+        _REGISTRY[kind] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key)
         return fn
 
     return register
 
 
-def load_plugins() -> None:
-    """Import every module named in the ``jobstream.calculations`` entry point group (once)."""
+def load_plugins(modules: Sequence[str] = ()) -> None:
+    """Import every module named in the ``jobstream.calculations`` entry point group (once),
+    and ``modules`` (``JOBSTREAM_PLUGINS``: extra modules, e.g. a deployment's own calculations)."""
     global _loaded
+    for module in modules:
+        if module:
+            importlib.import_module(module)  # a named plugin that fails to import is a startup error
     if _loaded:
         return
     _loaded = True

@@ -1,0 +1,281 @@
+"""Adaptive dynamic batching: which jobs run together, and when.
+
+Two parts:
+
+* ``BatchPolicy`` — pure: given how many jobs wait, how long the oldest has
+  waited, the arrival rate, how many calculation processes are free and what a
+  job of this group has cost so far, it says how big the next batch may be and
+  how much longer to wait for it. Like Triton's dynamic batcher
+  (``max_queue_delay``) and Ray Serve's ``@serve.batch``, but adapting: the
+  wait is only spent when it can pay off — this is the last free process (the
+  worker is near capacity) and more jobs are actually expected within the
+  window — so a worker with spare capacity runs a lone job at once; the size
+  is capped so one batch runs within half the latency target (a high-priority
+  job never sits behind a huge batch); and under load batches grow toward the
+  configured maximum by themselves, because jobs pile up while every
+  calculation process is busy.
+* ``Batcher`` — the pending jobs of one worker, grouped by (kind, batch key),
+  ordered by priority then arrival, with retry delays (``ready_at``).
+  ``next_batch`` is awaited by the dispatcher once a calculation process is
+  free. ``clear()`` drops everything (Faust calls it on a rebalance: the jobs
+  were not acked, so their partitions' next owner gets them again).
+
+``JOBSTREAM_BATCH_MAX_SIZE=1`` turns batching off: every job is its own batch
+and never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
+
+from streams.settings import Settings
+
+T = TypeVar("T")
+
+HIGH_PRIORITY = 5  #: jobs at this priority or above never wait for a batch to fill
+_RATE_TAU_S = 1.0  # arrival-rate memory
+_COST_ALPHA = 0.3  # weight of the newest batch in the per-job cost estimate
+
+
+@dataclass(frozen=True)
+class Plan:
+    size: int  #: most jobs to take into the batch
+    wait_s: float  #: wait this much longer before dispatching (0: now)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_size: int
+    max_wait_s: float
+    latency_target_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BatchPolicy":
+        return cls(settings.batch_max_size, settings.batch_max_wait_ms / 1000, settings.latency_target_ms / 1000)
+
+    def size_cap(self, cost_per_job_s: float | None) -> int:
+        """Largest batch that still runs within half the latency target (the other half is for waiting)."""
+        if self.max_size <= 1 or not cost_per_job_s or cost_per_job_s <= 0:
+            return self.max_size
+        return max(1, min(self.max_size, math.floor(self.latency_target_s / 2 / cost_per_job_s)))
+
+    def plan(self, *, waiting: int, oldest_wait_s: float, arrival_rate: float, cost_per_job_s: float | None,
+             top_priority: int = 0, idle_slots: int = 1) -> Plan:
+        """Decide for the best group of ready jobs: take ``size`` of them after ``wait_s`` more seconds.
+
+        ``idle_slots`` counts the calculation processes free right now, the one this batch would take
+        included: with another one free, the next job can start at once anyway, so nothing is gained
+        by holding this one back.
+        """
+        size = self.size_cap(cost_per_job_s)
+        if size <= 1 or waiting >= size or top_priority >= HIGH_PRIORITY or idle_slots > 1:
+            return Plan(min(size, max(waiting, 1)), 0.0)
+        missing = size - waiting
+        # Expected arrivals in what is left of the window: under one, and waiting only adds latency.
+        window_left = self.max_wait_s - oldest_wait_s
+        if window_left <= 0 or arrival_rate * window_left < 1.0:
+            return Plan(size, 0.0)
+        fill_s = missing / arrival_rate
+        run_s = (cost_per_job_s or 0.0) * size
+        budget_left = self.latency_target_s - oldest_wait_s - run_s
+        wait = max(0.0, min(window_left, fill_s, budget_left))
+        return Plan(size, wait)
+
+
+@dataclass(eq=False)
+class _Entry(Generic[T]):
+    item: T
+    group: Hashable
+    priority: int
+    arrived: float
+    ready_at: float
+    removed: bool = False
+
+
+class _Group(Generic[T]):
+    """Live entries of one group, one FIFO per priority."""
+
+    def __init__(self) -> None:
+        self.by_priority: dict[int, deque[_Entry[T]]] = {}
+        self.size = 0
+
+    def add(self, entry: _Entry[T]) -> None:
+        self.by_priority.setdefault(entry.priority, deque()).append(entry)
+        self.size += 1
+
+    def _queues(self) -> Iterator[deque[_Entry[T]]]:
+        for priority in sorted(self.by_priority, reverse=True):
+            queue = self.by_priority[priority]
+            while queue and queue[0].removed:
+                queue.popleft()
+            if queue:
+                yield queue
+            else:
+                del self.by_priority[priority]
+
+    def best(self) -> _Entry[T] | None:
+        return next((queue[0] for queue in self._queues()), None)
+
+    def oldest_arrival(self) -> float:
+        """Arrival of the oldest job (the heads of the FIFOs: cheap, and exact but for retried jobs)."""
+        return min((queue[0].arrived for queue in self._queues()), default=0.0)
+
+    def take(self, count: int) -> list[_Entry[T]]:
+        taken: list[_Entry[T]] = []
+        for queue in list(self._queues()):
+            while queue and len(taken) < count:
+                entry = queue.popleft()
+                if not entry.removed:
+                    entry.removed = True
+                    taken.append(entry)
+            if len(taken) >= count:
+                break
+        self.size -= len(taken)
+        return taken
+
+
+class Batcher(Generic[T]):
+    """The jobs a worker holds but has not started, and the batches they form."""
+
+    def __init__(self, policy: BatchPolicy, clock: Callable[[], float] = time.monotonic,
+                 idle_slots: Callable[[], int] = lambda: 1) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._idle_slots = idle_slots
+        self._groups: dict[Hashable, _Group[T]] = {}
+        self._delayed: list[tuple[float, int, _Entry[T]]] = []
+        self._order = itertools.count()
+        self._size = 0
+        self._changed = asyncio.Event()
+        self._rate = 0.0
+        self._rate_at = clock()
+        self._cost: dict[Hashable, float] = {}
+        self.last_plan: Plan | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    # --- input ---------------------------------------------------------------
+    def add(self, item: T, group: Hashable, priority: int = 0, delay_s: float = 0.0, *, count_arrival: bool = True,
+            arrived: float | None = None) -> None:
+        """Queue a job; ``delay_s`` keeps it back (retry backoff). Retries keep their first ``arrived``."""
+        now = self._clock()
+        if count_arrival:
+            self._note_arrival(now)
+        entry = _Entry(item, group, priority, now if arrived is None else arrived, now + delay_s)
+        if delay_s > 0:
+            heapq.heappush(self._delayed, (entry.ready_at, next(self._order), entry))
+        else:
+            self._groups.setdefault(group, _Group()).add(entry)
+        self._size += 1
+        self._changed.set()
+
+    def remove_where(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Take out every pending job matching ``predicate`` (cancellation)."""
+        removed = []
+        for group in self._groups.values():
+            for queue in group.by_priority.values():
+                for entry in queue:
+                    if not entry.removed and predicate(entry.item):
+                        entry.removed = True
+                        group.size -= 1
+                        removed.append(entry.item)
+        for _, _, entry in self._delayed:
+            if not entry.removed and predicate(entry.item):
+                entry.removed = True
+                removed.append(entry.item)
+        self._groups = {key: group for key, group in self._groups.items() if group.size > 0}
+        self._delayed = [d for d in self._delayed if not d[2].removed]
+        heapq.heapify(self._delayed)
+        self._size -= len(removed)
+        if removed:
+            self._changed.set()
+        return removed
+
+    def clear(self) -> list[T]:
+        """Drop every pending job (partitions revoked: they will be delivered again)."""
+        dropped = [entry.item for entry in self._live_entries()]
+        self._groups.clear()
+        self._delayed.clear()
+        self._size = 0
+        self._changed.set()
+        return dropped
+
+    def observe(self, group: Hashable, size: int, duration_s: float) -> None:
+        """Feed back how long a batch of ``size`` jobs of ``group`` took (the per-job cost estimate)."""
+        if size <= 0 or duration_s < 0:
+            return
+        cost = duration_s / size
+        previous = self._cost.get(group)
+        self._cost[group] = cost if previous is None else previous + _COST_ALPHA * (cost - previous)
+
+    def cost_per_job(self, group: Hashable) -> float | None:
+        return self._cost.get(group)
+
+    def arrival_rate(self) -> float:
+        """Jobs per second arriving lately (exponentially decaying, memory ``_RATE_TAU_S``), not counting
+        the latest arrival: one job after a quiet spell says nothing about more coming, so it does not wait."""
+        previous = max(0.0, self._rate - 1.0 / _RATE_TAU_S)
+        return previous * math.exp(-(self._clock() - self._rate_at) / _RATE_TAU_S)
+
+    # --- output --------------------------------------------------------------
+    async def next_batch(self) -> tuple[Hashable, list[T]]:
+        """Wait until the policy says a batch should go, then return its group and jobs (best first)."""
+        while True:
+            self._changed.clear()
+            timeout = self._try_plan()
+            if isinstance(timeout, tuple):
+                return timeout
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _try_plan(self) -> tuple[Hashable, list[T]] | float | None:
+        """A ready batch, or how long to sleep before planning again (None: until something changes)."""
+        now = self._clock()
+        self._release_delayed(now)
+        best: _Entry[T] | None = None
+        for group in list(self._groups.values()):
+            candidate = group.best()
+            if candidate is not None and (best is None or (-candidate.priority, candidate.arrived)
+                                          < (-best.priority, best.arrived)):
+                best = candidate
+        next_ready = self._delayed[0][0] - now if self._delayed else None
+        if best is None:
+            return next_ready
+        group = self._groups[best.group]
+        plan = self.policy.plan(
+            waiting=group.size, oldest_wait_s=now - group.oldest_arrival(), arrival_rate=self.arrival_rate(),
+            cost_per_job_s=self._cost.get(best.group), top_priority=best.priority, idle_slots=self._idle_slots(),
+        )
+        self.last_plan = plan
+        if plan.wait_s <= 0:
+            taken = group.take(plan.size)
+            self._size -= len(taken)
+            if group.size <= 0:
+                del self._groups[best.group]
+            return best.group, [entry.item for entry in taken]
+        return plan.wait_s if next_ready is None else min(plan.wait_s, max(next_ready, 0.0))
+
+    # --- internals -----------------------------------------------------------
+    def _note_arrival(self, now: float) -> None:
+        self._rate = self._rate * math.exp(-(now - self._rate_at) / _RATE_TAU_S) + 1.0 / _RATE_TAU_S
+        self._rate_at = now
+
+    def _release_delayed(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(self._delayed)
+            if not entry.removed:
+                self._groups.setdefault(entry.group, _Group()).add(entry)
+
+    def _live_entries(self) -> list[_Entry[T]]:
+        entries = [e for group in self._groups.values() for q in group.by_priority.values() for e in q if not e.removed]
+        return entries + [d[2] for d in self._delayed if not d[2].removed]
