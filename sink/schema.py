@@ -1,7 +1,29 @@
 """Versioned ClickHouse migrations, applied in order exactly once at start-up.
 
 Each migration is a list of statements; ``schema_migrations`` records which
-versions ran. Same SQL on embedded chDB and on a ClickHouse server.
+versions ran. A version, once shipped, is never edited: a change is a new
+version. Statements still say ``IF NOT EXISTS`` so a migration interrupted
+half-way (or run by two processes starting at once, as in the distributed
+layout) can simply run again. Same SQL on embedded chDB and on a server.
+
+Tables and views (the README's "Querying results" shows how to read them):
+
+* ``job_events`` — every event, append-only, one job's events together
+  (``ORDER BY (tenant, job_id, seq)``), monthly partitions, TTL from settings.
+* ``job_results`` — one row per ``(job_id, calc_version)``: the result JSON with
+  kind, attempts and durations (a materialized view of succeeded events).
+* ``job_outcomes`` — one row per finished job (succeeded, failed or cancelled)
+  with typed timings: the source of the latency analytics (a materialized view
+  of terminal events, which the sink stamps with their job's submit and start
+  times). One batch is thus one insert, one dedup token, all tables consistent.
+* ``jobs_state`` + view ``jobs`` — the latest state per job. The table is an
+  AggregatingMergeTree fed by a materialized view; merges happen whenever
+  ClickHouse likes, so the view aggregates on read and is always right (no
+  ``FINAL`` needed, none to forget).
+* ``event_counts_state``, ``outcome_stats_state``, ``batch_sizes_state`` —
+  per-minute rollups maintained by materialized views, read through the views
+  ``event_counts``, ``outcome_stats``, ``failure_rates`` and ``batch_sizes``
+  (or merged over any window with ``-Merge`` functions, as ``/v1/stats`` does).
 """
 
 from __future__ import annotations
@@ -12,6 +34,114 @@ logger = logging.getLogger(__name__)
 
 # Insert dedup window: a retried insert with the same insert_deduplication_token is dropped.
 DEDUP_WINDOW = 10_000
+_DEDUP = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+
+TERMINAL_TYPES = "('succeeded', 'failed', 'cancelled')"
+QUANTILES = "0.5, 0.9, 0.99"
+_TS = "DateTime64(3, 'UTC')"
+_NTS = f"Nullable({_TS})"
+
+# The status an event moves a job to, and its rank: the first terminal event wins
+# (as in JobView.fold), otherwise the latest event by seq.
+_STATUS = "toLowCardinality(multiIf(type IN ('running', 'progress', 'retrying'), 'running', type))"
+_RANK = f"toUInt64(if(type IN {TERMINAL_TYPES}, 8589934592 - toInt64(seq), toInt64(seq)))"
+
+
+def _ms(column: str) -> str:
+    return f"toUnixTimestamp64Milli({column})"
+
+
+def _durations(submitted: str, started: str, finished: str) -> str:
+    return (f"({_ms(started)} - {_ms(submitted)}) / 1000 AS queue_wait_s, "
+            f"({_ms(finished)} - {_ms(started)}) / 1000 AS run_s, "
+            f"({_ms(finished)} - {_ms(submitted)}) / 1000 AS total_s")
+
+
+_ATTEMPTS = "toUInt16(if(JSONHas(data, 'attempt'), JSONExtractUInt(data, 'attempt'), 1))"
+
+# Results and outcomes come from the same insert as the events (terminal events carry the
+# job's submitted_at/started_at, filled in by the sink), so a batch is ONE insert and one token.
+_RESULTS_SELECT = f"""
+    SELECT tenant, job_id, JSONExtractString(data, 'calc_version') AS calc_version, kind,
+        JSONExtractRaw(data, 'result') AS result, ts AS finished_at, {_ATTEMPTS} AS attempts,
+        submitted_at, started_at, {_durations('submitted_at', 'started_at', 'ts')}
+    FROM job_events
+    WHERE type = 'succeeded'
+"""
+
+_OUTCOMES_SELECT = f"""
+    SELECT tenant, job_id, kind, type AS status, JSONExtractString(data, 'calc_version') AS calc_version,
+        JSONExtractString(data, 'error', 'type') AS error_type, {_ATTEMPTS} AS attempts,
+        submitted_at, started_at, ts AS finished_at, {_durations('submitted_at', 'started_at', 'ts')}
+    FROM job_events
+    WHERE type IN {TERMINAL_TYPES}
+"""
+
+# Reads the block of new job_events rows: a job's latest state, merged on read by the view `jobs`.
+_JOBS_STATE_SELECT = f"""
+    SELECT tenant, job_id,
+        any(kind) AS kind,
+        argMaxState({_STATUS}, {_RANK}) AS status,
+        max(seq) AS last_seq,
+        max(if(type = 'progress', JSONExtractFloat(data, 'progress'), 0.0)) AS progress,
+        max(toUInt16(JSONExtractUInt(data, 'attempt'))) AS attempts,
+        min(if(type = 'queued', ts, NULL)) AS submitted_at,
+        min(if(type = 'running', ts, NULL)) AS started_at,
+        min(if(type IN {TERMINAL_TYPES}, ts, NULL)) AS finished_at,
+        max(ts) AS updated_at,
+        max(if(type = 'succeeded', JSONExtractString(data, 'calc_version'), NULL)) AS calc_version,
+        max(if(type IN ('failed', 'cancelled'), JSONExtractString(data, 'error', 'type'), NULL)) AS error_type
+    FROM job_events
+    GROUP BY tenant, job_id
+"""
+
+_EVENT_COUNTS_SELECT = """
+    SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind, type, count() AS events
+    FROM job_events
+    GROUP BY tenant, minute, kind, type
+"""
+
+_BATCH_SIZE = "toUInt32(JSONExtractUInt(data, 'batch_size'))"
+_BATCH_SIZES_SELECT = f"""
+    SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind,
+        count() AS jobs,
+        avgState({_BATCH_SIZE}) AS size_avg,
+        quantilesState({QUANTILES})({_BATCH_SIZE}) AS size_quantiles,
+        max({_BATCH_SIZE}) AS size_max
+    FROM job_events
+    WHERE type = 'running' AND {_BATCH_SIZE} > 0
+    GROUP BY tenant, minute, kind
+"""
+
+_OUTCOME_STATS_SELECT = f"""
+    SELECT tenant, toStartOfMinute(toDateTime(finished_at, 'UTC')) AS minute, kind, status,
+        count() AS jobs,
+        quantilesState({QUANTILES})(queue_wait_s) AS queue_wait_s,
+        quantilesState({QUANTILES})(run_s) AS run_s,
+        quantilesState({QUANTILES})(total_s) AS total_s
+    FROM job_outcomes
+    GROUP BY tenant, minute, kind, status
+"""
+
+# job_outcomes rebuilt from job_events, for databases that had events before version 2.
+_OUTCOMES_BACKFILL = f"""
+    INSERT INTO job_outcomes
+    SELECT tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, finished_at,
+        ({_ms('started_at')} - {_ms('submitted_at')}) / 1000,
+        ({_ms('finished_at')} - {_ms('started_at')}) / 1000,
+        ({_ms('finished_at')} - {_ms('submitted_at')}) / 1000
+    FROM (
+        SELECT tenant, job_id, any(kind) AS kind,
+            argMinIf(type, seq, type IN {TERMINAL_TYPES}) AS status,
+            maxIf(JSONExtractString(data, 'calc_version'), type = 'succeeded') AS calc_version,
+            argMinIf(JSONExtractString(data, 'error', 'type'), seq, type IN {TERMINAL_TYPES}) AS error_type,
+            max(toUInt16(JSONExtractUInt(data, 'attempt'))) AS attempts,
+            min(if(type = 'queued', ts, NULL)) AS submitted_at,
+            min(if(type = 'running', ts, NULL)) AS started_at,
+            minIf(ts, type IN {TERMINAL_TYPES}) AS finished_at
+        FROM job_events GROUP BY tenant, job_id HAVING countIf(type IN {TERMINAL_TYPES}) > 0
+    )
+"""
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -50,20 +180,195 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        "job state, outcomes with timings, per-minute analytics",
+        [
+            # --- terminal events carry their job's submit and start times (set by the sink) ---
+            f"""
+            ALTER TABLE job_events
+                ADD COLUMN IF NOT EXISTS submitted_at {_NTS},
+                ADD COLUMN IF NOT EXISTS started_at {_NTS}
+            """,
+            # --- results get typed timings -------------------------------------
+            f"""
+            ALTER TABLE job_results
+                ADD COLUMN IF NOT EXISTS submitted_at {_NTS},
+                ADD COLUMN IF NOT EXISTS started_at {_NTS},
+                ADD COLUMN IF NOT EXISTS queue_wait_s Nullable(Float64),
+                ADD COLUMN IF NOT EXISTS run_s Nullable(Float64),
+                ADD COLUMN IF NOT EXISTS total_s Nullable(Float64)
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS job_results_mv TO job_results AS {_RESULTS_SELECT}",
+            # --- one row per finished job ----------------------------------------------
+            f"""
+            CREATE TABLE IF NOT EXISTS job_outcomes (
+                tenant LowCardinality(String),
+                job_id String,
+                kind LowCardinality(String),
+                status LowCardinality(String),
+                calc_version LowCardinality(String),
+                error_type LowCardinality(String),
+                attempts UInt16,
+                submitted_at {_NTS},
+                started_at {_NTS},
+                finished_at {_TS},
+                queue_wait_s Nullable(Float64),
+                run_s Nullable(Float64),
+                total_s Nullable(Float64)
+            ) ENGINE = MergeTree
+            PARTITION BY toYYYYMM(finished_at)
+            ORDER BY (tenant, kind, finished_at, job_id)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS job_outcomes_mv TO job_outcomes AS {_OUTCOMES_SELECT}",
+            # --- latest state per job -------------------------------------------
+            f"""
+            CREATE TABLE IF NOT EXISTS jobs_state (
+                tenant LowCardinality(String),
+                job_id String,
+                kind SimpleAggregateFunction(any, LowCardinality(String)),
+                status AggregateFunction(argMax, LowCardinality(String), UInt64),
+                last_seq SimpleAggregateFunction(max, UInt32),
+                progress SimpleAggregateFunction(max, Float64),
+                attempts SimpleAggregateFunction(max, UInt16),
+                submitted_at SimpleAggregateFunction(min, {_NTS}),
+                started_at SimpleAggregateFunction(min, {_NTS}),
+                finished_at SimpleAggregateFunction(min, {_NTS}),
+                updated_at SimpleAggregateFunction(max, {_TS}),
+                calc_version SimpleAggregateFunction(max, Nullable(String)),
+                error_type SimpleAggregateFunction(max, Nullable(String))
+            ) ENGINE = AggregatingMergeTree
+            ORDER BY (tenant, job_id)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS jobs_state_mv TO jobs_state AS {_JOBS_STATE_SELECT}",
+            f"""
+            CREATE VIEW IF NOT EXISTS jobs AS
+            SELECT tenant, job_id, kind_ AS kind, status_ AS status, last_seq_ AS last_seq,
+                if(status_ = 'succeeded', 1.0, progress_) AS progress,
+                attempts_ AS attempts, submitted_at_ AS submitted_at, started_at_ AS started_at,
+                finished_at_ AS finished_at, updated_at_ AS updated_at, calc_version_ AS calc_version,
+                error_type_ AS error_type,
+                ({_ms('started_at_')} - {_ms('submitted_at_')}) / 1000 AS queue_wait_s,
+                ({_ms('finished_at_')} - {_ms('started_at_')}) / 1000 AS run_s,
+                ({_ms('finished_at_')} - {_ms('submitted_at_')}) / 1000 AS total_s
+            FROM (
+                SELECT tenant, job_id, any(kind) AS kind_, argMaxMerge(status) AS status_,
+                    max(last_seq) AS last_seq_, max(progress) AS progress_, max(attempts) AS attempts_,
+                    min(submitted_at) AS submitted_at_, min(started_at) AS started_at_,
+                    min(finished_at) AS finished_at_, max(updated_at) AS updated_at_,
+                    max(calc_version) AS calc_version_, max(error_type) AS error_type_
+                FROM jobs_state
+                GROUP BY tenant, job_id
+            )
+            """,
+            # --- events per minute by kind and type -------------------------------
+            f"""
+            CREATE TABLE IF NOT EXISTS event_counts_state (
+                tenant LowCardinality(String),
+                minute DateTime('UTC'),
+                kind LowCardinality(String),
+                type LowCardinality(String),
+                events SimpleAggregateFunction(sum, UInt64)
+            ) ENGINE = AggregatingMergeTree
+            PARTITION BY toYYYYMM(minute)
+            ORDER BY (tenant, minute, kind, type)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS event_counts_mv TO event_counts_state AS {_EVENT_COUNTS_SELECT}",
+            """
+            CREATE VIEW IF NOT EXISTS event_counts AS
+            SELECT tenant, minute, kind, type, sum(events) AS events
+            FROM event_counts_state GROUP BY tenant, minute, kind, type
+            """,
+            # --- batch sizes (per job: the size of the batch it ran in) ------------
+            f"""
+            CREATE TABLE IF NOT EXISTS batch_sizes_state (
+                tenant LowCardinality(String),
+                minute DateTime('UTC'),
+                kind LowCardinality(String),
+                jobs SimpleAggregateFunction(sum, UInt64),
+                size_avg AggregateFunction(avg, UInt32),
+                size_quantiles AggregateFunction(quantiles({QUANTILES}), UInt32),
+                size_max SimpleAggregateFunction(max, UInt32)
+            ) ENGINE = AggregatingMergeTree
+            PARTITION BY toYYYYMM(minute)
+            ORDER BY (tenant, minute, kind)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS batch_sizes_mv TO batch_sizes_state AS {_BATCH_SIZES_SELECT}",
+            f"""
+            CREATE VIEW IF NOT EXISTS batch_sizes AS
+            SELECT tenant, minute, kind, jobs_ AS jobs, size_avg_ AS size_avg, q[1] AS size_p50, q[2] AS size_p90,
+                q[3] AS size_p99, size_max_ AS size_max
+            FROM (
+                SELECT tenant, minute, kind, sum(jobs) AS jobs_, avgMerge(size_avg) AS size_avg_,
+                    quantilesMerge({QUANTILES})(size_quantiles) AS q, max(size_max) AS size_max_
+                FROM batch_sizes_state GROUP BY tenant, minute, kind
+            )
+            """,
+            # --- outcomes per minute: counts and latency quantiles ------------------
+            f"""
+            CREATE TABLE IF NOT EXISTS outcome_stats_state (
+                tenant LowCardinality(String),
+                minute DateTime('UTC'),
+                kind LowCardinality(String),
+                status LowCardinality(String),
+                jobs SimpleAggregateFunction(sum, UInt64),
+                queue_wait_s AggregateFunction(quantiles({QUANTILES}), Nullable(Float64)),
+                run_s AggregateFunction(quantiles({QUANTILES}), Nullable(Float64)),
+                total_s AggregateFunction(quantiles({QUANTILES}), Nullable(Float64))
+            ) ENGINE = AggregatingMergeTree
+            PARTITION BY toYYYYMM(minute)
+            ORDER BY (tenant, minute, kind, status)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS outcome_stats_mv TO outcome_stats_state AS {_OUTCOME_STATS_SELECT}",
+            f"""
+            CREATE VIEW IF NOT EXISTS outcome_stats AS
+            SELECT tenant, minute, kind, status, jobs_ AS jobs,
+                qw[1] AS queue_wait_p50, qw[2] AS queue_wait_p90, qw[3] AS queue_wait_p99,
+                r[1] AS run_p50, r[2] AS run_p90, r[3] AS run_p99,
+                t[1] AS total_p50, t[2] AS total_p90, t[3] AS total_p99
+            FROM (
+                SELECT tenant, minute, kind, status, sum(jobs) AS jobs_,
+                    quantilesMerge({QUANTILES})(queue_wait_s) AS qw, quantilesMerge({QUANTILES})(run_s) AS r,
+                    quantilesMerge({QUANTILES})(total_s) AS t
+                FROM outcome_stats_state GROUP BY tenant, minute, kind, status
+            )
+            """,
+            """
+            CREATE VIEW IF NOT EXISTS failure_rates AS
+            SELECT tenant, minute, kind, finished, failed, failed / finished AS failure_rate
+            FROM (
+                SELECT tenant, minute, kind, sum(jobs) AS finished, sumIf(jobs, status = 'failed') AS failed
+                FROM outcome_stats_state GROUP BY tenant, minute, kind
+            )
+            """,
+            # --- backfill what version 1 already stored (MVs only see new inserts) ---
+            f"INSERT INTO jobs_state {_JOBS_STATE_SELECT}",
+            f"INSERT INTO event_counts_state {_EVENT_COUNTS_SELECT}",
+            f"INSERT INTO batch_sizes_state {_BATCH_SIZES_SELECT}",
+            _OUTCOMES_BACKFILL,  # feeds outcome_stats_state through its materialized view
+        ],
+    ),
 ]
 
+LATEST = MIGRATIONS[-1][0]
 
-def migrate(client) -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
+
+def migrate(client, target: int | None = None) -> list[int]:
+    """Apply pending migrations up to ``target`` (default: all); returns the versions applied now."""
     client.command(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
-    done = {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
+    done = applied_versions(client)
     applied = []
     for version, name, statements in MIGRATIONS:
-        if version in done:
+        if version in done or (target is not None and version > target):
             continue
         for statement in statements:
             client.command(statement)
@@ -71,3 +376,40 @@ def migrate(client) -> list[int]:
         logger.info("applied ClickHouse migration %d (%s)", version, name)
         applied.append(version)
     return applied
+
+
+def applied_versions(client) -> set[int]:
+    return {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
+
+
+def apply_events_ttl(client, days: int) -> str | None:
+    """Make ``job_events``' TTL match ``days`` (0: keep forever); returns the change made, if any.
+
+    A setting, not a migration: the retention is an operator's choice that can
+    change at any restart. Only a real change runs an ALTER (which rewrites
+    parts to apply the new TTL), so restarts with the same value cost nothing.
+    """
+    if days < 0:
+        raise ValueError("events TTL days must be >= 0")
+    current = events_ttl(client)
+    wanted = f"toDateTime(ts) + toIntervalDay({days})" if days else None
+    if current == wanted:
+        return None
+    if wanted is None:
+        client.command("ALTER TABLE job_events REMOVE TTL")
+        logger.info("job_events TTL removed (events are kept forever)")
+        return "removed"
+    client.command(f"ALTER TABLE job_events MODIFY TTL toDateTime(ts) + INTERVAL {int(days)} DAY")
+    logger.info("job_events TTL set to %d days", days)
+    return f"{days} days"
+
+
+def events_ttl(client) -> str | None:
+    """The TTL expression of ``job_events`` as ClickHouse reports it, or None."""
+    (create,) = client.query(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'job_events'"
+    ).result_rows[0]
+    marker = " TTL "
+    if marker not in create:
+        return None
+    return create.split(marker, 1)[1].split(" SETTINGS ", 1)[0].strip()

@@ -5,6 +5,11 @@ per process and silently returns empty results if queries interleave, and a
 sync HTTP client must not run concurrent queries in one session
 (ClickHouse/clickhouse-connect#295). Async callers use the ``a*`` methods,
 which run the call on a worker thread.
+
+Analysts' SQL runs on a second client whose session is ``readonly=1`` with
+result-size and time limits: ClickHouse itself refuses writes, DDL, table
+functions and attempts to lift the limits (a chDB engine accepts any number of
+handles; a server gets the settings with every request).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,64 +25,160 @@ from typing import Any, Sequence
 import clickhouse_connect
 import orjson
 
-from sink.schema import migrate
-from streams.events import EventType, JobEvent
+from sink.schema import apply_events_ttl, migrate
+from streams.events import JobEvent
 
 logger = logging.getLogger(__name__)
 
 EVENT_COLUMNS = [
     "tenant", "job_id", "seq", "type", "kind", "ts", "data", "schema_version", "kafka_partition", "kafka_offset",
 ]
-RESULT_COLUMNS = ["tenant", "job_id", "calc_version", "kind", "result", "finished_at", "attempts"]
+
+# A redelivered batch's token was seen: ClickHouse drops the block. Dependent
+# materialized views get their own derived tokens, so a retry after a failure
+# half-way through the views completes them instead of skipping them.
+_INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
-def connect(url: str):
+# How the sink's JSON lines are read: ISO 8601 times, `data` objects kept as JSON text, extra fields ignored.
+_JSON_SETTINGS = {
+    "date_time_input_format": "best_effort",
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_skip_unknown_fields": 1,
+}
+
+
+class StoreClosed(ConnectionError):
+    """The store was closed; ``open()`` reconnects."""
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one analyst query may cost (ClickHouse enforces each)."""
+
+    max_rows: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 30.0
+
+    def settings(self) -> dict[str, Any]:
+        # readonly last: a server checks a request's settings against the session as it was.
+        return {
+            "max_result_rows": self.max_rows,
+            "max_result_bytes": self.max_bytes,
+            "result_overflow_mode": "throw",
+            "max_execution_time": self.max_seconds,
+            "readonly": 1,
+        }
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple]
+
+
+def connect(url: str, database: str | None = None, settings: dict[str, Any] | None = None):
     """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port``."""
+    extra: dict[str, Any] = {}
+    if database:
+        extra["database"] = database
+    if settings:
+        extra["settings"] = settings
     if url.startswith("chdb://"):
         path = Path(url.removeprefix("chdb://")).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}", **extra)
     if url.startswith(("http://", "https://")):
-        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, **extra)
     raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, not {url!r}")
 
 
 class ClickHouseStore:
-    """Writes events/results and reads a job's history; schema migrated on open."""
+    """Writes events/results and reads a job's history; schema migrated on open.
 
-    def __init__(self, url: str) -> None:
+    ``database`` (default: the connection's) keeps a whole schema apart, e.g.
+    for a test of migrations inside the one chDB engine a process may have.
+    """
+
+    def __init__(self, url: str, *, database: str | None = None) -> None:
         self.url = url
-        self._client = connect(url)
+        self.database = database
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._client: Any = None
+        self._readonly: dict[QueryLimits, Any] = {}  # one read-only session per set of limits
+        if database:
+            admin = connect(url)
+            try:
+                admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+            finally:
+                admin.close()
+        self.open()
+
+    def open(self) -> "ClickHouseStore":
+        """Connect (again, after ``close()``) and bring the schema up to date."""
         with self._lock:
-            migrate(self._client)
+            if self._client is None:
+                client = connect(self.url, self.database)
+                try:
+                    migrate(client)
+                except Exception:
+                    client.close()
+                    raise
+                self._client = client
+        return self
+
+    def close(self) -> None:
+        with self._read_lock:
+            for client in self._readonly.values():
+                client.close()
+            self._readonly.clear()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @property
+    def closed(self) -> bool:
+        return self._client is None
+
+    def _live(self) -> Any:
+        if self._client is None:
+            raise StoreClosed(f"the ClickHouse store at {self.url} is closed")
+        return self._client
 
     # --- writes (the sink) ----------------------------------------------------
-    def insert_events(self, rows: Sequence[tuple[JobEvent, int, int]], dedup_token: str) -> None:
-        """Insert events (with their Kafka partition/offset) and the results they carry.
-
-        ``dedup_token`` names the exact Kafka range, so a redelivered batch is dropped
-        by ClickHouse's insert deduplication instead of written twice.
-        """
-        event_rows = []
-        result_rows = []
-        for event, partition, offset in rows:
-            event_rows.append([
-                event.tenant, event.job_id, event.seq, event.type.value, event.kind, event.ts,
-                orjson.dumps(event.data).decode(), event.schema_version, partition, offset,
-            ])
-            if event.type is EventType.SUCCEEDED:
-                result_rows.append([
-                    event.tenant, event.job_id, str(event.data.get("calc_version") or ""), event.kind,
-                    orjson.dumps(event.data.get("result")).decode(), event.ts, int(event.data.get("attempt", 1)),
-                ])
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str) -> None:
+        """Insert rows; a retry with the same ``dedup_token`` is dropped by ClickHouse."""
+        if not rows:
+            return
         with self._lock:
-            if event_rows:
-                self._client.insert("job_events", event_rows, column_names=EVENT_COLUMNS,
-                                    settings={"insert_deduplication_token": f"{dedup_token}:events"})
-            if result_rows:
-                self._client.insert("job_results", result_rows, column_names=RESULT_COLUMNS,
-                                    settings={"insert_deduplication_token": f"{dedup_token}:results"})
+            self._live().insert(table, rows, column_names=list(columns),
+                                settings={**_INSERT_SETTINGS, "insert_deduplication_token": dedup_token})
+
+    def insert_json(self, table: str, lines: bytes, dedup_token: str) -> None:
+        """Insert JSONEachRow ``lines`` (ClickHouse parses them); a retry with the same token is dropped."""
+        if not lines:
+            return
+        with self._lock:
+            self._live().raw_insert(table, insert_block=lines, fmt="JSONEachRow", settings={
+                **_INSERT_SETTINGS, **_JSON_SETTINGS, "insert_deduplication_token": dedup_token})
+
+    def job_times(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime | None, datetime | None]]:
+        """(submitted_at, started_at) of jobs already in the store, for timing their outcomes."""
+        if not keys:
+            return {}
+        rows = self.query(
+            "SELECT tenant, job_id, min(submitted_at), min(started_at) FROM jobs_state "
+            "WHERE (tenant, job_id) IN {keys:Array(Tuple(String, String))} GROUP BY tenant, job_id",
+            {"keys": [tuple(k) for k in keys]},
+        )
+        return {(t, j): (_utc(s) if s else None, _utc(r) if r else None) for t, j, s, r in rows}
+
+    def apply_events_ttl(self, days: int) -> str | None:
+        with self._lock:
+            return apply_events_ttl(self._live(), days)
 
     # --- reads (API and gateway) ------------------------------------------------
     def job_events(self, tenant: str, job_id: str, after_seq: int = -1) -> list[JobEvent]:
@@ -95,17 +197,45 @@ class ClickHouseStore:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         with self._lock:
-            return list(self._client.query(sql, parameters=parameters or {}).result_rows)
+            return list(self._live().query(sql, parameters=parameters or {}).result_rows)
 
     async def ajob_events(self, tenant: str, job_id: str, after_seq: int = -1) -> list[JobEvent]:
         return await asyncio.to_thread(self.job_events, tenant, job_id, after_seq)
 
-    def close(self) -> None:
-        with self._lock:
-            self._client.close()
+    # --- analysts ------------------------------------------------------------------
+    def readonly_query(self, sql: str, limits: QueryLimits = QueryLimits(),
+                       parameters: dict[str, Any] | None = None) -> QueryResult:
+        """Run an analyst's SQL on a read-only session (``readonly=1`` plus ``limits``).
+
+        Nothing here inspects the SQL: ClickHouse refuses what the session may not do.
+        Runs beside the sink's inserts (its own client), one analyst query at a time.
+        """
+        with self._read_lock:
+            if self.closed:
+                raise StoreClosed(f"the ClickHouse store at {self.url} is closed")
+            client = self._readonly.get(limits)
+            if client is None:
+                client = self._readonly[limits] = connect(self.url, self.database, settings=limits.settings())
+            result = client.query(sql, parameters=parameters or {})
+            columns, types = list(result.column_names), [t.name for t in result.column_types]
+            if not columns:  # chDB sends no header for an empty result: ask for the shape
+                columns, types = _shape(client, sql, parameters)
+            return QueryResult(columns, types, list(result.result_rows))
+
+    async def areadonly_query(self, sql: str, limits: QueryLimits = QueryLimits(),
+                              parameters: dict[str, Any] | None = None) -> QueryResult:
+        return await asyncio.to_thread(self.readonly_query, sql, limits, parameters)
+
+
+def _shape(client: Any, sql: str, parameters: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """Column names and types of a query that returned nothing (best effort: SELECTs only)."""
+    try:
+        rows = client.query(f"DESCRIBE ({sql.strip().rstrip(';')})", parameters=parameters or {}).result_rows
+    except Exception:
+        return [], []
+    return [row[0] for row in rows], [row[1] for row in rows]
 
 
 def _utc(ts: datetime) -> datetime:
     """ClickHouse returns naive datetimes for DateTime64(3, 'UTC') columns; say they are UTC."""
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-

@@ -1,0 +1,118 @@
+"""The read side for analysts over HTTP: ``POST /v1/sql`` and ``GET /v1/stats``.
+
+``/v1/sql`` exists because embedded chDB may be opened by one process only:
+the running service runs analysts' queries for them. It shows every tenant's
+data, so when API keys are configured only the tenants named in
+``JOBSTREAM_SQL_TENANTS`` may use it (without keys the service is loopback-only
+and single-user). Read-only is enforced by ClickHouse (``readonly=1`` on the
+session), as are the result-size and time limits — the SQL is never parsed here.
+
+``/v1/stats`` is the caller's own tenant only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest_api.auth import KeyRing, current_tenant
+from ingest_api.problems import Problem, problem_responses
+from sink import analytics
+from sink.query import limits_from, result_body
+from sink.store import ClickHouseStore, StoreClosed
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["analytics"])
+
+# ClickHouse error codes that are the query's fault and have a better answer than 400.
+_READONLY, _TIMEOUT, _TOO_BIG = 164, 159, 396
+
+
+class SqlQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, description="One read-only statement (SELECT, SHOW, DESCRIBE, EXPLAIN, …).",
+                     examples=["SELECT kind, count() FROM jobs GROUP BY kind"])
+
+
+class SqlResult(BaseModel):
+    columns: list[str]
+    types: list[str] = Field(description="ClickHouse type of each column.")
+    rows: list[list[Any]]
+    row_count: int
+
+
+def sql_tenants(settings: Settings) -> frozenset[str]:
+    return frozenset(t.strip() for t in settings.sql_tenants.split(",") if t.strip())
+
+
+def sql_caller(request: Request, tenant: str = Depends(current_tenant)) -> str:
+    """FastAPI dependency: the caller may run SQL over every tenant's data, or 403."""
+    keyring: KeyRing = request.app.state.keyring
+    settings: Settings = request.app.state.settings
+    if keyring.enabled and tenant not in sql_tenants(settings):
+        raise Problem(403, "SQL not allowed", f"tenant {tenant!r} may not run SQL; JOBSTREAM_SQL_TENANTS names "
+                                              "the tenants that may (queries see every tenant's data)")
+    return tenant
+
+
+@router.post("/v1/sql", response_model=SqlResult, responses={
+    **problem_responses(400, 401, 403, 422, 503, s400="ClickHouse refused the query (its message is the detail)",
+                        s403="Not an SQL tenant, or the statement would write",
+                        s422="Result or run time over the limits"),
+})
+async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_caller)) -> Response:
+    """Run one read-only SQL statement on ClickHouse and return its rows (``jobstream sql`` uses this)."""
+    settings: Settings = request.app.state.settings
+    store: ClickHouseStore = request.app.state.store
+    limits = limits_from(settings)
+    try:
+        result = await store.areadonly_query(body.sql, limits)
+    except DatabaseError as exc:
+        raise _problem(exc, limits) from None
+    except (OperationalError, StoreClosed) as exc:
+        raise Problem(503, "ClickHouse unavailable", str(exc)) from None
+    logger.info("sql query by tenant %s returned %d rows", tenant, len(result.rows))
+    return Response(result_body(result), media_type="application/json")
+
+
+@router.get("/v1/stats", responses={**problem_responses(401, 422, 503)})
+async def stats(request: Request, tenant: str = Depends(current_tenant),
+                since: str | None = Query(default=None, description="Window start: 15m, 1h, 7d or ISO 8601 "
+                                                                    "(default 1h)."),
+                kind: str | None = Query(default=None, description="Only this calculation.")) -> dict[str, Any]:
+    """Throughput, outcomes, failure rate, latency and batch-size quantiles of the caller's jobs."""
+    store: ClickHouseStore = request.app.state.store
+    now = datetime.now(timezone.utc)
+    try:
+        start = analytics.parse_since(since, now)
+    except analytics.BadWindow as exc:
+        raise Problem(422, "Invalid request", str(exc), errors=[{"field": "since", "reason": str(exc)}]) from None
+    if start >= now:
+        raise Problem(422, "Invalid request", "since must be in the past",
+                      errors=[{"field": "since", "reason": "not in the past"}])
+    try:
+        return await asyncio.to_thread(analytics.headline, store, tenant, start, kind, now)
+    except (OperationalError, StoreClosed) as exc:
+        raise Problem(503, "ClickHouse unavailable", str(exc)) from None
+
+
+def _problem(exc: DatabaseError, limits) -> Problem:  # type: ignore[no-untyped-def]
+    code = getattr(exc, "code", None)
+    message = str(exc).strip()
+    if code == _READONLY:
+        return Problem(403, "Read-only", f"only read-only statements may run here: {message}")
+    if code == _TOO_BIG:
+        return Problem(422, "Result too large", message, max_rows=limits.max_rows, max_bytes=limits.max_bytes)
+    if code == _TIMEOUT:
+        return Problem(422, "Query too slow", message, max_execution_s=limits.max_seconds)
+    return Problem(400, "Query failed", message, clickhouse_code=code)
