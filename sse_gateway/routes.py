@@ -1,137 +1,205 @@
-"""``GET /v1/jobs/{id}/events``: a job's events as Server-Sent Events, history then live.
+"""The gateway's HTTP surface: the two event streams and stream tokens.
 
-Gap-free seam: subscribe to the live tail first, then read history from the
-store, then emit strictly in ``seq`` order, holding back any live event that
-arrives ahead of a missing one until history (re-read while waiting) fills the
-gap. ``id:`` is the event's seq, so ``Last-Event-ID`` resumes exactly after it
-(sse-starlette leaves Last-Event-ID to us). The stream ends after the terminal
-event.
+* ``GET /v1/jobs/{id}/events`` — one job, history then live, ends after the terminal event
+  (``job_stream``); ``204`` when Last-Event-ID is already at the terminal event, which also
+  stops a browser's EventSource from reconnecting.
+* ``GET /v1/events?kind=&status=&job_id=`` — all of the caller's jobs, never ends (``tenant_stream``).
+* ``POST /v1/stream-tokens`` — a short-lived token for ``?token=`` (``tokens``).
+
+Both streams take the API key (``Authorization: Bearer``) or a stream token, and
+``Last-Event-ID`` as a header or ``?last_event_id=`` (sse-starlette leaves that to us).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import AsyncIterator
+from datetime import datetime, timezone
+from urllib.parse import quote
 
-import orjson
-from fastapi import APIRouter, Depends, Query, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
+from ingest_api.auth import bearer, current_tenant
 from ingest_api.problems import Problem
-from ingest_api.auth import current_tenant
-from ingest_api.routes import load_view
-from sink.store import ClickHouseStore
-from sse_gateway.fanout import Fanout, Subscription
-from streams.events import JobEvent
+from sse_gateway import positions
+from sse_gateway.fanout import Fanout
+from sse_gateway.job_stream import ClientHasEverything, JobStream
+from sse_gateway.limits import ConnectionLimits, Slot, TooManyStreams
+from sse_gateway.sse import EventStreamResponse, SendWatchdog
+from sse_gateway.tenant_stream import EventFilter, TenantStream
+from sse_gateway.tokens import InvalidToken, StreamGrant, StreamTokens
+from streams.events import JobStatus
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-MAX_HISTORY_POLL_S = 10.0
+MAX_FILTER_VALUES = 1000
+_STREAM = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
 
 
-def parse_last_event_id(header: str | None, query: str | None) -> int:
-    raw = header if header is not None else query
-    if raw is None or raw == "":
-        return -1
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount the gateway routes with their per-process state (token key, connection counts)."""
+    app.state.stream_tokens = StreamTokens.from_settings(settings)
+    app.state.sse_limits = ConnectionLimits(settings.sse_max_connections, settings.sse_max_connections_per_tenant)
+    app.state.sse_watchdog = SendWatchdog(settings.sse_send_timeout_s)
+    app.include_router(router)
+
+
+def stream_grant(request: Request, token: str | None = Query(
+        default=None, description="A stream token from POST /v1/stream-tokens (for clients that cannot send "
+                                  "headers, such as a browser's EventSource).")) -> StreamGrant:
+    """The API key if one is sent, else the stream token. Only the stream routes use this."""
+    if token is None or bearer(request) is not None:
+        return StreamGrant(tenant=current_tenant(request))
+    tokens: StreamTokens = request.app.state.stream_tokens
     try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, "Invalid Last-Event-ID", f"expected a job event id (an integer), got {raw!r}") from None
-    if value < -1:
-        raise Problem(400, "Invalid Last-Event-ID", "must be >= 0")
-    return value
+        return tokens.verify(token)
+    except InvalidToken as exc:
+        raise Problem(401, "Invalid stream token", f"the token is {exc.reason}; get a new one from "
+                      "POST /v1/stream-tokens", headers={"WWW-Authenticate": 'Bearer realm="jobstream"'},
+                      reason=exc.reason) from None
 
 
-def to_sse(event: JobEvent, retry_ms: int) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=orjson.dumps(event.model_dump(mode="json")).decode(), event=event.type.value, id=str(event.seq),
-        retry=retry_ms,
-    )
-
-
-class _Ordered:
-    """Reorder buffer: releases events strictly in seq order after ``last``."""
-
-    def __init__(self, last: int) -> None:
-        self.last = last
-        self._held: dict[int, JobEvent] = {}
-
-    def add(self, events: list[JobEvent]) -> list[JobEvent]:
-        for event in events:
-            if event.seq > self.last:
-                self._held.setdefault(event.seq, event)
-        ready = []
-        while self.last + 1 in self._held:
-            self.last += 1
-            ready.append(self._held.pop(self.last))
-        return ready
-
-    @property
-    def waiting(self) -> bool:
-        return bool(self._held)
-
-
-async def job_stream(store: ClickHouseStore, sub: Subscription, tenant: str, job_id: str, last: int,
-                     settings: Settings, request: Request) -> AsyncIterator[ServerSentEvent]:
-    order = _Ordered(last)
-    poll_s = settings.sse_history_poll_s
-    joined = False  # once history and live meet, live alone is complete
-    deadline = asyncio.get_running_loop().time() + settings.sse_max_stream_s
-    for event in order.add(await store.ajob_events(tenant, job_id, after_seq=last)):
-        yield to_sse(event, settings.sse_retry_ms)
-        if event.terminal:
-            return
-    while asyncio.get_running_loop().time() < deadline:
-        if sub.overflowed:
-            logger.info("dropping slow SSE client", extra={"job_id": job_id})
-            return
-        try:
-            live = [await asyncio.wait_for(sub.queue.get(), timeout=poll_s)]
-            while not sub.queue.empty():
-                live.append(sub.queue.get_nowait())
-            if any(e.seq <= order.last + 1 for e in live):
-                joined = True
-        except asyncio.TimeoutError:
-            live = []
-        if not live or order.waiting or not joined:
-            live += await store.ajob_events(tenant, job_id, after_seq=order.last)
-            poll_s = min(poll_s * 2, MAX_HISTORY_POLL_S) if not live else settings.sse_history_poll_s
-        for event in order.add(live):
-            yield to_sse(event, settings.sse_retry_ms)
-            if event.terminal:
-                return
-        if await request.is_disconnected():
-            return
-
-
-@router.get("/v1/jobs/{job_id}/events", responses={
-    200: {"content": {"text/event-stream": {}}, "description": "The job's events as Server-Sent Events"},
-    404: {"description": "No such job"},
-})
-async def job_events(job_id: str, request: Request, tenant: str = Depends(current_tenant),
-                     last_event_id: str | None = Query(default=None)) -> EventSourceResponse:
+def _admit(request: Request, tenant: str) -> Slot:
+    limits: ConnectionLimits = request.app.state.sse_limits
     settings: Settings = request.app.state.settings
-    last = parse_last_event_id(request.headers.get("last-event-id"), last_event_id)
-    fanout: Fanout = request.app.state.fanout
-    sub = fanout.subscribe(job_id)
     try:
-        await load_view(request, tenant, job_id)  # 404 for a job we do not know
-    except Problem:
-        fanout.unsubscribe(sub)
+        return limits.acquire(tenant)
+    except TooManyStreams as exc:
+        logger.info("refused an SSE stream: %s", exc, extra={"tenant": tenant})
+        raise Problem(429, "Too many streams", f"this gateway's {exc.scope} limit of {exc.limit} open streams "
+                      "is reached; retry later or close other streams",
+                      headers={"Retry-After": str(settings.retry_after_s)}, scope=exc.scope, limit=exc.limit) from None
+
+
+def _last_event_id(request: Request, query: str | None) -> str | None:
+    raw = request.headers.get("last-event-id")
+    raw = raw if raw is not None else query
+    return raw.strip() if raw and raw.strip() else None
+
+
+def _values(raw: list[str], field: str) -> list[str]:
+    values = [v.strip() for item in raw for v in item.split(",") if v.strip()]
+    if len(values) > MAX_FILTER_VALUES:
+        raise Problem(422, "Invalid request", f"at most {MAX_FILTER_VALUES} values of {field}",
+                      errors=[{"field": field, "reason": f"more than {MAX_FILTER_VALUES} values"}])
+    return values
+
+
+@router.get("/v1/jobs/{job_id}/events", response_class=Response, responses={
+    200: _STREAM, 204: {"description": "Last-Event-ID is the job's terminal event: nothing more will come"},
+    400: {"description": "Bad Last-Event-ID"}, 401: {"description": "No or bad API key / stream token"},
+    403: {"description": "The stream token is for another job"}, 404: {"description": "No such job"},
+    429: {"description": "Too many open streams"}, 503: {"description": "History not readable yet; retry"},
+})
+async def job_events(job_id: str, request: Request, grant: StreamGrant = Depends(stream_grant),
+                     last_event_id: str | None = Query(default=None, description="Same as the Last-Event-ID header.")
+                     ) -> Response:
+    """One job's events: history, then live; `id:` is the event's seq; ends after the terminal event."""
+    if grant.job_id is not None and grant.job_id != job_id:
+        raise Problem(403, "Token not valid for this job", "this stream token is scoped to another job")
+    raw = _last_event_id(request, last_event_id)
+    try:
+        last = int(raw) if raw is not None else -1
+    except ValueError:
+        raise Problem(400, "Invalid Last-Event-ID", f"expected a seq of this job (an integer), got {raw!r}") from None
+    if last < -1:
+        raise Problem(400, "Invalid Last-Event-ID", "must be >= 0")
+    settings: Settings = request.app.state.settings
+    slot = _admit(request, grant.tenant)
+    stream = JobStream(request.app.state.fanout, request.app.state.store, settings, grant.tenant, job_id, last)
+    try:
+        await stream.open()
+    except ClientHasEverything:
+        slot.release()
+        return Response(status_code=204)
+    except BaseException:
+        slot.release()
         raise
+    return _respond(request, stream, slot)
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+
+@router.get("/v1/events", response_class=Response, responses={
+    200: _STREAM, 400: {"description": "Bad Last-Event-ID"}, 401: {"description": "No or bad API key / token"},
+    403: {"description": "The stream token is for one job only"}, 429: {"description": "Too many open streams"},
+})
+async def tenant_events(request: Request, grant: StreamGrant = Depends(stream_grant),
+                        kind: list[str] = Query(default=[], description="Only these kinds (repeat or comma-separate)."),
+                        status: list[str] = Query(default=[], description="Only events that move a job to these "
+                                                  "statuses (running covers running, progress and retrying)."),
+                        job_id: list[str] = Query(default=[], description="Only these jobs."),
+                        last_event_id: str | None = Query(default=None, description="Same as the Last-Event-ID header.")
+                        ) -> Response:
+    """Every event of the caller's jobs, filtered; `id:` is a position in jobs.events; never ends."""
+    if grant.job_id is not None:
+        raise Problem(403, "Token not valid for this stream", "this stream token is scoped to one job; "
+                      "ask for a token without job_id")
+    statuses = []
+    for value in _values(status, "status"):
         try:
-            async for item in job_stream(request.app.state.store, sub, tenant, job_id, last, settings, request):
-                yield item
-        finally:
-            fanout.unsubscribe(sub)
+            statuses.append(JobStatus(value))
+        except ValueError:
+            raise Problem(422, "Invalid request", f"unknown status {value!r}",
+                          errors=[{"field": "status", "reason": f"one of {[s.value for s in JobStatus]}"}]) from None
+    fanout: Fanout = request.app.state.fanout
+    raw = _last_event_id(request, last_event_id)
+    try:
+        resume = positions.parse(raw, fanout.partitions) if raw is not None else None
+    except positions.BadPosition as exc:
+        raise Problem(400, "Invalid Last-Event-ID", f"expected an id of this stream: {exc}") from None
+    settings: Settings = request.app.state.settings
+    accepts = EventFilter(_values(kind, "kind"), statuses, _values(job_id, "job_id"))
+    slot = _admit(request, grant.tenant)
+    stream = TenantStream(fanout, request.app.state.store, settings, grant.tenant, accepts, resume)
+    stream.open()
+    return _respond(request, stream, slot)
 
-    return EventSourceResponse(
-        events(), ping=int(settings.sse_heartbeat_s), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        send_timeout=30,
-    )
+
+def _respond(request: Request, stream: JobStream | TenantStream, slot: Slot) -> EventStreamResponse:
+    def closed() -> None:
+        stream.close()
+        slot.release()
+
+    return EventStreamResponse(stream.frames(), watchdog=request.app.state.sse_watchdog,
+                               on_disconnect=stream.close, on_close=closed)
+
+
+class StreamTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(default=None, max_length=256, description="Scope the token to this job's stream; "
+                               "omit for a token valid on /v1/events and every job of the tenant.")
+    ttl_s: float | None = Field(default=None, gt=0, description="Lifetime; at most JOBSTREAM_STREAM_TOKEN_TTL_S.")
+
+
+class StreamToken(BaseModel):
+    token: str
+    tenant: str
+    job_id: str | None
+    expires_at: datetime
+    expires_in_s: float
+    events: str = Field(description="The stream URL with the token in place, ready for EventSource.")
+
+
+@router.post("/v1/stream-tokens", status_code=201, response_model=StreamToken, responses={
+    400: {"description": "Malformed JSON"}, 401: {"description": "No or bad API key"},
+    422: {"description": "Invalid request"},
+})
+async def stream_token(request: Request, body: StreamTokenRequest | None = None,
+                       tenant: str = Depends(current_tenant)) -> StreamToken:
+    """A short-lived, signed token that opens the caller's streams via ?token= (needs the API key)."""
+    body = body or StreamTokenRequest()
+    tokens: StreamTokens = request.app.state.stream_tokens
+    if body.ttl_s is not None and body.ttl_s > tokens.max_ttl_s:
+        raise Problem(422, "Invalid request", f"ttl_s is at most {tokens.max_ttl_s:g}",
+                      errors=[{"field": "ttl_s", "reason": f"at most {tokens.max_ttl_s:g}"}])
+    token, expires_at = tokens.issue(tenant, body.job_id, body.ttl_s)
+    settings: Settings = request.app.state.settings
+    base = (settings.public_url or "").rstrip("/")
+    path = f"/v1/jobs/{quote(body.job_id, safe='')}/events" if body.job_id else "/v1/events"
+    now = datetime.now(timezone.utc)
+    return StreamToken(token=token, tenant=tenant, job_id=body.job_id,
+                       expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
+                       expires_in_s=max(0.0, expires_at - now.timestamp()), events=f"{base}{path}?token={token}")

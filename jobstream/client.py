@@ -1,0 +1,169 @@
+"""A small Python client for jobstream's event streams that resumes by itself.
+
+Built on httpx + httpx-sse. It remembers the last ``id:`` it saw and, when the
+connection drops (network error, gateway restart, ``event: disconnect`` from a
+slow-client cut or the stream's maximum lifetime), reconnects after the
+server's ``retry:`` hint with ``Last-Event-ID`` — so the caller sees every event
+once, in order::
+
+    from jobstream.client import watch_job
+
+    for event in watch_job("http://127.0.0.1:8000", job_id, api_key="..."):
+        print(event.type, event.data)      # ends after succeeded / failed / cancelled
+
+``event.type == "reset"`` means the server could not replay everything since
+the last id (retention, or a sink far behind): reload the job's state from
+``GET /v1/jobs/{id}``; live events go on after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import httpx
+import orjson
+from httpx_sse import SSEError, connect_sse
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
+CONTROL_TYPES = frozenset({"disconnect"})
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+
+class StreamError(Exception):
+    """The server refused the stream for good (401, 403, 404, 400, ...); ``problem`` is its body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+        self.status = status
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event: ``id`` (seq, or a position on /v1/events), ``type`` (SSE ``event:``), ``data`` (the JSON)."""
+
+    id: str
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+class EventStream:
+    """Iterates one stream across reconnects. ``last_event_id`` always holds the resume point."""
+
+    def __init__(self, client: httpx.Client, path: str, params: dict[str, Any] | None = None,
+                 last_event_id: str | None = None, ends_on_terminal: bool = True,
+                 max_attempts: int | None = 10, retry_ms: int = 2000) -> None:
+        self.client = client
+        self.path = path
+        self.params = {k: v for k, v in (params or {}).items() if v not in (None, [], ())}
+        self.last_event_id = last_event_id
+        self.ends_on_terminal = ends_on_terminal
+        self.max_attempts = max_attempts  # failed connects in a row before giving up (None: forever)
+        self.retry_ms = retry_ms
+        self.reconnects = 0
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        failures = 0
+        while True:
+            wait_s = self.retry_ms / 1000
+            try:
+                for event in self._once():
+                    failures = 0
+                    yield event
+                    if event.terminal and self.ends_on_terminal:
+                        return
+                else:
+                    if self._finished:
+                        return
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                logger.info("stream %s dropped (%s); resuming after %s", self.path, exc, self.last_event_id)
+            except _RetryLater as exc:
+                failures += 1
+                wait_s = exc.after_s
+            if self.max_attempts is not None and failures >= self.max_attempts:
+                raise StreamError(0, {"title": "Gave up", "detail": f"{failures} failed attempts in a row"})
+            self.reconnects += 1
+            time.sleep(wait_s * (1 if failures <= 1 else min(2 ** (failures - 1), 16)))
+
+    def _once(self) -> Iterator[StreamEvent]:
+        self._finished = False
+        headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+        with connect_sse(self.client, "GET", self.path, params=self.params, headers=headers) as source:
+            response = source.response
+            if response.status_code == 204:  # nothing more will come (we already saw the end)
+                self._finished = True
+                return
+            if response.status_code in RETRYABLE_STATUS:
+                response.read()
+                raise _RetryLater(float(response.headers.get("retry-after", self.retry_ms / 1000)))
+            if response.status_code != 200:
+                response.read()
+                try:
+                    problem = response.json()
+                except ValueError:
+                    problem = {"title": response.text}
+                raise StreamError(response.status_code, problem)
+            for sse in source.iter_sse():
+                if sse.retry is not None:
+                    self.retry_ms = sse.retry
+                if sse.id:
+                    self.last_event_id = sse.id
+                if not sse.data:  # id-only frames move the resume point; heartbeats carry nothing
+                    continue
+                if sse.event in CONTROL_TYPES:
+                    logger.info("server closed the stream: %s", sse.data)
+                    continue
+                yield StreamEvent(id=sse.id, type=sse.event, data=orjson.loads(sse.data))
+
+
+class _RetryLater(Exception):
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+
+
+READ_TIMEOUT_S = 60.0  # several server heartbeats (JOBSTREAM_SSE_HEARTBEAT_S, 15 s): silence means a dead link
+
+
+def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> httpx.Client:
+    if client is not None:
+        return client
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(10, read=READ_TIMEOUT_S))
+
+
+def watch_job(base_url: str, job_id: str, *, api_key: str | None = None, token: str | None = None,
+              last_event_id: str | None = None, client: httpx.Client | None = None,
+              max_attempts: int | None = 10) -> Iterator[StreamEvent]:
+    """A job's events from the start (or after ``last_event_id``) to its terminal event."""
+    http = _client(base_url, api_key, client)
+    try:
+        yield from EventStream(http, f"/v1/jobs/{job_id}/events", {"token": token}, last_event_id,
+                               ends_on_terminal=True, max_attempts=max_attempts)
+    finally:
+        if client is None:
+            http.close()
+
+
+def watch_events(base_url: str, *, kind: Sequence[str] = (), status: Sequence[str] = (),
+                 job_id: Sequence[str] = (), api_key: str | None = None, token: str | None = None,
+                 last_event_id: str | None = None, client: httpx.Client | None = None,
+                 max_attempts: int | None = None) -> Iterator[StreamEvent]:
+    """Every event of the caller's jobs (filtered), forever."""
+    http = _client(base_url, api_key, client)
+    params = {"kind": list(kind), "status": list(status), "job_id": list(job_id), "token": token}
+    try:
+        yield from EventStream(http, "/v1/events", params, last_event_id, ends_on_terminal=False,
+                               max_attempts=max_attempts)
+    finally:
+        if client is None:
+            http.close()

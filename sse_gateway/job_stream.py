@@ -1,0 +1,181 @@
+"""``GET /v1/jobs/{id}/events``: one job's history, then its live events, ids = the job's seq.
+
+The seam, without assuming seqs are contiguous:
+
+1. subscribe to the live tail and, in the same instant, copy the job's events
+   from the recent window and the window's start offset per partition;
+2. read the sink's committed offsets, then the job's events from ClickHouse;
+3. history = ClickHouse ∪ window, one event per seq, in seq order, after
+   ``Last-Event-ID``; then live events with a seq above the last one sent.
+
+ClickHouse holds every record below the sink's committed offset, the window
+every record from its start on; when the committed offset of the job's
+partition has reached the window's start the union has no hole. When it has
+not (the sink lags more than a window), the stream waits for the sink (at most
+``JOBSTREAM_SSE_HISTORY_WAIT_S``) and otherwise says ``event: reset`` — it
+never skips silently. History that no longer starts at the ``queued`` event
+(retention) and holds nothing at or before ``Last-Event-ID`` is also a
+``reset``. After a reset the stream goes on with live events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from ingest_api.problems import Problem
+from sink.store import ClickHouseStore
+from sse_gateway.fanout import Entry, Fanout, Subscription
+from sse_gateway.history import ajob_history
+from sse_gateway.sse import control_frame
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = b": ping\n\n"
+
+
+class ClientHasEverything(Exception):
+    """Last-Event-ID is at or past the job's terminal event: nothing left to send (HTTP 204)."""
+
+
+def merge_by_seq(*sources: list[Entry]) -> list[Entry]:
+    """One entry per seq (the first source wins), in seq order."""
+    by_seq: dict[int, Entry] = {}
+    for source in sources:
+        for entry in source:
+            by_seq.setdefault(entry.seq, entry)
+    return [by_seq[seq] for seq in sorted(by_seq)]
+
+
+class JobStream:
+    """One client's stream of one job: ``open()`` (may answer 404/503/204), then ``frames()``."""
+
+    def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str, job_id: str,
+                 last: int) -> None:
+        self.fanout = fanout
+        self.store = store
+        self.settings = settings
+        self.tenant = tenant
+        self.job_id = job_id
+        self.last = last
+        self.sub: Subscription | None = None
+        self._window: list[Entry] = []
+        self._window_start: list[int] = []
+        self._known: list[Entry] = []
+        self._partition: int | None = None
+        self._committed: list[int] = []
+        self._retry_line = b""
+
+    async def open(self) -> None:
+        """Subscribe and read history. Raises Problem 404 (unknown job) / 503 (cannot tell yet),
+        or ClientHasEverything."""
+        self.sub, window, self._window_start = self.fanout.subscribe_job(self.job_id)
+        try:
+            self._window = self._mine(window)
+            committed = await self.fanout.sink_committed()
+            self._known = merge_by_seq(await ajob_history(self.store, self.tenant, self.job_id), self._window)
+            if not self._known:  # maybe the tail has not reached it yet (another process accepted it)
+                await self.fanout.wait_caught_up(self.settings.sse_catchup_wait_s)
+                self._window += self._mine(self.fanout.job_window(self.job_id)) + self._mine(list(self.sub.items))
+                self._known = merge_by_seq(self._window)
+            if not self._known:
+                if all(self._covered(p, committed) for p in range(self.fanout.partitions)):
+                    raise Problem(404, "Job not found", f"no job {self.job_id!r}")
+                raise Problem(503, "History not available yet", "the sink is behind; retry shortly",
+                              headers={"Retry-After": str(self.settings.retry_after_s)})
+            self._partition = self._known[0].partition
+            self._committed = committed
+            terminal = next((e for e in self._known if e.terminal), None)
+            if terminal is not None and self.last >= terminal.seq:
+                raise ClientHasEverything()
+        except BaseException:
+            self.close()
+            raise
+
+    def _mine(self, entries: list[Entry]) -> list[Entry]:
+        return [e for e in entries if e.tenant == self.tenant]
+
+    def _covered(self, partition: int, committed: list[int]) -> bool:
+        start = self._window_start[partition]
+        return committed[partition] >= start or start <= self.fanout.start_low[partition]
+
+    def _complete(self) -> bool:
+        """History reaches back to the job's start, or at least to Last-Event-ID."""
+        return any(e.type == "queued" or e.seq <= self.last for e in self._known)
+
+    def close(self, reason: str = "client_disconnected") -> None:
+        if self.sub is not None:
+            self.sub.close(reason)
+            self.fanout.unsubscribe(self.sub)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """The response body: chunks of SSE frames."""
+        assert self.sub is not None and self._partition is not None
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._retry_line = b"retry: %d\n" % s.sse_retry_ms
+        reset: tuple[str, str] | None = None
+        # 1. the sink lags more than the window: wait for it, or say so
+        if not self._covered(self._partition, self._committed):
+            waited_until = loop.time() + s.sse_history_wait_s
+            while not self._covered(self._partition, self._committed) and loop.time() < waited_until:
+                yield b": waiting for history\n\n"
+                await asyncio.sleep(s.sse_history_poll_s)
+                if self.sub.closed:
+                    return
+                self._committed = await self.fanout.sink_committed()
+            if self._covered(self._partition, self._committed):
+                self._known = merge_by_seq(await ajob_history(self.store, self.tenant, self.job_id), self._window)
+            else:
+                reset = ("history_lagging", "the sink is further behind than the gateway's recent window")
+        if reset is None and not self._complete():
+            reset = ("history_unavailable", "this job's early events are no longer stored")
+        # 2. history after Last-Event-ID (or the reset, and on from the newest event we know)
+        last_sent = self.last
+        if reset is not None:
+            yield self._first(self._reset(*reset))
+            last_sent = max([last_sent, *(e.seq for e in self._known)])
+        else:
+            history = [e for e in self._known if e.seq > last_sent]
+            if history:
+                yield self._first(b"".join(e.job_frame() for e in history))
+                last_sent = history[-1].seq
+                if any(e.terminal for e in history):
+                    return
+        # 3. live (the fanout's ticker wakes us for heartbeats and ends us at the maximum lifetime)
+        while True:
+            items = await self.sub.wait()
+            chunk = []
+            terminal = False
+            for entry in items:
+                if entry.seq > last_sent and entry.tenant == self.tenant:
+                    chunk.append(entry.job_frame())
+                    last_sent = entry.seq
+                    if entry.terminal:
+                        terminal = True
+                        break
+            if chunk:
+                yield self._first(b"".join(chunk))
+            if terminal:
+                return
+            if self.sub.closed:
+                if self.sub.reason != "client_disconnected":
+                    yield self._first(control_frame("disconnect", {"reason": self.sub.reason, "resume": True}))
+                return
+            if not items and self.sub.heartbeat_due():
+                yield HEARTBEAT
+
+    def _first(self, chunk: bytes) -> bytes:
+        """Put the ``retry:`` hint on the first frame that carries data (a frame of its own would
+        show up as an empty event in some clients)."""
+        line, self._retry_line = self._retry_line, b""
+        return line + chunk
+
+    def _reset(self, reason: str, detail: str) -> bytes:
+        logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
+        return control_frame("reset", {
+            "reason": reason, "detail": detail, "job_id": self.job_id,
+            "action": f"reload the job from GET /v1/jobs/{self.job_id}; live events follow",
+        })

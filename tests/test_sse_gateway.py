@@ -1,0 +1,520 @@
+"""The SSE gateway against the real broker and ClickHouse: the history/live seam, resume, restarts,
+slow clients and filters.
+
+Events are produced straight onto ``jobs.events`` (as processors would), so each test controls
+exactly which seqs exist — including non-contiguous ones and the fixed terminal seq — and where
+they are (only in ClickHouse, only in the gateway's recent window, or still to come).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import httpx
+import orjson
+import pytest
+from confluent_kafka import Producer
+from httpx_sse import connect_sse
+from pydantic import SecretStr
+
+from sink.store import ClickHouseStore
+from streams import topics
+from streams.events import EventType, JobEvent, dumps
+from streams.kafka_config import producer_config
+from streams.settings import Settings
+from tests.conftest import Server, wait_until
+
+pytestmark = pytest.mark.kafka
+
+TERMINAL_SEQ = 2**31 - 1
+
+
+# --- helpers (also used by the other test_sse_* modules) -------------------------------------
+def event(job_id: str, seq: int, type_: str = "progress", tenant: str = "default", kind: str = "test.sse",
+          **data: Any) -> JobEvent:
+    if type_ == "progress" and "progress" not in data:
+        data["progress"] = 0.5
+    return JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=EventType(type_), kind=kind, data=data)
+
+
+def new_job() -> str:
+    return uuid.uuid4().hex
+
+
+class EventProducer:
+    """Writes JobEvents to the real jobs.events topic, keyed by job id, acknowledged."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(topics.EVENTS)
+        self.producer = Producer(producer_config(settings.kafka_bootstrap or "", settings))
+
+    def send(self, *events: JobEvent, timestamp_ms: int = 0) -> None:
+        errors: list[Any] = []
+        for e in events:
+            self.producer.produce(self.topic, key=e.job_id.encode(), value=dumps(e), timestamp=timestamp_ms,
+                                  on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        assert self.producer.flush(30) == 0 and not errors, errors
+
+
+class Reader:
+    """Reads one SSE stream on a thread; ``events`` holds those with data, ``frames`` every frame."""
+
+    def __init__(self, base_url: str, path: str, headers: dict[str, str] | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        self.base_url, self.path = base_url, path
+        self.headers, self.params = headers or {}, params or {}
+        self.events: list[Any] = []
+        self.ids: list[str] = []  # every id seen, id-only frames included
+        self.disconnects: list[dict[str, Any]] = []  # why the server ended the stream, if it said
+        self.status: int | None = None
+        self.response_headers: httpx.Headers | None = None
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._response: httpx.Response | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Reader":
+        self._thread.start()
+        wait_until(lambda: self.status is not None or self.done.is_set(), 30, message=f"response to {self.path}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(30, read=120)) as client:
+                with connect_sse(client, "GET", self.path, headers=dict(self.headers),
+                                 params=self.params or None) as source:
+                    self._response = source.response
+                    self.response_headers = source.response.headers
+                    self.status = source.response.status_code
+                    if self.status != 200:
+                        source.response.read()
+                        return
+                    for sse in source.iter_sse():
+                        if sse.id and (not self.ids or self.ids[-1] != sse.id):
+                            self.ids.append(sse.id)
+                        if sse.event == "disconnect":
+                            self.disconnects.append(orjson.loads(sse.data))
+                        elif sse.data:
+                            self.events.append(sse)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def types(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    def seqs(self) -> list[int]:
+        return [int(e.id) for e in self.events if e.event != "reset"]
+
+    def data(self) -> list[dict[str, Any]]:
+        return [orjson.loads(e.data) for e in self.events]
+
+    def wait_for(self, count: int, timeout_s: float = 60) -> None:
+        wait_until(lambda: len(self.events) >= count or self.done.is_set(), timeout_s,
+                   message=f"{count} events on {self.path} (have {len(self.events)})")
+        assert len(self.events) >= count, (self.types(), self.error)
+
+    def wait_done(self, timeout_s: float = 60) -> None:
+        assert self.done.wait(timeout_s), f"{self.path} still open after {timeout_s}s: {self.types()}"
+
+    def close(self) -> None:
+        """Hang up like a client that goes away (shut the socket down under the blocked read)."""
+        if self._response is not None and not self.done.is_set():
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        assert self.done.wait(30), "reader did not stop"
+
+
+@contextmanager
+def gateway(settings: Settings, store: ClickHouseStore, roles: frozenset[str] = frozenset({"gateway"}),
+            **overrides: Any) -> Iterator[Server]:
+    """A gateway (only) in this process, on the session's topics, with some settings changed."""
+    from jobstream.server import create_app
+
+    server = Server(create_app(settings.model_copy(update=overrides), settings.kafka_bootstrap or "", roles,
+                               store=store)).start()
+    try:
+        wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="gateway ready")
+        yield server
+    finally:
+        server.stop()
+
+
+def app_state(server: Server) -> Any:
+    return server.server.config.app.state
+
+
+def stored_seqs(store: ClickHouseStore, job_id: str) -> list[int]:
+    return [r[0] for r in store.query(
+        "SELECT DISTINCT seq FROM job_events WHERE job_id = {j:String} ORDER BY seq", {"j": job_id})]
+
+
+def keys(*tenants: str) -> tuple[SecretStr, dict[str, str]]:
+    """API keys for fresh tenant names (unique per test, so ClickHouse rows never mix)."""
+    names = {t: f"{t}-{uuid.uuid4().hex[:8]}" for t in tenants}
+    secrets = {t: f"key-{uuid.uuid4().hex}" for t in tenants}
+    return SecretStr(",".join(f"{names[t]}={secrets[t]}" for t in tenants)), {
+        t: names[t] for t in tenants} | {f"{t}:key": secrets[t] for t in tenants}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def events_out(settings: Settings) -> EventProducer:
+    return EventProducer(settings)
+
+
+# --- per-job stream ---------------------------------------------------------------------------
+def test_late_join_gets_history_then_live_without_gap_or_duplicate(
+        stack: str, settings: Settings, store: ClickHouseStore, events_out: EventProducer):
+    job = new_job()
+    events_out.send(event(job, 0, "queued"), event(job, 1, "running"), event(job, 5), event(job, 6))
+    wait_until(lambda: stored_seqs(store, job) == [0, 1, 5, 6], 60, message="history in ClickHouse")
+    events_out.send(event(job, 100))  # maybe only in the gateway's window yet: the seam must not care
+
+    reader = Reader(stack, f"/v1/jobs/{job}/events").start()
+    assert reader.status == 200
+    assert reader.response_headers["content-type"].startswith("text/event-stream")
+    assert reader.response_headers["cache-control"] == "no-cache"
+    assert reader.response_headers["x-accel-buffering"] == "no"
+    reader.wait_for(5)
+    assert reader.seqs() == [0, 1, 5, 6, 100]
+    assert reader.types() == ["queued", "running", "progress", "progress", "progress"]
+
+    # live, including a redelivered duplicate (seq 6 again) and the fixed terminal seq
+    events_out.send(event(job, 1000), event(job, 6), event(job, 1001), event(job, TERMINAL_SEQ, "succeeded",
+                                                                              result={"ok": True}))
+    reader.wait_done()
+    assert reader.error is None
+    assert reader.seqs() == [0, 1, 5, 6, 100, 1000, 1001, TERMINAL_SEQ]
+    assert reader.data()[-1]["data"] == {"result": {"ok": True}}
+    assert reader.data()[2] == orjson.loads(dumps(event(job, 5))) | {"ts": reader.data()[2]["ts"]}
+
+
+def test_clients_joining_while_events_flow_see_every_event_once_in_order(
+        stack: str, settings: Settings, events_out: EventProducer):
+    job = new_job()
+    seqs = [0] + [10 * i + 1 for i in range(1, 200)]
+    sent: list[int] = []
+    events_out.send(event(job, 0, "queued"))
+    sent.append(0)
+
+    def produce() -> None:
+        producer = EventProducer(settings)
+        for i in range(1, len(seqs), 5):
+            batch = seqs[i:i + 5]
+            producer.send(*(event(job, s) for s in batch))
+            sent.extend(batch)
+        producer.send(event(job, TERMINAL_SEQ, "succeeded"))
+        sent.append(TERMINAL_SEQ)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    readers = [Reader(stack, f"/v1/jobs/{job}/events").start()]
+    thread.start()
+    for joined_after in (30, 80, 150):  # join at different points of the flow
+        wait_until(lambda: len(sent) >= joined_after, 60, message=f"{joined_after} events sent")
+        readers.append(Reader(stack, f"/v1/jobs/{job}/events").start())
+    thread.join(120)
+    for reader in readers:
+        reader.wait_done(120)
+        assert reader.error is None
+        assert reader.seqs() == seqs + [TERMINAL_SEQ]
+
+
+def test_resume_after_reconnect_by_header_or_query_and_204_after_the_end(
+        stack: str, events_out: EventProducer):
+    job = new_job()
+    events_out.send(event(job, 0, "queued"), event(job, 3, "running"), event(job, 7), event(job, 9))
+    first = Reader(stack, f"/v1/jobs/{job}/events").start()
+    first.wait_for(3)
+    first.close()  # the client goes away after seq 7
+    last = first.events[2].id
+    assert last == "7"
+    events_out.send(event(job, 12), event(job, TERMINAL_SEQ, "failed", error={"type": "X", "message": "m"}))
+
+    by_header = Reader(stack, f"/v1/jobs/{job}/events", headers={"Last-Event-ID": last}).start()
+    by_query = Reader(stack, f"/v1/jobs/{job}/events", params={"last_event_id": last}).start()
+    for reader in (by_header, by_query):
+        reader.wait_done()
+        assert reader.seqs() == [9, 12, TERMINAL_SEQ]
+    after_end = httpx.get(f"{stack}/v1/jobs/{job}/events", headers={"Last-Event-ID": str(TERMINAL_SEQ)})
+    assert after_end.status_code == 204  # EventSource stops reconnecting on 204
+    bad = httpx.get(f"{stack}/v1/jobs/{job}/events", headers={"Last-Event-ID": "0:1,1:2"})
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+
+
+def test_resume_after_gateway_restart_per_job(settings: Settings, store: ClickHouseStore, stack: str,
+                                              events_out: EventProducer):
+    job = new_job()
+    events_out.send(event(job, 0, "queued"), event(job, 2, "running"), event(job, 4))
+    with gateway(settings, store) as first:
+        reader = Reader(first.url, f"/v1/jobs/{job}/events").start()
+        reader.wait_for(3)
+        events_out.send(event(job, 8))
+        reader.wait_for(4)
+        last = reader.events[-1].id
+    reader.wait_done(30)  # the gateway went away: the stream ended without a terminal event
+    assert reader.seqs() == [0, 2, 4, 8] and reader.disconnects == [{"reason": "shutdown", "resume": True}]
+    events_out.send(event(job, 16), event(job, 32))  # while no gateway runs
+    # a gateway without a recent window reads everything before its start from ClickHouse;
+    # one with the default window gets the newest from memory: both must fit the seam exactly
+    later: list[int] = []
+    for window_s in (0.0, 10.0):
+        with gateway(settings, store, sse_recent_window_s=window_s) as second:
+            resumed = Reader(second.url, f"/v1/jobs/{job}/events", headers={"Last-Event-ID": last}).start()
+            resumed.wait_for(2 + len(later))
+            assert resumed.seqs() == [16, 32] + later
+            later.append(64 + int(window_s))
+            events_out.send(event(job, later[-1]))
+            resumed.wait_for(2 + len(later))
+            assert resumed.seqs() == [16, 32] + later
+            resumed.close()
+    events_out.send(event(job, TERMINAL_SEQ, "succeeded"))
+    with gateway(settings, store) as third:
+        tail = Reader(third.url, f"/v1/jobs/{job}/events", headers={"Last-Event-ID": "16"}).start()
+        tail.wait_done()
+        assert tail.seqs() == [32, 64, 74, TERMINAL_SEQ]
+
+
+def test_stream_of_a_job_whose_start_is_gone_says_reset_then_goes_on(stack: str, events_out: EventProducer):
+    job = new_job()  # as if retention removed queued and the first events: seq 40 is the oldest left
+    events_out.send(event(job, 40, "running"), event(job, 41))
+    reader = Reader(stack, f"/v1/jobs/{job}/events").start()
+    reader.wait_for(1)
+    assert reader.types() == ["reset"]
+    reset = reader.data()[0]
+    assert reset["reason"] == "history_unavailable" and f"/v1/jobs/{job}" in reset["action"]
+    events_out.send(event(job, 42), event(job, TERMINAL_SEQ, "succeeded"))
+    reader.wait_done()
+    assert reader.types() == ["reset", "progress", "succeeded"] and reader.seqs() == [42, TERMINAL_SEQ]
+    # resuming from an id that history still holds is fine
+    resumed = Reader(stack, f"/v1/jobs/{job}/events", headers={"Last-Event-ID": "40"}).start()
+    resumed.wait_done()
+    assert resumed.seqs() == [41, 42, TERMINAL_SEQ]
+
+
+# --- slow clients -------------------------------------------------------------------------------
+def _raw_stream(url: str, path: str) -> socket.socket:
+    """A client that asks for a stream and then does not read: a tiny receive buffer, no reads."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+def _read_all(sock: socket.socket, until: bytes, timeout_s: float = 60) -> bytes:
+    sock.settimeout(timeout_s)
+    data = bytearray()
+    while until not in data:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_slow_client_is_disconnected_with_a_reason_and_others_get_everything(
+        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    job = new_job()
+    events_out.send(event(job, 0, "queued"))
+    pad = "x" * 4000  # big events fill the slow client's socket buffers quickly
+    with gateway(settings, store, sse_queue_size=50, sse_send_timeout_s=120) as gw:
+        state = app_state(gw)
+        fast = Reader(gw.url, f"/v1/jobs/{job}/events").start()
+        fast.wait_for(1)
+        slow = _raw_stream(gw.url, f"/v1/jobs/{job}/events")
+        wait_until(lambda: state.fanout.subscribers == 2, 30, message="both clients subscribed")
+        seq = 0
+        for _ in range(200):  # paced by the fast client: it never has more than 40 events outstanding
+            batch = [event(job, seq + i + 1, pad=pad) for i in range(40)]
+            events_out.send(*batch)
+            seq += 40
+            fast.wait_for(seq + 1)
+            if state.fanout.overflows:
+                break
+        assert state.fanout.overflows == 1, "the slow client was never dropped"
+        wait_until(lambda: state.fanout.subscribers == 1, 30, message="the slow client's subscription freed")
+        events_out.send(event(job, TERMINAL_SEQ, "succeeded"))
+        fast.wait_done()
+        assert fast.error is None
+        assert fast.seqs() == list(range(seq + 1)) + [TERMINAL_SEQ]  # everything, nothing twice
+
+        body = _read_all(slow, until=b"0\r\n\r\n")  # now it reads: its old events, then the reason
+        slow.close()
+        assert b"event: disconnect" in body and b'"reason":"slow_client"' in body
+        assert body.count(b"event: progress") < seq
+        wait_until(lambda: state.sse_limits.total == 0, 30, message="connection slots released")
+
+
+# --- gateway restart and filters on the multi-job stream --------------------------------------------
+def test_multi_job_stream_resumes_across_a_gateway_restart(settings: Settings, store: ClickHouseStore,
+                                                           stack: str, events_out: EventProducer):
+    api_keys, t = keys("acme")
+    tenant, auth = t["acme"], bearer(t["acme:key"])
+    jobs = [new_job() for _ in range(6)]
+    with gateway(settings, store, api_keys=api_keys) as first:
+        reader = Reader(first.url, "/v1/events", headers=auth).start()
+        wait_until(lambda: reader.ids, 30, message="the opening position")
+        events_out.send(*(event(j, 0, "queued", tenant=tenant) for j in jobs))
+        reader.wait_for(6)
+        events_out.send(*(event(j, 5, "running", tenant=tenant) for j in jobs[:3]))
+        reader.wait_for(9)
+        before = [(d["job_id"], d["seq"]) for d in reader.data()]
+        last = reader.ids[-1]
+    reader.wait_done(30)
+    events_out.send(*(event(j, 5, "running", tenant=tenant) for j in jobs[3:]))
+    events_out.send(*(event(j, TERMINAL_SEQ, "succeeded", tenant=tenant) for j in jobs))
+    expected_after = [(j, 5) for j in jobs[3:]] + [(j, TERMINAL_SEQ) for j in jobs]
+    for window_s in (0.0, 10.0):  # replayed from ClickHouse, or from the new gateway's window
+        with gateway(settings, store, api_keys=api_keys, sse_recent_window_s=window_s) as second:
+            resumed = Reader(second.url, "/v1/events", headers=auth | {"Last-Event-ID": last}).start()
+            resumed.wait_for(len(expected_after))
+            marker = event(new_job(), 0, "queued", tenant=tenant)  # then nothing more may come
+            events_out.send(marker)
+            expected_after.append((marker.job_id, marker.seq))
+            resumed.wait_for(len(expected_after))
+            after = [(d["job_id"], d["seq"]) for d in resumed.data()]
+            assert after[-1] == (marker.job_id, marker.seq) and len(after) == len(expected_after)
+            assert sorted(after) == sorted(expected_after), after
+            assert not set(after) & set(before)
+            for j in jobs:  # each job's events in seq order
+                mine = [s for job_id, s in after if job_id == j]
+                assert mine == sorted(mine)
+            resumed.close()
+
+
+def test_multi_job_stream_filters_by_kind_status_and_job(settings: Settings, store: ClickHouseStore,
+                                                         stack: str, events_out: EventProducer):
+    api_keys, t = keys("acme")
+    tenant, auth = t["acme"], bearer(t["acme:key"])
+    a, b, c = new_job(), new_job(), new_job()
+    with gateway(settings, store, api_keys=api_keys) as gw:
+        everything = Reader(gw.url, "/v1/events", headers=auth).start()
+        by_kind = Reader(gw.url, "/v1/events", headers=auth, params={"kind": "k.two"}).start()
+        by_status = Reader(gw.url, "/v1/events", headers=auth, params={"status": "running,succeeded"}).start()
+        by_job = Reader(gw.url, "/v1/events", headers=auth, params={"job_id": [a, c]}).start()
+        readers = (everything, by_kind, by_status, by_job)
+        wait_until(lambda: all(r.ids for r in readers), 30, message="streams open")
+        events_out.send(event(a, 0, "queued", tenant, "k.one"), event(b, 0, "queued", tenant, "k.two"),
+                        event(c, 0, "queued", tenant, "k.two"))
+        events_out.send(event(a, 1, "running", tenant, "k.one"), event(b, 1, "running", tenant, "k.two"),
+                        event(b, 2, "progress", tenant, "k.two"), event(c, 1, "retrying", tenant, "k.two"),
+                        event(a, TERMINAL_SEQ, "succeeded", tenant, "k.one"),
+                        event(c, TERMINAL_SEQ, "failed", tenant, "k.two"))
+        everything.wait_for(9)
+
+        def seen(reader: Reader) -> set[tuple[str, int]]:
+            return {(d["job_id"], d["seq"]) for d in reader.data()}
+
+        wait_until(lambda: len(by_kind.events) >= 6 and len(by_status.events) >= 5 and len(by_job.events) >= 6, 30,
+                   message="filtered events")
+        assert seen(by_kind) == {(b, 0), (c, 0), (b, 1), (b, 2), (c, 1), (c, TERMINAL_SEQ)}
+        assert seen(by_status) == {(a, 1), (b, 1), (b, 2), (c, 1), (a, TERMINAL_SEQ)}
+        assert seen(by_job) == {(a, 0), (c, 0), (a, 1), (c, 1), (a, TERMINAL_SEQ), (c, TERMINAL_SEQ)}
+        assert len(everything.events) == 9 and {d["tenant"] for d in everything.data()} == {tenant}
+        # a filtered stream resumes with its filter: nothing of the other kinds, nothing twice
+        resumed = Reader(gw.url, "/v1/events", headers=auth | {"Last-Event-ID": by_kind.events[2].id},
+                         params={"kind": "k.two"}).start()
+        resumed.wait_for(3)
+        # b's seq 2 again (a processor re-ran it), then a marker: after it, nothing more may come
+        events_out.send(event(b, 2, "progress", tenant, "k.two"), event(b, 3, "progress", tenant, "k.two"))
+        resumed.wait_for(4)
+        everything.wait_for(10)
+        assert [(d["job_id"], d["seq"]) for d in everything.data()].count((b, 2)) == 1
+        assert everything.data()[-1]["seq"] == 3 and len(everything.events) == 10
+        already = {(d["job_id"], d["seq"]) for d in by_kind.data()[:3]}
+        assert seen(resumed) == seen(by_kind) - already | {(b, 3)} and len(resumed.events) == 4
+        assert [d["seq"] for d in resumed.data() if d["job_id"] == c] == sorted(
+            d["seq"] for d in resumed.data() if d["job_id"] == c)
+        for reader in (*readers, resumed):
+            reader.close()
+        bad = httpx.get(f"{gw.url}/v1/events", headers=auth, params={"status": "sleeping"})
+        assert bad.status_code == 422
+
+
+def test_a_multi_job_position_that_cannot_be_served_is_a_reset(
+        settings: Settings, store: ClickHouseStore, stack: str):
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    own = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "events_partitions": 2})
+    topics.ensure_topics(own.kafka_bootstrap or "", own)
+    producer = EventProducer(own)
+    job = new_job()
+    producer.send(*(event(job, s) for s in range(10)))
+    partition = next(p for p in range(2) if _end(own, p) > 0)  # one job: all in one partition
+    admin = AdminClient({"bootstrap.servers": own.kafka_bootstrap})
+    futures = admin.delete_records([TopicPartition(own.topic(topics.EVENTS), partition, 5)])
+    for future in futures.values():
+        future.result(30)
+    with gateway(own, store, sse_recent_window_s=0.0, sse_history_wait_s=1.0) as gw:
+        gone = [0, 0]
+        reader = Reader(gw.url, "/v1/events", headers={"Last-Event-ID": f"0:{gone[0]},1:{gone[1]}"}).start()
+        reader.wait_for(1)
+        assert reader.types() == ["reset"] and reader.data()[0]["reason"] == "position_expired"
+        wait_until(lambda: len(reader.ids) >= 1, 10, message="a fresh position after the reset")
+        producer.send(event(job, 20))
+        reader.wait_for(2)
+        assert reader.types() == ["reset", "progress"] and reader.data()[1]["seq"] == 20
+        reader.close()
+
+        future = Reader(gw.url, "/v1/events", headers={"Last-Event-ID": "0:999999,1:999999"}).start()
+        future.wait_for(1)
+        assert future.data()[0]["reason"] == "unknown_position"
+        future.close()
+
+        # within retention, but no sink writes this topic to ClickHouse: waiting for it ends in a reset
+        kept = [5, 5]
+        kept[1 - partition] = 0
+        lagging = Reader(gw.url, "/v1/events", headers={"Last-Event-ID": f"0:{kept[0]},1:{kept[1]}"}).start()
+        lagging.wait_for(1)
+        assert lagging.data()[0]["reason"] == "history_lagging"
+        lagging.close()
+
+
+def _end(settings: Settings, partition: int) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(settings.topic(topics.EVENTS), partition), timeout=10)[1]
+    finally:
+        consumer.close()
+
+
+def test_a_sink_further_behind_than_the_window_is_waited_for_then_said(settings: Settings, store: ClickHouseStore):
+    """No sink writes this topic: what the gateway's window does not hold is not in ClickHouse either."""
+    import time
+
+    own = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "events_partitions": 1})
+    topics.ensure_topics(own.kafka_bootstrap or "", own)
+    producer = EventProducer(own)
+    job, unknown = new_job(), new_job()
+    a_minute_ago = int(time.time() * 1000) - 60_000  # older than the window: the gateway will not re-read it
+    producer.send(event(job, 0, "queued"), event(job, 1, "running"), event(unknown, 0, "queued"),
+                  timestamp_ms=a_minute_ago)
+    producer.send(event(job, 2))  # recent: in the window
+    with gateway(own, store, sse_history_wait_s=1.0, sse_history_poll_s=0.2) as gw:
+        # a job only ClickHouse could know, and the sink is behind: not a 404, a "retry later"
+        lagging = httpx.get(f"{gw.url}/v1/jobs/{unknown}/events")
+        assert lagging.status_code == 503 and int(lagging.headers["retry-after"]) >= 1
+        reader = Reader(gw.url, f"/v1/jobs/{job}/events").start()
+        reader.wait_for(1)
+        assert reader.types() == ["reset"] and reader.data()[0]["reason"] == "history_lagging"
+        producer.send(event(job, 3), event(job, TERMINAL_SEQ, "succeeded"))  # live goes on after the reset
+        reader.wait_done()
+        assert reader.seqs() == [3, TERMINAL_SEQ]
