@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit kafka-jars bench clean
+.PHONY: up test test-unit kafka-jars clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,6 @@ test: $(STAMP) kafka-jars
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
-
-bench: $(STAMP) kafka-jars
-	$(BIN)/python -m bench.all
 
 clean:
 	rm -rf $(VENV) .jobstream *.egg-info

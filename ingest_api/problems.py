@@ -7,10 +7,41 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, as every error response of the API carries them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[dict[str, str]] | None = Field(default=None, description="One entry per offending field.")
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request (e.g. invalid JSON)", 401: "Missing or unknown API key",
+    404: "No such job (or another tenant's)", 409: "Conflict with the job's state",
+    413: "Body too large", 415: "Body is not JSON", 422: "Invalid request", 429: "Too many queued jobs or streams",
+    503: "Not ready or Kafka unavailable; retry later",
+}
+
+
+def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem+json bodies for ``statuses``."""
+    schema = {"schema": ProblemDetails.model_json_schema()}
+    return {
+        status: {"description": descriptions.get(f"s{status}", _DESCRIPTIONS.get(status, "Error")),
+                 "content": {PROBLEM_JSON: schema}}
+        for status in statuses
+    }
 
 
 class Problem(Exception):

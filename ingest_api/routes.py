@@ -19,18 +19,20 @@ from ingest_api import listing
 from ingest_api.auth import current_tenant
 from ingest_api.backpressure import LagMonitor
 from ingest_api.idempotency import IdempotencyKeys
-from ingest_api.problems import Problem, field_errors
+from ingest_api.problems import PROBLEM_JSON, Problem, ProblemDetails, field_errors, problem_responses
 from ingest_api.recent import RecentJobs
 from ingest_api.submit import InvalidSubmission, JobSubmission, idempotent_job_id, prepare, publish
 from processors.calculations import registry
 from sink.store import ClickHouseStore
+from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter()
+# Every route may answer these (bad JSON, missing key, invalid parameters); routes add their own.
+router = APIRouter(responses=problem_responses(400, 401, 413, 415, 422))
 
 
 class Links(BaseModel):
@@ -106,9 +108,7 @@ def _accepted(request: Request, response: Response, job_id: str) -> Accepted:
 
 @router.post("/v1/jobs", status_code=202, response_model=Accepted, dependencies=[Depends(_require_json)], responses={
     200: {"model": Accepted, "description": "Same Idempotency-Key and body as an earlier request: that job"},
-    400: {"description": "Malformed JSON"}, 409: {"description": "Idempotency-Key reused with another body"},
-    413: {"description": "Body too large"}, 415: {"description": "Not JSON"}, 422: {"description": "Invalid job"},
-    429: {"description": "Too many queued jobs; retry later"}, 503: {"description": "Kafka unavailable; retry later"},
+    **problem_responses(409, 429, 503, s409="Idempotency-Key reused with another body"),
 })
 async def submit(body: JobSubmission, request: Request, response: Response,
                  tenant: str = Depends(current_tenant),
@@ -179,9 +179,9 @@ class BatchAccepted(BaseModel):
 
 @router.post("/v1/jobs:batch", response_model=BatchAccepted, dependencies=[Depends(_require_json)], responses={
     202: {"model": BatchAccepted, "description": "At least one job accepted"},
-    413: {"description": "Body too large"}, 415: {"description": "Not JSON"},
-    422: {"description": "No job valid, or too many jobs"}, 429: {"description": "Too many queued jobs"},
-    503: {"description": "Kafka unavailable; none accepted"},
+    422: {"model": BatchAccepted, "description": "No job valid (each item says why)", "content": {
+        PROBLEM_JSON: {"schema": ProblemDetails.model_json_schema()}}},
+    **problem_responses(429, 503),
 })
 async def submit_batch(body: BatchSubmission, request: Request, response: Response,
                        tenant: str = Depends(current_tenant)) -> BatchAccepted:
@@ -239,13 +239,17 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
-@router.get("/v1/jobs", response_model=JobPage, responses={400: {"description": "Bad cursor"}})
+@router.get("/v1/jobs", response_model=JobPage)
 async def list_jobs(request: Request, tenant: str = Depends(current_tenant),
                     status: JobStatus | None = None, kind: str | None = None,
                     since: datetime | None = None, until: datetime | None = None,
                     limit: int = Query(default=50, ge=1), cursor: str | None = None) -> JobPage:
     """The caller's jobs, newest first; filter by status, kind and submission time."""
     settings: Settings = request.app.state.settings
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not 1970 <= value.year <= 2200:
+            raise Problem(422, "Invalid request", f"{name} must be between 1970 and 2200",
+                          errors=[{"field": name, "reason": "out of range (1970..2200)"}])
     if limit > settings.list_max_limit:
         raise Problem(422, "Invalid request", f"limit is at most {settings.list_max_limit}",
                       errors=[{"field": "limit", "reason": f"at most {settings.list_max_limit}"}])
@@ -271,7 +275,7 @@ async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
     return view
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
+@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problem_responses(404))
 async def status(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> JobOut:
     view = await load_view(request, tenant, job_id)
     if not view.status.terminal:
@@ -280,8 +284,9 @@ async def status(job_id: str, request: Request, response: Response, tenant: str 
 
 
 @router.get("/v1/jobs/{job_id}/result", responses={
-    202: {"description": "Not finished yet"}, 404: {"description": "No such job"},
-    409: {"description": "The job failed or was cancelled"},
+    200: {"description": "The result", "content": {"application/json": {"schema": {"type": "object"}}}},
+    202: {"description": "Not finished yet: poll Location after Retry-After"},
+    **problem_responses(404, 409, s409="The job failed or was cancelled"),
 })
 async def result(job_id: str, request: Request, tenant: str = Depends(current_tenant)) -> Any:
     view = await load_view(request, tenant, job_id)
@@ -291,6 +296,30 @@ async def result(job_id: str, request: Request, tenant: str = Depends(current_te
         raise Problem(409, f"Job {view.status.value}", "there is no result", error=view.error)
     links = links_for(request, job_id)
     return Response(status_code=202, headers={"Location": links.self, "Retry-After": _retry_after(request)})
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut,
+                responses=problem_responses(404, 409, 503, s409="The job already finished"))
+async def cancel(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> JobOut:
+    """Ask the processors to cancel the job: a queued job never starts, a running one stops at its next
+    progress point. The job ends ``cancelled`` (watch its events or poll its status)."""
+    view = await load_view(request, tenant, job_id)
+    if view.status.terminal:
+        raise Problem(409, f"Job already {view.status.value}", "a finished job cannot be cancelled",
+                      status_now=view.status.value)
+    try:
+        await request.app.state.producer.send_many([cancel_record(request.app.state.settings, job_id, tenant)])
+    except ProduceError as exc:
+        raise _unavailable(request, exc) from None
+    links = links_for(request, job_id)
+    response.headers["Location"] = links.self
+    response.headers["Retry-After"] = _retry_after(request)
+    return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links)
+
+
+router.add_api_route("/v1/jobs/{job_id}:cancel", cancel, methods=["POST"], status_code=202, response_model=JobOut,
+                     responses=problem_responses(404, 409, 503, s409="The job already finished"),
+                     summary="Cancel (for clients that cannot send DELETE)")
 
 
 @router.get("/v1/kinds")

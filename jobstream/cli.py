@@ -164,13 +164,22 @@ def serve(
 @app.command()
 def worker(
     index: int = typer.Option(0, help="Worker number (keeps each worker's local state apart)."),
+    batch_max_size: Optional[int] = typer.Option(
+        None, help="Most jobs in one batch; 1 turns batching off (env JOBSTREAM_BATCH_MAX_SIZE)."),
+    batch_max_wait_ms: Optional[int] = typer.Option(
+        None, help="Longest wait to fill a batch (env JOBSTREAM_BATCH_MAX_WAIT_MS)."),
+    latency_target_ms: Optional[int] = typer.Option(
+        None, help="Latency batches aim for (env JOBSTREAM_LATENCY_TARGET_MS)."),
+    concurrency: Optional[int] = typer.Option(
+        None, help="Calculation processes = batches run at once; 0: one per core (env JOBSTREAM_CALC_PROCESSES)."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
     from processors.app import run_worker
 
     _logging(log_level)
-    settings = _settings()
+    settings = _settings(batch_max_size=batch_max_size, batch_max_wait_ms=batch_max_wait_ms,
+                         latency_target_ms=latency_target_ms, calc_processes=concurrency)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
     run_worker(settings, settings.kafka_bootstrap, worker_index=index, loglevel=log_level)
@@ -197,6 +206,75 @@ def kafka(
             broker.wait()
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def watch(
+    job_id: str = typer.Argument(..., help="The job to watch."),
+    url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
+                                      help="Base URL of the API/gateway [default http://<JOBSTREAM_HOST>:<JOBSTREAM_PORT>]."),
+    api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
+    last_event_id: Optional[str] = typer.Option(None, help="Resume after this event id (seq)."),
+    as_json: bool = typer.Option(False, "--json", help="Print each event as one JSON line."),
+) -> None:
+    """Follow a job's events live (reconnecting with Last-Event-ID) until it finishes.
+
+    Exit status: 0 succeeded, 1 failed or cancelled, 2 the stream could not be opened.
+    """
+    import orjson
+
+    from jobstream.client import StreamError, watch_job
+
+    settings = _settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = (url or settings.public_url or f"http://{host}:{settings.port}").rstrip("/")
+    outcome = None
+    try:
+        for event in watch_job(base, job_id, api_key=api_key, last_event_id=last_event_id):
+            if as_json:
+                typer.echo(orjson.dumps({"id": event.id, "type": event.type, "data": event.data}).decode())
+            elif event.type == "progress":
+                typer.echo(f"{event.id:>10}  progress  {float(event.data.get('data', {}).get('progress', 0)):.0%}")
+            elif event.type == "reset":
+                typer.echo(f"{'':>10}  reset     {event.data.get('detail')} (see {base}/v1/jobs/{job_id})")
+            else:
+                detail = event.data.get("data", {})
+                shown = detail.get("result", detail.get("error", "")) if event.terminal else ""
+                typer.echo(f"{event.id:>10}  {event.type:<9} {orjson.dumps(shown).decode() if shown else ''}")
+            if event.terminal:
+                outcome = event.type
+    except StreamError as exc:
+        typer.echo(f"cannot watch {job_id}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(0 if outcome == "succeeded" else 1)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="One read-only SQL statement, e.g. \"SELECT status, count() FROM jobs GROUP BY status\"."),
+    fmt: str = typer.Option("table", "--format", "-f", help="Output: table, csv or json."),
+    url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
+                                      help="Ask this jobstream service (embedded chDB); default http://JOBSTREAM_HOST:JOBSTREAM_PORT."),
+    api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer) of an SQL tenant."),
+) -> None:
+    """Run SQL on the results store: straight to a ClickHouse server (CLICKHOUSE_URL=http…), or through the
+    running service's POST /v1/sql with embedded chDB (only that process may open it). Read-only, limited."""
+    from sink.query import FORMATS, QueryFailed, limits_from, render, run_direct, run_remote
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    settings = _settings()
+    try:
+        if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
+            result = run_direct(settings.clickhouse_url, query, limits_from(settings))
+        else:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+            base = url or settings.public_url or f"http://{host}:{settings.port}"
+            result = run_remote(base, query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30)
+    except QueryFailed as exc:
+        typer.echo(f"query failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render(result, fmt))
 
 
 def main() -> None:

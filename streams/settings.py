@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=64, ge=1, le=10_000, description="Most jobs in one batch (1: no batching).")
     batch_max_wait_ms: int = Field(default=50, ge=1, le=60_000, description="Longest wait to fill a batch.")
     calc_processes: int = Field(default=0, ge=0, le=256, description="Calculation pool size per worker (0: cores).")
+    latency_target_ms: int = Field(
+        default=500, ge=1, le=3_600_000, description="Latency batches aim for: bounds batch wait and batch run time."
+    )
+    worker_max_pending: int = Field(default=10_000, ge=1, description="Jobs a worker holds before it stops reading.")
+    retry_max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts of a transiently failing job.")
+    retry_backoff_ms: int = Field(default=200, ge=0, description="First retry delay; doubles per attempt, jittered.")
+    retry_backoff_max_ms: int = Field(default=10_000, ge=0, description="Longest retry delay.")
+    crash_max: int = Field(default=2, ge=1, le=100, description="Crashes of its process before a job is dead-lettered.")
+    timeout_grace_s: float = Field(default=5.0, gt=0, description="Past timeout_s by this much: the process is killed.")
+    cancel_memory: int = Field(default=100_000, ge=1, description="Cancelled job ids a worker remembers.")
+    control_retention_s: float = Field(default=86_400.0, gt=0, description="How long jobs.control keeps cancels.")
+    worker_session_timeout_s: float = Field(
+        default=10.0, ge=1, le=300, description="Kafka session timeout of workers: how soon a dead one is replaced."
+    )
+    plugins: str = Field(default="", description="Extra calculation modules workers import, comma-separated.")
 
     # --- SSE gateway ------------------------------------------------------
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")
@@ -77,10 +92,44 @@ class Settings(BaseSettings):
     sse_queue_size: int = Field(default=1000, ge=1, description="Events buffered per SSE client before disconnect.")
     sse_history_poll_s: float = Field(default=1.0, gt=0, description="How often a stream re-reads history to close gaps.")
     sse_max_stream_s: float = Field(default=3600.0, gt=0, description="Longest life of one SSE connection.")
+    sse_send_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for one write to an SSE client; past it the client is dropped.")
+    sse_recent_window_s: float = Field(
+        default=10.0, ge=0, description="Seconds of recent events each gateway keeps in memory (the history seam).")
+    sse_recent_max_events: int = Field(
+        default=100_000, ge=0, description="Most events in the gateway's recent window (memory bound).")
+    sse_history_wait_s: float = Field(
+        default=30.0, ge=0, description="Longest wait for the sink to cover a stream's history before `reset`.")
+    sse_catchup_wait_s: float = Field(
+        default=5.0, ge=0, description="Longest wait for the gateway's tail to reach the end before a 404.")
+    sse_resume_max_events: int = Field(
+        default=100_000, ge=1, description="Most events a /v1/events resume replays; further behind gets `reset`.")
+    sse_max_connections: int = Field(default=10_000, ge=1, description="Most SSE streams per gateway process (429).")
+    sse_max_connections_per_tenant: int = Field(
+        default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429).")
+    stream_token_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of stream tokens; unset: random per process (set it for >1 process).")
+    stream_token_ttl_s: float = Field(default=300.0, gt=0, le=86_400, description="Longest life of a stream token.")
 
     # --- sink ---------------------------------------------------------------
-    sink_batch_max_size: int = Field(default=5000, ge=1, description="Most events per ClickHouse insert.")
+    sink_batch_max_size: int = Field(
+        default=50_000, ge=1, description="Most events per ClickHouse insert (large inserts are cheap per row).")
     sink_batch_max_wait_ms: int = Field(default=200, ge=1, description="Longest wait to fill a sink batch.")
+    sink_retry_max_s: float = Field(default=10.0, gt=0, description="Longest backoff between the sink's ClickHouse retries.")
+    sink_job_times_cache: int = Field(
+        default=100_000, ge=0, description="Jobs in flight whose submit/start times the sink keeps to time outcomes."
+    )
+    events_ttl_days: int = Field(
+        default=0, ge=0, description="Days job_events rows are kept (0: forever); applied at sink start-up."
+    )
+
+    # --- SQL for analysts -----------------------------------------------------
+    sql_tenants: str = Field(
+        default="", description="Tenants (comma-separated) allowed to use POST /v1/sql when API keys are set."
+    )
+    sql_max_rows: int = Field(default=10_000, ge=1, description="Most rows one analyst query may return.")
+    sql_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Most bytes one analyst query may return.")
+    sql_max_execution_s: float = Field(default=30.0, gt=0, description="Longest run of one analyst query.")
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
