@@ -213,3 +213,29 @@ def test_backpressure_is_429_once_processors_lag_past_the_bound(settings: Settin
         assert pending.status_code == 202 and pending.headers["location"] == f"/v1/jobs/{accepted[0]}"
     finally:
         server.stop()
+
+
+def test_cancelled_job_has_no_result_and_cannot_be_cancelled_again(client: httpx.Client):
+    n = 20
+    slow = {"kind": "montecarlo.var", "params": {
+        "weights": [1 / n] * n, "mu": [0.0] * n, "cov": [[1e-4 if i == j else 0.0 for j in range(n)] for i in range(n)],
+        "horizon_days": 1, "paths": 10_000_000, "confidence": 0.99, "seed": 3}}
+    job_id = client.post("/v1/jobs", json=slow).json()["job_id"]
+    cancel = client.delete(f"/v1/jobs/{job_id}")
+    assert cancel.status_code == 202 and cancel.headers["location"] == f"/v1/jobs/{job_id}"
+    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled", 120, message="cancelled")
+    result = client.get(f"/v1/jobs/{job_id}/result")
+    assert result.status_code == 409 and result.headers["content-type"] == "application/problem+json"
+    again = client.post(f"/v1/jobs/{job_id}:cancel")
+    assert again.status_code == 409 and again.json()["status_now"] == "cancelled"
+
+
+def test_up_refuses_an_open_bind_without_api_keys(monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from jobstream.cli import app
+
+    monkeypatch.delenv("JOBSTREAM_API_KEYS", raising=False)
+    monkeypatch.delenv("JOBSTREAM_API_KEYS_FILE", raising=False)
+    outcome = CliRunner().invoke(app, ["up", "--host", "0.0.0.0"])
+    assert outcome.exit_code != 0 and "refusing to bind 0.0.0.0 without API keys" in outcome.output
