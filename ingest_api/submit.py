@@ -8,6 +8,7 @@ record of the request, so a batch of 1,000 jobs is one flush, not 1,000).
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,9 @@ class JobSubmission(BaseModel):
 
     def fingerprint(self) -> str:
         """A hash of the submission's content, to tell a retry from a different request."""
-        return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        # stdlib json, not orjson: it must hash any JSON a client sends (orjson refuses ints past 64 bits).
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class InvalidSubmission(Exception):
@@ -83,6 +86,10 @@ def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None) -
     except ValidationError as exc:
         raise InvalidSubmission("Invalid params", f"params do not fit {submission.kind!r}",
                                 field_errors(exc.errors(), ("params",))) from None
+    try:
+        orjson.dumps(submission.params)  # the wire format: integers must fit in 64 bits
+    except TypeError as exc:
+        raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
     job_id = job_id or new_job_id()
     now = utcnow()
     request = JobRequested(job_id=job_id, tenant=tenant, ts=now, kind=submission.kind, params=submission.params,

@@ -239,3 +239,10 @@ def test_up_refuses_an_open_bind_without_api_keys(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("JOBSTREAM_API_KEYS_FILE", raising=False)
     outcome = CliRunner().invoke(app, ["up", "--host", "0.0.0.0"])
     assert outcome.exit_code != 0 and "refusing to bind 0.0.0.0 without API keys" in outcome.output
+
+
+def test_integers_past_64_bits_are_a_422_even_with_an_idempotency_key(client: httpx.Client):
+    """Found by schemathesis: orjson cannot encode them, which used to be a 500."""
+    body = {"kind": "stats.describe", "params": {"values": [1], "big": [2**70]}}
+    response = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"big-{uuid.uuid4()}"})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
