@@ -52,7 +52,7 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-GROUP_ID = "jobstream-sink"
+GROUP_ID = topics.SINK_GROUP  # one name: the gateway reads this group's offsets too
 INTENT_PREFIX = "jobstream-sink/1 "
 MAX_PARTITIONS_PER_BATCH = 128  # keeps the intent under Kafka's offset.metadata.max.bytes (4096)
 _REPLAY_TIMEOUT_S = 60.0

@@ -127,7 +127,8 @@ def test_retry_delay_holds_a_job_back_until_it_is_due():
         batcher: Batcher[str] = Batcher(POLICY, clock)
         batcher.add("later", ("k", None), delay_s=5.0, count_arrival=False)
         task = asyncio.ensure_future(batcher.next_batch())
-        await asyncio.sleep(0.05)
+        for _ in range(20):  # let the batcher run until it waits on the (fake) clock
+            await asyncio.sleep(0)
         early = task.done()
         clock.now += 5.0
         batcher.add("now", ("k", None), count_arrival=False)  # wakes the batcher

@@ -186,7 +186,9 @@ def test_cancel_reaches_the_running_process():
     async def scenario(pool, reports):
         slot = await pool.acquire()
         run = asyncio.ensure_future(pool.run(slot, "test.work", specs({"sleep_s": 30, "steps": 300}, {"value": 1})))
-        while "j0" not in pool.running():
+        deadline = asyncio.get_running_loop().time() + 60
+        while "j0" not in pool.running():  # poll until the job is running, with a deadline
+            assert asyncio.get_running_loop().time() < deadline, "job never started"
             await asyncio.sleep(0.01)
         assert pool.cancel("j0")
         return await run
