@@ -325,7 +325,8 @@ router.add_api_route("/v1/jobs/{job_id}:cancel", cancel, methods=["POST"], statu
 @router.get("/v1/kinds")
 async def kinds() -> list[dict[str, Any]]:
     return [
-        {"kind": c.kind, "version": c.version, "description": c.description, "params": c.params.model_json_schema()}
+        {"kind": c.kind, "version": c.version, "versions": registry.versions(c.kind), "description": c.description,
+         "params": c.params.model_json_schema()}
         for c in registry.kinds()
     ]
 

@@ -116,12 +116,15 @@ def run_batch(kind: str, job_ids: Sequence[str], params: Sequence[dict[str, Any]
     return run_jobs(kind, [JobSpec(j, p) for j, p in zip(job_ids, params)], control or NoControl())
 
 
-def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control) -> list[Outcome]:
-    """Validate, run the calculation once on every valid job, and classify each job's outcome."""
+def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control, version: str | None = None) -> list[Outcome]:
+    """Validate, run the calculation (``version``, default the current one) once on every valid job,
+    and classify each job's outcome."""
     try:
-        calc = registry.get(kind)
+        calc = registry.get(kind, version)
     except registry.UnknownKind:
         return [Outcome(j.job_id, FAILED, error=error("unknown_kind", f"no calculation {kind!r}")) for j in jobs]
+    except registry.UnknownVersion as exc:
+        return [Outcome(j.job_id, FAILED, error=error("unknown_version", str(exc))) for j in jobs]
     outcomes: dict[int, Outcome] = {}
     valid: list[tuple[int, Any]] = []
     for index, job in enumerate(jobs):
@@ -252,7 +255,7 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
         if message is None:
             return
         if message[0] == "run":
-            _, call_id, kind, jobs = message
-            outcomes = run_jobs(kind, jobs, _PipeControl(conn))
+            _, call_id, kind, version, jobs = message
+            outcomes = run_jobs(kind, jobs, _PipeControl(conn), version)
             conn.send(("done", call_id, outcomes))
         # a "cancel" read here came after its batch ended: nothing to stop

@@ -107,8 +107,9 @@ class CalcPool:
         self._free.put_nowait(slot)
 
     async def run(self, slot: _Slot, kind: str, jobs: Sequence[JobSpec],
-                  deadlines: dict[str, float] | None = None) -> list[Outcome]:
-        """Run one batch on ``slot``; raises ``ProcessDied`` if its process dies meanwhile."""
+                  deadlines: dict[str, float] | None = None, version: str | None = None) -> list[Outcome]:
+        """Run one batch of ``kind`` (at ``version``; None: current) on ``slot``;
+        raises ``ProcessDied`` if its process dies meanwhile."""
         assert self._loop is not None
         if slot.ready is not None and not slot.ready.done():
             await asyncio.wait_for(asyncio.shield(slot.ready), READY_TIMEOUT_S)
@@ -117,7 +118,7 @@ class CalcPool:
         try:
             conn = slot.conn
             try:
-                await asyncio.to_thread(conn.send, ("run", call.id, kind, list(jobs)))
+                await asyncio.to_thread(conn.send, ("run", call.id, kind, version, list(jobs)))
             except (OSError, ValueError):  # the pipe broke: the process is dead, the reader says so
                 pass
             call.sent = True

@@ -213,7 +213,8 @@ class Runner:
         deadlines = {job.job_id: job.deadline for job in jobs if job.deadline is not None}
         started = time.monotonic()
         try:
-            outcomes = await self._pool.run(slot, kind, specs, deadlines)  # type: ignore[arg-type]
+            outcomes = await self._pool.run(slot, kind, specs, deadlines,  # type: ignore[arg-type]
+                                            version=jobs[0].request.calc_version)
         except ProcessDied as died:
             await self._after_death(slot, group, jobs, died)
             return
@@ -355,17 +356,19 @@ class Runner:
 
 
 def _group(request: JobRequested) -> Hashable:
-    """Jobs batch together when they share a kind and, if the calculation says so, a batch key."""
+    """Jobs batch together when they share a kind, a calculation version (a replay may ask for an
+    old or new one) and, if the calculation says so, a batch key."""
+    kind, version = request.kind, request.calc_version
     try:
-        calc = registry.get(request.kind)
-    except registry.UnknownKind:
-        return (request.kind, None)
+        calc = registry.get(kind, version)
+    except (registry.UnknownKind, registry.UnknownVersion):
+        return (kind, version, None)
     if calc.batch_key is None:
-        return (request.kind, None)
+        return (kind, version, None)
     try:
-        return (request.kind, calc.batch_key(request.params))
+        return (kind, version, calc.batch_key(request.params))
     except Exception:  # a bad key function must not stop the job: it fails (or not) in the pool
-        return (request.kind, None)
+        return (kind, version, None)
 
 
 def _halves(jobs: list[Job]) -> list[list[Job]]:

@@ -62,3 +62,21 @@ def work(batch: Sequence[WorkParams], progress: Progress) -> list[dict]:
             progress(index, (step + 1) / params.steps)
         results.append({"value": params.value, "pid": os.getpid(), "batch_size": len(batch)})
     return results
+
+
+class SquareParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: float
+
+
+@calculation("test.square", version="1", params=SquareParams)
+def square_v1(batch: Sequence[SquareParams], progress: Progress) -> list[dict]:
+    """x squared, with a deliberate bug for x > 5 (off by one) that version 2 fixes (test-only)."""
+    return [{"y": p.x * p.x + (1 if p.x > 5 else 0)} for p in batch]
+
+
+@calculation("test.square", version="2", params=SquareParams)
+def square_v2(batch: Sequence[SquareParams], progress: Progress) -> list[dict]:
+    """x squared (test-only)."""
+    return [{"y": p.x * p.x} for p in batch]

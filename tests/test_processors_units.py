@@ -200,3 +200,27 @@ def test_outcome_statuses_are_the_documented_ones():
     assert {executor.SUCCEEDED, executor.FAILED, executor.TRANSIENT, executor.SPLIT, executor.CANCELLED,
             executor.TIMED_OUT, executor.NOT_RUN} == {"succeeded", "failed", "transient", "split", "cancelled",
                                                       "timed_out", "not_run"}
+
+
+# --- calculation versions ------------------------------------------------------------------
+def test_several_versions_of_a_kind_live_side_by_side_and_the_highest_is_current():
+    assert registry.versions("test.square") == ["1", "2"]
+    assert registry.get("test.square").version == "2"
+    assert registry.get("test.square", "1").version == "1"
+    assert [c.version for c in registry.kinds() if c.kind == "test.square"] == ["2"]
+    with pytest.raises(registry.UnknownVersion):
+        registry.get("test.square", "7")
+
+
+def test_a_batch_runs_the_version_it_asks_for_and_an_unknown_version_fails_it():
+    specs = [JobSpec("a", {"x": 6})]
+    assert run_jobs("test.square", specs, NoControl(), "1")[0].result == {"y": 37.0}
+    newest = run_jobs("test.square", specs, NoControl())[0]
+    assert (newest.result, newest.calc_version) == ({"y": 36.0}, "2")
+    failed = run_jobs("test.square", specs, NoControl(), "9")[0]
+    assert failed.status == "failed" and failed.error["type"] == "unknown_version"
+
+
+def test_version_order_is_by_meaning_not_text():
+    assert max(["9", "10", "2"], key=registry._version_order) == "10"
+    assert max(["1.0", "1.0.1", "zzz"], key=registry._version_order) == "1.0.1"  # non-PEP-440 sorts first

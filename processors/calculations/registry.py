@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Protocol, Sequence
 
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class UnknownKind(KeyError):
     """No calculation is registered under this kind."""
 
 
+class UnknownVersion(LookupError):
+    """The kind exists, but not at the version asked for (a replay may name an old one)."""
+
+
 class Progress(Protocol):
     def __call__(self, index: int, fraction: float) -> None:
         """Report that job ``index`` of the batch is ``fraction`` (0..1) done."""
@@ -68,8 +73,18 @@ class Calculation:
         return self.params.model_validate(params)
 
 
-_REGISTRY: dict[str, Calculation] = {}
+# kind -> version -> calculation; several versions of a kind may live side by side, so a
+# replay can re-run history with a fixed version while the old one stays runnable.
+_REGISTRY: dict[str, dict[str, Calculation]] = {}
 _loaded = False
+
+
+def _version_order(version: str) -> tuple[int, Any]:
+    """Sort key: PEP 440 versions by meaning ("10" after "9"); anything else before them, by text."""
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
 
 
 def calculation(kind: str, *, version: str, params: type[BaseModel],
@@ -81,11 +96,12 @@ def calculation(kind: str, *, version: str, params: type[BaseModel],
     """
 
     def register(fn: BatchFn) -> BatchFn:
-        existing = _REGISTRY.get(kind)
-        if existing is not None and existing.fn is not fn and existing.version == version:
+        versions = _REGISTRY.setdefault(kind, {})
+        existing = versions.get(version)
+        if existing is not None and existing.fn is not fn:
             raise ValueError(f"calculation {kind!r} version {version} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[kind] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key)
+        versions[version] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key)
         return fn
 
     return register
@@ -110,14 +126,28 @@ def load_plugins(modules: Sequence[str] = ()) -> None:
             logger.exception("could not load calculation plugin %s", entry.value)
 
 
-def get(kind: str) -> Calculation:
+def get(kind: str, version: str | None = None) -> Calculation:
+    """The calculation ``kind`` at ``version``; without a version, the current (highest) one."""
     load_plugins()
     try:
-        return _REGISTRY[kind]
+        versions = _REGISTRY[kind]
     except KeyError:
         raise UnknownKind(kind) from None
+    if version is None:
+        return versions[max(versions, key=_version_order)]
+    try:
+        return versions[version]
+    except KeyError:
+        raise UnknownVersion(f"{kind} has no version {version!r} (known: {', '.join(sorted(versions))})") from None
+
+
+def versions(kind: str) -> list[str]:
+    """Every registered version of ``kind``, oldest first."""
+    load_plugins()
+    return sorted(_REGISTRY.get(kind, {}), key=_version_order)
 
 
 def kinds() -> list[Calculation]:
+    """The current version of every kind, by name."""
     load_plugins()
-    return sorted(_REGISTRY.values(), key=lambda c: c.kind)
+    return sorted((get(kind) for kind in _REGISTRY), key=lambda c: c.kind)
