@@ -34,6 +34,13 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def base_url(url: str | None, settings: Settings | None = None) -> str:
+    """Where the CLI's client commands find the service: --url, else JOBSTREAM_PUBLIC_URL, else host:port."""
+    settings = settings or _settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return (url or settings.public_url or f"http://{host}:{settings.port}").rstrip("/")
+
+
 def _refuse_open_bind_without_keys(settings: Settings) -> None:
     """Without API keys anyone who can reach the port can submit and read jobs: loopback only."""
     import ipaddress
@@ -212,7 +219,7 @@ def kafka(
 def watch(
     job_id: str = typer.Argument(..., help="The job to watch."),
     url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
-                                      help="Base URL of the API/gateway [default http://<JOBSTREAM_HOST>:<JOBSTREAM_PORT>]."),
+                                      help="Base URL of the API/gateway (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."),
     api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
     last_event_id: Optional[str] = typer.Option(None, help="Resume after this event id (seq)."),
     as_json: bool = typer.Option(False, "--json", help="Print each event as one JSON line."),
@@ -225,9 +232,7 @@ def watch(
 
     from jobstream.client import StreamError, watch_job
 
-    settings = _settings()
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    base = (url or settings.public_url or f"http://{host}:{settings.port}").rstrip("/")
+    base = base_url(url)
     outcome = None
     try:
         for event in watch_job(base, job_id, api_key=api_key, last_event_id=last_event_id):
@@ -268,13 +273,20 @@ def sql(
         if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
             result = run_direct(settings.clickhouse_url, query, limits_from(settings))
         else:
-            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-            base = url or settings.public_url or f"http://{host}:{settings.port}"
-            result = run_remote(base, query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30)
+            result = run_remote(base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30)
     except QueryFailed as exc:
         typer.echo(f"query failed: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render(result, fmt))
+
+
+def _add_replay() -> None:
+    from jobstream.replay_cli import replay_app
+
+    app.add_typer(replay_app, name="replay")
+
+
+_add_replay()
 
 
 def main() -> None:

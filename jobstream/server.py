@@ -22,6 +22,10 @@ from ingest_api.backpressure import LagMonitor
 from ingest_api.idempotency import IdempotencyKeys
 from ingest_api import routes as api_routes
 from ingest_api.recent import RecentJobs
+from replay import diff as replay_diff
+from replay import routes as replay_routes
+from replay.book import ReplayBook
+from replay.runner import Replayer
 from sink import routes as sink_routes
 from sink.sink import Sink
 from sink.store import ClickHouseStore
@@ -58,6 +62,10 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
                 started.append(app.state.idempotency)
                 app.state.lag = LagMonitor(bootstrap, settings).start()
                 started.append(app.state.lag)
+                app.state.replays = ReplayBook(bootstrap, settings).start()
+                started.append(app.state.replays)
+                app.state.replayer = _replayer(app, bootstrap, settings)
+                started.append(app.state.replayer)
             if "gateway" in roles:
                 app.state.fanout = Fanout(bootstrap, settings, observers=[app.state.recent.observe]).start()
                 started.append(app.state.fanout)
@@ -67,6 +75,8 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
                     raise RuntimeError("could not load the stored Idempotency-Keys from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.replays.loaded.wait, 120):
+                    raise RuntimeError("could not load the recorded replays from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).
@@ -94,6 +104,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if "api" in roles:
         app.include_router(api_routes.router)
+        app.include_router(replay_routes.router)
     if "gateway" in roles:
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
@@ -106,6 +117,16 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         return {"status": "ok"}
 
     return app
+
+
+def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:
+    """Replays run in the API process: statuses from its store, replayed jobs remembered for read-your-writes."""
+    loop = asyncio.get_running_loop()
+    store: ClickHouseStore = app.state.store
+    recent: RecentJobs = app.state.recent
+    return Replayer(bootstrap, settings, app.state.replays,
+                    statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
+                    on_emit=lambda queued: loop.call_soon_threadsafe(recent.add, queued))
 
 
 class BodyLimit:

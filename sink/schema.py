@@ -20,6 +20,8 @@ Tables and views (the README's "Querying results" shows how to read them):
   AggregatingMergeTree fed by a materialized view; merges happen whenever
   ClickHouse likes, so the view aggregates on read and is always right (no
   ``FINAL`` needed, none to forget).
+* ``replay_jobs`` + parameterised view ``replay_diff(tenant=, replay_id=)`` — which
+  job re-ran which in a replay, and original vs replayed result per job.
 * ``event_counts_state``, ``outcome_stats_state``, ``batch_sizes_state`` —
   per-minute rollups maintained by materialized views, read through the views
   ``event_counts``, ``outcome_stats``, ``failure_rates`` and ``batch_sizes``
@@ -141,6 +143,57 @@ _OUTCOMES_BACKFILL = f"""
             minIf(ts, type IN {TERMINAL_TYPES}) AS finished_at
         FROM job_events GROUP BY tenant, job_id HAVING countIf(type IN {TERMINAL_TYPES}) > 0
     )
+"""
+
+# A replayed job's queued event names its replay, the job it re-runs and the version it will run.
+_REPLAY_JOBS_SELECT = """
+    SELECT tenant, JSONExtractString(data, 'replay_id') AS replay_id, JSONExtractString(data, 'replay_of') AS replay_of,
+        job_id, JSONExtractString(data, 'calc_version') AS calc_version, ts AS submitted_at
+    FROM job_events
+    WHERE type = 'queued' AND JSONExtractString(data, 'replay_id') != ''
+"""
+
+# Original and replayed result of every job of one replay (a parameterised view):
+#   SELECT * FROM replay_diff(tenant = 'acme', replay_id = '...')
+# outcome: pending (the re-run has not finished), failed (it failed or was cancelled),
+# equal (both succeeded with the same result JSON), changed (anything else).
+_REPLAY_DIFF_SELECT = f"""
+    WITH
+        pairs AS (
+            SELECT replay_of AS original_job_id, any(job_id) AS replay_job_id, any(calc_version) AS target_version
+            FROM replay_jobs
+            WHERE tenant = {{tenant:String}} AND replay_id = {{replay_id:String}}
+            GROUP BY replay_of
+        ),
+        state AS (
+            SELECT job_id, argMaxMerge(status) AS status, max(calc_version) AS calc_version,
+                max(error_type) AS error_type
+            FROM jobs_state
+            WHERE tenant = {{tenant:String}}
+                AND (job_id IN (SELECT original_job_id FROM pairs) OR job_id IN (SELECT replay_job_id FROM pairs))
+            GROUP BY job_id
+        ),
+        results AS (
+            SELECT job_id, argMax(result, finished_at) AS result
+            FROM job_results
+            WHERE tenant = {{tenant:String}}
+                AND (job_id IN (SELECT original_job_id FROM pairs) OR job_id IN (SELECT replay_job_id FROM pairs))
+            GROUP BY job_id
+        )
+    SELECT p.original_job_id AS original_job_id, p.replay_job_id AS replay_job_id,
+        o.status AS original_status, r.status AS replay_status,
+        ifNull(o.calc_version, '') AS original_version, ifNull(nullIf(r.calc_version, ''), p.target_version) AS replay_version,
+        orr.result AS original_result, rr.result AS replay_result,
+        multiIf(r.status NOT IN {TERMINAL_TYPES}, 'pending',
+                r.status != 'succeeded', 'failed',
+                o.status = 'succeeded' AND orr.result = rr.result, 'equal',
+                'changed') AS outcome,
+        ifNull(r.error_type, '') AS replay_error
+    FROM pairs AS p
+    LEFT JOIN state AS o ON o.job_id = p.original_job_id
+    LEFT JOIN state AS r ON r.job_id = p.replay_job_id
+    LEFT JOIN results AS orr ON orr.job_id = p.original_job_id
+    LEFT JOIN results AS rr ON rr.job_id = p.replay_job_id
 """
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -351,6 +404,27 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             f"INSERT INTO event_counts_state {_EVENT_COUNTS_SELECT}",
             f"INSERT INTO batch_sizes_state {_BATCH_SIZES_SELECT}",
             _OUTCOMES_BACKFILL,  # feeds outcome_stats_state through its materialized view
+        ],
+    ),
+    (
+        3,
+        "replays: which job re-ran which, and the per-job diff",
+        [
+            f"""
+            CREATE TABLE IF NOT EXISTS replay_jobs (
+                tenant LowCardinality(String),
+                replay_id String,
+                replay_of String,
+                job_id String,
+                calc_version LowCardinality(String),
+                submitted_at {_TS}
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (tenant, replay_id, replay_of)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS replay_jobs_mv TO replay_jobs AS {_REPLAY_JOBS_SELECT}",
+            f"INSERT INTO replay_jobs {_REPLAY_JOBS_SELECT}",
+            f"CREATE VIEW IF NOT EXISTS replay_diff AS {_REPLAY_DIFF_SELECT}",
         ],
     ),
 ]

@@ -115,7 +115,8 @@ class JobRequested(_Record):
     priority: int = 0
     timeout_s: float | None = None
     calc_version: str | None = None  # None: the version registered when it runs
-    replay_of: str | None = None
+    replay_of: str | None = None  # the job this one re-runs (set by a replay)
+    replay_id: str | None = None  # the replay that emitted it
 
 
 class JobEvent(_Record):

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Days job_events rows are kept (0: forever); applied at sink start-up."
     )
 
+    # --- replay -------------------------------------------------------------
+    replay_default_rate: float = Field(default=100.0, gt=0, description="Jobs/s a replay emits unless told otherwise.")
+    replay_max_rate: float = Field(default=10_000.0, gt=0, description="Highest --rate a replay may ask for.")
+    replay_max_jobs: int = Field(default=1_000_000, ge=1, description="Most jobs one replay may select.")
+    replay_checkpoint_jobs: int = Field(
+        default=200, ge=1, le=100_000, description="A replay records its position after every this many jobs.")
+
     # --- SQL for analysts -----------------------------------------------------
     sql_tenants: str = Field(
         default="", description="Tenants (comma-separated) allowed to use POST /v1/sql when API keys are set."

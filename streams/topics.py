@@ -24,6 +24,7 @@ PROCESSORS_GROUP = "jobstream-processors"  #: the processors' consumer group (= 
 SINK_GROUP = "jobstream-sink"  #: the ClickHouse sink's consumer group (the gateway reads its offsets)
 IDEMPOTENCY = "jobs.idempotency"  #: Idempotency-Key → job, compacted, kept idempotency_ttl_s
 CONTROL = "jobs.control"  #: commands to running workers (cancel), keyed by job_id; every worker reads all
+REPLAYS = "jobs.replays"  #: replay plans and positions (and stop requests), keyed by replay id, compacted
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             "cleanup.policy": "compact,delete", "retention.ms": str(int(settings.idempotency_ttl_s * 1000)),
         }),
         TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
+        TopicSpec(settings.topic(REPLAYS), 1, {"cleanup.policy": "compact"}),
     ]
 
 

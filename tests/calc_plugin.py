@@ -64,6 +64,7 @@ def work(batch: Sequence[WorkParams], progress: Progress) -> list[dict]:
     return results
 
 
+
 class SquareParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,11 +73,8 @@ class SquareParams(BaseModel):
 
 @calculation("test.square", version="1", params=SquareParams)
 def square_v1(batch: Sequence[SquareParams], progress: Progress) -> list[dict]:
-    """x squared, with a deliberate bug for x > 5 (off by one) that version 2 fixes (test-only)."""
+    """x squared, with two bugs version 2 fixes: off by one past 5, refuses negatives (test-only)."""
+    for index, p in enumerate(batch):
+        if p.x < 0:
+            raise CalculationError("negative x", index=index)
     return [{"y": p.x * p.x + (1 if p.x > 5 else 0)} for p in batch]
-
-
-@calculation("test.square", version="2", params=SquareParams)
-def square_v2(batch: Sequence[SquareParams], progress: Progress) -> list[dict]:
-    """x squared (test-only)."""
-    return [{"y": p.x * p.x} for p in batch]

@@ -69,7 +69,7 @@ def test_migrations_run_once_and_upgrade_version_1_data_with_a_backfill(clickhou
                                       orjson.dumps(e.data).decode(), 1, 0, i] for i, e in enumerate(events)],
                       column_names=EVENT_COLUMNS)
 
-        assert schema.migrate(client) == [2]
+        assert schema.migrate(client) == [v for v, _, _ in schema.MIGRATIONS if v > 1]
         assert schema.migrate(client) == []  # a restart applies nothing
         assert sorted(schema.applied_versions(client)) == [v for v, _, _ in schema.MIGRATIONS]
         assert one(client, "SELECT count() FROM schema_migrations") == len(schema.MIGRATIONS)

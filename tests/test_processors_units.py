@@ -18,7 +18,7 @@ from processors.sequence import TERMINAL_SEQ, SeqClock
 from streams.events import EventType, JobEvent, JobStatus, JobView
 
 PLUGIN = "tests.calc_plugin"
-registry.load_plugins([PLUGIN])
+registry.load_plugins([PLUGIN, "tests.calc_plugin_v2"])
 
 
 # --- seqs -------------------------------------------------------------------------------

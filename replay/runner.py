@@ -1,0 +1,312 @@
+"""Planning and running replays: selected past requests re-emitted as new jobs, at a set rate.
+
+A replay never touches the original jobs. Each selected request is emitted again as
+a new job (id ``replayed_job_id(replay, original)``) carrying ``replay_of``, the
+replay id and the calculation version to run, with its ``queued`` event, through
+the same topics and processors as production traffic (which keeps flowing).
+
+Stop and resume without duplicates: the replay records its scan position and the
+end offsets of ``jobs.requested`` at every checkpoint (once Kafka acked everything
+emitted before it). A resumed run reads ``jobs.requested`` from those offsets to
+find what was emitted after the last checkpoint and skips it; replayed job ids are
+deterministic, so nothing is emitted twice even after a crash.
+
+Runs on plain threads with a blocking confluent-kafka producer: a replay is a
+long background job, and the API's event loop only starts and watches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+from confluent_kafka import Producer
+
+from processors.calculations import registry
+from replay.book import ReplayBook, replay_record, stop_record
+from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
+from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
+from streams import topics
+from streams.events import EventType, JobEvent, JobRequested, dumps, new_job_id, utcnow
+from streams.kafka_config import producer_config
+from streams.producer import Outgoing
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0  #: a running replay rewrites its record at least this often
+STALE_S = 30.0  #: a running replay not heard of for this long may be resumed elsewhere
+
+
+class ReplayError(Exception):
+    """A replay request that cannot be planned or run; ``field`` names the culprit."""
+
+    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.field = field
+
+
+@dataclass
+class _Run:
+    thread: threading.Thread
+    stop: threading.Event
+
+
+class Replayer:
+    """Plans, runs, stops and resumes this process's replays, recording each in ``jobs.replays``."""
+
+    def __init__(self, bootstrap: str, settings: Settings, book: ReplayBook,
+                 statuses: StatusLookup | None = None, on_emit: Callable[[JobEvent], None] | None = None) -> None:
+        """``statuses`` answers the status filter (ClickHouse); ``on_emit`` sees each replayed job's
+        queued event once Kafka has it (the API remembers it for read-your-writes). Both run on replay threads."""
+        self._bootstrap = bootstrap
+        self._on_emit = on_emit
+        self._settings = settings
+        self._book = book
+        self._statuses = statuses
+        self._producer = Producer(producer_config(bootstrap, settings))
+        self._errors: list[str] = []  # delivery failures not yet reported by a flush
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # --- planning -------------------------------------------------------------------------
+    def plan(self, tenant: str, selection: ReplaySelection, rate: float | None = None, dry_run: bool = False,
+             replay_id: str | None = None) -> Replay:
+        """Resolve the selection to offsets and count what it picks; record it (``planned`` for a dry run)."""
+        rate = rate or self._settings.replay_default_rate
+        if rate > self._settings.replay_max_rate:
+            raise ReplayError(422, "Rate too high", f"at most {self._settings.replay_max_rate} jobs/s", "rate")
+        for kind in selection.kinds:
+            self._calculation(kind, None, "kinds")
+        for kind, version in selection.calc_versions.items():
+            self._calculation(kind, version, "calc_versions")
+        flt = Filter(tenant, selection, self._statuses)
+        with RequestScanner(self._bootstrap, self._settings) as scanner:
+            ranges = scanner.ranges(selection.since, selection.until)
+            by_partition = {r.partition: r for r in ranges}
+            by_kind: dict[str, int] = {}
+            total = 0
+            for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), 5_000):
+                for found in flt.by_status(chunk):
+                    by_partition[found.partition].selected += 1
+                    by_kind[found.request.kind] = by_kind.get(found.request.kind, 0) + 1
+                    total += 1
+                if total > self._settings.replay_max_jobs:
+                    raise ReplayError(422, "Too many jobs", f"the selection picks more than "
+                                      f"{self._settings.replay_max_jobs} jobs; narrow it", "since")
+            ends = scanner.ends()
+        versions = {kind: self._calculation(kind, selection.calc_versions.get(kind), "kinds").version
+                    for kind in sorted(by_kind)}
+        now = utcnow()
+        replay = Replay(
+            replay_id=replay_id or new_job_id(), tenant=tenant, selection=selection, rate=rate,
+            state=ReplayState.PLANNED if dry_run else ReplayState.RUNNING, versions=versions,
+            partitions=ranges, total=total, by_kind=by_kind, created_at=now, updated_at=now,
+            owner=None if dry_run else self.owner, emitted_after=ends,
+        )
+        self._record(replay)
+        return replay
+
+    @staticmethod
+    def _calculation(kind: str, version: str | None, field: str) -> registry.Calculation:
+        try:
+            return registry.get(kind, version)
+        except registry.UnknownKind:
+            raise ReplayError(422, "Unknown kind", f"no calculation named {kind!r}", field) from None
+        except registry.UnknownVersion as exc:
+            raise ReplayError(422, "Unknown calculation version", str(exc), field) from None
+
+    # --- running ----------------------------------------------------------------------------
+    def start(self, replay: Replay, already: set[str] | None = None, wait: bool = False) -> None:
+        """Run ``replay`` (state ``running``) on a thread of this process; ``wait``: until it ends."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._run_safely, args=(replay, already or set(), stop),
+                                  name=f"replay-{replay.replay_id[:8]}", daemon=True)
+        with self._lock:
+            self._runs[replay.replay_id] = _Run(thread, stop)
+        thread.start()
+        if wait:
+            thread.join()
+
+    def running_here(self, replay_id: str) -> bool:
+        with self._lock:
+            run = self._runs.get(replay_id)
+        return run is not None and run.thread.is_alive()
+
+    def join(self, replay_id: str, timeout_s: float | None = None) -> None:
+        with self._lock:
+            run = self._runs.get(replay_id)
+        if run is not None:
+            run.thread.join(timeout_s)
+
+    def stop(self, replay: Replay) -> None:
+        """Ask the replay to stop at its next job, wherever it runs (the stop record reaches every book)."""
+        self._send([stop_record(self._settings, replay.replay_id)])
+        self._book.request_stop(replay.replay_id)
+        with self._lock:
+            run = self._runs.get(replay.replay_id)
+        if run is not None:
+            run.stop.set()
+
+    def resume(self, replay: Replay) -> Replay:
+        """Carry on a stopped (or orphaned) replay from its last checkpoint, skipping what it already emitted."""
+        if self.running_here(replay.replay_id):
+            raise ReplayError(409, "Replay running", "this replay is running")
+        if replay.state is ReplayState.RUNNING and (utcnow() - replay.updated_at) < timedelta(seconds=STALE_S):
+            raise ReplayError(409, "Replay running", f"this replay is running in {replay.owner}; stop it first")
+        if replay.state in (ReplayState.COMPLETED, ReplayState.PLANNED):
+            raise ReplayError(409, f"Replay {replay.state.value}", "there is nothing to resume")
+        self._send([stop_record(self._settings, replay.replay_id, stop=False)])
+        self._book.clear_stop(replay.replay_id)
+        already = self._emitted_since_checkpoint(replay)
+        replay = replay.model_copy(update={
+            "state": ReplayState.RUNNING, "owner": self.owner, "error": None, "updated_at": utcnow(),
+            "emitted": replay.emitted + len(already),
+        })
+        self._record(replay)
+        self.start(replay, already)
+        return replay
+
+    def _emitted_since_checkpoint(self, replay: Replay) -> set[str]:
+        """Ids this replay emitted after its last checkpoint (they are in jobs.requested past it)."""
+        with RequestScanner(self._bootstrap, self._settings) as scanner:
+            ends = scanner.ends()
+            ranges = [PartitionRange(partition=p, start=replay.emitted_after.get(p, 0), end=end,
+                                     position=replay.emitted_after.get(p, 0)) for p, end in ends.items()]
+            return {f.request.replay_of for f in scanner.scan(ranges)  # type: ignore[misc]
+                    if f.request.replay_id == replay.replay_id}
+
+    def _run_safely(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
+        try:
+            self._run(replay, already, stop)
+        except Exception as exc:  # recorded, so an operator sees it and can resume
+            logger.exception("replay %s failed", replay.replay_id)
+            latest = self._book.get(replay.replay_id) or replay
+            self._record(latest.model_copy(update={"state": ReplayState.FAILED, "error": str(exc)[:2000],
+                                                   "updated_at": utcnow()}))
+
+    def _run(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
+        settings = self._settings
+        flt = Filter(replay.tenant, replay.selection, self._statuses)
+        ranges = [r.model_copy() for r in replay.partitions]
+        by_partition = {r.partition: r for r in ranges}
+        emitted = replay.emitted
+        sent = 0  # by this run, for pacing
+        started = time.monotonic()
+        last_checkpoint = started
+        since_checkpoint = 0
+
+        def stopping() -> bool:
+            return stop.is_set() or self._book.stop_requested(replay.replay_id)
+
+        def checkpoint(state: ReplayState, scanner: RequestScanner) -> Replay:
+            nonlocal replay, last_checkpoint, since_checkpoint
+            self._flush()
+            now = utcnow()
+            replay = replay.model_copy(update={
+                "state": state, "partitions": [r.model_copy() for r in ranges], "emitted": emitted,
+                "updated_at": now, "emitted_after": scanner.ends(),
+                "finished_at": now if state is ReplayState.COMPLETED else None,
+            })
+            self._record(replay)
+            last_checkpoint, since_checkpoint = time.monotonic(), 0
+            return replay
+
+        with RequestScanner(self._bootstrap, settings) as scanner:
+            for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), settings.replay_checkpoint_jobs):
+                chosen = {id(f) for f in flt.by_status(chunk)}
+                for found in chunk:
+                    if id(found) in chosen and found.request.job_id not in already:
+                        # Pace to the rate, waking at least every heartbeat to record liveness and see a stop.
+                        while (wait := started + sent / replay.rate - time.monotonic()) > 0 and not stopping():
+                            stop.wait(min(wait, HEARTBEAT_S))
+                            if time.monotonic() - last_checkpoint >= HEARTBEAT_S:
+                                checkpoint(ReplayState.RUNNING, scanner)
+                        if stopping():
+                            checkpoint(ReplayState.STOPPED, scanner)
+                            logger.info("replay %s stopped after %d jobs", replay.replay_id, emitted)
+                            return
+                        self._emit(replay, found.request)
+                        emitted += 1
+                        sent += 1
+                        since_checkpoint += 1
+                    by_partition[found.partition].position = found.offset + 1
+                    if since_checkpoint >= settings.replay_checkpoint_jobs or (
+                            time.monotonic() - last_checkpoint >= HEARTBEAT_S):
+                        checkpoint(ReplayState.RUNNING, scanner)
+            for r in ranges:
+                r.position = r.end
+            checkpoint(ReplayState.COMPLETED, scanner)
+        logger.info("replay %s completed: %d jobs", replay.replay_id, emitted)
+
+    def _emit(self, replay: Replay, original: JobRequested) -> None:
+        job_id = replayed_job_id(replay.replay_id, original.job_id)
+        version = replay.versions[original.kind]
+        now = utcnow()
+        request = JobRequested(
+            job_id=job_id, tenant=original.tenant, ts=now, kind=original.kind, params=original.params,
+            priority=original.priority, timeout_s=original.timeout_s, calc_version=version,
+            replay_of=original.job_id, replay_id=replay.replay_id,
+        )
+        queued = JobEvent(job_id=job_id, tenant=original.tenant, seq=0, ts=now, type=EventType.QUEUED,
+                          kind=original.kind, data={
+                              "priority": original.priority, "timeout_s": original.timeout_s,
+                              "replay_of": original.job_id, "replay_id": replay.replay_id, "calc_version": version})
+        key = job_id.encode()
+        self._producer.produce(self._settings.topic(topics.REQUESTED), key=key, value=dumps(request),
+                               on_delivery=self._delivered)
+        on_delivery = self._delivered
+        if self._on_emit is not None:
+            on_emit = self._on_emit
+
+            def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+                self._delivered(err, msg)
+                if err is None:
+                    on_emit(queued)
+
+        self._producer.produce(self._settings.topic(topics.EVENTS), key=key, value=dumps(queued),
+                               on_delivery=on_delivery)
+        self._producer.poll(0)
+
+    # --- Kafka ------------------------------------------------------------------------------
+    def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is not None:
+            self._errors.append(err.str())
+
+    def _flush(self) -> None:
+        """Wait until Kafka acked everything produced so far; raise if anything was refused."""
+        remaining = self._producer.flush(self._settings.produce_timeout_s)
+        if remaining:
+            raise RuntimeError(f"Kafka did not acknowledge {remaining} replay records")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"Kafka refused replay records: {errors[0]}")
+
+    def _send(self, records: list[Outgoing]) -> None:
+        for record in records:
+            self._producer.produce(record.topic, key=record.key, value=record.value, on_delivery=self._delivered)
+        self._flush()
+
+    def _record(self, replay: Replay) -> None:
+        self._send([replay_record(self._settings, replay)])
+        self._book.remember(replay)
+
+    def close(self) -> None:
+        """Stop every replay of this process at its next job (they stay resumable), then flush."""
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.stop.set()
+        for run in runs:
+            run.thread.join(timeout=30)
+        self._producer.flush(self._settings.produce_timeout_s)
