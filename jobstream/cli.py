@@ -122,10 +122,10 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 
 
 @app.command()
 def up(
-    host: Optional[str] = typer.Option(None, help="Bind address [env JOBSTREAM_HOST, default 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, help="HTTP port [env JOBSTREAM_PORT, default 8000]."),
-    workers: Optional[int] = typer.Option(None, help="Processor worker processes [env JOBSTREAM_WORKERS]."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local state [env JOBSTREAM_DATA_DIR, default ./.jobstream]."),
+    host: Optional[str] = typer.Option(None, help="Bind address (env JOBSTREAM_HOST, default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT, default 8000)."),
+    workers: Optional[int] = typer.Option(None, help="Processor worker processes (env JOBSTREAM_WORKERS)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local state (env JOBSTREAM_DATA_DIR, default ./.jobstream)."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
@@ -156,8 +156,8 @@ def up(
 @app.command()
 def serve(
     role: list[str] = typer.Option(["api", "gateway", "sink"], help="Roles to run: api, gateway, sink."),
-    host: Optional[str] = typer.Option(None, help="Bind address [env JOBSTREAM_HOST]."),
-    port: Optional[int] = typer.Option(None, help="HTTP port [env JOBSTREAM_PORT]."),
+    host: Optional[str] = typer.Option(None, help="Bind address (env JOBSTREAM_HOST)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT)."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run HTTP roles against an existing broker (KAFKA_BOOTSTRAP) — the distributed layout."""
@@ -196,7 +196,7 @@ def worker(
 def kafka(
     provision_only: bool = typer.Option(False, "--provision-only", help="Only fetch the broker jars with Maven."),
     port: int = typer.Option(9092, help="Broker port."),
-    data_dir: Optional[Path] = typer.Option(None, help="Broker data [default <data dir>/kafka]."),
+    data_dir: Optional[Path] = typer.Option(None, help="Broker data (default <data dir>/kafka)."),
 ) -> None:
     """Fetch (and optionally run, in the foreground) the local Apache Kafka broker."""
     from streams.local_kafka import LocalKafka, kafka_version, provision

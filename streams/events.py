@@ -165,6 +165,7 @@ class JobView(BaseModel):
     result: Any = None
     error: dict[str, Any] | None = None
     calc_version: str | None = None
+    replay_of: str | None = None  #: for a replayed job, the job it re-runs
 
     @classmethod
     def fold(cls, events: list[JobEvent]) -> "JobView | None":
@@ -193,6 +194,8 @@ def event_to_view(view: JobView | None, event: JobEvent) -> JobView:
     update: dict[str, Any] = {"status": status, "seq": event.seq}
     if event.type is EventType.QUEUED:
         update["submitted_at"] = event.ts
+        if event.data.get("replay_of"):
+            update["replay_of"] = event.data["replay_of"]
     elif event.type is EventType.RUNNING:
         update["started_at"] = view.started_at or event.ts
         update["attempts"] = max(view.attempts, int(event.data.get("attempt", 1)))
