@@ -1,4 +1,4 @@
-"""Shared bench plumbing: a real broker, a jobstream process, latency statistics."""
+"""Shared bench plumbing: a real broker, a jobstream process, its CPU use, latency statistics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -33,9 +34,29 @@ def broker() -> Iterator[str]:
             yield bootstrap
 
 
+@dataclass(frozen=True)
+class Service:
+    url: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) process ``pid`` has used so far, from Linux's /proc:
+    dividing its growth by the wall time gives the cores a service really used during a run."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def jobstream_process(args: list[str], env: dict[str, str], port: int, timeout_s: float = 120) -> Iterator[str]:
     """Run ``jobstream <args>`` as its own process until the block ends; yields its base URL."""
+    with jobstream_service(args, env, port, timeout_s) as service:
+        yield service.url
+
+
+@contextlib.contextmanager
+def jobstream_service(args: list[str], env: dict[str, str], port: int, timeout_s: float = 120) -> Iterator[Service]:
+    """Like ``jobstream_process``, but yields the process id too (for ``cpu_seconds``)."""
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
         full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, "CLICKHOUSE_URL": f"chdb://{tmp}/clickhouse",
                     "JOBSTREAM_PORT": str(port), **env}
@@ -53,7 +74,7 @@ def jobstream_process(args: list[str], env: dict[str, str], port: int, timeout_s
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((Path(tmp) / "log").read_text()[-3000:])
                 time.sleep(0.2)  # polling a starting server, bench only
-            yield url
+            yield Service(url, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)

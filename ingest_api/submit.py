@@ -11,6 +11,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingest_api.problems import field_errors
 from processors.calculations import registry
 from streams import topics
-from streams.events import EventType, JobEvent, JobRequested, dumps, new_job_id, utcnow
+from streams.events import EventType, JobEvent, JobRequested, new_job_id, utcnow
 from streams.producer import AsyncProducer, Outgoing
 from streams.settings import Settings
 
@@ -58,14 +59,44 @@ class InvalidSubmission(Exception):
                 "errors": self.errors, **self.extensions}
 
 
+def _template(model: type[BaseModel], filled: set[str], **required: Any) -> dict[str, Any]:
+    """A record as a plain dict in the model's own field order, with its defaults.
+
+    ``prepare`` fills in the per-job fields and calls orjson once: the same bytes as
+    ``dumps(JobRequested(...))`` without building, validating and re-dumping two models per job
+    (the submission is already validated). Built from the models, so a field added there is on the
+    wire here too (tests/test_ingest_submit.py pins the byte equality); a field whose default is made
+    per instance must be filled in per job, so it stops the import instead of being copied.
+    """
+    per_instance = {name for name, f in model.model_fields.items() if f.default_factory is not None} - filled
+    if per_instance:
+        raise RuntimeError(f"{model.__name__}.{sorted(per_instance)} default per instance: fill them in prepare()")
+    return model(**required).model_dump(mode="json")
+
+
+_REQUEST_TEMPLATE = _template(JobRequested, {"ts"}, job_id="", kind="", params={})
+_QUEUED_TEMPLATE = _template(JobEvent, {"ts", "data"}, job_id="", seq=0, type=EventType.QUEUED, kind="")
+_QUEUED = EventType.QUEUED  # enum attribute lookups are slow in Python 3.11; this runs per job
+_WIRE_OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.123456Z
+
+
 @dataclass(frozen=True)
 class Prepared:
-    request: JobRequested
-    queued: JobEvent
+    """One job, ready to produce: its two records' wire bytes, and what read-your-writes needs."""
+
+    job_id: str
+    tenant: str
+    kind: str
+    ts: datetime
+    data: dict[str, Any]  # the queued event's data
+    request: bytes  # JobRequested on jobs.requested
+    queued_value: bytes  # its queued JobEvent on jobs.events
 
     @property
-    def job_id(self) -> str:
-        return self.request.job_id
+    def queued(self) -> JobEvent:
+        """The queued event as a model, for RecentJobs (built unvalidated: the fields are ours)."""
+        return JobEvent.model_construct(job_id=self.job_id, tenant=self.tenant, seq=0, ts=self.ts, type=_QUEUED,
+                                        kind=self.kind, data=self.data)
 
 
 def idempotent_job_id(tenant: str, key: str) -> str:
@@ -75,35 +106,37 @@ def idempotent_job_id(tenant: str, key: str) -> str:
 
 def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None) -> Prepared:
     """Validate params against the calculation and build the request + its queued event."""
+    kind, params = submission.kind, submission.params
     try:
-        calc = registry.get(submission.kind)
+        calc = registry.get(kind)
     except registry.UnknownKind:
-        raise InvalidSubmission("Unknown kind", f"no calculation named {submission.kind!r}",
+        raise InvalidSubmission("Unknown kind", f"no calculation named {kind!r}",
                                 [{"field": "kind", "reason": "unknown kind"}],
                                 known_kinds=[c.kind for c in registry.kinds()]) from None
     try:
-        calc.validate(submission.params)
+        calc.validate(params)
     except ValidationError as exc:
-        raise InvalidSubmission("Invalid params", f"params do not fit {submission.kind!r}",
+        raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}",
                                 field_errors(exc.errors(), ("params",))) from None
-    try:
-        orjson.dumps(submission.params)  # the wire format: integers must fit in 64 bits
-    except TypeError as exc:
-        raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
     job_id = job_id or new_job_id()
     now = utcnow()
-    request = JobRequested(job_id=job_id, tenant=tenant, ts=now, kind=submission.kind, params=submission.params,
-                           priority=submission.priority, timeout_s=submission.timeout_s)
-    queued = JobEvent(job_id=job_id, tenant=tenant, seq=0, ts=now, type=EventType.QUEUED, kind=submission.kind,
-                      data={"priority": submission.priority, "timeout_s": submission.timeout_s})
-    return Prepared(request, queued)
+    try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
+        request = orjson.dumps({**_REQUEST_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
+                                "params": params, "priority": submission.priority,
+                                "timeout_s": submission.timeout_s}, option=_WIRE_OPTIONS)
+    except TypeError as exc:
+        raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
+    data = {"priority": submission.priority, "timeout_s": submission.timeout_s}
+    queued = orjson.dumps({**_QUEUED_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
+                           "data": data}, option=_WIRE_OPTIONS)
+    return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 
 def records(prepared: Prepared, settings: Settings) -> list[Outgoing]:
     key = prepared.job_id.encode()
     return [
-        Outgoing(settings.topic(topics.REQUESTED), key, dumps(prepared.request)),
-        Outgoing(settings.topic(topics.EVENTS), key, dumps(prepared.queued)),
+        Outgoing(settings.topic(topics.REQUESTED), key, prepared.request),
+        Outgoing(settings.topic(topics.EVENTS), key, prepared.queued_value),
     ]
 
 

@@ -22,6 +22,7 @@ from ingest_api.backpressure import LagMonitor
 from ingest_api.idempotency import IdempotencyKeys
 from ingest_api import routes as api_routes
 from ingest_api.recent import RecentJobs
+from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
@@ -101,6 +102,8 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
     )
     problems.install(app)
+    if "api" in roles:  # POST /v1/jobs past FastAPI's routing; added first, so BodyLimit wraps it
+        app.add_middleware(SubmitShortcut)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if "api" in roles:
         app.include_router(api_routes.router)

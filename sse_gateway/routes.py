@@ -19,7 +19,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest_api.auth import bearer, current_tenant
+from ingest_api.auth import bearer, current_tenant, tenant_of
 from ingest_api.problems import Problem
 from sse_gateway import positions
 from sse_gateway.fanout import Fanout
@@ -52,7 +52,7 @@ def stream_grant(request: Request, token: str | None = Query(
                                   "headers, such as a browser's EventSource).")) -> StreamGrant:
     """The API key if one is sent, else the stream token. Only the stream routes use this."""
     if token is None or bearer(request) is not None:
-        return StreamGrant(tenant=current_tenant(request))
+        return StreamGrant(tenant=tenant_of(request))
     tokens: StreamTokens = request.app.state.stream_tokens
     try:
         return tokens.verify(token)

@@ -213,7 +213,7 @@ def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_a
                        {"j": originals[2]})
     assert [(r[1], orjson.loads(r[2])) for r in rows] == [("1", {"y": 37.0})]
     replayed = rs.alice.get(f"/v1/jobs/{six['replay_job_id']}").json()
-    assert (replayed["status"], replayed["result"]) == ("succeeded", {"y": 36.0})
+    assert (replayed["status"], replayed["result"], replayed["replay_of"]) == ("succeeded", {"y": 36.0}, originals[2])
     # Analysts get the same answer from SQL.
     sql = store.query("SELECT outcome, count() FROM replay_diff(tenant = 'alice', replay_id = {r:String}) "
                       "GROUP BY outcome ORDER BY outcome", {"r": replay_id})

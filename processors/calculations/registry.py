@@ -76,6 +76,7 @@ class Calculation:
 # kind -> version -> calculation; several versions of a kind may live side by side, so a
 # replay can re-run history with a fixed version while the old one stays runnable.
 _REGISTRY: dict[str, dict[str, Calculation]] = {}
+_CURRENT: dict[str, Calculation] = {}  # kind -> its highest version (get() is on every job's path)
 _loaded = False
 
 
@@ -102,6 +103,7 @@ def calculation(kind: str, *, version: str, params: type[BaseModel],
             raise ValueError(f"calculation {kind!r} version {version} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         versions[version] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key)
+        _CURRENT[kind] = versions[max(versions, key=_version_order)]
         return fn
 
     return register
@@ -129,12 +131,15 @@ def load_plugins(modules: Sequence[str] = ()) -> None:
 def get(kind: str, version: str | None = None) -> Calculation:
     """The calculation ``kind`` at ``version``; without a version, the current (highest) one."""
     load_plugins()
+    if version is None:
+        try:
+            return _CURRENT[kind]
+        except KeyError:
+            raise UnknownKind(kind) from None
     try:
         versions = _REGISTRY[kind]
     except KeyError:
         raise UnknownKind(kind) from None
-    if version is None:
-        return versions[max(versions, key=_version_order)]
     try:
         return versions[version]
     except KeyError:
