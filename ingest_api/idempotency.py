@@ -20,11 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from tenacity import Retrying, stop_after_delay, wait_exponential
-
 from streams import topics
-from streams.kafka_config import consumer_config
+from streams.mirror import TopicMirror
 from streams.producer import Outgoing
 from streams.settings import Settings
 
@@ -42,54 +39,19 @@ def _record_key(tenant: str, key: str) -> bytes:
     return f"{tenant}\x00{key}".encode()
 
 
-class IdempotencyKeys:
+class IdempotencyKeys(TopicMirror):
     def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._settings = settings
-        self._topic = settings.topic(topics.IDEMPOTENCY)
+        super().__init__(bootstrap, settings, settings.topic(topics.IDEMPOTENCY))
         self._ttl_s = settings.idempotency_ttl_s
         self._max = settings.idempotency_max_keys
         self._entries: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
-        self._consumer = Consumer(consumer_config(bootstrap, "unused", settings))
-        self._stop = threading.Event()
-        self.loaded = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="idempotency-keys", daemon=True)
 
-    def start(self) -> "IdempotencyKeys":
-        metadata = self._consumer.list_topics(self._topic, timeout=10)
-        partitions = list(metadata.topics[self._topic].partitions)
-        # A just-created topic may not have leaders yet: retry for a while.
-        for attempt in Retrying(stop=stop_after_delay(60), wait=wait_exponential(multiplier=0.1, max=2), reraise=True):
-            with attempt:
-                self._ends = {p: self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)[1]
-                              for p in partitions}
-        self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        positions = {p: 0 for p in self._ends}
-        if all(end == 0 for end in self._ends.values()):
-            self.loaded.set()
-        while not self._stop.is_set():
-            for message in self._consumer.consume(1000, timeout=0.2):
-                if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        logger.warning("idempotency consumer error: %s", message.error())
-                    continue
-                positions[message.partition()] = message.offset() + 1
-                if message.value() is not None:
-                    value = orjson.loads(message.value())
-                    self._put(message.key(), KeyEntry(value["job_id"], value["fingerprint"], value["created_at"]))
-            if not self.loaded.is_set() and all(positions[p] >= end for p, end in self._ends.items()):
-                logger.info("loaded %d idempotency keys", len(self._entries))
-                self.loaded.set()
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is not None and value is not None:
+            data = orjson.loads(value)
+            self._put(key, KeyEntry(data["job_id"], data["fingerprint"], data["created_at"]))
 
     def _put(self, record_key: bytes, entry: KeyEntry) -> None:
         with self._lock:
@@ -111,7 +73,7 @@ class IdempotencyKeys:
         """The record to publish with the job, and the entry to remember once it is acked."""
         entry = KeyEntry(job_id, fingerprint, time.time())
         value = orjson.dumps({"job_id": job_id, "fingerprint": fingerprint, "created_at": entry.created_at})
-        return Outgoing(self._topic, _record_key(tenant, key), value), entry
+        return Outgoing(self.topic, _record_key(tenant, key), value), entry
 
     def remember(self, tenant: str, key: str, entry: KeyEntry) -> None:
         self._put(_record_key(tenant, key), entry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Self
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from tenacity import Retrying, stop_after_delay, wait_exponential
@@ -34,7 +35,7 @@ class TopicMirror:
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         raise NotImplementedError
 
-    def start(self) -> "TopicMirror":
+    def start(self) -> Self:
         metadata = self._consumer.list_topics(self.topic, timeout=10)
         partitions = list(metadata.topics[self.topic].partitions)
         # A just-created topic may not have leaders yet: retry for a while.
