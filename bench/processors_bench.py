@@ -1,39 +1,56 @@
-"""End-to-end processing throughput and latency, batching off (BATCH_MAX_SIZE=1) versus adaptive.
+"""Processing throughput and latency, batching off (BATCH_MAX_SIZE=1) versus adaptive.
 
     .venv/bin/python -m bench.processors_bench [--small 4000] [--montecarlo 1000] [--rates 40,400] [--seconds 10]
+        [--via kafka|api] [--configs 1,64] [--profile PREFIX]
 
-In one run, against one real broker, for each configuration a whole pipeline
-(`jobstream up`: API + SSE gateway + ClickHouse sink in one process, one worker
-process with its calculation processes) on fresh topics:
+In one run, against one real broker, for each configuration a fresh worker on fresh topics:
 
-1. burst of ``--small`` small ``stats.describe`` jobs submitted as fast as the API
-   takes them (``POST /v1/jobs:batch``, 500 per request);
+1. burst of ``--small`` small ``stats.describe`` jobs (4 values each);
 2. burst of ``--montecarlo`` ``montecarlo.var`` jobs (3 assets, 50,000 paths);
-3. steady load at each of ``--rates`` small jobs per second for ``--seconds``, one
-   ``POST /v1/jobs`` each, open loop (the latency a job sees below saturation).
+3. steady load at each of ``--rates`` small jobs per second for ``--seconds``, open loop.
 
-Throughput is jobs / (last terminal event seen − first submit); a job's latency
-is from the moment its POST started to the moment its terminal event was read
-from ``jobs.events`` by this process.
+``--via kafka`` (the default) measures the processors: one ``jobstream worker``
+process (its calculation processes, one per core) and nothing else of the
+pipeline; the bench produces the ``JobRequested`` records straight onto
+``jobs.requested`` (built before the clock starts; a burst is produced in one
+go) and reads ``jobs.events``. ``--via api`` runs the whole pipeline
+(``jobstream up``: API + SSE gateway + ClickHouse sink in one process, one worker
+process) and submits over HTTP (bursts as ``POST /v1/jobs:batch`` of 500, steady
+load as one ``POST /v1/jobs`` each): on 2 cores the API and the sink then cap
+what the worker can show.
+
+Throughput is jobs / (last terminal event read − first submit); a job's latency
+runs from its submit (produce, or the start of its POST) to the moment its
+terminal event was read from ``jobs.events`` by this process. ``--profile``
+samples the worker with py-spy (not a project dependency) during each burst.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
-from confluent_kafka import Consumer
+import orjson
+from confluent_kafka import Consumer, Producer
 
-from bench.common import broker, free_port, jobstream_process, percentiles_ms
+from bench.common import ROOT, broker, free_port, jobstream_process, percentiles_ms
 from streams import topics
-from streams.events import load_event
-from streams.kafka_config import consumer_config
+from streams.events import JobRequested, dumps, new_job_id
+from streams.kafka_config import consumer_config, producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -41,7 +58,9 @@ SUBMIT_CHUNK = 500
 MONTECARLO = {"weights": [0.5, 0.3, 0.2], "mu": [0.0005, 0.0003, 0.0002],
               "cov": [[0.0004, 0.0001, 0.0], [0.0001, 0.0003, 0.0], [0.0, 0.0, 0.0002]],
               "horizon_days": 10, "paths": 50_000, "confidence": 0.99}
-CONFIGS = {"batching off (BATCH_MAX_SIZE=1)": "1", "adaptive (BATCH_MAX_SIZE=64)": "64"}
+CONFIGS = {"1": "batching off (BATCH_MAX_SIZE=1)", "64": "adaptive (BATCH_MAX_SIZE=64)"}
+_PROGRESS = b'"type":"progress"'
+_RUNNING = b'"type":"running"'
 
 
 def small_job(i: int) -> dict:
@@ -53,7 +72,11 @@ def montecarlo_job(i: int) -> dict:
 
 
 class Terminals:
-    """Reads jobs.events on a thread: when each job's terminal event arrived, and batch sizes."""
+    """Reads jobs.events on a thread: when each job's terminal event arrived, and batch sizes.
+
+    Parses only what it needs (progress events are skipped by a byte test), so the
+    reader costs the shared cores as little as possible.
+    """
 
     def __init__(self, bootstrap: str, settings: Settings) -> None:
         self.seen: dict[str, float] = {}
@@ -71,13 +94,17 @@ class Terminals:
                 if message.error():
                     continue
                 now = time.monotonic()
-                event = load_event(message.value())
-                if event.type.value == "running":
-                    self.batch_sizes.setdefault(event.job_id, int(event.data.get("batch_size", 1)))
-                elif event.terminal and event.job_id not in self.seen:
-                    self.seen[event.job_id] = now
-                    if event.type.value != "succeeded":
-                        self.failed[event.job_id] = event.data
+                value = message.value()
+                if _PROGRESS in value:
+                    continue
+                event = orjson.loads(value)
+                job_id = event["job_id"]
+                if _RUNNING in value:
+                    self.batch_sizes.setdefault(job_id, int(event["data"].get("batch_size", 1)))
+                elif event["type"] in ("succeeded", "failed", "cancelled") and job_id not in self.seen:
+                    self.seen[job_id] = now
+                    if event["type"] != "succeeded":
+                        self.failed[job_id] = event["data"]
 
     def wait(self, ids: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -101,6 +128,8 @@ class Result:
     latencies: list[float]
     batch_sizes: list[int] = field(default_factory=list)
     failed: int = 0
+    cpu_us: tuple[float, ...] | None = None  #: CPU per job: worker, calculation processes, worker's loop, broker
+
 
     @property
     def rate(self) -> float:
@@ -112,7 +141,164 @@ class Result:
                 "max batch": float(max(self.batch_sizes or [0])), "failed": self.failed}
 
 
-def burst(url: str, terminals: Terminals, jobs: list[dict], name: str, timeout_s: float) -> Result:
+def _cpu_s(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of one process (or one of its threads) so far (Linux /proc)."""
+    try:
+        stat = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+        fields = Path(stat).read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _java_children() -> list[int]:
+    """The local broker (a JVM this process started), if any."""
+    found = []
+    for pid in _children(os.getpid()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def cpu_meter(pid: int | None) -> Iterator[list[float]]:
+    """CPU seconds spent during the block by the worker process, its calculation processes, its
+    event-loop thread, and the local broker."""
+    spent = [0.0, 0.0, 0.0, 0.0]
+    if pid is None:
+        yield spent
+        return
+    children, brokers = _children(pid), _java_children()
+    before = (_cpu_s(pid), sum(_cpu_s(c) for c in children), _cpu_s(pid, pid), sum(_cpu_s(b) for b in brokers))
+    yield spent
+    after = (_cpu_s(pid), sum(_cpu_s(c) for c in children), _cpu_s(pid, pid), sum(_cpu_s(b) for b in brokers))
+    spent[:] = [a - b for a, b in zip(after, before)]
+
+
+def _result(name: str, terminals: Terminals, submitted: dict[str, float], seconds: float | None) -> Result:
+    ids = list(submitted)
+    if seconds is None:  # a burst: until its last terminal event
+        seconds = max(terminals.seen[j] for j in ids) - min(submitted.values())
+    return Result(name, len(ids), seconds, [terminals.seen[j] - submitted[j] for j in ids],
+                  [terminals.batch_sizes.get(j, 0) for j in ids], sum(j in terminals.failed for j in ids))
+
+
+# --- submitting over Kafka (the processors alone) ---------------------------------------------------
+class KafkaSubmitter:
+    """Produces ``JobRequested`` records (the API's wire format) straight onto jobs.requested."""
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        self._producer = Producer(producer_config(bootstrap, settings))
+        self._topic = settings.topic(topics.REQUESTED)
+
+    @staticmethod
+    def records(jobs: list[dict]) -> list[tuple[bytes, bytes]]:
+        out = []
+        for job in jobs:
+            request = JobRequested(job_id=new_job_id(), kind=job["kind"], params=job["params"])
+            out.append((request.job_id.encode(), dumps(request)))
+        return out
+
+    def burst(self, jobs: list[dict]) -> dict[str, float]:
+        records = self.records(jobs)  # built before the clock starts
+        t0 = time.monotonic()
+        for key, value in records:
+            self._producer.produce(self._topic, key=key, value=value)
+        self._flush()
+        return {key.decode(): t0 for key, _ in records}
+
+    def paced(self, jobs: list[dict], rate: float) -> dict[str, float]:
+        records = self.records(jobs)
+        submitted: dict[str, float] = {}
+        started = time.monotonic()
+        for i, (key, value) in enumerate(records):
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))  # open loop, fixed rate
+            submitted[key.decode()] = time.monotonic()
+            self._producer.produce(self._topic, key=key, value=value)
+            self._producer.poll(0)
+        self._flush()
+        return submitted
+
+    def _flush(self) -> None:
+        if self._producer.flush(60):
+            raise RuntimeError("requests not acknowledged by Kafka")
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """One ``jobstream worker`` for the block's lifetime (readiness: the warm-up jobs finish)."""
+    with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
+        full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, **env}
+        with open(Path(tmp) / "log", "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "jobstream.cli", "worker", "--log-level", "warning"],
+                                       env=full_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        except Exception:
+            sys.stderr.write((Path(tmp) / "log").read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, prefix: str | None, name: str) -> Iterator[None]:
+    """py-spy samples process ``pid`` for the block (a raw collapsed-stack file per phase)."""
+    if not prefix or pid is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = f"{prefix}-{name.replace(' ', '_')}.txt"
+    process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil",
+                                "--nonblocking", "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.send_signal(2)
+        process.wait(timeout=30)
+
+
+def run_via_kafka(bootstrap: str, settings: Settings, env: dict[str, str], terminals: Terminals,
+                  args: argparse.Namespace, tag: str) -> list[Result]:
+    submitter = KafkaSubmitter(bootstrap, settings)
+
+    def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
+        with profiled(pid, args.profile, f"{tag}-{name}"), cpu_meter(pid) as cpu:
+            submitted = submitter.burst(jobs)
+            terminals.wait(list(submitted), 900)
+        result = _result(name, terminals, submitted, None)
+        result.cpu_us = tuple(x / len(jobs) * 1e6 for x in cpu)
+        return result
+
+    with worker_process(env) as worker:
+        burst([small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)], "warm-up")
+        results = [burst([small_job(i) for i in range(args.small)], "stats.describe burst", worker.pid),
+                   burst([montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", worker.pid)]
+        for rate in args.rates:
+            submitted = submitter.paced([small_job(i) for i in range(int(rate * args.seconds))], rate)
+            terminals.wait(list(submitted), 300)
+            results.append(_result(f"steady {rate:g}/s", terminals, submitted, args.seconds))
+        return results
+
+
+# --- submitting over HTTP (the whole pipeline) ------------------------------------------------------
+def http_burst(url: str, terminals: Terminals, jobs: list[dict], name: str, timeout_s: float) -> Result:
     submitted: dict[str, float] = {}
     with httpx.Client(base_url=url, timeout=120) as client:
         for start in range(0, len(jobs), SUBMIT_CHUNK):
@@ -121,15 +307,11 @@ def burst(url: str, terminals: Terminals, jobs: list[dict], name: str, timeout_s
             if response.status_code != 202 or response.json()["rejected"]:
                 raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
             submitted.update({item["job_id"]: t0 for item in response.json()["jobs"]})
-    ids = list(submitted)
-    terminals.wait(ids, timeout_s)
-    first = min(submitted.values())
-    last = max(terminals.seen[j] for j in ids)
-    return Result(name, len(ids), last - first, [terminals.seen[j] - submitted[j] for j in ids],
-                  [terminals.batch_sizes.get(j, 0) for j in ids], sum(j in terminals.failed for j in ids))
+    terminals.wait(list(submitted), timeout_s)
+    return _result(name, terminals, submitted, None)
 
 
-async def steady(url: str, terminals: Terminals, rate: float, seconds: float, timeout_s: float) -> Result:
+async def http_steady(url: str, terminals: Terminals, rate: float, seconds: float, timeout_s: float) -> Result:
     submitted: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         async def one(i: int) -> None:
@@ -145,10 +327,20 @@ async def steady(url: str, terminals: Terminals, rate: float, seconds: float, ti
             await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))  # open loop, fixed rate
             tasks.append(asyncio.ensure_future(one(i)))
         await asyncio.gather(*tasks)
-    ids = list(submitted)
-    await asyncio.to_thread(terminals.wait, ids, timeout_s)
-    return Result(f"steady {rate:g}/s", len(ids), seconds, [terminals.seen[j] - submitted[j] for j in ids],
-                  [terminals.batch_sizes.get(j, 0) for j in ids], sum(j in terminals.failed for j in ids))
+    await asyncio.to_thread(terminals.wait, list(submitted), timeout_s)
+    return _result(f"steady {rate:g}/s", terminals, submitted, seconds)
+
+
+def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namespace) -> list[Result]:
+    with jobstream_process(["up", "--log-level", "warning"], {**env, "JOBSTREAM_WORKERS": "1"}, free_port()) as url:
+        http_burst(url, terminals, [small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)],
+                   "warm-up", 300)
+        return [
+            http_burst(url, terminals, [small_job(i) for i in range(args.small)], "stats.describe burst", 900),
+            http_burst(url, terminals, [montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst",
+                       900),
+            *(asyncio.run(http_steady(url, terminals, rate, args.seconds, 300)) for rate in args.rates),
+        ]
 
 
 def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace) -> list[Result]:
@@ -156,18 +348,12 @@ def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace) ->
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
     ensure_topics(bootstrap, settings)
     env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix, "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
-           "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9), "JOBSTREAM_WORKERS": "1"}
+           "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
     terminals = Terminals(bootstrap, settings)
     try:
-        with jobstream_process(["up", "--log-level", "warning"], env, free_port()) as url:
-            burst(url, terminals, [small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)],
-                  "warm-up", 300)
-            return [
-                burst(url, terminals, [small_job(i) for i in range(args.small)], "stats.describe burst", 900),
-                burst(url, terminals, [montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst",
-                      900),
-                *(asyncio.run(steady(url, terminals, rate, args.seconds, 300)) for rate in args.rates),
-            ]
+        if args.via == "api":
+            return run_via_api(env, terminals, args)
+        return run_via_kafka(bootstrap, settings, env, terminals, args, f"batch{batch_max_size}")
     finally:
         terminals.close()
 
@@ -179,27 +365,40 @@ def main() -> None:
     parser.add_argument("--rates", type=lambda v: [float(r) for r in v.split(",")], default=[40.0, 400.0],
                         help="jobs/s of the steady phases, comma-separated")
     parser.add_argument("--seconds", type=float, default=10, help="length of the steady phase")
+    parser.add_argument("--via", choices=("kafka", "api"), default="kafka",
+                        help="kafka: requests produced straight to the worker (default); api: the whole pipeline")
+    parser.add_argument("--configs", type=lambda v: v.split(","), default=list(CONFIGS),
+                        help="JOBSTREAM_BATCH_MAX_SIZE values to compare, comma-separated (default 1,64)")
+    parser.add_argument("--profile", help="sample the worker with py-spy during each burst into this file prefix "
+                        "(--via kafka only; needs py-spy, not a project dependency)")
     args = parser.parse_args()
     results: dict[str, list[Result]] = {}
+    load = [os.getloadavg()[0]]
     with broker() as bootstrap:
-        for name, size in CONFIGS.items():
-            results[name] = run_config(bootstrap, size, args)
-    header = "| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed |"
-    print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    baseline = {r.name: r for r in results[next(iter(CONFIGS))]}
-    for name, rows in results.items():
+        for size in args.configs:
+            results[size] = run_config(bootstrap, size, args)
+            load.append(os.getloadavg()[0])
+    print(f"via {args.via}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
+    print("| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "
+          "| CPU µs/job: worker (its loop) | calculations | broker |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size, rows in results.items():
         for result in rows:
             row = result.row()
-            print(f"| {result.name} | {name} | {row['jobs/s']:.0f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
-                  f"{row['mean batch']:.1f} | {row['max batch']:.0f} | {row['failed']:.0f} |")
-    adaptive = {r.name: r for r in results[list(CONFIGS)[1]]}
+            cpu = ([f"{result.cpu_us[0]:,.0f} ({result.cpu_us[2]:,.0f})", f"{result.cpu_us[1]:,.0f}",
+                    f"{result.cpu_us[3]:,.0f}"] if result.cpu_us else ["", "", ""])
+            print(f"| {result.name} | {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')} | {row['jobs/s']:,.0f} | "
+                  f"{row['p50_ms']:,.0f} | {row['p99_ms']:,.0f} | {row['mean batch']:.1f} | {row['max batch']:.0f} | "
+                  f"{row['failed']:.0f} | {cpu[0]} | {cpu[1]} | {cpu[2]} |")
+    if len(results) < 2:
+        return
+    baseline, other = ({r.name: r for r in rows} for rows in list(results.values())[:2])
     for workload in ("stats.describe burst", "montecarlo.var burst"):
-        speedup = adaptive[workload].rate / baseline[workload].rate
-        p99 = (percentiles_ms(adaptive[workload].latencies)["p99_ms"],
+        speedup = other[workload].rate / baseline[workload].rate
+        p99 = (percentiles_ms(other[workload].latencies)["p99_ms"],
                percentiles_ms(baseline[workload].latencies)["p99_ms"])
-        print(f"{workload}: adaptive batching = {speedup:.1f}x the throughput of batching off; "
-              f"p99 {p99[0]:.0f} ms vs {p99[1]:.0f} ms")
+        print(f"{workload}: {args.configs[1]} vs {args.configs[0]}: {speedup:.1f}x the throughput; "
+              f"p99 {p99[0]:,.0f} ms vs {p99[1]:,.0f} ms")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 import faust
 
+from processors import consumer
 from processors.calculations import registry
 from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
@@ -133,6 +134,7 @@ def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> 
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 4),
     )
+    consumer.install(app)  # a cheaper per-record hand-over from the fetch loop to the stream
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
     runtime = WorkerRuntime(settings, bootstrap)
     app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  (only .clear() is called)
@@ -154,9 +156,22 @@ def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> 
     return app
 
 
+def _use_uvloop() -> bool:
+    """Run the worker's loop on uvloop when it is installed (it comes with ``uvicorn[standard]``): every
+    job costs the loop several task steps and callbacks (Faust's hand-over, the runner, the outbox), and
+    uvloop does those at a fraction of asyncio's cost. Without it, the standard loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, loglevel: str = "info") -> None:
     """Run one worker until SIGTERM/SIGINT (blocks; Faust owns the event loop)."""
     topics.ensure_topics(bootstrap, settings)
+    _use_uvloop()
     app = create_app(settings, bootstrap, worker_index=worker_index)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

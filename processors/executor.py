@@ -255,7 +255,8 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
         if message is None:
             return
         if message[0] == "run":
-            _, call_id, kind, version, jobs = message
-            outcomes = run_jobs(kind, jobs, _PipeControl(conn), version)
-            conn.send(("done", call_id, outcomes))
+            _, call_id, kind, version, jobs = message  # jobs and outcomes travel as plain tuples (cheaper)
+            outcomes = run_jobs(kind, [JobSpec(*fields) for fields in jobs], _PipeControl(conn), version)
+            conn.send(("done", call_id, [(o.job_id, o.status, o.result, o.error, o.calc_version)
+                                         for o in outcomes]))
         # a "cancel" read here came after its batch ended: nothing to stop

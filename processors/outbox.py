@@ -2,15 +2,20 @@
 
 One sender task drains the queue in chunks and produces each chunk with an
 idempotent, acks=all confluent producer, so one job's events reach Kafka in
-``seq`` order. ``emit`` returns a future resolved once Kafka acknowledged the
-event; the runner acks a request's source offset only after its terminal
-event's future resolved (at-least-once). A chunk Kafka did not acknowledge is
-sent again, as is (same seqs: readers dedupe), until it is — the worker's
-offsets simply do not move meanwhile.
+``seq`` order. ``emit`` takes an ``on_delivered`` callback, called on the loop
+once Kafka acknowledged the event (a plain call from the sender task, not a
+future and a scheduled callback per job); the runner acks a request's source
+offset only from its terminal event's callback (at-least-once). A chunk Kafka
+did not acknowledge is sent again, as is (same seqs: readers dedupe), until it
+is — the worker's offsets simply do not move meanwhile.
 
 Unlike ``streams.producer.AsyncProducer`` (one future per message), a chunk is
 settled with ONE hop from the delivery thread to the event loop: at thousands of
 events a second, a loop wake-up per message is a large share of a worker's CPU.
+For the same reason an event's bytes are written with orjson straight from its
+fields (``event_bytes``, byte for byte what ``streams.events.dumps`` makes of a
+``JobEvent``, which a test checks) instead of building and dumping a pydantic
+model per event, and a chunk goes to librdkafka in one ``produce_batch`` call.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
+import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from processors.sequence import TERMINAL_SEQ, SeqClock
-from streams.events import TERMINAL_EVENTS, EventType, JobEvent, JobRequested, dumps
+from streams.events import SCHEMA_VERSION, TERMINAL_EVENTS, EventType, JobRequested
 from streams.kafka_config import producer_config
 from streams.settings import Settings
 
@@ -31,6 +38,14 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1000  # events per produce round (well under librdkafka's queue)
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+
+
+def event_bytes(job_id: str, tenant: str, seq: int, type_: EventType, kind: str, data: dict[str, Any],
+                ts: datetime) -> bytes:
+    """A ``JobEvent`` on the wire, without the model: the fields in the model's order, ``ts`` as
+    ISO 8601 with ``Z``. ``data`` must be JSON-ready (str keys; results are, see ``processors.executor``)."""
+    return orjson.dumps({"schema_version": SCHEMA_VERSION, "job_id": job_id, "tenant": tenant, "seq": seq,
+                         "ts": ts, "type": type_.value, "kind": kind, "data": data}, option=orjson.OPT_UTC_Z)
 
 
 class ChunkNotDelivered(Exception):
@@ -81,7 +96,7 @@ class Outbox:
         self._max_bytes = settings.max_message_bytes - 1024  # headroom for the record's framing
         self._topic = topic
         self.seqs = seqs or SeqClock()
-        self._queue: list[tuple[bytes, bytes, asyncio.Future[None] | None]] = []
+        self._queue: list[tuple[bytes, bytes, Callable[[], Any] | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
@@ -106,31 +121,29 @@ class Outbox:
         self._stop.set()
         self._poller.join(timeout=5)
 
-    def emit(self, request: JobRequested, type_: EventType, data: dict[str, Any]) -> asyncio.Future[None] | None:
-        """Number the event and queue it. Terminal events (``TERMINAL_SEQ``) return a future that
-        resolves once Kafka acknowledged them; the others are fire-and-forget (their order is kept)."""
+    def emit(self, request: JobRequested, type_: EventType, data: dict[str, Any],
+             on_delivered: Callable[[], Any] | None = None) -> None:
+        """Number the event (terminal events get ``TERMINAL_SEQ``) and queue it; ``on_delivered`` is called
+        on the loop once Kafka acknowledged it. Events are sent in the order they were emitted."""
         terminal = type_ in TERMINAL_EVENTS
+        now = datetime.now(timezone.utc)
+        job_id = request.job_id
         if terminal:
             seq = TERMINAL_SEQ
-            self.seqs.forget(request.job_id)
+            self.seqs.forget(job_id)
         else:
-            seq = self.seqs.next(request.job_id, request.ts)
-        value = dumps(JobEvent(job_id=request.job_id, tenant=request.tenant, seq=seq, type=type_,
-                               kind=request.kind, data=data))
+            seq = self.seqs.next(job_id, request.ts, now)
+        value = event_bytes(job_id, request.tenant, seq, type_, request.kind, data, now)
         if len(value) > self._max_bytes:  # it could never be delivered: say so instead of retrying forever
-            logger.error("%s event of %s is %d bytes, over the message limit", type_.value, request.job_id,
-                         len(value))
-            value = dumps(JobEvent(
-                job_id=request.job_id, tenant=request.tenant, seq=seq,
-                type=EventType.FAILED if terminal else EventType.PROGRESS, kind=request.kind,
-                data={"error": {"type": "result_too_large", "message": f"the {type_.value} event would be "
-                                f"{len(value)} bytes; the limit is JOBSTREAM_MAX_MESSAGE_BYTES"}}
-                if terminal else {},
-            ))
-        done = asyncio.get_running_loop().create_future() if terminal else None
-        self._queue.append((request.job_id.encode(), value, done))
+            logger.error("%s event of %s is %d bytes, over the message limit", type_.value, job_id, len(value))
+            value = event_bytes(
+                job_id, request.tenant, seq, EventType.FAILED if terminal else EventType.PROGRESS, request.kind,
+                {"error": {"type": "result_too_large", "message": f"the {type_.value} event would be "
+                           f"{len(value)} bytes; the limit is JOBSTREAM_MAX_MESSAGE_BYTES"}} if terminal else {},
+                now,
+            )
+        self._queue.append((job_id.encode(), value, on_delivered))
         self._wake.set()
-        return done
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -147,7 +160,7 @@ class Outbox:
                 chunk, self._queue = self._queue[:CHUNK], self._queue[CHUNK:]
                 await self._send(chunk)
 
-    async def _send(self, chunk: list[tuple[bytes, bytes, asyncio.Future[None] | None]]) -> None:
+    async def _send(self, chunk: list[tuple[bytes, bytes, Callable[[], Any] | None]]) -> None:
         records = [(key, value) for key, value, _ in chunk]
         delay = RETRY_MIN_S
         while True:
@@ -160,25 +173,26 @@ class Outbox:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         self.sent += len(records)
-        for _, _, done in chunk:
-            if done is not None and not done.done():
-                done.set_result(None)
+        for _, _, on_delivered in chunk:
+            if on_delivered is not None:
+                try:
+                    on_delivered()
+                except Exception:  # one caller's bug must not stop the outbox
+                    logger.exception("on_delivered callback failed")
 
     async def _produce(self, records: list[tuple[bytes, bytes]]) -> None:
         chunk = _Chunk(asyncio.get_running_loop(), len(records))
-        for index, (key, value) in enumerate(records):
-            try:
-                self._producer.produce(self._topic, key=key, value=value, on_delivery=chunk.on_delivery)
-            except BufferError:  # librdkafka's queue is full: let deliveries drain, then go on
-                await asyncio.sleep(0.05)
-                try:
-                    self._producer.produce(self._topic, key=key, value=value, on_delivery=chunk.on_delivery)
-                except Exception as exc:
-                    chunk.fail_rest(len(records) - index, str(exc))
-                    break
-            except Exception as exc:  # KafkaException: message too large, unknown topic, ...
-                chunk.fail_rest(len(records) - index, str(exc))
-                break
+        messages = [{"key": key, "value": value} for key, value in records]
+        try:
+            self._producer.produce_batch(self._topic, messages, on_delivery=chunk.on_delivery)
+        except Exception as exc:  # TypeError, KafkaException: nothing was queued
+            chunk.fail_rest(len(records), str(exc))
+        else:
+            # Refused messages (queue full, too large, unknown topic) are marked and get no delivery report;
+            # the chunk then fails and is sent again whole, so one job's events never overtake each other.
+            refused = [m["_error"] for m in messages if "_error" in m]
+            if refused:
+                chunk.fail_rest(len(refused), str(refused[0]))
         try:
             await asyncio.wait_for(asyncio.shield(chunk.done), self._timeout_s + 5)
         except asyncio.TimeoutError:

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Sequence
 
 from processors.executor import JobSpec, Outcome, child_main
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.25
 READY_TIMEOUT_S = 120.0
+# A batch this small is written to the pipe from the loop: the process is idle in recv() (its slot was
+# free), and the socket buffer takes it whole, so the write never waits. Bigger ones go through a thread.
+# Pickling holds the GIL either way.
+INLINE_SEND_BYTES = 64 * 1024
 
 
 class ProcessDied(Exception):
@@ -118,7 +123,13 @@ class CalcPool:
         try:
             conn = slot.conn
             try:
-                await asyncio.to_thread(conn.send, ("run", call.id, kind, version, list(jobs)))
+                # plain tuples on the wire: pickling a dataclass per job costs more than the job's numbers
+                payload = ForkingPickler.dumps(("run", call.id, kind, version,
+                                                [(j.job_id, j.params, j.timeout_s) for j in jobs]))
+                if len(payload) <= INLINE_SEND_BYTES:
+                    conn.send_bytes(payload)
+                else:
+                    await asyncio.to_thread(conn.send_bytes, payload)
             except (OSError, ValueError):  # the pipe broke: the process is dead, the reader says so
                 pass
             call.sent = True
@@ -184,7 +195,8 @@ class CalcPool:
                 if kind == "progress":
                     loop.call_soon_threadsafe(self._on_progress, message[1], message[2])
                 elif kind == "done":
-                    loop.call_soon_threadsafe(self._done, slot, message[1], message[2])
+                    outcomes = [Outcome(*fields) for fields in message[2]]
+                    loop.call_soon_threadsafe(self._done, slot, message[1], outcomes)
                 elif kind == "ready":
                     loop.call_soon_threadsafe(self._ready, slot, generation)
         except (EOFError, OSError):

@@ -316,20 +316,16 @@ class Runner:
             self._room.set()
         if type_ is EventType.SUCCEEDED and job.progress < 1.0:
             self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 1.0})
-        delivered = self._outbox.emit(job.request, type_, data)
-        assert delivered is not None  # terminal events always come with a future
         self.stats.jobs_done += 1
 
-        def ack(future: "asyncio.Future[None]") -> None:
-            if future.cancelled() or future.exception() is not None:
-                return  # not acked: the request is redelivered after a restart
+        def ack() -> None:  # Kafka has the terminal event (never called if it does not)
             for one in job.acks:
                 try:
                     one()
                 except Exception:  # the consumer is stopping: the record is redelivered, the run is idempotent
                     logger.warning("could not ack the request of job %s", job.job_id, exc_info=True)
 
-        delivered.add_done_callback(ack)
+        self._outbox.emit(job.request, type_, data, on_delivered=ack)
 
     async def _undecodable(self, raw: bytes, ack: Ack, source: Source | None, exc: Exception) -> None:
         job_id, tenant, kind = _salvage_ids(raw)
@@ -338,10 +334,11 @@ class Runner:
         if job_id is not None:
             request = JobRequested.model_construct(job_id=job_id, tenant=tenant or "default", kind=kind,
                                                    params={}, seq=0, ts=utcnow())
-            delivered = self._outbox.emit(request, EventType.FAILED,
-                                          _error("undecodable", f"the request could not be decoded: {exc}"))
-            if delivered is not None:
-                await delivered
+            delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._outbox.emit(request, EventType.FAILED,
+                              _error("undecodable", f"the request could not be decoded: {exc}"),
+                              on_delivered=lambda: delivered.done() or delivered.set_result(None))
+            await delivered
         ack()
 
     def _spawn(self, coroutine: Any) -> None:

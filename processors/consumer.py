@@ -1,0 +1,141 @@
+"""Faust's Kafka consumer with a cheaper hand-over of each fetched record to the stream.
+
+Faust's fetch loop (``Consumer._drain_messages``) passes every record on with
+``wait_first(callback(message), suspend_flow.wait())``: four tasks (the delivery,
+and waits on "flow suspended", "stopped" and "crashed"), an ``asyncio.wait`` and
+three cancellations per record. Once batching has amortised the calculation,
+that was the largest single cost per job on a worker's event loop (py-spy, see
+the Processors section of docs/benchmarks.md).
+
+``_drain_messages`` below is Faust 0.15's loop with only that step changed: the
+delivery is one task, raced against ONE interrupt task per fetch loop that ends
+when flow is suspended (a rebalance) or the consumer stops or crashes, and is
+re-armed after it fired. A delivery still blocked when that happens is
+abandoned exactly as before (its record is fetched again after the rebalance);
+an exception from a delivery still propagates.
+
+It overrides a private method, so it is only used with the Faust minor version
+it was copied from (``COPIED_FROM``); any other version runs Faust's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
+
+logger = logging.getLogger(__name__)
+
+COPIED_FROM = "0.15."
+
+
+class Consumer(faust_aiokafka.Consumer):
+    async def _interrupted(self) -> None:
+        """Returns once flow is suspended, or the consumer stopped or crashed (``wait_first`` adds those)."""
+        await self.wait_first(self.suspend_flow.wait())
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover  (Faust 0.15.3, one step changed)
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        flag_consumer_fetching = CONSUMER_FETCHING
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        ensure_future = asyncio.ensure_future
+        wait = asyncio.wait
+        first_completed = asyncio.FIRST_COMPLETED
+        interrupt: asyncio.Future[None] = ensure_future(self._interrupted())
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag_consumer_fetching)
+                ait = cast(AsyncIterator, getmany(timeout=1.0))
+
+                # Sleeping because sometimes getmany is called in a loop
+                # never releasing to the event loop
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            # We have a gap in income messages
+                            if gap > 1 and r_offset:
+                                acks_enabled = acks_enabled_for(message.topic)
+                                if acks_enabled:
+                                    await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None:
+                                if self._n_acked >= commit_every:
+                                    self._n_acked = 0
+                                    await self.commit()
+                            # Faust: await self.wait_first(callback(message), self.suspend_flow.wait())
+                            delivery = ensure_future(callback(message))
+                            if interrupt.done():
+                                interrupt.result()
+                                interrupt = ensure_future(self._interrupted())
+                            await wait((delivery, interrupt), return_when=first_completed)
+                            if delivery.done():
+                                delivery.result()  # propagate its exception, as wait_first does
+                            else:
+                                delivery.cancel()
+                            set_read_offset(tp, offset)
+                        else:
+                            self.log.dev(
+                                "DROPPED MESSAGE ROFF %r: k=%r v=%r",
+                                offset,
+                                message.key,
+                                message.value,
+                            )
+                    unset_flag(flag_consumer_fetching)
+
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                # we're already stopping so ignore
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                # we're already stopping so ignore
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            interrupt.cancel()
+            unset_flag(flag_consumer_fetching)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+
+
+def install(app: faust.App) -> None:
+    """Give ``app`` this consumer; call before anything touches ``app.transport`` (e.g. ``app.topic``)."""
+    if not faust.__version__.startswith(COPIED_FROM):
+        logger.warning("faust %s is not %sx: using Faust's own fetch loop", faust.__version__, COPIED_FROM)
+        return
+    app.transport = Transport(app.conf.broker_consumer, app)
