@@ -92,7 +92,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
             if own_store:
                 app.state.store.close()
 
-    app = FastAPI(title="jobstream", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="jobstream", version="0.1.0", lifespan=lifespan, telemetry=_telemetry())
     app.state.settings = settings
     # The API validates params against the same calculations the workers run (JOBSTREAM_PLUGINS too).
     registry.load_plugins([m.strip() for m in settings.plugins.split(",") if m.strip()])
@@ -120,6 +120,24 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         return {"status": "ok"}
 
     return app
+
+
+def _telemetry() -> dict[str, bool]:
+    """FastAPI's native OpenTelemetry, on for each signal whose global provider is set when the app is built.
+
+    Left to itself FastAPI asks OpenTelemetry for all three providers on every request (each an
+    ``os.environ`` lookup), ~10% of a ``POST /v1/jobs``'s CPU (docs/benchmarks.md, "Ingest API"),
+    although jobstream configures none. OpenTelemetry hands out a proxy provider until one is
+    set; a deployment that sets them (``opentelemetry-instrument``, or in code before
+    ``create_app``) keeps the instrumentation.
+    """
+    from opentelemetry import _logs, metrics, trace
+
+    def configured(provider: object) -> bool:
+        return "Proxy" not in type(provider).__name__
+
+    return {"tracing": configured(trace.get_tracer_provider()), "metrics": configured(metrics.get_meter_provider()),
+            "logs": configured(_logs.get_logger_provider())}
 
 
 def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:

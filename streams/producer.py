@@ -1,15 +1,18 @@
 """An asyncio face on confluent-kafka's Producer.
 
-confluent-kafka only reports deliveries from ``poll()``/``flush()``, so a
-background thread polls continuously and hands the results to the event loop
-with ``call_soon_threadsafe`` (confluentinc/confluent-kafka-python#885). A caller
-awaits ``send_many`` and learns that every message is acknowledged (acks=all,
-idempotent) or gets ``ProduceError``.
+confluent-kafka reports deliveries only from ``poll()``/``flush()``, on the
+thread that calls them (confluentinc/confluent-kafka-python#885). While a loop
+has sends in flight, that loop polls itself (``poll(0)`` every millisecond), so
+delivery callbacks run on the loop's own thread and settle their futures
+directly. A background thread used to poll instead: every delivery report then
+took the GIL from the thread serving HTTP and the future went back through
+``call_soon_threadsafe``; that hand-off cost more CPU per submit than the rest of
+the Kafka path (docs/benchmarks.md, "Ingest API"). A thread still polls while
+nothing is in flight, so librdkafka's logs and errors are served when idle.
 
-One ``send_many`` is one asyncio future, however many messages it holds, and the
-poll thread settles every call that completed during one ``poll()`` with a
-single hop to the loop: a loop wake-up per message was a large share of an API
-submit's CPU at thousands of submits a second.
+A caller awaits ``send_many`` and learns that every message is acknowledged
+(acks=all, idempotent) or gets ``ProduceError`` (refused, or no acknowledgement
+within ``produce_timeout_s``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -25,6 +29,9 @@ from streams.kafka_config import producer_config
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.001  # a loop with sends in flight polls this often: at most +1 ms to an ack
+IDLE_POLL_S = 0.05  # the background thread's poll timeout while no loop is polling
 
 
 class ProduceError(RuntimeError):
@@ -51,37 +58,26 @@ class AsyncProducer:
     def __init__(self, bootstrap: str, settings: Settings) -> None:
         self._producer = Producer(producer_config(bootstrap, settings))
         self._timeout_s = settings.produce_timeout_s
-        self._settled: list[_Send] = []  # completed sends not yet handed to their loop
-        self._settled_lock = threading.Lock()  # reports arrive on the poll thread, and on flush()'s
+        self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
+        self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
+        self._thread = threading.Thread(target=self._poll_while_idle, name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
-    def _poll_forever(self) -> None:
+    def _poll_while_idle(self) -> None:
+        """Serve librdkafka's events (logs, errors) while no loop polls; step aside while one does."""
         while not self._stop.is_set():
-            self._producer.poll(0.05)
-            self._hand_over()
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        """One ``call_soon_threadsafe`` per loop for every send completed since the last call."""
-        if not self._settled:
-            return
-        with self._settled_lock:
-            settled = self._settled[:]
-            self._settled.clear()
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Send]] = {}
-        for send in settled:
-            by_loop.setdefault(send.loop, []).append(send)
-        for loop, sends in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle_all, sends)
-            except RuntimeError:  # the loop is closed: nobody awaits these any more
-                pass
+            if any(not loop.is_closed() for loop in list(self._pollers)):
+                self._stop.wait(IDLE_POLL_S)
+            else:
+                self._producer.poll(IDLE_POLL_S)
 
     async def send_many(self, messages: list[Outgoing]) -> list[Delivered]:
         """Produce all messages in one go and wait for every acknowledgement (in ``messages`` order)."""
-        send = _Send(asyncio.get_running_loop(), len(messages), self._settled_lock, self._settled)
+        if not messages:
+            return []
+        loop = asyncio.get_running_loop()
+        send = _Send(loop, len(messages), loop.time() + self._timeout_s, self._timeout_s, self._report_lock)
         try:
             for index, message in enumerate(messages):
                 self._producer.produce(message.topic, key=message.key, value=message.value,
@@ -92,11 +88,11 @@ class AsyncProducer:
         except Exception as exc:  # KafkaException: message too large, unknown topic, ...
             send.future.cancel()
             raise ProduceError(str(exc)) from exc
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await send.future
-        except TimeoutError as exc:
-            raise ProduceError(f"no acknowledgement from Kafka within {self._timeout_s}s") from exc
+        poller = self._pollers.get(loop)
+        if poller is None:
+            poller = self._pollers[loop] = _LoopPoller(self, loop)
+        poller.add(send)
+        return await send.future
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when the cluster answers a metadata request."""
@@ -115,22 +111,49 @@ class AsyncProducer:
         self._thread.join(timeout=5)
 
 
+class _LoopPoller:
+    """Polls the producer from one event loop while that loop has sends in flight, and fails the
+    sends that outlive their deadline (one timer per loop, not one per send)."""
+
+    def __init__(self, owner: AsyncProducer, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self._loop = loop
+        self._sends: deque[_Send] = deque()  # oldest first: the same timeout for all, so deadline order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, send: _Send) -> None:
+        self._sends.append(send)
+        if self._timer is None:
+            self._timer = self._loop.call_later(POLL_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        self._owner._producer.poll(0)  # runs the delivery callbacks here, on the loop
+        sends, now = self._sends, self._loop.time()
+        while sends and (sends[0].future.done() or sends[0].deadline <= now):
+            sends.popleft().expire()  # no-op for a settled send
+        if sends:
+            self._timer = self._loop.call_later(POLL_INTERVAL_S, self._tick)
+        else:
+            self._timer = None
+            del self._owner._pollers[self._loop]  # idle: the background thread polls again
+
+
 class _Send:
-    """The delivery reports of one ``send_many``, counted off the loop (on the poll thread)."""
+    """The delivery reports of one ``send_many``: settled on its loop once all are in."""
 
-    __slots__ = ("loop", "future", "_left", "_results", "_error", "_lock", "_settled")
+    __slots__ = ("loop", "future", "deadline", "_timeout_s", "_thread", "_left", "_results", "_error", "_lock")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, lock: threading.Lock,
-                 settled: list[_Send]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float, timeout_s: float,
+                 lock: threading.Lock) -> None:
         self.loop = loop
         self.future: asyncio.Future[list[Delivered]] = loop.create_future()
+        self.deadline = deadline
+        self._timeout_s = timeout_s
+        self._thread = threading.get_ident()  # the loop's thread
         self._left = size
         self._results: list[Delivered | None] = [None] * size
         self._error: str | None = None
         self._lock = lock
-        self._settled = settled
-        if size == 0:
-            self.future.set_result([])
 
     def reporter(self, index: int):  # type: ignore[no-untyped-def]
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
@@ -140,8 +163,16 @@ class _Send:
                     self._error = self._error or err.str()
                 self._results[index] = delivered
                 self._left -= 1
-                if self._left == 0:
-                    self._settled.append(self)
+                complete = self._left == 0
+            if not complete:
+                return
+            if threading.get_ident() == self._thread:  # the usual case: polled by the loop
+                self.settle()
+            else:  # polled by the idle thread or by close()'s flush
+                try:
+                    self.loop.call_soon_threadsafe(self.settle)
+                except RuntimeError:  # the loop is closed: nobody awaits this any more
+                    pass
 
         return on_delivery
 
@@ -153,7 +184,6 @@ class _Send:
         else:
             self.future.set_result(self._results)  # type: ignore[arg-type]
 
-
-def _settle_all(sends: list[_Send]) -> None:
-    for send in sends:
-        send.settle()
+    def expire(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(ProduceError(f"no acknowledgement from Kafka within {self._timeout_s}s"))
