@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -23,7 +24,17 @@ def test_openapi_lists_every_route(client: httpx.Client):
     assert {"get", "delete"} <= set(paths["/v1/jobs/{job_id}"])
 
 
-def test_schemathesis_finds_no_server_error_or_schema_violation(stack: str, tmp_path: Path):
+@pytest.fixture
+def replays_stopped_after(client: httpx.Client) -> Iterator[None]:
+    """The fuzzer starts replays (POST /v1/replays); stop them so they do not run on into other tests."""
+    yield
+    for replay in client.get("/v1/replays").json()["replays"]:
+        if replay["state"] == "running":
+            client.post(f"/v1/replays/{replay['replay_id']}:stop")
+
+
+def test_schemathesis_finds_no_server_error_or_schema_violation(stack: str, tmp_path: Path,
+                                                                 replays_stopped_after: None):
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli, "schemathesis is a test dependency: pip install -e '.[test]'"
     result = subprocess.run(

@@ -43,7 +43,8 @@ class ReplayStack:
         from jobstream.server import create_app
 
         registry.load_plugins([V1, "tests.calc_plugin_v2"])  # the API validates and plans with version 2 current
-        self.settings = isolated(settings, api_keys=SecretStr(f"alice={ALICE},bob={BOB}"), replay_checkpoint_jobs=5)
+        self.settings = isolated(settings, api_keys=SecretStr(f"alice={ALICE},bob={BOB}"), replay_checkpoint_jobs=5,
+                                 replay_max_rate=10_000.0, replay_max_jobs=1_000_000)
         self.server = Server(create_app(self.settings, self.settings.kafka_bootstrap or "", store=store)).start()
         self.url = self.server.url
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 60, message="healthz")
