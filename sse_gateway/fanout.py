@@ -421,10 +421,12 @@ class Fanout:
         dead: list[Subscription] = []
         for entry in entries:
             self.next_offsets[entry.partition] = entry.offset + 1
-            # A processor that ran a job again re-emits seqs the job already has: drop them here
-            # while the original is in the window (per-job streams also drop seqs already sent).
+            # A record the job already has (a resent chunk, a re-run's terminal seq): drop it while
+            # the original is in the window (per-job streams also drop seqs already sent). Only the
+            # same seq: a lower one is news, e.g. the API's `queued` landing after the worker's
+            # `running` (two producers); dropping it left the window without the job's start.
             recent = self._by_job.get(entry.job_id)
-            if recent and recent[-1][5] >= entry.seq:
+            if recent and any(row[5] == entry.seq for row in recent):
                 continue
             if window_on:
                 row = entry.row(now)

@@ -136,6 +136,11 @@ class JobStream:
         last_sent = self.last
         if reset is not None:
             yield self._first(self._reset(*reset))
+            terminal = next((e for e in self._known if e.terminal), None)
+            if terminal is not None:  # the job is over: nothing live can follow its terminal seq
+                if terminal.seq > self.last:
+                    yield terminal.job_frame()
+                return
             last_sent = max([last_sent, *(e.seq for e in self._known)])
         else:
             history = [e for e in self._known if e.seq > last_sent]

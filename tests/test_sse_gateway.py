@@ -305,6 +305,15 @@ def test_stream_of_a_job_whose_start_is_gone_says_reset_then_goes_on(stack: str,
     assert resumed.seqs() == [41, 42, TERMINAL_SEQ]
 
 
+def test_stream_of_a_finished_job_whose_start_is_gone_says_reset_then_ends_with_the_outcome(
+        stack: str, events_out: EventProducer):
+    job = new_job()  # no queued event (retention, or a sink still behind), but the job is over
+    events_out.send(event(job, 40, "running"), event(job, TERMINAL_SEQ, "succeeded"))
+    reader = Reader(stack, f"/v1/jobs/{job}/events").start()
+    reader.wait_done(30)  # it used to stay open forever on heartbeats: nothing after the terminal seq
+    assert reader.types() == ["reset", "succeeded"] and reader.seqs() == [TERMINAL_SEQ]
+
+
 # --- slow clients -------------------------------------------------------------------------------
 def _raw_stream(url: str, path: str) -> socket.socket:
     """A client that asks for a stream and then does not read: a tiny receive buffer, no reads."""
@@ -518,3 +527,17 @@ def test_a_sink_further_behind_than_the_window_is_waited_for_then_said(settings:
         producer.send(event(job, 3), event(job, TERMINAL_SEQ, "succeeded"))  # live goes on after the reset
         reader.wait_done()
         assert reader.seqs() == [3, TERMINAL_SEQ]
+
+
+def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_repeats(settings: Settings):
+    """Two producers write a job's events (the API its `queued`, a worker the rest), so `queued`
+    may land after `running`; the window must keep it, or streams of the job see no start."""
+    from sse_gateway.fanout import Entry, Fanout
+
+    fanout = Fanout(settings.kafka_bootstrap or "", settings)
+    fanout.partitions, fanout.next_offsets, fanout.window_start = 1, [0], [0]
+    job = new_job()
+    arriving = [event(job, 40, "running"), event(job, 0, "queued"), event(job, 40, "running"),
+                event(job, TERMINAL_SEQ, "succeeded"), event(job, TERMINAL_SEQ, "succeeded")]
+    fanout._dispatch_entries([Entry.from_event(e, 0, offset) for offset, e in enumerate(arriving)])
+    assert sorted(e.seq for e in fanout.job_window(job)) == [0, 40, TERMINAL_SEQ]
