@@ -118,15 +118,22 @@ def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None) -
     except ValidationError as exc:
         raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}",
                                 field_errors(exc.errors(), ("params",))) from None
-    job_id = job_id or new_job_id()
-    now = utcnow()
     try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
-        request = orjson.dumps({**_REQUEST_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
-                                "params": params, "priority": submission.priority,
-                                "timeout_s": submission.timeout_s}, option=_WIRE_OPTIONS)
+        return build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
     except TypeError as exc:
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
-    data = {"priority": submission.priority, "timeout_s": submission.timeout_s}
+
+
+def build(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int, timeout_s: float | None,
+          **replay: str | None) -> Prepared:
+    """A job's two records from fields already validated: a submission, or a replay re-emitting a
+    past request (``replay`` = ``calc_version``, ``replay_of``, ``replay_id``, on both records).
+    Raises TypeError for an integer past 64 bits."""
+    now = utcnow()
+    request = orjson.dumps({**_REQUEST_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
+                            "params": params, "priority": priority, "timeout_s": timeout_s, **replay},
+                           option=_WIRE_OPTIONS)
+    data = {"priority": priority, "timeout_s": timeout_s, **replay}
     queued = orjson.dumps({**_QUEUED_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
                            "data": data}, option=_WIRE_OPTIONS)
     return Prepared(job_id, tenant, kind, now, data, request, queued)

@@ -28,12 +28,12 @@ from typing import Callable
 
 from confluent_kafka import Producer
 
+from ingest_api import submit
 from processors.calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
-from streams import topics
-from streams.events import EventType, JobEvent, JobRequested, dumps, new_job_id, utcnow
+from streams.events import JobEvent, JobRequested, new_job_id, utcnow
 from streams.kafka_config import producer_config
 from streams.producer import Outgoing
 from streams.settings import Settings
@@ -250,21 +250,13 @@ class Replayer:
         logger.info("replay %s completed: %d jobs", replay.replay_id, emitted)
 
     def _emit(self, replay: Replay, original: JobRequested) -> None:
-        job_id = replayed_job_id(replay.replay_id, original.job_id)
-        version = replay.versions[original.kind]
-        now = utcnow()
-        request = JobRequested(
-            job_id=job_id, tenant=original.tenant, ts=now, kind=original.kind, params=original.params,
-            priority=original.priority, timeout_s=original.timeout_s, calc_version=version,
+        """The original request again, as a new job (the ingest API's record builder, so both are alike)."""
+        job = submit.build(
+            replayed_job_id(replay.replay_id, original.job_id), original.tenant, original.kind, original.params,
+            original.priority, original.timeout_s, calc_version=replay.versions[original.kind],
             replay_of=original.job_id, replay_id=replay.replay_id,
         )
-        queued = JobEvent(job_id=job_id, tenant=original.tenant, seq=0, ts=now, type=EventType.QUEUED,
-                          kind=original.kind, data={
-                              "priority": original.priority, "timeout_s": original.timeout_s,
-                              "replay_of": original.job_id, "replay_id": replay.replay_id, "calc_version": version})
-        key = job_id.encode()
-        self._producer.produce(self._settings.topic(topics.REQUESTED), key=key, value=dumps(request),
-                               on_delivery=self._delivered)
+        request, queued = submit.records(job, self._settings)
         on_delivery = self._delivered
         if self._on_emit is not None:
             on_emit = self._on_emit
@@ -272,10 +264,10 @@ class Replayer:
             def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
                 self._delivered(err, msg)
                 if err is None:
-                    on_emit(queued)
+                    on_emit(job.queued)
 
-        self._producer.produce(self._settings.topic(topics.EVENTS), key=key, value=dumps(queued),
-                               on_delivery=on_delivery)
+        self._producer.produce(request.topic, key=request.key, value=request.value, on_delivery=self._delivered)
+        self._producer.produce(queued.topic, key=queued.key, value=queued.value, on_delivery=on_delivery)
         self._producer.poll(0)
 
     # --- Kafka ------------------------------------------------------------------------------
