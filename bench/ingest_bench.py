@@ -85,40 +85,32 @@ def single_wrk(url: str, seconds: float, concurrency: int) -> tuple[float, dict[
     return int(requests) / float(duration), {"p50_ms": float(p50), "p99_ms": float(p99)}
 
 
-async def single(url: str, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+async def closed_loop(url: str, path: str, body: dict, jobs_per_request: int, seconds: float,
+                      concurrency: int) -> tuple[float, list[float]]:
+    """``concurrency`` clients posting ``body`` back to back for ``seconds``: (jobs/s, request latencies)."""
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def loop() -> None:
             while time.monotonic() < deadline:
                 t0 = time.monotonic()
-                response = await client.post("/v1/jobs", json=JOB)
+                response = await client.post(path, json=body)
                 if response.status_code != 202:
                     raise RuntimeError(f"{response.status_code}: {response.text}")
                 latencies.append(time.monotonic() - t0)
 
         started = time.monotonic()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
-        return len(latencies) / (time.monotonic() - started), latencies
+        return len(latencies) * jobs_per_request / (time.monotonic() - started), latencies
+
+
+async def single(url: str, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    return await closed_loop(url, "/v1/jobs", JOB, 1, seconds, concurrency)
 
 
 async def batched(url: str, seconds: float, concurrency: int, size: int = 100) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-    body = {"jobs": [JOB] * size}
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        async def loop() -> None:
-            while time.monotonic() < deadline:
-                t0 = time.monotonic()
-                response = await client.post("/v1/jobs:batch", json=body)
-                if response.status_code != 202:
-                    raise RuntimeError(f"{response.status_code}: {response.text}")
-                latencies.append(time.monotonic() - t0)
-
-        started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        return len(latencies) * size / (time.monotonic() - started), latencies
+    return await closed_loop(url, "/v1/jobs:batch", {"jobs": [JOB] * size}, size, seconds, concurrency)
 
 
 class CpuMeter:

@@ -134,11 +134,14 @@ class _RetryLater(Exception):
 READ_TIMEOUT_S = 60.0  # several server heartbeats (JOBSTREAM_SSE_HEARTBEAT_S, 15 s): silence means a dead link
 
 
-def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> httpx.Client:
-    if client is not None:
-        return client
+def api_client(base_url: str, api_key: str | None, read_timeout_s: float = READ_TIMEOUT_S) -> httpx.Client:
+    """An HTTP client for the jobstream API, with the key as a Bearer token when there is one."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(10, read=READ_TIMEOUT_S))
+    return httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(10, read=read_timeout_s))
+
+
+def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> httpx.Client:
+    return client if client is not None else api_client(base_url, api_key)
 
 
 def watch_job(base_url: str, job_id: str, *, api_key: str | None = None, token: str | None = None,

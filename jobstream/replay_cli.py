@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from jobstream.client import api_client
+
 replay_app = typer.Typer(help="Re-run past jobs (e.g. after a calculation fix) and compare the results.")
 console = Console()
 
@@ -45,8 +47,7 @@ def parse_time(value: str | None) -> datetime | None:
 def _client(url: str | None, api_key: str | None) -> httpx.Client:
     from jobstream.cli import base_url
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url(url), headers=headers, timeout=120)
+    return api_client(base_url(url), api_key, read_timeout_s=120)  # a plan scans Kafka: give it time
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import sys
 import threading
 import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -155,10 +156,9 @@ class Kafka:
                                  f"{worker.tail() if worker else ''}") from None
 
 
-@pytest.fixture(scope="module")
-def scenario(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
-    """One worker (2 calculation processes) shared by the failure-semantics tests of this module."""
-    scoped = isolated(settings, retry_max_attempts=3, crash_max=2)
+@contextmanager
+def worker_and_kafka(scoped: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
+    """One worker process and a Kafka reader/writer on ``scoped``'s topics, for a module's scenarios."""
     kafka = Kafka(scoped)
     worker = ProcWorker(scoped, log=Path(scoped.data_dir) / "worker.log").start()
     try:
@@ -166,6 +166,13 @@ def scenario(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]
     finally:
         worker.stop()
         kafka.close()
+
+
+@pytest.fixture(scope="module")
+def scenario(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
+    """One worker (2 calculation processes) shared by the failure-semantics tests of this module."""
+    with worker_and_kafka(isolated(settings, retry_max_attempts=3, crash_max=2)) as running:
+        yield running
 
 
 def assert_seqs_strictly_increase(events: list[JobEvent]) -> None:
@@ -315,14 +322,8 @@ def test_timeouts_cooperative_and_hard_fail_only_the_late_job(scenario):
 # --- cancellation and priorities (one calculation process, so jobs really queue) ----------------------
 @pytest.fixture(scope="module")
 def single(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
-    scoped = isolated(settings, calc_processes=1, batch_max_size=4)
-    kafka = Kafka(scoped)
-    worker = ProcWorker(scoped, log=Path(scoped.data_dir) / "worker.log").start()
-    try:
-        yield scoped, kafka, worker
-    finally:
-        worker.stop()
-        kafka.close()
+    with worker_and_kafka(isolated(settings, calc_processes=1, batch_max_size=4)) as running:
+        yield running
 
 
 def running_ts(kafka: Kafka, job_id: str) -> float:
