@@ -1,6 +1,6 @@
 """Submit throughput and latency of the ingest API, next to a bare producer's ceiling.
 
-    .venv/bin/python -m bench.ingest_bench [--seconds 10] [--concurrency 64]
+    .venv/bin/python -m bench.ingest_bench [--seconds 10] [--concurrency 64] [--baseline DIR]
 
 In one run, against one real broker:
 1. ceiling: a bare confluent-kafka producer in this process sending the same two
@@ -24,13 +24,14 @@ import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Callable
 
 import httpx
 import orjson
 from confluent_kafka import Producer
 
-from bench.common import broker, cpu_seconds, free_port, jobstream_service, percentiles_ms
+from bench.common import ROOT, broker, cpu_seconds, free_port, jobstream_service, percentiles_ms
 from streams import topics
 from streams.events import EventType, JobEvent, JobRequested, dumps
 from streams.kafka_config import producer_config
@@ -128,45 +129,55 @@ class CpuMeter:
         self.cores = (self._read() - self._cpu) / (time.monotonic() - self._wall)
 
 
+def measure_api(root: Path, env: dict[str, str], args: argparse.Namespace) -> tuple[tuple, tuple, str]:
+    """Single and batch submits against one API process running the code of checkout ``root``."""
+    with jobstream_service(["serve", "--role", "api", "--log-level", "warning"], env, free_port(),
+                           root=root) as api:
+        url = api.url
+        asyncio.run(single(url, 2, 8))  # warm-up
+        with CpuMeter(lambda: cpu_seconds(api.pid)) as single_cpu:
+            if shutil.which("wrk"):
+                api_rate, single_pct = single_wrk(url, args.seconds, args.concurrency)
+                generator = "wrk"
+            else:
+                api_rate, api_lat = asyncio.run(single(url, args.seconds, args.concurrency))
+                single_pct, generator = percentiles_ms(api_lat), "httpx (install wrk for a faster generator)"
+        with CpuMeter(lambda: cpu_seconds(api.pid)) as batch_cpu:
+            batch_rate, batch_lat = asyncio.run(batched(url, args.seconds, 4))
+    return (api_rate, single_pct, single_cpu.cores), (batch_rate, percentiles_ms(batch_lat), batch_cpu.cores), generator
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of the previous "
+                        "commit) whose API is measured first, in the same run, for a before/after")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
+    roots = ([("before: ", args.baseline.resolve())] if args.baseline else []) + [("after: " if args.baseline
+                                                                                   else "", ROOT)]
     with broker() as bootstrap:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, max_queued_jobs=10**9)
         ensure_topics(bootstrap, settings)
         env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix,
                "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
-        with jobstream_service(["serve", "--role", "api", "--log-level", "warning"], env, free_port()) as api:
-            url = api.url
-            asyncio.run(single(url, 2, 8))  # warm-up
-            with CpuMeter(lambda: cpu_seconds(api.pid)) as single_cpu:
-                if shutil.which("wrk"):
-                    api_rate, single_pct = single_wrk(url, args.seconds, args.concurrency)
-                    generator = "wrk"
-                else:
-                    api_rate, api_lat = asyncio.run(single(url, args.seconds, args.concurrency))
-                    single_pct, generator = percentiles_ms(api_lat), "httpx (install wrk for a faster generator)"
-            with CpuMeter(lambda: cpu_seconds(api.pid)) as batch_cpu:
-                batch_rate, batch_lat = asyncio.run(batched(url, args.seconds, 4))
+        api_rows = []
+        for label, root in roots:
+            single_row, batch_row, generator = measure_api(root, env, args)
+            api_rows.append((f"{label}POST /v1/jobs, concurrency {args.concurrency}", *single_row))
+            api_rows.append((f"{label}POST /v1/jobs:batch (100/request, 4 in flight)", *batch_row))
         with CpuMeter(time.process_time) as ceiling_cpu:  # this process: the producer and librdkafka's threads
             ceiling_rate = ceiling(bootstrap, settings, args.seconds)
     load_after = os.getloadavg()[0]
-    batch_pct = percentiles_ms(batch_lat)
     per_core = ceiling_rate / ceiling_cpu.cores
-    rows = [
-        ("bare confluent-kafka producer (ceiling)", ceiling_rate, None, ceiling_cpu.cores),
-        (f"POST /v1/jobs, concurrency {args.concurrency}", api_rate, single_pct, single_cpu.cores),
-        ("POST /v1/jobs:batch (100/request, 4 in flight)", batch_rate, batch_pct, batch_cpu.cores),
-    ]
-    print(f"{'path':<48}{'jobs/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cores':>7}{'jobs/s/core':>13}"
+    rows = [("bare confluent-kafka producer (ceiling)", ceiling_rate, None, ceiling_cpu.cores), *api_rows]
+    print(f"{'path':<56}{'jobs/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cores':>7}{'jobs/s/core':>13}"
           f"{'of ceiling':>12}{'per core':>10}")
     for name, rate, pct, cores in rows:
         p50, p99 = (f"{pct['p50_ms']:.1f}", f"{pct['p99_ms']:.1f}") if pct else ("", "")
-        print(f"{name:<48}{rate:>9.0f}{p50:>9}{p99:>9}{cores:>7.2f}{rate / cores:>13.0f}"
+        print(f"{name:<56}{rate:>9.0f}{p50:>9}{p99:>9}{cores:>7.2f}{rate / cores:>13.0f}"
               f"{rate / ceiling_rate:>12.1%}{rate / cores / per_core:>10.1%}")
     print(f"(single submits generated by {generator}; batch latency is per request of 100 jobs; 'cores' is the CPU"
           " the API process (or, for the ceiling, the producing process) used, all threads; 'per core' compares"

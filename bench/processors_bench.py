@@ -1,7 +1,7 @@
 """Processing throughput and latency, batching off (BATCH_MAX_SIZE=1) versus adaptive.
 
     .venv/bin/python -m bench.processors_bench [--small 4000] [--montecarlo 1000] [--rates 40,400] [--seconds 10]
-        [--via kafka|api] [--configs 1,64] [--profile PREFIX]
+        [--via kafka|api] [--configs 1,64] [--profile PREFIX] [--baseline DIR]
 
 In one run, against one real broker, for each configuration a fresh worker on fresh topics:
 
@@ -47,7 +47,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from bench.common import ROOT, broker, free_port, jobstream_process, percentiles_ms
+from bench.common import ROOT, broker, code_env, free_port, jobstream_process, percentiles_ms
 from streams import topics
 from streams.events import JobRequested, dumps, new_job_id
 from streams.kafka_config import consumer_config, producer_config
@@ -240,13 +240,13 @@ class KafkaSubmitter:
 
 
 @contextlib.contextmanager
-def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """One ``jobstream worker`` for the block's lifetime (readiness: the warm-up jobs finish)."""
+def worker_process(env: dict[str, str], root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """One ``jobstream worker`` of checkout ``root`` for the block's lifetime (readiness: the warm-up jobs finish)."""
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
-        full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, **env}
+        full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, **code_env(root), **env}
         with open(Path(tmp) / "log", "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "jobstream.cli", "worker", "--log-level", "warning"],
-                                       env=full_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                       env=full_env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield process
         except Exception:
@@ -275,7 +275,7 @@ def profiled(pid: int | None, prefix: str | None, name: str) -> Iterator[None]:
 
 
 def run_via_kafka(bootstrap: str, settings: Settings, env: dict[str, str], terminals: Terminals,
-                  args: argparse.Namespace, tag: str) -> list[Result]:
+                  args: argparse.Namespace, tag: str, root: Path) -> list[Result]:
     submitter = KafkaSubmitter(bootstrap, settings)
 
     def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
@@ -286,7 +286,7 @@ def run_via_kafka(bootstrap: str, settings: Settings, env: dict[str, str], termi
         result.cpu_us = tuple(x / len(jobs) * 1e6 for x in cpu)
         return result
 
-    with worker_process(env) as worker:
+    with worker_process(env, root) as worker:
         burst([small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)], "warm-up")
         results = [burst([small_job(i) for i in range(args.small)], "stats.describe burst", worker.pid),
                    burst([montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", worker.pid)]
@@ -331,8 +331,9 @@ async def http_steady(url: str, terminals: Terminals, rate: float, seconds: floa
     return _result(f"steady {rate:g}/s", terminals, submitted, seconds)
 
 
-def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namespace) -> list[Result]:
-    with jobstream_process(["up", "--log-level", "warning"], {**env, "JOBSTREAM_WORKERS": "1"}, free_port()) as url:
+def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namespace, root: Path) -> list[Result]:
+    with jobstream_process(["up", "--log-level", "warning"], {**env, "JOBSTREAM_WORKERS": "1"}, free_port(),
+                           root=root) as url:
         http_burst(url, terminals, [small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)],
                    "warm-up", 300)
         return [
@@ -343,7 +344,7 @@ def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namesp
         ]
 
 
-def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace) -> list[Result]:
+def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace, root: Path = ROOT) -> list[Result]:
     prefix = f"pb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
     ensure_topics(bootstrap, settings)
@@ -352,8 +353,8 @@ def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace) ->
     terminals = Terminals(bootstrap, settings)
     try:
         if args.via == "api":
-            return run_via_api(env, terminals, args)
-        return run_via_kafka(bootstrap, settings, env, terminals, args, f"batch{batch_max_size}")
+            return run_via_api(env, terminals, args, root)
+        return run_via_kafka(bootstrap, settings, env, terminals, args, f"batch{batch_max_size}", root)
     finally:
         terminals.close()
 
@@ -371,34 +372,44 @@ def main() -> None:
                         help="JOBSTREAM_BATCH_MAX_SIZE values to compare, comma-separated (default 1,64)")
     parser.add_argument("--profile", help="sample the worker with py-spy during each burst into this file prefix "
                         "(--via kafka only; needs py-spy, not a project dependency)")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of the previous "
+                        "commit): each configuration runs its worker first, then this checkout's, in one run")
     args = parser.parse_args()
     results: dict[str, list[Result]] = {}
+    labels: dict[str, str] = {}
     load = [os.getloadavg()[0]]
+    roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
     with broker() as bootstrap:
         for size in args.configs:
-            results[size] = run_config(bootstrap, size, args)
-            load.append(os.getloadavg()[0])
+            for label, root in roots:
+                key = f"{label}:{size}"
+                labels[key] = f"{label}: {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')}".lstrip(": ")
+                results[key] = run_config(bootstrap, size, args, root)
+                load.append(os.getloadavg()[0])
     print(f"via {args.via}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
     print("| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "
           "| CPU µs/job: worker (its loop) | calculations | broker |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, rows in results.items():
+    for key, rows in results.items():
         for result in rows:
             row = result.row()
             cpu = ([f"{result.cpu_us[0]:,.0f} ({result.cpu_us[2]:,.0f})", f"{result.cpu_us[1]:,.0f}",
                     f"{result.cpu_us[3]:,.0f}"] if result.cpu_us else ["", "", ""])
-            print(f"| {result.name} | {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')} | {row['jobs/s']:,.0f} | "
+            print(f"| {result.name} | {labels[key]} | {row['jobs/s']:,.0f} | "
                   f"{row['p50_ms']:,.0f} | {row['p99_ms']:,.0f} | {row['mean batch']:.1f} | {row['max batch']:.0f} | "
                   f"{row['failed']:.0f} | {cpu[0]} | {cpu[1]} | {cpu[2]} |")
     if len(results) < 2:
         return
-    baseline, other = ({r.name: r for r in rows} for rows in list(results.values())[:2])
-    for workload in ("stats.describe burst", "montecarlo.var burst"):
-        speedup = other[workload].rate / baseline[workload].rate
-        p99 = (percentiles_ms(other[workload].latencies)["p99_ms"],
-               percentiles_ms(baseline[workload].latencies)["p99_ms"])
-        print(f"{workload}: {args.configs[1]} vs {args.configs[0]}: {speedup:.1f}x the throughput; "
-              f"p99 {p99[0]:,.0f} ms vs {p99[1]:,.0f} ms")
+    keys = list(results)
+    pairs = [(keys[i], keys[i + 1]) for i in range(0, len(keys) - 1, 2)] if args.baseline else [(keys[0], keys[1])]
+    for first, second in pairs:
+        base, other = ({r.name: r for r in results[k]} for k in (first, second))
+        for workload in ("stats.describe burst", "montecarlo.var burst"):
+            speedup = other[workload].rate / base[workload].rate
+            p99 = (percentiles_ms(other[workload].latencies)["p99_ms"],
+                   percentiles_ms(base[workload].latencies)["p99_ms"])
+            print(f"{workload}: {labels[second]} vs {labels[first]}: {speedup:.2f}x the throughput; "
+                  f"p99 {p99[0]:,.0f} ms vs {p99[1]:,.0f} ms")
 
 
 if __name__ == "__main__":
