@@ -290,7 +290,6 @@ def vet(parser: Any, sql: str) -> str:
                                                  "in a name?)")) from None
     refusal = check(tree, database=database, views=frozenset(views))
     if refusal:
-        logger.info("sql refused by rule %s", refusal.rule)
         raise Refused(refusal)
     return canonical
 

@@ -172,7 +172,7 @@ def test_hostile_statements_are_refused_naming_the_rule(client: httpx.Client, ca
 
 
 @pytest.mark.kafka
-def test_kill_query_cannot_cancel_the_sinks_inserts(client: httpx.Client, store: ClickHouseStore):
+def test_kill_query_is_refused_before_it_can_cancel_the_sinks_inserts(client: httpx.Client):
     answer = client.post("/v1/sql", json={"sql": "KILL QUERY WHERE 1 SYNC"})
     assert answer.status_code == 403 and answer.json()["rule"] == "statement"
 
