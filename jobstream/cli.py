@@ -264,14 +264,14 @@ def sql(
 ) -> None:
     """Run SQL on the results store: straight to a ClickHouse server (CLICKHOUSE_URL=http…), or through the
     running service's POST /v1/sql with embedded chDB (only that process may open it). Read-only, limited."""
-    from sink.query import FORMATS, QueryFailed, limits_from, render, run_direct, run_remote
+    from sink.query import FORMATS, QueryFailed, analyst_login, limits_from, render, run_direct, run_remote
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     settings = _settings()
     try:
         if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
-            result = run_direct(settings.clickhouse_url, query, limits_from(settings))
+            result = run_direct(settings.clickhouse_url, query, limits_from(settings), login=analyst_login(settings))
         else:
             result = run_remote(base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30)
     except QueryFailed as exc:

@@ -29,6 +29,7 @@ from replay.book import ReplayBook
 from replay.runner import Replayer
 from sink import routes as sink_routes
 from sink.sink import Sink
+from sink.query import analyst_login
 from sink.store import ClickHouseStore
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout
@@ -53,7 +54,8 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(topics.ensure_topics, bootstrap, settings)
         own_store = store is None
-        app.state.store = store or await asyncio.to_thread(ClickHouseStore, settings.clickhouse_url)
+        app.state.store = store or await asyncio.to_thread(ClickHouseStore, settings.clickhouse_url,
+                                                           analyst=analyst_login(settings))
         started: list = []
         try:
             if "api" in roles:

@@ -1,9 +1,10 @@
 """SQL for analysts: run a read-only query and print its result as a table, CSV or JSON.
 
 Two ways to reach ClickHouse, chosen by ``jobstream sql``: straight to a
-server (``CLICKHOUSE_URL=http(s)://…``), or — with embedded chDB, which only
-the running service's process may open — through that service's
-``POST /v1/sql``. Either way the query runs on a ``readonly=1`` session with
+server (``CLICKHOUSE_URL=http(s)://…``, as ``JOBSTREAM_SQL_CLICKHOUSE_USER`` when
+set), or — with embedded chDB, which only the running service's process may
+open — through that service's ``POST /v1/sql``. Either way ``sink.sql_guard``
+vets the statement first, then it runs on a ``readonly=1`` session with
 result-size and time limits that ClickHouse enforces.
 """
 
@@ -21,7 +22,8 @@ from uuid import UUID
 import httpx
 import orjson
 
-from sink.store import QueryLimits, QueryResult, connect
+from sink import sql_guard
+from sink.store import AnalystLogin, QueryLimits, QueryResult, connect
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -33,18 +35,35 @@ class QueryFailed(RuntimeError):
     """The query was refused or failed; the message says why (ClickHouse's words where it spoke)."""
 
 
-def run_direct(url: str, sql: str, limits: QueryLimits, database: str | None = None) -> QueryResult:
-    """Run on a ClickHouse server with a read-only session of its own (no migrations, no writes)."""
+def run_direct(url: str, sql: str, limits: QueryLimits, database: str | None = None,
+               login: AnalystLogin | None = None) -> QueryResult:
+    """Run on a ClickHouse server: vetted by ``sql_guard``, then on a read-only session of its own, as ``login``."""
     if url.startswith("chdb://"):
         raise ValueError("embedded chDB belongs to the running service: ask it (POST /v1/sql) instead")
-    client = connect(url, database, settings=limits.settings())
+    parser = connect(url, database, login=login)
+    client = connect(url, database, settings=limits.settings(), login=login)
     try:
-        result = client.query(sql)
+        checked = sql_guard.vet(parser, sql)
+        result = client.query(checked)
         return QueryResult(list(result.column_names), [t.name for t in result.column_types], list(result.result_rows))
+    except sql_guard.Refused as exc:
+        raise QueryFailed(f"refused ({exc.rule}): {exc.detail}") from None
     except Exception as exc:
-        raise QueryFailed(str(exc)) from exc
+        raise QueryFailed(sql_guard.short_error(exc)) from None
     finally:
+        parser.close()
         client.close()
+
+
+def analyst_login(settings: "Settings") -> AnalystLogin | None:
+    """The ClickHouse user for analysts' SQL (``JOBSTREAM_SQL_CLICKHOUSE_USER``/``_PASSWORD``), if set."""
+    if not settings.sql_clickhouse_user:
+        return None
+    if settings.clickhouse_url.startswith("chdb://"):
+        raise ValueError("JOBSTREAM_SQL_CLICKHOUSE_USER needs a ClickHouse server (CLICKHOUSE_URL=http…); "
+                         "embedded chDB has no users")
+    password = settings.sql_clickhouse_password.get_secret_value() if settings.sql_clickhouse_password else ""
+    return AnalystLogin(settings.sql_clickhouse_user, password)
 
 
 def run_remote(base_url: str, sql: str, api_key: str | None = None, timeout_s: float = 120.0) -> QueryResult:

@@ -4,8 +4,10 @@
 the running service runs analysts' queries for them. It shows every tenant's
 data, so when API keys are configured only the tenants named in
 ``JOBSTREAM_SQL_TENANTS`` may use it (without keys the service is loopback-only
-and single-user). Read-only is enforced by ClickHouse (``readonly=1`` on the
-session), as are the result-size and time limits — the SQL is never parsed here.
+and single-user). ``sink.sql_guard`` decides what may run (one SELECT, DESCRIBE, SHOW
+TABLES/CREATE, EXISTS or EXPLAIN over jobstream's own tables) before ClickHouse runs it;
+ClickHouse's ``readonly=1`` and result-size and time limits are the second line. Errors
+carry ClickHouse's code and a short first line only, never file or URL content.
 
 ``/v1/stats`` is the caller's own tenant only.
 """
@@ -26,6 +28,7 @@ from ingest_api.auth import KeyRing, current_tenant
 from ingest_api.problems import Problem, problem_responses
 from sink import analytics
 from sink.query import limits_from, result_body
+from sink.sql_guard import Refused, short_error
 from sink.store import ClickHouseStore, StoreClosed
 from streams.settings import Settings
 
@@ -66,8 +69,9 @@ def sql_caller(request: Request, tenant: str = Depends(current_tenant)) -> str:
 
 
 @router.post("/v1/sql", response_model=SqlResult, responses={
-    **problem_responses(400, 401, 403, 422, 503, s400="ClickHouse refused the query (its message is the detail)",
-                        s403="Not an SQL tenant, or the statement would write",
+    **problem_responses(400, 401, 403, 422, 503, s400="Refused by a rule of the sandbox (`rule` names it), or "
+                                                      "ClickHouse refused the query (its error code, short message)",
+                        s403="Not an SQL tenant, or a statement that would write or act on the server",
                         s422="Result or run time over the limits"),
 })
 async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_caller)) -> Response:
@@ -77,6 +81,10 @@ async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_ca
     limits = limits_from(settings)
     try:
         result = await store.areadonly_query(body.sql, limits)
+    except Refused as exc:
+        logger.info("sql query by tenant %s refused by rule %s", tenant, exc.rule)
+        title = "Read-only" if exc.status == 403 else "Syntax error" if exc.rule == "syntax" else "Query refused"
+        raise Problem(exc.status, title, exc.detail, rule=exc.rule) from None
     except DatabaseError as exc:
         raise _problem(exc, limits) from None
     except (OperationalError, StoreClosed) as exc:
@@ -107,10 +115,12 @@ async def stats(request: Request, tenant: str = Depends(current_tenant),
 
 
 def _problem(exc: DatabaseError, limits) -> Problem:  # type: ignore[no-untyped-def]
+    """ClickHouse's refusal as a problem: its code and a short first line (no echoed file or URL bodies)."""
     code = getattr(exc, "code", None)
-    message = str(exc).strip()
+    message = short_error(exc)
     if code == _READONLY:
-        return Problem(403, "Read-only", f"only read-only statements may run here: {message}")
+        return Problem(403, "Read-only", f"only read-only statements may run here: {message}", rule="readonly",
+                       clickhouse_code=code)
     if code == _TOO_BIG:
         return Problem(422, "Result too large", message, max_rows=limits.max_rows, max_bytes=limits.max_bytes)
     if code == _TIMEOUT:

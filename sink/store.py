@@ -6,10 +6,11 @@ sync HTTP client must not run concurrent queries in one session
 (ClickHouse/clickhouse-connect#295). Async callers use the ``a*`` methods,
 which run the call on a worker thread.
 
-Analysts' SQL runs on a second client whose session is ``readonly=1`` with
-result-size and time limits: ClickHouse itself refuses writes, DDL, table
-functions and attempts to lift the limits (a chDB engine accepts any number of
-handles; a server gets the settings with every request).
+Analysts' SQL is first vetted by ``sink.sql_guard`` (ClickHouse's parser, an
+allow-list), then runs on clients of its own whose session is ``readonly=1``
+with result-size and time limits — the second line (a chDB engine accepts any
+number of handles; a server gets the settings with every request, and with
+analyst credentials it runs as a user that may only ``SELECT``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ from typing import Any, Sequence
 import clickhouse_connect
 import orjson
 
+from sink import sql_guard
 from sink.schema import apply_events_ttl, migrate
 from streams.events import JobEvent
 
@@ -72,19 +74,33 @@ class QueryLimits:
 
 
 @dataclass(frozen=True)
+class AnalystLogin:
+    """The ClickHouse user analysts' SQL runs as on a server (``JOBSTREAM_SQL_CLICKHOUSE_USER``/``_PASSWORD``)."""
+
+    username: str
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
     types: list[str]
     rows: list[tuple]
 
 
-def connect(url: str, database: str | None = None, settings: dict[str, Any] | None = None):
-    """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port``."""
+def connect(url: str, database: str | None = None, settings: dict[str, Any] | None = None,
+            login: AnalystLogin | None = None):
+    """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port`` (as ``login``'s user if given)."""
     extra: dict[str, Any] = {}
     if database:
         extra["database"] = database
     if settings:
         extra["settings"] = settings
+    if login is not None:
+        if url.startswith("chdb://"):
+            raise ValueError("an analyst ClickHouse user needs a ClickHouse server (CLICKHOUSE_URL=http…); "
+                             "embedded chDB has no users")
+        extra.update(username=login.username, password=login.password)
     if url.startswith("chdb://"):
         path = Path(url.removeprefix("chdb://")).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
@@ -101,13 +117,15 @@ class ClickHouseStore:
     for a test of migrations inside the one chDB engine a process may have.
     """
 
-    def __init__(self, url: str, *, database: str | None = None) -> None:
+    def __init__(self, url: str, *, database: str | None = None, analyst: AnalystLogin | None = None) -> None:
         self.url = url
         self.database = database
+        self.analyst = analyst
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._client: Any = None
         self._readonly: dict[QueryLimits, Any] = {}  # one read-only session per set of limits
+        self._parser: Any = None  # runs sql_guard's parse step only: no settings, so its SQL goes as it is
         if database:
             admin = connect(url)
             try:
@@ -134,6 +152,9 @@ class ClickHouseStore:
             for client in self._readonly.values():
                 client.close()
             self._readonly.clear()
+            if self._parser is not None:
+                self._parser.close()
+                self._parser = None
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -203,34 +224,45 @@ class ClickHouseStore:
         return await asyncio.to_thread(self.job_events, tenant, job_id, after_seq)
 
     # --- analysts ------------------------------------------------------------------
-    def readonly_query(self, sql: str, limits: QueryLimits = QueryLimits(),
-                       parameters: dict[str, Any] | None = None) -> QueryResult:
-        """Run an analyst's SQL on a read-only session (``readonly=1`` plus ``limits``).
-
-        Nothing here inspects the SQL: ClickHouse refuses what the session may not do.
-        Runs beside the sink's inserts (its own client), one analyst query at a time.
-        """
+    def vet_sql(self, sql: str) -> str:
+        """The text that may run for an analyst's ``sql`` (``sink.sql_guard``), or ``sql_guard.Refused``."""
         with self._read_lock:
-            if self.closed:
-                raise StoreClosed(f"the ClickHouse store at {self.url} is closed")
+            self._check_open()
+            if self._parser is None:
+                self._parser = connect(self.url, self.database, login=self.analyst)
+            return sql_guard.vet(self._parser, sql)
+
+    def readonly_query(self, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
+        """Run an analyst's SQL: vetted by ``sink.sql_guard``, then on a ``readonly=1`` session with ``limits``.
+
+        Runs beside the sink's inserts (its own clients), one analyst query at a time. What runs
+        is ClickHouse's canonical text of the checked statement.
+        """
+        checked = self.vet_sql(sql)
+        with self._read_lock:
+            self._check_open()
             client = self._readonly.get(limits)
             if client is None:
-                client = self._readonly[limits] = connect(self.url, self.database, settings=limits.settings())
-            result = client.query(sql, parameters=parameters or {})
+                client = self._readonly[limits] = connect(self.url, self.database, settings=limits.settings(),
+                                                          login=self.analyst)
+            result = client.query(checked)
             columns, types = list(result.column_names), [t.name for t in result.column_types]
             if not columns:  # chDB sends no header for an empty result: ask for the shape
-                columns, types = _shape(client, sql, parameters)
+                columns, types = _shape(client, checked)
             return QueryResult(columns, types, list(result.result_rows))
 
-    async def areadonly_query(self, sql: str, limits: QueryLimits = QueryLimits(),
-                              parameters: dict[str, Any] | None = None) -> QueryResult:
-        return await asyncio.to_thread(self.readonly_query, sql, limits, parameters)
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed(f"the ClickHouse store at {self.url} is closed")
+
+    async def areadonly_query(self, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
+        return await asyncio.to_thread(self.readonly_query, sql, limits)
 
 
-def _shape(client: Any, sql: str, parameters: dict[str, Any] | None) -> tuple[list[str], list[str]]:
-    """Column names and types of a query that returned nothing (best effort: SELECTs only)."""
+def _shape(client: Any, checked: str) -> tuple[list[str], list[str]]:
+    """Column names and types of a vetted query that returned nothing (best effort: SELECTs only)."""
     try:
-        rows = client.query(f"DESCRIBE ({sql.strip().rstrip(';')})", parameters=parameters or {}).result_rows
+        rows = client.query(f"DESCRIBE ({checked})").result_rows
     except Exception:
         return [], []
     return [row[0] for row in rows], [row[1] for row in rows]

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     sql_max_rows: int = Field(default=10_000, ge=1, description="Most rows one analyst query may return.")
     sql_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Most bytes one analyst query may return.")
     sql_max_execution_s: float = Field(default=30.0, gt=0, description="Longest run of one analyst query.")
+    sql_clickhouse_user: str | None = Field(
+        default=None, min_length=1,
+        description="ClickHouse server user that analysts' SQL runs as (SELECT on jobstream's database only; "
+                    "docker/clickhouse/analyst.sh). Unset: CLICKHOUSE_URL's user. Not for chDB.")
+    sql_clickhouse_password: SecretStr | None = Field(
+        default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER.")
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""

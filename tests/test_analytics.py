@@ -23,6 +23,7 @@ from jobstream.server import create_app
 from sink import analytics, schema
 from sink.query import render
 from sink.sink import JobTimes, build_rows
+from sink.sql_guard import Refused
 from sink.store import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow
 from streams.settings import Settings
@@ -227,8 +228,15 @@ def test_the_readmes_example_queries_run_read_only(store: ClickHouseStore):
     "SELECT * FROM file('/etc/passwd', 'LineAsString')",
 ])
 def test_clickhouse_itself_refuses_anything_but_reading(store: ClickHouseStore, sql: str):
-    with pytest.raises(DatabaseError) as refused:
+    """The sandbox refuses these first (tests/test_sql_sandbox.py); ClickHouse's session is the second line."""
+    with pytest.raises(Refused):
         store.readonly_query(sql)
+    second_line = connect(store.url, store.database, settings=QueryLimits().settings())
+    try:
+        with pytest.raises(DatabaseError) as refused:
+            second_line.query(sql)
+    finally:
+        second_line.close()
     assert refused.value.code == 164, str(refused.value)  # READONLY
     assert store.query("EXISTS TABLE job_results") == [(1,)]
 
