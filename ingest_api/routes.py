@@ -273,8 +273,7 @@ async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempoten
         if pending is not None:  # an earlier attempt's outcome was unknown: never produce the job twice
             _same_body(pending.entry.fingerprint, parsed)
             return await _settle_pending(request, tenant, idempotency_key, pending)
-        assert parsed.fingerprint is not None
-        key_record, entry = keys.record(tenant, idempotency_key, job.job_id, parsed.fingerprint)
+        key_record, entry = keys.record(tenant, idempotency_key, job.job_id, parsed.fingerprint or "")
         outgoing.append(key_record)
     _admit(request)
     recent: RecentJobs = request.app.state.recent
