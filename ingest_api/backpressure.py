@@ -80,8 +80,39 @@ class LagMonitor:
         return self.lag >= self._settings.max_queued_jobs
 
     def retry_after_s(self, ahead: int | None = None) -> int:
-        """Seconds until ``ahead`` jobs (default: the current lag) are likely done; at least 1."""
-        waiting = self.lag if ahead is None else ahead
-        if self.rate <= 0:
-            return self._settings.retry_after_s
-        return max(1, min(3600, math.ceil(waiting / self.rate)))
+        """Seconds until ``ahead`` jobs (default: the current lag) are likely done, capped."""
+        return retry_after_s(self.lag if ahead is None else ahead, self.rate, self._settings)
+
+
+def retry_after_s(ahead: int, rate: float, settings: Settings) -> int:
+    """A polling hint: ``ahead`` jobs at ``rate`` jobs/s, between 1 and ``retry_after_max_s``.
+
+    The smoothed rate decays toward 0 while the service sits idle, so the quotient alone grows
+    without bound; the cap keeps the hint a sane polling interval (the answer may come sooner).
+    """
+    if rate <= 0:
+        return min(settings.retry_after_s, settings.retry_after_max_s)
+    return max(1, min(settings.retry_after_max_s, math.ceil(ahead / rate)))
+
+
+class SubmitSlots:
+    """Submits of one API process waiting for Kafka at once (JOBSTREAM_MAX_SUBMITS_IN_FLIGHT).
+
+    While the broker does not answer, every submit waits up to JOBSTREAM_PRODUCE_TIMEOUT_S; without
+    a bound they pile up by the thousand and answers come far later than that. Past the bound a
+    submit is refused at once (503 + Retry-After), having written nothing. Used from the event
+    loop only, so a plain counter.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def acquire(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1

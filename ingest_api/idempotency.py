@@ -8,6 +8,13 @@ that lands on another replica or after a restart finds the key. The job id is
 derived from (tenant, key), so even two replicas racing on the same key name the
 same job. Keys are kept ``JOBSTREAM_IDEMPOTENCY_TTL_S`` (topic retention and the
 in-memory map alike).
+
+A submit whose records Kafka did not acknowledge in time has an unknown outcome:
+the producer keeps delivering them (``JOBSTREAM_DELIVERY_TIMEOUT_S``). Such a key
+is *pending* here: a retry waits for the first attempt's delivery reports instead
+of producing the job again, answers with the same job once they arrive, and
+produces only the records that surely failed. So a retry in this process never
+writes a second request record, however the first attempt ended.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 import orjson
 from streams import topics
 from streams.mirror import TopicMirror
-from streams.producer import Outgoing
+from streams.producer import Outcome, Outgoing
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +40,15 @@ class KeyEntry:
     job_id: str
     fingerprint: str
     created_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class PendingKey:
+    """A keyed submit whose outcome is not known yet: what it sent, and its delivery reports to come."""
+
+    entry: KeyEntry
+    outgoing: list[Outgoing]
+    outcome: "asyncio.Future[Outcome]"
 
 
 def _record_key(tenant: str, key: str) -> bytes:
@@ -47,6 +63,7 @@ class IdempotencyKeys(TopicMirror):
         self._entries: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
+        self._pending: dict[bytes, PendingKey] = {}
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is not None and value is not None:
@@ -77,6 +94,33 @@ class IdempotencyKeys(TopicMirror):
 
     def remember(self, tenant: str, key: str, entry: KeyEntry) -> None:
         self._put(_record_key(tenant, key), entry)
+
+    def pending(self, tenant: str, key: str) -> PendingKey | None:
+        """The earlier attempt with this key whose outcome was unknown when it was answered, if any."""
+        return self._pending.get(_record_key(tenant, key))
+
+    def track(self, tenant: str, key: str, entry: KeyEntry, outgoing: list[Outgoing],
+              outcome: "asyncio.Future[Outcome]") -> None:
+        """Hold the key as pending until ``outcome`` says every record landed (then it is remembered);
+        if some failed, it stays pending so that a retry re-sends exactly those."""
+        record_key = _record_key(tenant, key)
+        pending = PendingKey(entry, outgoing, outcome)
+        self._pending[record_key] = pending
+
+        def landed(done: "asyncio.Future[Outcome]") -> None:
+            if done.cancelled() or not done.result().ok:
+                logger.warning("a timed-out submit failed for good; a retry with its key re-sends it",
+                               extra={"job_id": entry.job_id, "tenant": tenant})
+                return
+            self._put(record_key, entry)
+            if self._pending.get(record_key) is pending:
+                del self._pending[record_key]
+
+        outcome.add_done_callback(landed)
+
+    def settled(self, tenant: str, key: str) -> None:
+        """Forget a pending attempt whose records were re-sent and acknowledged."""
+        self._pending.pop(_record_key(tenant, key), None)
 
     async def exclusive(self, tenant: str, key: str) -> "_KeyGuard":
         """Serialise concurrent requests with the same key in this process."""

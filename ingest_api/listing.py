@@ -26,11 +26,16 @@ def encode_cursor(submitted_at: datetime, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (submitted_at, job_id) a cursor holds; BadCursor for anything ``encode_cursor`` cannot have
+    made (including a time ClickHouse's DateTime64 cannot hold, which would fail the query)."""
     try:
         ts, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(ts), str(job_id)
+        submitted = datetime.fromisoformat(ts)
     except Exception:
         raise BadCursor(cursor) from None
+    if not isinstance(job_id, str) or not 1970 <= submitted.year <= 2200:
+        raise BadCursor(cursor)
+    return submitted, job_id
 
 
 def list_jobs(store: ClickHouseStore, tenant: str, *, status: JobStatus | None, kind: str | None,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,14 +23,16 @@ class ProblemDetails(BaseModel):
     title: str
     status: int
     detail: str | None = None
-    errors: list[dict[str, str]] | None = Field(default=None, description="One entry per offending field.")
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="One entry per offending field (the first JOBSTREAM_MAX_LISTED_ERRORS).")
+    error_count: int | None = Field(default=None, description="How many errors there are in all.")
 
 
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. invalid JSON)", 401: "Missing or unknown API key",
     404: "No such job (or another tenant's)", 409: "Conflict with the job's state",
-    413: "Body too large", 415: "Body is not JSON", 422: "Invalid request", 429: "Too many queued jobs or streams",
-    503: "Not ready or Kafka unavailable; retry later",
+    408: "The request body did not arrive in time", 413: "Body too large", 415: "Body is not JSON", 422: "Invalid request", 429: "Too many queued jobs or streams",
+    503: "Not ready, too busy, or Kafka did not acknowledge in time (see 'outcome'); retry later",
 }
 
 
@@ -64,13 +66,30 @@ def problem_response(status: int, title: str, detail: str = "", headers: dict[st
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """pydantic errors → ``[{"field": "params.values.3", "reason": "..."}]``."""
+MAX_LISTED_ERRORS = 20  # JOBSTREAM_MAX_LISTED_ERRORS' default
+# pydantic builds every error's dict at once (seconds for a million): past this many, name only the count.
+_MAX_EXPANDED_ERRORS = 1000
+
+
+def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = (),
+                 limit: int | None = None) -> list[dict[str, str]]:
+    """pydantic errors → ``[{"field": "params.values.3", "reason": "..."}]`` (the first ``limit``)."""
     out = []
-    for error in errors:
+    for error in errors[:limit]:
         loc = [str(part) for part in (*prefix, *error.get("loc", ())) if part != "body"]
         out.append({"field": ".".join(loc) or "(body)", "reason": error.get("msg", "invalid")})
     return out
+
+
+def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = (),
+                      limit: int = MAX_LISTED_ERRORS) -> tuple[list[dict[str, str]], int]:
+    """The first ``limit`` field errors of ``exc`` and how many there are in all, in bounded time."""
+    total = exc.error_count()
+    if total > _MAX_EXPANDED_ERRORS:
+        field = ".".join(prefix) or "(body)"
+        return [{"field": field, "reason": f"{total} invalid values (too many to list)"}], total
+    return field_errors(exc.errors(include_url=False, include_context=False, include_input=False), prefix,
+                        limit), total
 
 
 def install(app: FastAPI) -> None:
@@ -81,11 +100,13 @@ def install(app: FastAPI) -> None:
         return problem_response(exc.status, exc.title, exc.detail, exc.headers, **exc.extensions)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem_response(400, "Malformed JSON", "the request body is not valid JSON")
-        return problem_response(422, "Invalid request", "see 'errors'", errors=field_errors(errors))
+        limit = getattr(request.app.state.settings, "max_listed_errors", MAX_LISTED_ERRORS)
+        return problem_response(422, "Invalid request", "see 'errors'", errors=field_errors(errors, limit=limit),
+                                error_count=len(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

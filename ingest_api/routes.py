@@ -1,16 +1,22 @@
 """The HTTP API: submit a job (202 + Location), read its status and result.
 
 A submit answers 202 only after Kafka acknowledged both the request (on
-``jobs.requested``) and its ``queued`` event (on ``jobs.events``); anything else
-is a 503 and the client may retry.
+``jobs.requested``) and its ``queued`` event (on ``jobs.events``). A 503 says
+whether the job surely was not accepted (``outcome: not_accepted``) or Kafka did
+not answer in time and the job may still land (``outcome: unknown``, with the
+job id): a retry with the same ``Idempotency-Key`` is then always safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -18,11 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest_api import listing
 from ingest_api.auth import current_tenant, tenant_of
-from ingest_api.backpressure import LagMonitor
-from ingest_api.idempotency import IdempotencyKeys
-from ingest_api.problems import PROBLEM_JSON, Problem, ProblemDetails, field_errors, problem_responses
+from ingest_api.backpressure import LagMonitor, SubmitSlots
+from ingest_api.idempotency import IdempotencyKeys, PendingKey
+from ingest_api.problems import (MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses,
+                                 validation_errors)
 from ingest_api.recent import RecentJobs
-from ingest_api.submit import InvalidSubmission, JobSubmission, idempotent_job_id, prepare, publish
+from ingest_api.submit import (InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish,
+                               records)
 from processors.calculations import registry
 from sink.store import ClickHouseStore
 from streams.control import cancel_record
@@ -33,8 +41,10 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 _Body = TypeVar("_Body", bound=BaseModel)
+_T = TypeVar("_T")
 _QUEUED = JobStatus.QUEUED.value
 _MAX_KEY_LENGTH = 255  # of an Idempotency-Key
+_KEY_PATTERN = re.compile(rf"^[\x21-\x7e]{{1,{_MAX_KEY_LENGTH}}}$")  # visible ASCII, no spaces
 
 # Every route may answer these (bad JSON, missing key, invalid parameters); routes add their own.
 router = APIRouter(responses=problem_responses(400, 401, 413, 415, 422))
@@ -72,7 +82,10 @@ def links_for(request: Request, job_id: str) -> Links:
 
 
 def _links(request: Request, job_id: str) -> dict[str, str]:
-    settings: Settings = request.app.state.settings
+    return _links_from(request.app.state.settings, job_id)
+
+
+def _links_from(settings: Settings, job_id: str) -> dict[str, str]:
     path = f"{(settings.public_url or '').rstrip('/')}/v1/jobs/{job_id}"
     return {"self": path, "events": f"{path}/events", "result": f"{path}/result"}
 
@@ -82,6 +95,16 @@ async def _require_json(request: Request) -> None:
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise Problem(415, "Unsupported media type", "send the body as application/json",
                       headers={"Accept-Post": "application/json"})
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters (no spaces), else 400."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _KEY_PATTERN.fullmatch(key):
+        raise Problem(400, "Invalid Idempotency-Key",
+                      f"an Idempotency-Key is 1 to {_MAX_KEY_LENGTH} visible ASCII characters (no spaces)",
+                      errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}])
+    return key
 
 
 def _admit(request: Request) -> None:
@@ -95,13 +118,53 @@ def _admit(request: Request) -> None:
 
 def _retry_after(request: Request) -> str:
     lag: LagMonitor | None = getattr(request.app.state, "lag", None)
-    return str(lag.retry_after_s(lag.lag + 1) if lag is not None else request.app.state.settings.retry_after_s)
+    settings: Settings = request.app.state.settings
+    return str(lag.retry_after_s(lag.lag + 1) if lag is not None
+               else min(settings.retry_after_s, settings.retry_after_max_s))
 
 
-def _unavailable(request: Request, exc: ProduceError) -> Problem:
-    logger.warning("Kafka did not acknowledge: %s", exc)
-    return Problem(503, "Kafka unavailable", "the job was not accepted; retry later",
-                   headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
+def _outage_retry_after(settings: Settings) -> str:
+    """While Kafka does not answer, a slot frees up within about one produce timeout."""
+    return str(max(1, min(math.ceil(settings.produce_timeout_s), settings.retry_after_max_s)))
+
+
+def _unavailable(request: Request, exc: ProduceError, job_ids: list[str], keyed: bool = False) -> Problem:
+    """503 for a produce that failed: 'not accepted' only when nothing was handed to Kafka, else
+    'outcome unknown' with the job id(s) the records carry (they may still land and run)."""
+    settings: Settings = request.app.state.settings
+    headers = {"Retry-After": _outage_retry_after(settings)}
+    if exc.outcome is None:
+        logger.warning("Kafka refused the records: %s", exc)
+        return Problem(503, "Kafka unavailable", "the job was not accepted (nothing was written); retry later",
+                       headers=headers, outcome="not_accepted")
+    logger.warning("Kafka did not acknowledge: %s", exc, extra={"job_ids": job_ids[:10]})
+    if keyed:
+        advice = ("Retry with the same Idempotency-Key: it answers with this job and never makes a second one.")
+    else:
+        advice = (f"Poll links.self: it shows the job once it landed; a 404 after JOBSTREAM_DELIVERY_TIMEOUT_S "
+                  f"({settings.delivery_timeout_s:g}s) means it never will. A retry without an Idempotency-Key "
+                  f"may make a second job.")
+    detail = (f"Kafka did not acknowledge within {settings.produce_timeout_s:g}s: the outcome is unknown; the job "
+              f"may still be accepted and run. {advice}")
+    if len(job_ids) == 1:
+        return Problem(503, "Outcome unknown", detail, headers=headers, outcome="unknown", job_id=job_ids[0],
+                       links=_links(request, job_ids[0]))
+    return Problem(503, "Outcome unknown", detail, headers=headers, outcome="unknown", job_ids=job_ids)
+
+
+@contextmanager
+def _submit_slot(request: Request) -> Iterator[None]:
+    """Hold one of JOBSTREAM_MAX_SUBMITS_IN_FLIGHT slots while waiting for Kafka, or 503 at once."""
+    submits: SubmitSlots = request.app.state.submits
+    if not submits.acquire():
+        settings: Settings = request.app.state.settings
+        raise Problem(503, "Too many submits in flight",
+                      f"{submits.in_flight} submits are waiting for Kafka; the job was not accepted, retry later",
+                      headers={"Retry-After": _outage_retry_after(settings)}, outcome="not_accepted")
+    try:
+        yield
+    finally:
+        submits.release()
 
 
 def _invalid(exc: InvalidSubmission) -> Problem:
@@ -116,7 +179,7 @@ def _accepted(request: Request, job_id: str, status_code: int = 202) -> Response
                     headers={"Location": links["self"], "Retry-After": _retry_after(request)})
 
 
-def _json_body(model: type[_Body], raw: bytes) -> _Body:
+def _json_body(model: type[_Body], raw: bytes, max_errors: int = MAX_LISTED_ERRORS) -> _Body:
     """Parse and validate a JSON body in one step, with the errors FastAPI's body parameter gives
     (400 malformed JSON, 422 naming each field), for routes that read the body themselves."""
     if not raw:
@@ -124,17 +187,42 @@ def _json_body(model: type[_Body], raw: bytes) -> _Body:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if any(e["type"] == "json_invalid" for e in errors):
+        if exc.error_count() == 1 and exc.errors(include_url=False)[0]["type"] == "json_invalid":
             raise Problem(400, "Malformed JSON", "the request body is not valid JSON") from None
-        raise Problem(422, "Invalid request", "see 'errors'", errors=field_errors(errors)) from None
+        errors, count = validation_errors(exc, limit=max_errors)
+        raise Problem(422, "Invalid request", "see 'errors'", errors=errors, error_count=count) from None
+
+
+async def _off_loop(settings: Settings, size: int, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` on a worker thread for a body over JOBSTREAM_OFFLOAD_BODY_BYTES, so that parsing
+    and validating it never holds up the event loop (other requests, /healthz, SSE); inline otherwise."""
+    if size > settings.offload_body_bytes:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    job: Prepared
+    fingerprint: str | None
+
+
+def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_errors: int) -> _Parsed:
+    """Body → validated job records (and the fingerprint a key needs); raises Problem. Pure and CPU-bound."""
+    body = _json_body(JobSubmission, raw, max_errors)
+    try:
+        job = prepare(body, tenant, job_id, max_errors)
+    except InvalidSubmission as exc:
+        raise _invalid(exc) from None
+    return _Parsed(job, body.fingerprint() if keyed else None)
 
 
 # POST /v1/jobs reads its body and header itself (see ``submit``), so the OpenAPI document gets them here.
 _SUBMIT_OPENAPI = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": JobSubmission.model_json_schema()}}},
     "parameters": [{"in": "header", "name": "idempotency-key", "required": False, "schema": {
-        "anyOf": [{"type": "string", "maxLength": _MAX_KEY_LENGTH}, {"type": "null"}], "title": "Idempotency-Key"}}],
+        "anyOf": [{"type": "string", "minLength": 1, "maxLength": _MAX_KEY_LENGTH, "pattern": _KEY_PATTERN.pattern},
+                  {"type": "null"}], "title": "Idempotency-Key"}}],
 }
 
 
@@ -150,51 +238,82 @@ async def submit(request: Request) -> Response:
     # this with a bare Request (docs/benchmarks.md, "Ingest API"). The contract is unchanged.
     await _require_json(request)
     tenant = tenant_of(request)
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and len(idempotency_key) > _MAX_KEY_LENGTH:
-        raise Problem(422, "Invalid request", "see 'errors'", errors=[{
-            "field": "header.idempotency-key", "reason": f"String should have at most {_MAX_KEY_LENGTH} characters"}])
-    body = _json_body(JobSubmission, await request.body())
-    if idempotency_key is None:
-        return await _submit_once(body, request, tenant, None)
-    keys: IdempotencyKeys = request.app.state.idempotency
-    with await keys.exclusive(tenant, idempotency_key):
-        return await _submit_once(body, request, tenant, idempotency_key)
-
-
-async def _submit_once(body: JobSubmission, request: Request, tenant: str, idempotency_key: str | None) -> Response:
+    idempotency_key = _idempotency_key(request)
     settings: Settings = request.app.state.settings
-    extra = []
-    job_id = None
+    raw = await request.body()
+    job_id = idempotent_job_id(tenant, idempotency_key) if idempotency_key is not None else None
+    parsed = await _off_loop(settings, len(raw), _parse_submit, raw, tenant, job_id, idempotency_key is not None,
+                             settings.max_listed_errors)
+    with _submit_slot(request):
+        if idempotency_key is None:
+            return await _submit_once(parsed, request, tenant, None)
+        keys: IdempotencyKeys = request.app.state.idempotency
+        with await keys.exclusive(tenant, idempotency_key):
+            return await _submit_once(parsed, request, tenant, idempotency_key)
+
+
+def _same_body(fingerprint: str, parsed: _Parsed) -> None:
+    if fingerprint != parsed.fingerprint:
+        raise Problem(409, "Idempotency-Key reused", "this key was used with a different request body",
+                      errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}])
+
+
+async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None) -> Response:
+    settings: Settings = request.app.state.settings
+    job = parsed.job
+    outgoing = records(job, settings)
+    entry = None
     if idempotency_key is not None:
         keys: IdempotencyKeys = request.app.state.idempotency
-        fingerprint = body.fingerprint()
         seen = keys.lookup(tenant, idempotency_key)
         if seen is not None:
-            if seen.fingerprint != fingerprint:
-                raise Problem(409, "Idempotency-Key reused", "this key was used with a different request body",
-                              errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}])
+            _same_body(seen.fingerprint, parsed)
             return _accepted(request, seen.job_id, 200)
-        job_id = idempotent_job_id(tenant, idempotency_key)
-        key_record, entry = keys.record(tenant, idempotency_key, job_id, fingerprint)
-        extra.append(key_record)
+        pending = keys.pending(tenant, idempotency_key)
+        if pending is not None:  # an earlier attempt's outcome was unknown: never produce the job twice
+            _same_body(pending.entry.fingerprint, parsed)
+            return await _settle_pending(request, tenant, idempotency_key, pending)
+        key_record, entry = keys.record(tenant, idempotency_key, job.job_id, parsed.fingerprint or "")
+        outgoing.append(key_record)
     _admit(request)
-    try:
-        job = prepare(body, tenant, job_id)
-    except InvalidSubmission as exc:
-        raise _invalid(exc) from None
     recent: RecentJobs = request.app.state.recent
     recent.add(job.queued)  # before the send: the fanout may see this job's next events before we resume
     try:
-        await publish(request.app.state.producer, settings, [job], extra)
+        await request.app.state.producer.send_many(outgoing)
     except ProduceError as exc:
         recent.discard(tenant, job.job_id)
-        raise _unavailable(request, exc) from None
-    if idempotency_key is not None:
-        keys.remember(tenant, idempotency_key, entry)
+        if idempotency_key is not None and entry is not None and exc.outcome is not None:
+            request.app.state.idempotency.track(tenant, idempotency_key, entry, outgoing, exc.outcome)
+        raise _unavailable(request, exc, [job.job_id], keyed=idempotency_key is not None) from None
+    if idempotency_key is not None and entry is not None:
+        request.app.state.idempotency.remember(tenant, idempotency_key, entry)
     # debug, not info: one line per job is a log line per request at thousands per second.
-    logger.debug("accepted job %s", job.job_id, extra={"job_id": job.job_id, "tenant": tenant, "kind": body.kind})
+    logger.debug("accepted job %s", job.job_id, extra={"job_id": job.job_id, "tenant": tenant})
     return _accepted(request, job.job_id)
+
+
+async def _settle_pending(request: Request, tenant: str, key: str, pending: PendingKey) -> Response:
+    """A retry of a keyed submit whose outcome was unknown: wait (bounded) for the first attempt's
+    delivery reports; answer with its job once they are in, re-sending only records that failed."""
+    settings: Settings = request.app.state.settings
+    keys: IdempotencyKeys = request.app.state.idempotency
+    job_id = pending.entry.job_id
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(pending.outcome), settings.produce_timeout_s)
+    except TimeoutError:
+        raise _unavailable(request, ProduceError("still no acknowledgement", pending.outcome), [job_id],
+                           keyed=True) from None
+    if not outcome.ok:  # some records surely failed (delivery timeout): send exactly those again
+        resend = [o for o, d in zip(pending.outgoing, outcome.delivered) if d is None]
+        try:
+            await request.app.state.producer.send_many(resend)
+        except ProduceError as exc:
+            if exc.outcome is not None:
+                keys.track(tenant, key, pending.entry, resend, exc.outcome)
+            raise _unavailable(request, exc, [job_id], keyed=True) from None
+    keys.remember(tenant, key, pending.entry)
+    keys.settled(tenant, key)
+    return _accepted(request, job_id, 200)
 
 
 class BatchSubmission(BaseModel):
@@ -217,28 +336,21 @@ class BatchAccepted(BaseModel):
     jobs: list[BatchItem]
 
 
-@router.post("/v1/jobs:batch", status_code=202, response_model=None, dependencies=[Depends(_require_json)],
-             responses={
-    202: {"model": BatchAccepted, "description": "At least one job accepted"},
-    422: {"model": BatchAccepted, "description": "No job valid (each item says why)", "content": {
-        PROBLEM_JSON: {"schema": ProblemDetails.model_json_schema()}}},
-    **problem_responses(429, 503),
-})
-async def submit_batch(body: BatchSubmission, request: Request, tenant: str = Depends(current_tenant)) -> Response:
-    """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
-    settings: Settings = request.app.state.settings
+def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Prepared], list[dict[str, Any]]]:
+    """Body → the valid jobs' records and one item per submission; raises Problem. Pure and CPU-bound."""
+    body = _json_body(BatchSubmission, raw, settings.max_listed_errors)
     if len(body.jobs) > settings.batch_max_jobs:
         raise Problem(422, "Too many jobs", f"at most {settings.batch_max_jobs} jobs per batch",
                       errors=[{"field": "jobs", "reason": f"more than {settings.batch_max_jobs} items"}])
-    _admit(request)
     items: list[dict[str, Any]] = []  # BatchItem's fields, every one present (null when unset)
     ready = []
-    for index, raw in enumerate(body.jobs):
+    for index, item in enumerate(body.jobs):
         try:
-            job = prepare(JobSubmission.model_validate(raw), tenant)
+            job = prepare(JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors)
         except ValidationError as exc:
-            errors = field_errors(exc.errors(), ("jobs", str(index)))
-            items.append(_batch_item(index, error=InvalidSubmission("Invalid job", "see 'errors'", errors).problem()))
+            errors, count = validation_errors(exc, ("jobs", str(index)), settings.max_listed_errors)
+            items.append(_batch_item(index, error=InvalidSubmission(
+                "Invalid job", "see 'errors'", errors, error_count=count).problem()))
             continue
         except InvalidSubmission as exc:
             problem = exc.problem()
@@ -246,22 +358,43 @@ async def submit_batch(body: BatchSubmission, request: Request, tenant: str = De
             items.append(_batch_item(index, error=problem))
             continue
         ready.append(job)
-        items.append(_batch_item(index, job.job_id, _links(request, job.job_id)))
+        items.append(_batch_item(index, job.job_id, _links_from(settings, job.job_id)))
+    return ready, items
+
+
+_BATCH_OPENAPI = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": BatchSubmission.model_json_schema()}}}}
+
+
+@router.post("/v1/jobs:batch", status_code=202, response_model=None, dependencies=[Depends(_require_json)],
+             openapi_extra=_BATCH_OPENAPI, responses={
+    202: {"model": BatchAccepted, "description": "At least one job accepted"},
+    422: {"model": BatchAccepted, "description": "No job valid (each item says why)", "content": {
+        PROBLEM_JSON: {"schema": ProblemDetails.model_json_schema()}}},
+    **problem_responses(429, 503),
+})
+async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) -> Response:
+    """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
+    settings: Settings = request.app.state.settings
+    raw = await request.body()
+    ready, items = await _off_loop(settings, len(raw), _prepare_batch, raw, tenant, settings)
+    _admit(request)
     headers = {}
     if ready:
         recent: RecentJobs = request.app.state.recent
         for job in ready:
             recent.add(job.queued)
-        try:
-            await publish(request.app.state.producer, settings, ready)
-        except ProduceError as exc:
-            for job in ready:
-                recent.discard(tenant, job.job_id)
-            raise _unavailable(request, exc) from None
+        with _submit_slot(request):
+            try:
+                await publish(request.app.state.producer, settings, ready)
+            except ProduceError as exc:
+                for job in ready:
+                    recent.discard(tenant, job.job_id)
+                raise _unavailable(request, exc, [job.job_id for job in ready]) from None
         headers["Retry-After"] = _retry_after(request)
     # Serialised directly, like a single submit's answer: validating 1,000 items we built ourselves
     # against BatchAccepted cost more than producing them.
-    body_bytes = orjson.dumps({"accepted": len(ready), "rejected": len(body.jobs) - len(ready), "jobs": items})
+    body_bytes = orjson.dumps({"accepted": len(ready), "rejected": len(items) - len(ready), "jobs": items})
     return Response(body_bytes, status_code=202 if ready else 422, media_type="application/json", headers=headers)
 
 
@@ -355,7 +488,13 @@ async def cancel(job_id: str, request: Request, response: Response, tenant: str 
     try:
         await request.app.state.producer.send_many([cancel_record(request.app.state.settings, job_id, tenant)])
     except ProduceError as exc:
-        raise _unavailable(request, exc) from None
+        logger.warning("Kafka did not acknowledge a cancel: %s", exc, extra={"job_id": job_id})
+        unknown = exc.outcome is not None
+        raise Problem(503, "Outcome unknown" if unknown else "Kafka unavailable",
+                      "the cancel may still be recorded; cancelling again is safe" if unknown
+                      else "the cancel was not recorded; retry later",
+                      headers={"Retry-After": _outage_retry_after(request.app.state.settings)},
+                      outcome="unknown" if unknown else "not_accepted") from None
     links = links_for(request, job_id)
     response.headers["Location"] = links.self
     response.headers["Retry-After"] = _retry_after(request)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest_api.problems import field_errors
+from ingest_api.problems import MAX_LISTED_ERRORS, validation_errors
 from processors.calculations import registry
 from streams import topics
 from streams.events import EventType, JobEvent, JobRequested, new_job_id, utcnow
@@ -34,8 +34,10 @@ class JobSubmission(BaseModel):
 
     kind: str = Field(description="A registered calculation, see GET /v1/kinds.", examples=["stats.describe"])
     params: dict[str, Any] = Field(description="The calculation's parameters.")
-    priority: int = Field(default=0, ge=0, le=9, description="Higher runs first (0..9).")
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400, description="Give up after this long running.")
+    # strict: a JSON number only (true, "1" and 1.5 are not a priority; an integer is a fine timeout_s)
+    priority: int = Field(default=0, ge=0, le=9, strict=True, description="Higher runs first (0..9).")
+    timeout_s: float | None = Field(default=None, gt=0, le=86_400, strict=True,
+                                    description="Give up after this long running.")
 
     def fingerprint(self) -> str:
         """A hash of the submission's content, to tell a retry from a different request."""
@@ -104,8 +106,10 @@ def idempotent_job_id(tenant: str, key: str) -> str:
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x00{key}").hex
 
 
-def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None) -> Prepared:
-    """Validate params against the calculation and build the request + its queued event."""
+def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None,
+            max_errors: int = MAX_LISTED_ERRORS) -> Prepared:
+    """Validate params against the calculation and build the request + its queued event
+    (an invalid one lists its first ``max_errors`` errors and counts them all)."""
     kind, params = submission.kind, submission.params
     try:
         calc = registry.get(kind)
@@ -116,8 +120,8 @@ def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None) -
     try:
         calc.validate(params)
     except ValidationError as exc:
-        raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}",
-                                field_errors(exc.errors(), ("params",))) from None
+        errors, count = validation_errors(exc, ("params",), max_errors)
+        raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}", errors, error_count=count) from None
     try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
         return build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
     except TypeError as exc:

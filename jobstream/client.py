@@ -14,18 +14,29 @@ once, in order::
 ``event.type == "reset"`` means the server could not replay everything since
 the last id (retention, or a sink far behind): reload the job's state from
 ``GET /v1/jobs/{id}``; live events go on after it.
+
+``submit_job`` always sends an ``Idempotency-Key`` (a new UUID unless the caller
+gives one) and reuses it on every retry, so a retry after a ``503`` whose outcome
+was unknown can never make a second job::
+
+    from jobstream.client import submit_job
+
+    accepted = submit_job("http://127.0.0.1:8000", "stats.describe", {"values": [1, 2, 3]})
+    accepted["job_id"]
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +181,73 @@ def watch_events(base_url: str, *, kind: Sequence[str] = (), status: Sequence[st
     finally:
         if client is None:
             http.close()
+
+
+class SubmitError(Exception):
+    """The server refused the submit (4xx), or every attempt failed; ``problem`` is its body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+        self.status = status
+        self.problem = problem
+
+
+class _SubmitAgain(Exception):
+    def __init__(self, status: int, problem: dict[str, Any], after_s: float) -> None:
+        super().__init__(problem.get("detail", ""))
+        self.status = status
+        self.problem = problem
+        self.after_s = after_s
+
+
+MAX_SUBMIT_WAIT_S = 30.0  # the longest pause between two attempts, whatever Retry-After says
+
+
+def submit_job(base_url: str, kind: str, params: dict[str, Any], *, priority: int | None = None,
+               timeout_s: float | None = None, idempotency_key: str | None = None, api_key: str | None = None,
+               client: httpx.Client | None = None, max_attempts: int = 5) -> dict[str, Any]:
+    """Submit one job and return the ``Accepted`` body (``job_id``, ``status``, ``links``).
+
+    Always sends an ``Idempotency-Key`` (``idempotency_key``, else a new UUID) and reuses it on
+    every retry (connection errors, 429, 502, 503, 504, after ``Retry-After``): a 503 may mean the
+    job landed anyway, and only the key makes the retry return that job instead of a second one.
+    Raises ``SubmitError`` for a 4xx, or when ``max_attempts`` all failed.
+    """
+    key = idempotency_key or str(uuid.uuid4())
+    body: dict[str, Any] = {"kind": kind, "params": params}
+    if priority is not None:
+        body["priority"] = priority
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    http = _client(base_url, api_key, client)
+
+    def attempt() -> dict[str, Any]:
+        response = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        if response.status_code in (200, 202):
+            return response.json()
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"title": response.text}
+        if response.status_code in RETRYABLE_STATUS:
+            after = float(response.headers.get("retry-after", 1) or 1)
+            raise _SubmitAgain(response.status_code, problem, min(after, MAX_SUBMIT_WAIT_S))
+        raise SubmitError(response.status_code, problem)
+
+    def wait(state: Any) -> float:
+        exc = state.outcome.exception()
+        return exc.after_s if isinstance(exc, _SubmitAgain) else min(2.0 ** state.attempt_number, MAX_SUBMIT_WAIT_S)
+
+    try:
+        for tried in Retrying(retry=retry_if_exception_type((httpx.TransportError, _SubmitAgain)),
+                              stop=stop_after_attempt(max_attempts), wait=wait, reraise=True):
+            with tried:
+                return attempt()
+    except _SubmitAgain as exc:
+        raise SubmitError(exc.status, exc.problem) from None
+    except httpx.TransportError as exc:
+        raise SubmitError(0, {"title": "Unreachable", "detail": str(exc)}) from None
+    finally:
+        if client is None:
+            http.close()
+    raise AssertionError("unreachable")  # Retrying either returns or raises

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from ingest_api import problems
 from processors.calculations import registry
 from ingest_api.auth import KeyRing
-from ingest_api.backpressure import LagMonitor
+from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys
 from ingest_api import routes as api_routes
 from ingest_api.recent import RecentJobs
@@ -59,7 +59,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         started: list = []
         try:
             if "api" in roles:
-                app.state.producer = AsyncProducer(bootstrap, settings)
+                app.state.producer = AsyncProducer(bootstrap, settings, settings.delivery_timeout_s)
                 started.append(app.state.producer)
                 app.state.idempotency = IdempotencyKeys(bootstrap, settings).start()
                 started.append(app.state.idempotency)
@@ -100,13 +100,14 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
     registry.load_plugins([m.strip() for m in settings.plugins.split(",") if m.strip()])
     app.state.ready = False
     app.state.recent = RecentJobs()
+    app.state.submits = SubmitSlots(settings.max_submits_in_flight)
     app.state.keyring = KeyRing.parse(
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
     )
     problems.install(app)
     if "api" in roles:  # POST /v1/jobs past FastAPI's routing; added first, so BodyLimit wraps it
         app.add_middleware(SubmitShortcut)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if "api" in roles:
         app.include_router(api_routes.router)
         app.include_router(replay_routes.router)
@@ -153,14 +154,18 @@ def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes``, declared or streamed.
+    """ASGI middleware: 413 for a body over ``max_bytes``, declared or streamed; 408 when the next
+    part of a body does not arrive within ``timeout_s`` (a client that declared a Content-Length
+    larger than what it sends would otherwise hold the request until it gives up).
 
-    Pure ASGI (not BaseHTTPMiddleware) so SSE responses stream untouched.
+    Pure ASGI (not BaseHTTPMiddleware) so SSE responses stream untouched; the timeout applies only
+    while a body is still expected, never to a stream waiting for its client to disconnect.
     """
 
-    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -169,26 +174,54 @@ class BodyLimit:
         if length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
         seen = 0
+        body_done = False
+        started = False
 
         async def counted_receive():  # type: ignore[no-untyped-def]
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                raise _BodyTimeout() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise _TooLarge()
+                body_done = not message.get("more_body", False)
             return message
 
+        async def tracked_send(message):  # type: ignore[no-untyped-def]
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, counted_receive, send)
+            await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
-            await self._too_large(scope, receive, send)
+            if not started:
+                await self._too_large(scope, receive, send)
+        except _BodyTimeout:
+            if not started:
+                await self._timed_out(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):  # type: ignore[no-untyped-def]
         response = problems.problem_response(413, "Body too large", f"the limit is {self.max_bytes} bytes",
                                              limit_bytes=self.max_bytes)
         await response(scope, receive, send)
 
+    async def _timed_out(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        response = problems.problem_response(
+            408, "Request timeout", f"the request body did not arrive within {self.timeout_s:g}s",
+            headers={"Connection": "close"}, timeout_s=self.timeout_s)
+        await response(scope, receive, send)
+
 
 class _TooLarge(Exception):
+    pass
+
+
+class _BodyTimeout(Exception):
     pass

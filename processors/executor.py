@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
+import numpy as np
 import orjson
 from pydantic import ValidationError
 
@@ -198,6 +200,11 @@ def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any
         return all_(SPLIT, exc, "internal_error")
     done: dict[int, Outcome] = {}
     for index, result in enumerate(results):
+        if not _all_finite(result):  # JSON has no inf/nan: it would read as a success with nulls
+            done[index] = Outcome(ids[index], FAILED, error=error(
+                "calculation_error", "the result is not finite (inf or nan: the input overflows the calculation)"),
+                calc_version=calc.version)
+            continue
         try:  # results must survive JSON: numpy scalars/arrays become plain numbers and lists
             plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
             done[index] = Outcome(ids[index], SUCCEEDED, result=plain, calc_version=calc.version)
@@ -205,6 +212,21 @@ def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any
             done[index] = Outcome(ids[index], FAILED, error=error("bad_result", _describe(exc)),
                                   calc_version=calc.version)
     return done
+
+
+def _all_finite(value: Any) -> bool:
+    """False if ``value`` holds an inf or nan anywhere (floats, numpy scalars and arrays, containers)."""
+    if isinstance(value, float):  # numpy's float64 too
+        return math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    if isinstance(value, np.inexact):
+        return bool(np.isfinite(value))
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 # --- the calculation process ----------------------------------------------------

@@ -35,7 +35,16 @@ IDLE_POLL_S = 0.05  # the background thread's poll timeout while no loop is poll
 
 
 class ProduceError(RuntimeError):
-    """Kafka did not acknowledge a message in time (or refused it)."""
+    """Kafka did not acknowledge a message in time (or refused it).
+
+    ``outcome`` is None when nothing was handed to the producer (the request was surely not
+    written); otherwise it resolves, once every handed-over record got its delivery report, to
+    what really happened — records may land after the caller stopped waiting.
+    """
+
+    def __init__(self, message: str, outcome: "asyncio.Future[Outcome] | None" = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,28 @@ class Delivered:
     offset: int
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """The delivery reports of one ``send_many``: ``delivered[i]`` is None for a record that failed."""
+
+    delivered: list[Delivered | None]
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class AsyncProducer:
     """Idempotent producer; ``send_many`` resolves once Kafka acknowledged every message."""
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._producer = Producer(producer_config(bootstrap, settings))
+    def __init__(self, bootstrap: str, settings: Settings, delivery_timeout_s: float | None = None) -> None:
+        # With ``delivery_timeout_s`` (the ingest API: JOBSTREAM_DELIVERY_TIMEOUT_S) librdkafka keeps
+        # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
+        # is still delivered (idempotent: once) when the broker answers again, and
+        # ``ProduceError.outcome`` says so. Without it both are produce_timeout_s.
+        delivery_ms = int(max(delivery_timeout_s or 0.0, settings.produce_timeout_s) * 1000)
+        self._producer = Producer(producer_config(bootstrap, settings, **{"message.timeout.ms": delivery_ms}))
         self._timeout_s = settings.produce_timeout_s
         self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
@@ -78,21 +104,28 @@ class AsyncProducer:
             return []
         loop = asyncio.get_running_loop()
         send = _Send(loop, len(messages), loop.time() + self._timeout_s, self._timeout_s, self._report_lock)
+        index = 0
         try:
             for index, message in enumerate(messages):
                 self._producer.produce(message.topic, key=message.key, value=message.value,
                                        on_delivery=send.reporter(index))
-        except BufferError as exc:
+        except Exception as exc:  # BufferError (queue full), KafkaException (too large, unknown topic...)
+            reason = "producer queue is full" if isinstance(exc, BufferError) else str(exc)
             send.future.cancel()
-            raise ProduceError("producer queue is full") from exc
-        except Exception as exc:  # KafkaException: message too large, unknown topic, ...
-            send.future.cancel()
-            raise ProduceError(str(exc)) from exc
+            if index == 0:  # nothing handed over: surely not written
+                send.outcome.cancel()
+                raise ProduceError(reason) from exc
+            send.abandon(index, reason)  # the records before ``index`` are on their way
+            self._poller(loop).add(send)
+            raise ProduceError(reason, send.outcome) from exc
+        self._poller(loop).add(send)
+        return await send.future
+
+    def _poller(self, loop: asyncio.AbstractEventLoop) -> "_LoopPoller":
         poller = self._pollers.get(loop)
         if poller is None:
             poller = self._pollers[loop] = _LoopPoller(self, loop)
-        poller.add(send)
-        return await send.future
+        return poller
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when the cluster answers a metadata request."""
@@ -141,12 +174,14 @@ class _LoopPoller:
 class _Send:
     """The delivery reports of one ``send_many``: settled on its loop once all are in."""
 
-    __slots__ = ("loop", "future", "deadline", "_timeout_s", "_thread", "_left", "_results", "_error", "_lock")
+    __slots__ = ("loop", "future", "outcome", "deadline", "_timeout_s", "_thread", "_left", "_results", "_error",
+                 "_lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float, timeout_s: float,
                  lock: threading.Lock) -> None:
         self.loop = loop
-        self.future: asyncio.Future[list[Delivered]] = loop.create_future()
+        self.future: asyncio.Future[list[Delivered]] = loop.create_future()  # settled by the deadline at the latest
+        self.outcome: asyncio.Future[Outcome] = loop.create_future()  # settled once every report is in
         self.deadline = deadline
         self._timeout_s = timeout_s
         self._thread = threading.get_ident()  # the loop's thread
@@ -176,14 +211,26 @@ class _Send:
 
         return on_delivery
 
+    def abandon(self, start: int, reason: str) -> None:
+        """Records from ``start`` on were never handed to the producer: they count as failed."""
+        with self._lock:
+            self._error = self._error or reason
+            self._left -= len(self._results) - start
+            complete = self._left == 0
+        if complete:
+            self.settle()
+
     def settle(self) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(Outcome(list(self._results), self._error))
         if self.future.done():  # timed out or cancelled meanwhile
             return
         if self._error is not None:
-            self.future.set_exception(ProduceError(self._error))
+            self.future.set_exception(ProduceError(self._error, self.outcome))
         else:
             self.future.set_result(self._results)  # type: ignore[arg-type]
 
     def expire(self) -> None:
         if not self.future.done():
-            self.future.set_exception(ProduceError(f"no acknowledgement from Kafka within {self._timeout_s}s"))
+            self.future.set_exception(ProduceError(
+                f"no acknowledgement from Kafka within {self._timeout_s}s", self.outcome))

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=100_000, ge=1, description="Processor lag past which submits get 429.")
     lag_check_s: float = Field(default=1.0, gt=0, description="How often the API measures processor lag.")
     list_max_limit: int = Field(default=1000, ge=1, description="Largest page of GET /v1/jobs.")
+    max_submits_in_flight: int = Field(
+        default=1024, ge=1, description="Submits waiting for Kafka at once per API process; past it 503 at once.")
+    delivery_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long the producer keeps trying to deliver a record (librdkafka "
+        "message.timeout.ms); a 503 'outcome unknown' record may still land within it.")
+    retry_after_max_s: int = Field(default=30, ge=1, description="Largest Retry-After on 202s, reads and 429s.")
+    max_listed_errors: int = Field(default=20, ge=1, le=10_000, description="Most field errors one 422 lists.")
+    offload_body_bytes: int = Field(
+        default=256 * 1024, ge=0, description="Submit bodies larger than this are parsed and validated off the event loop.")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for the next part of a request body; 408 past it.")
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

@@ -19,17 +19,19 @@ from processors.calculations.registry import Progress, calculation
 MAX_ROWS = 1_000_000
 MAX_COLUMNS = 100
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Row = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_COLUMNS)]
+# strict: a JSON number (an integer is fine), never true/false or "1"
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+Row = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_COLUMNS, fail_fast=True)]
 
 
 class FitParams(BaseModel):
     """``y ≈ x @ coef (+ intercept)`` for an n×k ``x`` and n ``y``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    x: list[Row] = Field(min_length=1, max_length=MAX_ROWS)
-    y: list[FiniteFloat] = Field(min_length=1, max_length=MAX_ROWS)
+    # fail_fast: one error for a bad list, however long (the API answers in bounded time)
+    x: list[Row] = Field(min_length=1, max_length=MAX_ROWS, fail_fast=True)
+    y: list[FiniteFloat] = Field(min_length=1, max_length=MAX_ROWS, fail_fast=True)
     intercept: bool = True
 
     @field_validator("x")

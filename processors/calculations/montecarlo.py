@@ -22,7 +22,8 @@ CHUNK_PATHS = 1_000_000
 CHUNK_NORMALS = 8_000_000  # at most 64 MB of standard normals per chunk
 JITTER = 1e-10  # relative to the largest |cov| entry; lets Cholesky factor singular PSD matrices
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# strict: a JSON number (an integer is fine), never true/false or "1"
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 def _expected_size(info: ValidationInfo, name: str, size: int) -> None:
@@ -34,11 +35,12 @@ def _expected_size(info: ValidationInfo, name: str, size: int) -> None:
 class VarParams(BaseModel):
     """A portfolio (weights, daily mu and cov) and the simulation to run on it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     weights: list[FiniteFloat] = Field(min_length=1, max_length=MAX_ASSETS)
-    mu: list[FiniteFloat]
-    cov: list[list[FiniteFloat]]
+    # fail_fast: one error for a bad list, however long (the API answers in bounded time)
+    mu: list[FiniteFloat] = Field(fail_fast=True)
+    cov: list[Annotated[list[FiniteFloat], Field(fail_fast=True)]] = Field(fail_fast=True)
     horizon_days: int = Field(ge=1, le=3650)
     paths: int = Field(ge=1, le=MAX_PATHS)
     confidence: float = Field(gt=0.5, lt=1)

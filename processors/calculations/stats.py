@@ -17,11 +17,12 @@ from processors.calculations.registry import Progress, calculation
 MAX_VALUES = 1_000_000
 PERCENTILES = (50, 90, 99)
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# strict: a JSON number (an integer is fine), never true/false or "1"
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class Generate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     distribution: Literal["normal", "uniform"]
     n: int = Field(ge=1, le=MAX_VALUES)
@@ -31,9 +32,10 @@ class Generate(BaseModel):
 class DescribeParams(BaseModel):
     """Either ``values`` (1 to 1,000,000 finite numbers) or ``generate`` (a seeded sample)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    values: list[FiniteFloat] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
+    # fail_fast: a million bad values give one error, not a million (the API answers in bounded time)
+    values: list[FiniteFloat] | None = Field(default=None, min_length=1, max_length=MAX_VALUES, fail_fast=True)
     generate: Generate | None = None
 
     @model_validator(mode="after")

@@ -1,0 +1,278 @@
+"""The ingest API at its edges: every bad input is a 4xx problem+json naming what is wrong, and no
+request (huge, deeply nested, or slow to send its body) stalls the process."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from jobstream.server import create_app
+from sink.store import ClickHouseStore
+from streams.settings import Settings
+from tests.conftest import Server, wait_until
+
+pytestmark = pytest.mark.kafka
+
+KEY = "edge-tenant-key-0123456789"
+JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def edge(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Server]:
+    """An API with keys and a short body timeout, on the stack's topics (its worker and sink serve it)."""
+    local = settings.model_copy(update={"api_keys": SecretStr(f"edge={KEY}"), "body_timeout_s": 1.0})
+    server = Server(create_app(local, settings.kafka_bootstrap or "", {"api", "gateway"}, store=store)).start()
+    wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="edge API ready")
+    yield server
+    server.stop()
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def fields_of(response: httpx.Response) -> set[str]:
+    assert response.headers["content-type"] == PROBLEM, response.text[:500]
+    return {e["field"] for e in response.json().get("errors", [])}
+
+
+# --- strict types -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "stats.describe", "params": {"values": [True, False]}}, "params.values.0"),
+    ({"kind": "stats.describe", "params": {"values": ["1"]}}, "params.values.0"),
+    ({**JOB, "priority": True}, "priority"),
+    ({**JOB, "priority": 1.0}, "priority"),
+    ({**JOB, "timeout_s": "10"}, "timeout_s"),
+    ({**JOB, "timeout_s": True}, "timeout_s"),
+    ({"kind": "stats.describe", "params": {"generate": {"distribution": "normal", "n": "10", "seed": 1}}},
+     "params.generate.n"),
+    ({"kind": "linear.fit", "params": {"x": [[1], [2]], "y": [1, 2], "intercept": 1}}, "params.intercept"),
+    ({"kind": "montecarlo.var", "params": {"weights": [1], "mu": [0], "cov": [[1]], "horizon_days": "1",
+                                           "paths": 10, "confidence": 0.9, "seed": 1}}, "params.horizon_days"),
+])
+def test_lax_types_are_422_naming_the_field(client: httpx.Client, body: dict[str, Any], field: str):
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422 and field in fields_of(response)
+    batch = client.post("/v1/jobs:batch", json={"jobs": [body]})
+    assert batch.status_code == 422
+    assert f"jobs.0.{field}" in {e["field"] for e in batch.json()["jobs"][0]["error"]["errors"]}
+
+
+def test_integers_where_floats_are_expected_stay_accepted(client: httpx.Client):
+    response = client.post("/v1/jobs", json={**JOB, "timeout_s": 10, "priority": 3})
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "stats.describe", "params": {"values": [1e308, 1e308]}},
+    {"kind": "linear.fit", "params": {"x": [[1e308], [-1e308], [1e307]], "y": [1e308, -1e308, 1e308]}},
+    {"kind": "montecarlo.var", "params": {"weights": [1e308], "mu": [1e308], "cov": [[1.0]], "horizon_days": 10,
+                                          "paths": 100, "confidence": 0.9, "seed": 1}},
+])
+def test_overflow_is_a_calculation_error_never_a_success_with_nulls(client: httpx.Client, body: dict[str, Any]):
+    job_id = client.post("/v1/jobs", json=body).json()["job_id"]
+    view = wait_until(lambda: (v := client.get(f"/v1/jobs/{job_id}").json())["status"] in
+                      {"succeeded", "failed"} and v, 60, message="overflowing job done")
+    if view["status"] == "succeeded":  # a finite result is fine too
+        assert None not in orjson.loads(orjson.dumps(view["result"])).values(), view["result"]
+    else:
+        assert view["error"]["type"] == "calculation_error", view["error"]
+
+
+# --- huge and deep bodies -------------------------------------------------------------------------
+
+def _healthz_while(url: str, send: Any) -> tuple[httpx.Response, float]:
+    """Run ``send()`` while polling /healthz; returns its answer and the slowest /healthz."""
+    slowest = 0.0
+    done = threading.Event()
+    answers: list[httpx.Response] = []
+
+    def poll() -> None:
+        nonlocal slowest
+        with httpx.Client(base_url=url, timeout=30) as health:
+            health.get("/healthz")  # connect before the big request starts
+            while not done.is_set():
+                started = time.perf_counter()
+                assert health.get("/healthz").status_code == 200
+                slowest = max(slowest, time.perf_counter() - started)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        answers.append(send())
+    finally:
+        done.set()
+        poller.join(timeout=30)
+    return answers[0], slowest
+
+
+def test_a_million_bad_values_is_a_small_422_and_healthz_stays_fast(stack: str):
+    body = orjson.dumps({"kind": "stats.describe", "params": {"values": ["x"] * 1_000_000}})
+    assert len(body) > 4_000_000
+    with httpx.Client(base_url=stack, timeout=60) as client:
+        response, slowest = _healthz_while(stack, lambda: client.post(
+            "/v1/jobs", content=body, headers={"content-type": "application/json"}))
+    assert response.status_code == 422 and len(response.content) < 20_000
+    problem = response.json()
+    assert "params.values.0" in {e["field"] for e in problem["errors"]} and problem["error_count"] >= 1
+    assert slowest < 0.2, f"/healthz took {slowest:.3f}s while a big body was validated"
+
+
+def test_a_million_valid_values_is_accepted_without_stalling(stack: str):
+    body = orjson.dumps({"kind": "stats.describe", "params": {"values": list(range(1_000_000))}})
+    with httpx.Client(base_url=stack, timeout=60) as client:
+        response, slowest = _healthz_while(stack, lambda: client.post(
+            "/v1/jobs", content=body, headers={"content-type": "application/json",
+                                               "Idempotency-Key": f"big-{uuid.uuid4()}"}))
+    assert response.status_code == 202, response.text[:500]
+    assert slowest < 0.2, f"/healthz took {slowest:.3f}s while a big body was validated"
+
+
+def test_errors_listed_are_capped_with_a_count(client: httpx.Client, settings: Settings):
+    jobs = [{"kind": "stats.describe", "params": {"values": [1]}, f"extra{i}": i} for i in range(1)]
+    wide = {**JOB, **{f"unknown{i}": i for i in range(500)}}
+    response = client.post("/v1/jobs", json=wide)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["error_count"] == 500 and len(problem["errors"]) == settings.max_listed_errors
+    assert client.post("/v1/jobs:batch", json={"jobs": jobs}).status_code == 422
+
+
+@pytest.mark.parametrize("body", [
+    b'{"kind": "stats.describe", "params": {"values": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+    b'{"kind": "stats.describe", "params": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+    b"[" * 100_000 + b"]" * 100_000,
+])
+def test_deeply_nested_json_is_a_4xx(client: httpx.Client, body: bytes):
+    for path in ("/v1/jobs", "/v1/jobs:batch"):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500 and response.headers["content-type"] == PROBLEM, path
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------------
+
+def raw_post(url: str, path: str, headers: dict[str, bytes], body: bytes) -> tuple[int, bytes]:
+    """POST over a plain socket: headers an HTTP client would refuse to send (blank values) go as they are."""
+    host, port = url.removeprefix("http://").split(":")
+    head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers.items())
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + head + b"\r\n" + body
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("key", ["", " ", "   ", "a b", "k" * 256, "ключ", "tab\there"])
+def test_a_bad_idempotency_key_is_400_naming_the_header(stack: str, key: str):
+    status, body = raw_post(stack, "/v1/jobs", {"Idempotency-Key": key.encode("utf-8")}, orjson.dumps(JOB))
+    assert status == 400, body
+    assert {e["field"] for e in orjson.loads(body)["errors"]} == {"Idempotency-Key"}
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 255, "order-42:retry/1~!#$%&'*+.^_`|"])
+def test_a_good_idempotency_key_is_accepted(client: httpx.Client, key: str):
+    key = key[:-8] + uuid.uuid4().hex[:8] if len(key) > 8 else key + uuid.uuid4().hex
+    response = client.post("/v1/jobs", json=JOB, headers={"Idempotency-Key": key})
+    assert response.status_code == 202
+
+
+# --- a body that never comes -------------------------------------------------------------------------
+
+def test_a_body_shorter_than_its_content_length_is_408(edge: Server):
+    host, port = edge.url.removeprefix("http://").split(":")
+    declared, sent = 100, b'{"kind": "stats.describe"'
+    request = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n").encode() + sent
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    elapsed = time.monotonic() - started
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"content-type: application/problem+json" in head.lower()
+    assert orjson.loads(payload)["status"] == 408
+    assert 0.9 <= elapsed < 5, elapsed
+
+
+def test_a_slow_but_steady_body_is_not_cut(edge: Server):
+    def chunks() -> Iterator[bytes]:
+        raw = orjson.dumps(JOB)
+        for part in (raw[:10], raw[10:20], raw[20:]):
+            time.sleep(0.4)  # each piece well within the 1 s body timeout
+            yield part
+
+    response = httpx.post(f"{edge.url}/v1/jobs", content=chunks(),
+                          headers={**auth(), "content-type": "application/json"})
+    assert response.status_code == 202
+
+
+# --- what is public -----------------------------------------------------------------------------------
+
+def test_schema_routes_are_public_and_everything_else_needs_a_key(edge: Server):
+    for path in ("/v1/kinds", "/openapi.json", "/docs", "/healthz"):
+        assert httpx.get(f"{edge.url}{path}").status_code == 200, path
+    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("GET", "/v1/stats"),
+                         ("POST", "/v1/stream-tokens"), ("GET", "/v1/replays")):
+        assert httpx.request(method, f"{edge.url}{path}", json={}).status_code == 401, path
+
+
+# --- query parameters ---------------------------------------------------------------------------------
+
+def _cursor(ts: str, job_id: str = "x") -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts, job_id])).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"limit": "abc"}, "limit"),
+    ({"limit": "1e3"}, "limit"),
+    ({"limit": str(10**30)}, "limit"),
+    ({"limit": "-1"}, "limit"),
+    ({"limit": "0"}, "limit"),
+    ({"limit": "١٢"}, "limit"),
+    ({"status": "ünïcode"}, "status"),
+    ({"status": "SUCCEEDED"}, "status"),
+    ({"cursor": "ünïcode"}, "cursor"),
+    ({"cursor": "A" * 10_000}, "cursor"),
+    ({"cursor": _cursor("0001-01-01T00:00:00")}, "cursor"),
+    ({"cursor": _cursor("9999-12-31T23:59:59")}, "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b'["2026-01-01T00:00:00"]').decode()}, "cursor"),
+])
+def test_bad_query_parameters_of_the_listing_are_4xx_naming_them(client: httpx.Client, params: dict[str, str],
+                                                                  field: str):
+    response = client.get("/v1/jobs", params=params)
+    assert response.status_code in (400, 422), response.text[:300]
+    assert any(f.split(".")[-1] == field for f in fields_of(response)), response.text[:300]
+
+
+@pytest.mark.parametrize("params", [{"kind": "ünïcode\u0000"}, {"kind": "k" * 10_000}, {"kind": "'; DROP"}])
+def test_odd_but_harmless_filters_list_nothing(client: httpx.Client, params: dict[str, str]):
+    response = client.get("/v1/jobs", params=params)
+    assert response.status_code == 200 and response.json()["jobs"] == []
+
+
+@pytest.mark.parametrize("job_id", ["ünïcode", "x" * 5000, "%00", "..%2f..%2fetc"])
+def test_odd_job_ids_are_404(client: httpx.Client, job_id: str):
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/result"):
+        response = client.get(path)
+        assert response.status_code == 404 and response.headers["content-type"] == PROBLEM, path
