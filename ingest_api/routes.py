@@ -205,6 +205,7 @@ async def _off_loop(settings: Settings, size: int, fn: Callable[..., _T], *args:
 class _Parsed:
     job: Prepared
     fingerprint: str | None
+    body: JobSubmission
 
 
 def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_errors: int) -> _Parsed:
@@ -214,7 +215,7 @@ def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_
         job = prepare(body, tenant, job_id, max_errors)
     except InvalidSubmission as exc:
         raise _invalid(exc) from None
-    return _Parsed(job, body.fingerprint() if keyed else None)
+    return _Parsed(job, body.fingerprint() if keyed else None, body)
 
 
 # POST /v1/jobs reads its body and header itself (see ``submit``), so the OpenAPI document gets them here.
@@ -253,7 +254,7 @@ async def submit(request: Request) -> Response:
 
 
 def _same_body(fingerprint: str, parsed: _Parsed) -> None:
-    if fingerprint != parsed.fingerprint:
+    if fingerprint != parsed.fingerprint and not (fingerprint and parsed.body.matches(fingerprint)):
         raise Problem(409, "Idempotency-Key reused", "this key was used with a different request body",
                       errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}])
 

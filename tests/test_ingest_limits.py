@@ -60,3 +60,29 @@ def test_an_overflowing_result_is_a_calculation_error(kind: str, params: dict):
 def test_a_batch_with_one_overflowing_job_fails_only_that_job():
     outcomes = run_batch("stats.describe", ["j0", "j1"], [{"values": [1e308, 1e308]}, {"values": [1, 3]}])
     assert [o.ok for o in outcomes] == [False, True] and outcomes[1].result["mean"] == 2.0
+
+
+def test_fingerprints_ignore_key_order_and_defaults_and_tell_bodies_apart():
+    a = JobSubmission.model_validate({"kind": "k", "params": {"x": 1, "y": [1.5, 2]}})
+    b = JobSubmission.model_validate({"params": {"y": [1.5, 2], "x": 1}, "kind": "k", "priority": 0})
+    c = JobSubmission.model_validate({"kind": "k", "params": {"x": 2, "y": [1.5, 2]}})
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.fingerprint().startswith("v2:")
+    assert b.matches(a.fingerprint()) and not c.matches(a.fingerprint())
+
+
+def test_fingerprints_hash_ints_past_64_bits():
+    big = JobSubmission.model_validate({"kind": "k", "params": {"n": 2**80}})
+    other = JobSubmission.model_validate({"kind": "k", "params": {"n": 2**80 + 1}})
+    assert big.fingerprint() != other.fingerprint() and big.matches(big.fingerprint())
+
+
+def test_keys_stored_before_v2_fingerprints_still_match_their_body():
+    import hashlib
+    import json
+
+    body = JobSubmission.model_validate({"kind": "k", "params": {"x": 1}})
+    legacy = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True,
+                                       separators=(",", ":")).encode()).hexdigest()
+    other = JobSubmission.model_validate({"kind": "k", "params": {"x": 2}})
+    assert body.matches(legacy) and not other.matches(legacy)
