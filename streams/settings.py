@@ -85,6 +85,8 @@ class Settings(BaseSettings):
         default=10.0, ge=1, le=300, description="Kafka session timeout of workers: how soon a dead one is replaced."
     )
     plugins: str = Field(default="", description="Extra calculation modules workers import, comma-separated.")
+    worker_orphan_grace_s: float = Field(
+        default=2.0, gt=0, le=60, description="Graceful stop of a worker whose `jobstream up` died, before it exits.")
 
     # --- SSE gateway ------------------------------------------------------
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")
