@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     events_ttl_days: int = Field(
         default=0, ge=0, description="Days job_events rows are kept (0: forever); applied at sink start-up."
     )
+    sink_instance_id: str | None = Field(
+        default=None, max_length=200, description="The sink's Kafka group.instance.id (static membership: a restart "
+        "resumes at once); unset: host name + data dir; empty: dynamic membership.")
 
     # --- replay -------------------------------------------------------------
     replay_default_rate: float = Field(default=100.0, gt=0, description="Jobs/s a replay emits unless told otherwise.")

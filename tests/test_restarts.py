@@ -24,7 +24,9 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def status(base: str, job_id: str) -> str:
-    return httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json().get("status", "")
+    """The job's status, or the HTTP status when there is none (a 404 until the store has the job)."""
+    response = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10)
+    return response.json()["status"] if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
 def test_a_worker_whose_up_was_killed_exits_within_5s_with_its_calculation_processes(
