@@ -131,7 +131,8 @@ class Settings(BaseSettings):
             if "*" in origin:
                 raise ValueError("'*' is not allowed: list each origin (scheme://host[:port])")
             parts = urlsplit(origin)
-            if (parts.port == 0 or parts.scheme  # .port raises ValueError past 65535 not in ("http", "https") or not parts.hostname or parts.path or parts.query
+            # .port raises ValueError past 65535
+            if (parts.port == 0 or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
                     or parts.fragment or parts.username is not None or origin != f"{parts.scheme}://{parts.netloc}"):
                 raise ValueError(f"{origin!r} is not an origin; expected scheme://host[:port] without a path")
         return value
