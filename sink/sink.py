@@ -372,9 +372,10 @@ class Sink:
         for message in inbox:
             error = message.error()
             if error is not None:
-                if error.fatal():  # e.g. fenced: another sink joined with our group.instance.id
-                    logger.error("sink consumer failed for good: %s; does another sink share JOBSTREAM_SINK_"
-                                 "INSTANCE_ID %r?", error, instance_id(self._settings))
+                if error.code() == KafkaError._FATAL:  # e.g. fenced: another sink joined with our instance id
+                    logger.error("sink consumer failed for good, the sink stops: %s; does another sink share "
+                                 "JOBSTREAM_SINK_INSTANCE_ID %r?", error, instance_id(self._settings))
+                    self._stop.set()
                 elif error.code() != KafkaError._PARTITION_EOF:
                     logger.warning("sink consumer error: %s", error)
                 continue
