@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit kafka-jars clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: up test test-unit kafka-jars chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +18,21 @@ $(STAMP): pyproject.toml
 kafka-jars: $(STAMP)
 	$(BIN)/jobstream kafka --provision-only
 
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Chromium for tests/test_browser.py (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "tests/test_browser.py needs Chromium at $(CHROMIUM): run 'sudo apt-get install chromium' (Debian)" >&2; \
+		exit 1; \
+	fi
+
 up: $(STAMP) kafka-jars
 	$(BIN)/jobstream up
 
-test: $(STAMP) kafka-jars
+test: $(STAMP) kafka-jars chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

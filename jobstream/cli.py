@@ -69,13 +69,15 @@ def _serve(settings: Settings, bootstrap: str, roles: set[str]) -> None:
 
 
 def _start_worker(settings: Settings, bootstrap: str, index: int) -> subprocess.Popen[bytes]:
-    from streams.local_kafka import _die_with_parent
+    """A worker that ends with us: SIGTERM from the kernel when we die (``die_with_parent``), and
+    ``--parent-pid`` makes it exit within ``JOBSTREAM_WORKER_ORPHAN_GRACE_S`` even if its stop hangs."""
+    from streams.lifeline import die_with_parent
 
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_DATA_DIR": str(settings.data_dir),
            "JOBSTREAM_TOPIC_PREFIX": settings.topic_prefix}
     return subprocess.Popen(
-        [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(index)],
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+        [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(index), "--parent-pid", str(os.getpid())],
+        env=env, start_new_session=True, preexec_fn=die_with_parent,
     )
 
 
@@ -179,6 +181,9 @@ def worker(
         None, help="Latency batches aim for (env JOBSTREAM_LATENCY_TARGET_MS)."),
     concurrency: Optional[int] = typer.Option(
         None, help="Calculation processes = batches run at once; 0: one per core (env JOBSTREAM_CALC_PROCESSES)."),
+    parent_pid: Optional[int] = typer.Option(
+        None, help="Exit when this process dies (after at most JOBSTREAM_WORKER_ORPHAN_GRACE_S of graceful "
+                   "stop); `jobstream up` passes its own pid."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
@@ -189,7 +194,7 @@ def worker(
                          latency_target_ms=latency_target_ms, calc_processes=concurrency)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    run_worker(settings, settings.kafka_bootstrap, worker_index=index, loglevel=log_level)
+    run_worker(settings, settings.kafka_bootstrap, worker_index=index, loglevel=log_level, parent_pid=parent_pid)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Iterable
 
 from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
 
 from ingest_api import problems
 from processors.calculations import registry
@@ -115,6 +116,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
         app.include_router(sink_routes.router)
+    _install_cors(app, settings)
 
     @app.get("/healthz", responses=problems.problem_responses(503))
     async def healthz(request: Request) -> dict[str, str]:
@@ -123,6 +125,25 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         return {"status": "ok"}
 
     return app
+
+
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+CORS_EXPOSED = ["Location", "Retry-After", "WWW-Authenticate"]
+
+
+def _install_cors(app: FastAPI, settings: Settings) -> None:
+    """CORS for the origins in ``JOBSTREAM_CORS_ORIGINS`` (none: off, so OPTIONS stays a 405).
+
+    Outermost, so preflights are answered before any other middleware and every answer (problems
+    included) carries the headers. Never with credentials: jobstream uses no cookies — a page sends
+    the API key in ``Authorization`` (an allowed header, not a credential to CORS) and EventSource
+    carries a stream token in the URL. Pure ASGI: streams pass through untouched.
+    """
+    origins = settings.cors_origin_list()
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=CORS_HEADERS,
+                           expose_headers=CORS_EXPOSED, max_age=settings.cors_max_age_s)
 
 
 def _telemetry() -> dict[str, bool]:

@@ -36,6 +36,7 @@ from processors.outbox import Outbox
 from processors.pool import CalcPool
 from processors.runner import Runner
 from streams import topics
+from streams.lifeline import watch_parent
 from streams.producer import AsyncProducer
 from streams.settings import Settings
 
@@ -168,8 +169,16 @@ def _use_uvloop() -> bool:
     return True
 
 
-def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, loglevel: str = "info") -> None:
-    """Run one worker until SIGTERM/SIGINT (blocks; Faust owns the event loop)."""
+def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, loglevel: str = "info",
+               parent_pid: int | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT (blocks; Faust owns the event loop).
+
+    With ``parent_pid`` the worker also stops when that process is gone, and exits at most
+    ``worker_orphan_grace_s`` later even if the graceful stop still waits (for a running batch,
+    or a broker that died with the parent); its calculation processes die with it.
+    """
+    if parent_pid is not None:
+        watch_parent(parent_pid, settings.worker_orphan_grace_s)
     topics.ensure_topics(bootstrap, settings)
     _use_uvloop()
     app = create_app(settings, bootstrap, worker_index=worker_index)

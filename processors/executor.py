@@ -23,7 +23,6 @@ reported by the worker anyway).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ import orjson
 from pydantic import ValidationError
 
 from processors.calculations import registry
+from streams.lifeline import kill_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -251,11 +251,9 @@ class _PipeControl:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """A worker killed with -9 must not leave calculation processes burning CPU."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: we still exit at EOF on the pipe
-        pass
+    """A worker killed with -9 must not leave calculation processes burning CPU (elsewhere than
+    Linux we still exit at EOF on the pipe)."""
+    kill_with_parent()
     if os.getppid() != parent_pid:
         os._exit(0)
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_FILTER_VALUES = 1000
+# The problem type of a refused stream token: the page should get a new token and reopen the stream.
+INVALID_TOKEN = "urn:jobstream:problem:invalid-stream-token"
 _STREAM = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
 
 
@@ -57,9 +59,11 @@ def stream_grant(request: Request, token: str | None = Query(
     try:
         return tokens.verify(token)
     except InvalidToken as exc:
-        raise Problem(401, "Invalid stream token", f"the token is {exc.reason}; get a new one from "
-                      "POST /v1/stream-tokens", headers={"WWW-Authenticate": 'Bearer realm="jobstream"'},
-                      reason=exc.reason) from None
+        raise Problem(401, "Invalid stream token", f"the token is {exc.reason}; get a new one from POST "
+                      "/v1/stream-tokens and reconnect with ?last_event_id=<the last id seen>",
+                      headers={"WWW-Authenticate": f'Bearer realm="jobstream", error="invalid_token", '
+                               f'error_description="the stream token is {exc.reason}"'},
+                      type=INVALID_TOKEN, reason=exc.reason) from None
 
 
 def _admit(request: Request, tenant: str) -> Slot:

@@ -7,8 +7,10 @@ API key asks ``POST /v1/stream-tokens`` for a token and passes it as
 ``base64url(payload) "." base64url(HMAC-SHA256(secret, domain + payload))`` with
 payload ``{"v":1,"t":tenant,"j":job_id|null,"e":expiry (unix s)}``: no server
 state, so any gateway holding the same ``JOBSTREAM_STREAM_TOKEN_SECRET`` accepts
-it. Only the stream routes read tokens; every other route wants the API key.
-A token is checked when a stream opens; an open stream is not cut at expiry.
+it. Without that setting the key is generated once and kept in a file of the data
+dir (``load_or_create_secret``), so tokens survive restarts. Only the stream routes
+read tokens; every other route wants the API key. A token is checked when a stream
+opens (a reconnect included); an open stream is not cut at expiry.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import binascii
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import orjson
@@ -29,6 +35,7 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+SECRET_FILE = "stream-token.secret"
 _DOMAIN = b"jobstream stream token v1\n"  # keeps these MACs apart from any other use of the secret
 MAX_TOKEN_CHARS = 2048
 
@@ -73,8 +80,9 @@ class StreamTokens:
         if settings.stream_token_secret is not None:
             secret = settings.stream_token_secret.get_secret_value().encode()
         else:
-            secret = secrets.token_bytes(32)
-            logger.info("JOBSTREAM_STREAM_TOKEN_SECRET unset: stream tokens are valid on this process only")
+            path = secret_file(settings)
+            secret = load_or_create_secret(path)
+            logger.info("stream tokens are signed with the key kept in %s (JOBSTREAM_STREAM_TOKEN_SECRET unset)", path)
         return cls(secret, settings.stream_token_ttl_s)
 
     def issue(self, tenant: str, job_id: str | None = None, ttl_s: float | None = None) -> tuple[str, float]:
@@ -108,3 +116,62 @@ class StreamTokens:
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, _DOMAIN + payload, hashlib.sha256).digest()
+
+
+class SecretFileError(RuntimeError):
+    """The stream token key file is unsafe or unreadable (the message never holds its content)."""
+
+
+def secret_file(settings: Settings) -> Path:
+    """``JOBSTREAM_STREAM_TOKEN_SECRET_FILE``, else ``<data dir>/stream-token.secret``."""
+    return settings.stream_token_secret_file or Path(settings.data_dir) / SECRET_FILE
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The key kept in ``path``; 32 random bytes written there first (hex, mode 0600) if it is missing.
+
+    Creation is atomic and exclusive: the key goes to a private temp file in the same dir, which is
+    then hard-linked into place; the link fails if another process got there first, and its key is
+    used. Like ssh with a private key, a file that group or others may read or write, or that
+    another user owns, is refused: anyone who can read it can mint tokens for every tenant.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_hex(32).encode() + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process created it meanwhile: its key wins
+        finally:
+            os.unlink(tmp)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SecretFileError(f"cannot open the stream token key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretFileError(f"the stream token key file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise SecretFileError(f"the stream token key file {path} is open to group or others "
+                                  f"(mode {stat.S_IMODE(st.st_mode):04o}); `chmod 600` it or remove it")
+        if st.st_uid != os.geteuid():
+            raise SecretFileError(f"the stream token key file {path} belongs to another user (uid {st.st_uid})")
+        text = f.read(4096)
+    try:
+        key = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise SecretFileError(f"the stream token key file {path} does not hold a hex key of 16+ bytes; remove it "
+                              "to have a new one made (tokens issued before stop working)")
+    return key

@@ -12,11 +12,9 @@ broker outlives the Python process that started it, even after ``kill -9``.
 from __future__ import annotations
 
 import base64
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +22,8 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
+
+from streams.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _LOG4J2 = """\
@@ -177,7 +172,7 @@ class LocalKafka:
         stdout = open(self.data_dir / "broker.stdout", "ab")
         self._process = subprocess.Popen(
             self._java(classpath, "kafka.Kafka", str(config)),
-            stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         stdout.close()
         self._wait_ready(started + timeout_s)

@@ -8,7 +8,9 @@ instance; nothing below the CLI reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from pydantic import AliasChoices, Field, SecretStr
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -96,6 +98,8 @@ class Settings(BaseSettings):
         default=10.0, ge=1, le=300, description="Kafka session timeout of workers: how soon a dead one is replaced."
     )
     plugins: str = Field(default="", description="Extra calculation modules workers import, comma-separated.")
+    worker_orphan_grace_s: float = Field(
+        default=2.0, gt=0, le=60, description="Graceful stop of a worker whose `jobstream up` died, before it exits.")
 
     # --- SSE gateway ------------------------------------------------------
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")
@@ -121,6 +125,32 @@ class Settings(BaseSettings):
     stream_token_secret: SecretStr | None = Field(
         default=None, description="HMAC key of stream tokens; unset: random per process (set it for >1 process).")
     stream_token_ttl_s: float = Field(default=300.0, gt=0, le=86_400, description="Longest life of a stream token.")
+    stream_token_secret_file: Path | None = Field(
+        default=None, description="Where the generated stream token key is kept (0600) when no secret is set; "
+        "unset: <data dir>/stream-token.secret.")
+    cors_origins: str = Field(
+        default="", description="Browser origins (scheme://host[:port], comma-separated) allowed to call the API "
+        "and open streams cross-origin; empty: CORS off. `*` is refused.")
+    cors_max_age_s: int = Field(default=600, ge=0, le=86_400, description="How long browsers may cache a preflight.")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_exact(cls, value: str) -> str:
+        """Only exact origins: a wildcard would let any page use a key it gets hold of, and a path or a
+        trailing slash would never match the browser's ``Origin`` header (CORS silently off)."""
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            if "*" in origin:
+                raise ValueError("'*' is not allowed: list each origin (scheme://host[:port])")
+            parts = urlsplit(origin)
+            # .port raises ValueError past 65535
+            if (parts.port == 0 or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
+                    or parts.fragment or parts.username is not None or origin != f"{parts.scheme}://{parts.netloc}"):
+                raise ValueError(f"{origin!r} is not an origin; expected scheme://host[:port] without a path")
+        return value
+
+    def cors_origin_list(self) -> list[str]:
+        """The CORS allow-list (empty: CORS off)."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     # --- sink ---------------------------------------------------------------
     sink_batch_max_size: int = Field(
@@ -133,6 +163,9 @@ class Settings(BaseSettings):
     events_ttl_days: int = Field(
         default=0, ge=0, description="Days job_events rows are kept (0: forever); applied at sink start-up."
     )
+    sink_instance_id: str | None = Field(
+        default=None, max_length=200, description="The sink's Kafka group.instance.id (static membership: a restart "
+        "resumes at once); unset: host name + data dir; empty: dynamic membership.")
 
     # --- replay -------------------------------------------------------------
     replay_default_rate: float = Field(default=100.0, gt=0, description="Jobs/s a replay emits unless told otherwise.")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -10,8 +13,9 @@ from sse_gateway import positions
 from sse_gateway.fanout import Entry, Subscription
 from sse_gateway.limits import ConnectionLimits, TooManyStreams
 from sse_gateway.tenant_stream import EventFilter
-from sse_gateway.tokens import InvalidToken, StreamTokens
+from sse_gateway.tokens import SECRET_FILE, InvalidToken, SecretFileError, StreamTokens, load_or_create_secret
 from streams.events import JobStatus
+from streams.settings import Settings
 
 
 class Clock:
@@ -139,3 +143,61 @@ def test_connection_limits_per_process_and_per_tenant():
     limits.acquire("c")
     a2.release()
     b1.release()
+
+
+# --- the key kept in the data dir ---------------------------------------------------------------
+def test_without_a_secret_the_key_is_kept_in_the_data_dir_and_survives_a_restart(tmp_path, caplog):
+    settings = Settings(data_dir=tmp_path / "data")
+    with caplog.at_level(logging.DEBUG):
+        token, _ = StreamTokens.from_settings(settings).issue("acme", "job-1")
+        restarted = StreamTokens.from_settings(settings)  # a new process: same data dir, same key
+    assert restarted.verify(token).tenant == "acme"
+    path = tmp_path / "data" / SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text().strip()
+    assert len(bytes.fromhex(key)) == 32
+    assert key not in caplog.text and str(path) in caplog.text  # where it is, never what it is
+    assert [p.name for p in path.parent.iterdir()] == [SECRET_FILE]  # no temp file left behind
+    with pytest.raises(InvalidToken, match="signature"):  # another data dir: another key
+        StreamTokens.from_settings(Settings(data_dir=tmp_path / "other")).verify(token)
+
+
+def test_concurrent_first_starts_agree_on_one_key(tmp_path):
+    path = tmp_path / "k" / SECRET_FILE
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: load_or_create_secret(path), range(32)))
+    assert len(keys) == 1
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606, 0o620])
+def test_a_key_file_open_to_others_is_refused_without_showing_it(tmp_path, mode):
+    path = tmp_path / SECRET_FILE
+    load_or_create_secret(path)
+    key = path.read_text().strip()
+    path.chmod(mode)
+    with pytest.raises(SecretFileError, match=f"{mode:04o}") as refused:
+        StreamTokens.from_settings(Settings(data_dir=tmp_path))
+    assert key not in str(refused.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not hex at all\n", b"abcd\n"])
+def test_a_key_file_without_a_usable_key_is_refused(tmp_path, content):
+    path = tmp_path / "custom.secret"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(SecretFileError, match="hex key"):
+        StreamTokens.from_settings(Settings(data_dir=tmp_path, stream_token_secret_file=path))
+
+
+def test_a_symlinked_key_file_is_refused(tmp_path):
+    real = tmp_path / "real.secret"
+    load_or_create_secret(real)
+    (tmp_path / SECRET_FILE).symlink_to(real)
+    with pytest.raises(SecretFileError, match="cannot open"):
+        load_or_create_secret(tmp_path / SECRET_FILE)
+
+
+def test_a_configured_secret_writes_no_file(tmp_path):
+    tokens = StreamTokens.from_settings(Settings(data_dir=tmp_path, stream_token_secret="x" * 32))
+    assert tokens.verify(tokens.issue("acme")[0]).tenant == "acme"
+    assert not (tmp_path / SECRET_FILE).exists()
