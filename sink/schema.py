@@ -196,6 +196,100 @@ _REPLAY_DIFF_SELECT = f"""
     LEFT JOIN results AS rr ON rr.job_id = p.replay_job_id
 """
 
+# --- version 4: each job counted once, with the run its clients saw ------------------------------
+# A job a processor ran twice (at-least-once) has two terminal events with the same seq; the first
+# to reach Kafka is the one the API and SSE show. ``first_wins`` ranks a job's terminal events so
+# that the lowest seq, then the lowest Kafka offset (one job = one partition), is the highest value:
+# ReplacingMergeTree keeps it, argMax picks it. Offsets past 2**32 saturate (then ties: either).
+FIRST_WINS = ("bitOr(bitShiftLeft(toUInt64(2147483647 - least(seq, 2147483647)), 32), "
+              "toUInt64(4294967295 - least(kafka_offset, 4294967295)))")
+_STATUS_RANK_V4 = (f"if(type IN {TERMINAL_TYPES}, bitOr(toUInt64(9223372036854775808), {FIRST_WINS}), "
+                   "toUInt64(seq))")
+
+_STORE_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, result, submitted_at, started_at, "
+                  "finished_at, queue_wait_s, run_s, total_s, kafka_partition, kafka_offset, first_wins")
+
+
+# Every terminal event, keyed by job: the store behind the views job_outcomes and job_results.
+def _terminals_select(submitted: str = "submitted_at", started: str = "started_at",
+                      source: str = "job_events") -> str:
+    return f"""
+    SELECT tenant, job_id, kind, type AS status, JSONExtractString(data, 'calc_version') AS calc_version,
+        JSONExtractString(data, 'error', 'type') AS error_type, {_ATTEMPTS} AS attempts,
+        if(type = 'succeeded', JSONExtractRaw(data, 'result'), '') AS result,
+        {submitted}, {started}, ts AS finished_at, {_durations(submitted, started, 'ts')},
+        kafka_partition, kafka_offset, {FIRST_WINS} AS first_wins
+    FROM {source}
+    WHERE type IN {TERMINAL_TYPES}
+"""
+
+
+_TERMINALS_SELECT = _terminals_select()
+
+# The backfill: events stored before version 2 carry no times of their own; take their job's.
+_TERMINALS_BACKFILL = f"INSERT INTO job_outcomes_store ({_STORE_COLUMNS}) " + _terminals_select(
+    "ifNull(submitted_at, job_submitted_at)", "ifNull(started_at, job_started_at)",
+    "job_events LEFT JOIN (SELECT tenant, job_id, min(if(type = 'queued', ts, NULL)) AS job_submitted_at, "
+    "min(if(type = 'running', ts, NULL)) AS job_started_at FROM job_events GROUP BY tenant, job_id) AS times "
+    "USING (tenant, job_id)")
+
+_OUTCOME_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, "
+                    "finished_at, queue_wait_s, run_s, total_s")
+_RESULT_COLUMNS = ("tenant, job_id, calc_version, kind, result, finished_at, attempts, submitted_at, started_at, "
+                   "queue_wait_s, run_s, total_s")
+
+# What version 2/3 databases already hold, first run (earliest finish) per job, below any event's rank:
+# rows whose events are still in job_events are replaced by the event-derived ones.
+_TERMINALS_FROM_OLD_TABLES = f"""
+    INSERT INTO job_outcomes_store
+    SELECT o.tenant, o.job_id, o.kind, o.status, o.calc_version, o.error_type, o.attempts, r.result,
+        o.submitted_at, o.started_at, o.finished_at, o.queue_wait_s, o.run_s, o.total_s, 0, 0, 0
+    FROM (SELECT * FROM job_outcomes ORDER BY tenant, job_id, finished_at LIMIT 1 BY tenant, job_id) AS o
+    LEFT JOIN (SELECT tenant, job_id, result FROM job_results ORDER BY tenant, job_id, finished_at
+               LIMIT 1 BY tenant, job_id) AS r
+    ON o.tenant = r.tenant AND o.job_id = r.job_id
+"""
+
+# The first `running` event of each job (the start clients saw): batch sizes count each job once.
+_FIRST_RUNS = f"""
+    SELECT tenant, job_id, any(kind) AS kind, min(ts) AS started_at,
+        argMin({_BATCH_SIZE}, kafka_offset) AS batch_size
+    FROM job_events
+    WHERE type = 'running'
+    GROUP BY tenant, job_id
+"""
+
+# The same for one tenant, for GET /v1/stats (a query parameter `tenant`).
+FIRST_RUNS_OF_TENANT = _FIRST_RUNS.replace("WHERE type = 'running'",
+                                           "WHERE type = 'running' AND tenant = {tenant:String}")
+
+# Events as a job's SSE stream shows them (sse_gateway/visibility.py, same rules): one per seq (the
+# first to reach Kafka), and of a re-run only what moves the job on — a `running` of a higher attempt,
+# a `retrying` of a higher attempt, a `progress` above every earlier one.
+VISIBLE_EVENTS = f"""
+    SELECT tenant, job_id, seq, type, kind, ts FROM (
+        SELECT tenant, job_id, seq, type, kind, ts, attempt, progress,
+            count() OVER earlier AS n_before,
+            max(if(type = 'running', attempt, 0)) OVER earlier AS running_before,
+            max(if(type = 'retrying', attempt, 0)) OVER earlier AS retrying_before,
+            max(if(type = 'progress', progress, -1.0)) OVER earlier AS progress_before
+        FROM (
+            SELECT tenant, job_id, seq, argMin(type, kafka_offset) AS type, argMin(kind, kafka_offset) AS kind,
+                argMin(ts, kafka_offset) AS ts,
+                argMin(toUInt32(JSONExtractUInt(data, 'attempt')), kafka_offset) AS attempt,
+                argMin(JSONExtractFloat(data, 'progress'), kafka_offset) AS progress
+            FROM job_events
+            GROUP BY tenant, job_id, seq
+        )
+        WINDOW earlier AS (PARTITION BY tenant, job_id ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    )
+    WHERE multiIf(type = 'running', greatest(attempt, 1) > running_before,
+                  type = 'retrying', greatest(attempt, 1) > retrying_before,
+                  type = 'progress', n_before = 0 OR progress > progress_before,
+                  1)
+"""
+
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         1,
@@ -425,6 +519,104 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS replay_jobs_mv TO replay_jobs AS {_REPLAY_JOBS_SELECT}",
             f"INSERT INTO replay_jobs {_REPLAY_JOBS_SELECT}",
             f"CREATE VIEW IF NOT EXISTS replay_diff AS {_REPLAY_DIFF_SELECT}",
+        ],
+    ),
+    (
+        4,
+        "each job counted once: deduplicated outcomes and results, rollups read from them",
+        [
+            # --- one store of terminal events, the first to reach Kafka kept per job -----------
+            f"""
+            CREATE TABLE IF NOT EXISTS job_outcomes_store (
+                tenant LowCardinality(String),
+                job_id String,
+                kind LowCardinality(String),
+                status LowCardinality(String),
+                calc_version LowCardinality(String),
+                error_type LowCardinality(String),
+                attempts UInt16,
+                result String,
+                submitted_at {_NTS},
+                started_at {_NTS},
+                finished_at {_TS},
+                queue_wait_s Nullable(Float64),
+                run_s Nullable(Float64),
+                total_s Nullable(Float64),
+                kafka_partition UInt32,
+                kafka_offset UInt64,
+                first_wins UInt64
+            ) ENGINE = ReplacingMergeTree(first_wins)
+            ORDER BY (tenant, job_id)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS job_outcomes_store_mv TO job_outcomes_store AS {_TERMINALS_SELECT}",
+            # the job state's status: among terminal events the first to reach Kafka (feeds overlap harmlessly:
+            # every state of jobs_state is idempotent)
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS jobs_state_v4_mv TO jobs_state AS "
+            f"{_JOBS_STATE_SELECT.replace(_RANK, _STATUS_RANK_V4)}",
+            "DROP VIEW IF EXISTS jobs_state_mv",
+            # --- the old per-insert feeds counted every run: stop them ---------------------------
+            "DROP VIEW IF EXISTS job_outcomes_mv",
+            "DROP VIEW IF EXISTS job_results_mv",
+            "DROP VIEW IF EXISTS outcome_stats_mv",
+            "DROP VIEW IF EXISTS event_counts_mv",
+            "DROP VIEW IF EXISTS batch_sizes_mv",
+            # --- backfill: the old tables' rows, then every stored terminal event (which outranks them) ---
+            _TERMINALS_FROM_OLD_TABLES,
+            _TERMINALS_BACKFILL,
+            # --- the names analysts query: views, one row per job --------------------------------------
+            "DROP TABLE IF EXISTS job_outcomes",
+            "DROP TABLE IF EXISTS job_results",
+            f"CREATE VIEW IF NOT EXISTS job_outcomes AS SELECT {_OUTCOME_COLUMNS} FROM job_outcomes_store FINAL",
+            f"CREATE VIEW IF NOT EXISTS job_results AS SELECT {_RESULT_COLUMNS} FROM job_outcomes_store FINAL "
+            "WHERE status = 'succeeded'",
+            # --- per-minute rollups, aggregated on read from the one-row-per-job sources ---------------
+            "DROP VIEW IF EXISTS outcome_stats",
+            "DROP VIEW IF EXISTS failure_rates",
+            "DROP VIEW IF EXISTS event_counts",
+            "DROP VIEW IF EXISTS batch_sizes",
+            "DROP TABLE IF EXISTS outcome_stats_state",
+            "DROP TABLE IF EXISTS event_counts_state",
+            "DROP TABLE IF EXISTS batch_sizes_state",
+            f"""
+            CREATE VIEW IF NOT EXISTS outcome_stats AS
+            SELECT tenant, minute, kind, status, jobs,
+                qw[1] AS queue_wait_p50, qw[2] AS queue_wait_p90, qw[3] AS queue_wait_p99,
+                r[1] AS run_p50, r[2] AS run_p90, r[3] AS run_p99,
+                t[1] AS total_p50, t[2] AS total_p90, t[3] AS total_p99
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(finished_at, 'UTC')) AS minute, kind, status,
+                    count() AS jobs, quantiles({QUANTILES})(queue_wait_s) AS qw, quantiles({QUANTILES})(run_s) AS r,
+                    quantiles({QUANTILES})(total_s) AS t
+                FROM job_outcomes GROUP BY tenant, minute, kind, status
+            )
+            """,
+            """
+            CREATE VIEW IF NOT EXISTS failure_rates AS
+            SELECT tenant, minute, kind, finished, failed, failed / finished AS failure_rate
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(finished_at, 'UTC')) AS minute, kind,
+                    count() AS finished, countIf(status = 'failed') AS failed
+                FROM job_outcomes GROUP BY tenant, minute, kind
+            )
+            """,
+            f"""
+            CREATE VIEW IF NOT EXISTS event_counts AS
+            SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind, type, count() AS events
+            FROM ({VISIBLE_EVENTS})
+            GROUP BY tenant, minute, kind, type
+            """,
+            f"""
+            CREATE VIEW IF NOT EXISTS batch_sizes AS
+            SELECT tenant, minute, kind, jobs, size_avg, q[1] AS size_p50, q[2] AS size_p90, q[3] AS size_p99,
+                size_max
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(started_at, 'UTC')) AS minute, kind, count() AS jobs,
+                    avg(batch_size) AS size_avg, quantiles({QUANTILES})(batch_size) AS q, max(batch_size) AS size_max
+                FROM ({_FIRST_RUNS}) WHERE batch_size > 0
+                GROUP BY tenant, minute, kind
+            )
+            """,
         ],
     ),
 ]

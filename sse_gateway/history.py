@@ -11,7 +11,7 @@ from datetime import timezone
 
 import orjson
 
-from sink.store import ClickHouseStore
+from sink.store import FIRST_OF_SEQ, ClickHouseStore
 from sse_gateway.fanout import Entry
 from streams.events import JobEvent
 
@@ -25,14 +25,13 @@ def _entry(tenant: str, job_id: str, seq: int, type_: str, kind: str, ts, data: 
 
 
 def job_history(store: ClickHouseStore, tenant: str, job_id: str) -> list[Entry]:
-    """Every stored event of one job, one per seq, in seq order."""
+    """Every stored event of one job, one per seq (the first to reach Kafka), in seq order."""
     rows = store.query(
-        "SELECT seq, any(type), any(kind), any(ts), any(data), any(schema_version), any(kafka_partition), "
-        "any(kafka_offset) FROM job_events WHERE tenant = {tenant:String} AND job_id = {job_id:String} "
+        f"SELECT seq, {FIRST_OF_SEQ} FROM job_events WHERE tenant = {{tenant:String}} AND job_id = {{job_id:String}} "
         "GROUP BY seq ORDER BY seq",
         {"tenant": tenant, "job_id": job_id},
     )
-    return [_entry(tenant, job_id, *row) for row in rows]
+    return [_entry(tenant, job_id, seq, *first) for seq, first in rows]
 
 
 def tenant_history(store: ClickHouseStore, tenant: str, ranges: dict[int, tuple[int, int]], kinds: list[str],
