@@ -263,30 +263,41 @@ _FIRST_RUNS = f"""
 FIRST_RUNS_OF_TENANT = _FIRST_RUNS.replace("WHERE type = 'running'",
                                            "WHERE type = 'running' AND tenant = {tenant:String}")
 
-# Events as a job's SSE stream shows them (sse_gateway/visibility.py, same rules): one per seq (the
-# first to reach Kafka), and of a re-run only what moves the job on — a `running` of a higher attempt,
-# a `retrying` of a higher attempt, a `progress` above every earlier one.
-VISIBLE_EVENTS = f"""
-    SELECT tenant, job_id, seq, type, kind, ts FROM (
-        SELECT tenant, job_id, seq, type, kind, ts, attempt, progress,
+# Of the rows stored for one (job, seq), the first to reach Kafka: (type, kind, ts, data, schema_version,
+# kafka_partition, kafka_offset). A re-run's terminal event shares the first run's seq.
+FIRST_OF_SEQ = ("argMin((type, kind, ts, data, schema_version, kafka_partition, kafka_offset), "
+                "(kafka_offset, kafka_partition))")
+
+
+def visible_events(where: str = "1") -> str:
+    """The events (of ``job_events`` rows matching ``where``) that a job's SSE stream shows, with the
+    rules of ``sse_gateway/visibility.py``: one per seq (the first to reach Kafka), in Kafka order
+    nothing after the first terminal event but ``queued``, and a ``running``/``retrying`` only of a
+    higher attempt, a ``progress`` only above every earlier one."""
+    return f"""
+    SELECT tenant, job_id, seq, type, kind, ts, data, schema_version, kafka_partition, kafka_offset FROM (
+        SELECT *,
             count() OVER earlier AS n_before,
+            sum(type IN {TERMINAL_TYPES}) OVER earlier AS terminals_before,
             max(if(type = 'running', attempt, 0)) OVER earlier AS running_before,
             max(if(type = 'retrying', attempt, 0)) OVER earlier AS retrying_before,
             max(if(type = 'progress', progress, -1.0)) OVER earlier AS progress_before
         FROM (
-            SELECT tenant, job_id, seq, argMin(type, kafka_offset) AS type, argMin(kind, kafka_offset) AS kind,
-                argMin(ts, kafka_offset) AS ts,
-                argMin(toUInt32(JSONExtractUInt(data, 'attempt')), kafka_offset) AS attempt,
-                argMin(JSONExtractFloat(data, 'progress'), kafka_offset) AS progress
-            FROM job_events
-            GROUP BY tenant, job_id, seq
+            SELECT tenant, job_id, seq, first.1 AS type, first.2 AS kind, first.3 AS ts, first.4 AS data,
+                first.5 AS schema_version, first.6 AS kafka_partition, first.7 AS kafka_offset,
+                greatest(toUInt32(JSONExtractUInt(first.4, 'attempt')), 1) AS attempt,
+                JSONExtractFloat(first.4, 'progress') AS progress
+            FROM (SELECT tenant, job_id, seq, {FIRST_OF_SEQ} AS first FROM job_events WHERE {where}
+                  GROUP BY tenant, job_id, seq)
         )
-        WINDOW earlier AS (PARTITION BY tenant, job_id ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+        WINDOW earlier AS (PARTITION BY tenant, job_id ORDER BY kafka_partition, kafka_offset
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
     )
-    WHERE multiIf(type = 'running', greatest(attempt, 1) > running_before,
-                  type = 'retrying', greatest(attempt, 1) > retrying_before,
-                  type = 'progress', n_before = 0 OR progress > progress_before,
-                  1)
+    WHERE type = 'queued' OR (terminals_before = 0 AND multiIf(
+        type = 'running', attempt > running_before,
+        type = 'retrying', attempt > retrying_before,
+        type = 'progress', progress > if(n_before = 0, -1.0, progress_before),
+        1))
 """
 
 
@@ -603,7 +614,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             f"""
             CREATE VIEW IF NOT EXISTS event_counts AS
             SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind, type, count() AS events
-            FROM ({VISIBLE_EVENTS})
+            FROM ({visible_events()})
             GROUP BY tenant, minute, kind, type
             """,
             f"""

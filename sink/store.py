@@ -25,15 +25,10 @@ from typing import Any, Sequence
 import clickhouse_connect
 import orjson
 
-from sink.schema import apply_events_ttl, migrate
+from sink.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
 from streams.events import JobEvent
 
 logger = logging.getLogger(__name__)
-
-# Of the rows stored for one (job, seq), the first to reach Kafka: (type, kind, ts, data, schema_version,
-# kafka_partition, kafka_offset).
-FIRST_OF_SEQ = ("argMin((type, kind, ts, data, schema_version, kafka_partition, kafka_offset), "
-                "(kafka_offset, kafka_partition))")
 
 EVENT_COLUMNS = [
     "tenant", "job_id", "seq", "type", "kind", "ts", "data", "schema_version", "kafka_partition", "kafka_offset",
