@@ -27,7 +27,7 @@ from sink.store import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult,
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow
 from streams.settings import Settings
 from tests.conftest import ROOT, Server, wait_until
-from tests.job_histories import job_history
+from tests.job_histories import job_history, run_twice
 
 ADMIN = "analyst-key-0123456789"
 ALICE = "alice-key-0123456789x"
@@ -81,6 +81,39 @@ def test_migrations_run_once_and_upgrade_version_1_data_with_a_backfill(clickhou
         assert one(client, "SELECT sum(events) FROM event_counts") == 8
         assert one(client, "SELECT sum(jobs) FROM outcome_stats") == 2
         assert one(client, "SELECT sum(jobs) FROM batch_sizes") == 2
+    finally:
+        client.close()
+
+
+def test_version_3_data_with_a_job_run_twice_migrates_to_one_row_per_job(clickhouse_url: str, database: str):
+    """A data dir of version 3 (outcomes and results as tables, both runs in them) upgrades: the views
+    that take their names hold one row per job, the first run's, also for jobs whose events are gone."""
+    admin = connect(clickhouse_url)
+    admin.command(f"CREATE DATABASE `{database}`")
+    admin.close()
+    client = connect(clickhouse_url, database)
+    try:
+        assert schema.migrate(client, target=3) == [1, 2, 3]
+        first, second = run_twice(job_history("v3", queue_s=1.0, run_s=2.0), crashed=False)
+        gone = job_history("v3", queue_s=4.0)  # its events will be removed (retention) before the upgrade
+        times = JobTimes(100)  # what the sink saw, across its batches
+        for offset, e in enumerate([*first, *second, *gone]):
+            rows = build_rows([Message(topic="t", partition=0, offset=offset, value=dumps(e))], times,
+                              lambda m: None)
+            client.raw_insert("job_events", insert_block=rows.body({}), fmt="JSONEachRow",
+                              settings={"input_format_json_read_objects_as_strings": 1,
+                                        "date_time_input_format": "best_effort"})
+        assert one(client, "SELECT count() FROM job_outcomes") == 3  # version 3 counts the re-run
+        client.command("ALTER TABLE job_events DELETE WHERE job_id = {j:String}", parameters={"j": gone[0].job_id},
+                       settings={"mutations_sync": 2})
+
+        assert schema.migrate(client) == [4]
+        rows = client.query("SELECT job_id, queue_wait_s, run_s FROM job_outcomes ORDER BY queue_wait_s").result_rows
+        assert rows == [(first[0].job_id, 1.0, 2.0), (gone[0].job_id, 4.0, 2.0)]
+        results = client.query("SELECT job_id, result FROM job_results ORDER BY job_id").result_rows
+        assert sorted(results) == sorted([(first[0].job_id, orjson.dumps(first[-1].data["result"]).decode()),
+                                          (gone[0].job_id, orjson.dumps(gone[-1].data["result"]).decode())])
+        assert one(client, "SELECT sum(jobs) FROM outcome_stats") == 2
     finally:
         client.close()
 
