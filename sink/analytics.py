@@ -1,9 +1,16 @@
-"""Headline analytics for ``GET /v1/stats``: merged from the per-minute rollups.
+"""Headline analytics for ``GET /v1/stats``: one count per job, with the run its clients saw.
 
-The rollups (``outcome_stats_state``, ``event_counts_state``,
-``batch_sizes_state``) are maintained by materialized views, so a window of any
-length costs one small merge per table instead of a scan of ``job_events``.
-Windows start on a whole minute (the rollups' grain).
+A job a processor ran twice (at-least-once) has two runs' events in ``job_events``.
+The headline therefore reads the one-row-per-job sources, aggregated on read over
+the window (no pre-merged per-minute states: those were fed per insert block and
+could not know a job was already counted):
+
+* outcomes and latencies from the view ``job_outcomes`` (the first terminal event
+  to reach Kafka per job, the API's timings), by ``finished_at``;
+* ``submitted`` from the jobs whose ``queued`` event is in the window;
+* batch sizes from each job's first ``running`` event.
+
+Windows start on a whole minute, like the per-minute views.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sink.schema import QUANTILES
+from sink.schema import FIRST_RUNS_OF_TENANT, QUANTILES
 from sink.store import ClickHouseStore
 
 _LEVELS = ("p50", "p90", "p99")
@@ -21,21 +28,41 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# The earliest window start: ClickHouse's DateTime starts at the epoch (DateTime64 at 1900, but
+# nothing jobstream stores is older than the epoch), and GET /v1/jobs takes the same range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 class BadWindow(ValueError):
-    """``since`` is neither a duration like ``15m`` nor an ISO 8601 time."""
+    """``since`` is neither a duration like ``15m`` nor an ISO 8601 time, or reaches before 1970."""
 
 
 def parse_since(value: str | None, now: datetime, default: str = "1h") -> datetime:
-    """``15m`` / ``1h`` / ``7d`` (before ``now``) or an ISO 8601 time (UTC if no zone given)."""
+    """``15m`` / ``1h`` / ``7d`` (before ``now``) or an ISO 8601 time (UTC if no zone given).
+
+    Raises ``BadWindow`` for anything else, and for a start before ``EARLIEST`` (however it is
+    written: a date, or a duration longer than the time since 1970), so a window never reaches
+    ClickHouse out of its range or overflows ``datetime``.
+    """
     text = (value or default).strip()
+    shown = repr(text if len(text) <= 40 else text[:40] + "…")
     match = _RELATIVE.match(text)
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+        if not seconds <= (now - EARLIEST).total_seconds():  # also catches inf
+            raise BadWindow(f"since={shown} reaches before {EARLIEST.date().isoformat()}")
+        return now - timedelta(seconds=seconds)
     try:
         since = datetime.fromisoformat(text)
     except ValueError:
-        raise BadWindow(f"since={text!r}: use a duration (30s, 15m, 1h, 7d, 2w) or an ISO 8601 time") from None
-    return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        raise BadWindow(f"since={shown}: use a duration (30s, 15m, 1h, 7d, 2w) or an ISO 8601 time") from None
+    try:  # an offset can push the time out of datetime's range
+        since = since.astimezone(timezone.utc) if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise BadWindow(f"since={shown} is out of range") from None
+    if since < EARLIEST:
+        raise BadWindow(f"since={shown} is before {EARLIEST.date().isoformat()}")
+    return since
 
 
 def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | None = None,
@@ -43,22 +70,23 @@ def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | N
     """Throughput, outcome counts, failure rate, latency and batch-size quantiles of one tenant."""
     now = now or datetime.now(timezone.utc)
     start = since.astimezone(timezone.utc).replace(second=0, microsecond=0)
-    where = "tenant = {tenant:String} AND minute >= {start:DateTime('UTC')}"
+    where = "tenant = {{tenant:String}} AND {time} >= {{start:DateTime64(3, 'UTC')}}"
     params: dict[str, Any] = {"tenant": tenant, "start": start.replace(tzinfo=None)}
     if kind is not None:
-        where += " AND kind = {kind:String}"
+        where += " AND kind = {{kind:String}}"
         params["kind"] = kind
 
-    counts = dict(store.query(f"SELECT status, sum(jobs) FROM outcome_stats_state WHERE {where} GROUP BY status",
-                              params))
+    counts = dict(store.query(
+        f"SELECT status, count() FROM job_outcomes WHERE {where.format(time='finished_at')} GROUP BY status",
+        params))
     ((queue_wait, run, total),) = store.query(
-        f"SELECT quantilesMerge({QUANTILES})(queue_wait_s), quantilesMerge({QUANTILES})(run_s), "
-        f"quantilesMerge({QUANTILES})(total_s) FROM outcome_stats_state WHERE {where}", params)
+        f"SELECT quantiles({QUANTILES})(queue_wait_s), quantiles({QUANTILES})(run_s), "
+        f"quantiles({QUANTILES})(total_s) FROM job_outcomes WHERE {where.format(time='finished_at')}", params)
     ((submitted,),) = store.query(
-        f"SELECT sum(events) FROM event_counts_state WHERE {where} AND type = 'queued'", params)
+        f"SELECT uniqExact(job_id) FROM job_events WHERE type = 'queued' AND {where.format(time='ts')}", params)
     ((size_avg, size_q, size_max, sized_jobs),) = store.query(
-        f"SELECT avgMerge(size_avg), quantilesMerge({QUANTILES})(size_quantiles), max(size_max), sum(jobs) "
-        f"FROM batch_sizes_state WHERE {where}", params)
+        f"SELECT avg(batch_size), quantiles({QUANTILES})(batch_size), max(batch_size), count() "
+        f"FROM ({FIRST_RUNS_OF_TENANT}) WHERE batch_size > 0 AND {where.format(time='started_at')}", params)
 
     finished = int(sum(counts.values()))
     window_s = max((now - start).total_seconds(), 1.0)

@@ -97,7 +97,8 @@ async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_ca
 async def stats(request: Request, tenant: str = Depends(current_tenant),
                 since: str | None = Query(default=None, description="Window start: 15m, 1h, 7d or ISO 8601 "
                                                                     "(default 1h)."),
-                kind: str | None = Query(default=None, description="Only this calculation.")) -> dict[str, Any]:
+                kind: str | None = Query(default=None, min_length=1, description="Only this calculation.")
+                ) -> dict[str, Any]:
     """Throughput, outcomes, failure rate, latency and batch-size quantiles of the caller's jobs."""
     store: ClickHouseStore = request.app.state.store
     now = datetime.now(timezone.utc)

@@ -6,26 +6,35 @@ version. Statements still say ``IF NOT EXISTS`` so a migration interrupted
 half-way (or run by two processes starting at once, as in the distributed
 layout) can simply run again. Same SQL on embedded chDB and on a server.
 
-Tables and views (the README's "Querying results" shows how to read them):
+Tables and views (the README's "Querying results" shows how to read them). Every
+name an analyst is pointed to counts a job once, with the run its clients saw:
+processors are at-least-once, so a job caught by a worker's crash runs twice and
+``job_events`` holds both runs (two terminal events with the same seq). Materialized
+views see one insert block at a time and cannot know a job was counted in an
+earlier one, so nothing countable is pre-aggregated per block any more:
 
 * ``job_events`` — every event, append-only, one job's events together
   (``ORDER BY (tenant, job_id, seq)``), monthly partitions, TTL from settings.
-* ``job_results`` — one row per ``(job_id, calc_version)``: the result JSON with
-  kind, attempts and durations (a materialized view of succeeded events).
-* ``job_outcomes`` — one row per finished job (succeeded, failed or cancelled)
-  with typed timings: the source of the latency analytics (a materialized view
-  of terminal events, which the sink stamps with their job's submit and start
-  times). One batch is thus one insert, one dedup token, all tables consistent.
+* ``job_outcomes_store`` — every terminal event (which the sink stamps with its
+  job's submit and start times), a ReplacingMergeTree keyed by ``(tenant, job_id)``
+  whose version ``first_wins`` ranks the lowest seq, then the lowest Kafka offset,
+  highest: the first terminal event to reach Kafka, which the API and SSE show.
+  Filled by a materialized view, so a batch is still ONE insert and one dedup token.
+* views ``job_outcomes`` (one row per finished job, typed timings) and
+  ``job_results`` (its succeeded rows, with the result JSON) read the store with
+  ``FINAL``: right before any merge, and identical rows from a redelivery collapse.
 * ``jobs_state`` + view ``jobs`` — the latest state per job. The table is an
   AggregatingMergeTree fed by a materialized view; merges happen whenever
   ClickHouse likes, so the view aggregates on read and is always right (no
-  ``FINAL`` needed, none to forget).
+  ``FINAL`` needed, none to forget). Every state in it is idempotent (min, max,
+  argMax by the same rank), so a job's second run cannot count twice there either.
 * ``replay_jobs`` + parameterised view ``replay_diff(tenant=, replay_id=)`` — which
   job re-ran which in a replay, and original vs replayed result per job.
-* ``event_counts_state``, ``outcome_stats_state``, ``batch_sizes_state`` —
-  per-minute rollups maintained by materialized views, read through the views
-  ``event_counts``, ``outcome_stats``, ``failure_rates`` and ``batch_sizes``
-  (or merged over any window with ``-Merge`` functions, as ``/v1/stats`` does).
+* views ``outcome_stats``, ``failure_rates`` (from ``job_outcomes``), ``batch_sizes``
+  (from each job's first ``running`` event) and ``event_counts`` (the events SSE
+  streams show, ``visible_events``) — per-minute rollups aggregated on read. That
+  costs a scan per query, which is fine at the scale jobstream targets (millions of
+  jobs); ``/v1/stats`` reads the same sources over its window.
 """
 
 from __future__ import annotations
@@ -195,6 +204,111 @@ _REPLAY_DIFF_SELECT = f"""
     LEFT JOIN results AS orr ON orr.job_id = p.original_job_id
     LEFT JOIN results AS rr ON rr.job_id = p.replay_job_id
 """
+
+# --- version 4: each job counted once, with the run its clients saw ------------------------------
+# A job a processor ran twice (at-least-once) has two terminal events with the same seq; the first
+# to reach Kafka is the one the API and SSE show. ``first_wins`` ranks a job's terminal events so
+# that the lowest seq, then the lowest Kafka offset (one job = one partition), is the highest value:
+# ReplacingMergeTree keeps it, argMax picks it. Offsets past 2**32 saturate (then ties: either).
+FIRST_WINS = ("bitOr(bitShiftLeft(toUInt64(2147483647 - least(seq, 2147483647)), 32), "
+              "toUInt64(4294967295 - least(kafka_offset, 4294967295)))")
+_STATUS_RANK_V4 = (f"if(type IN {TERMINAL_TYPES}, bitOr(toUInt64(9223372036854775808), {FIRST_WINS}), "
+                   "toUInt64(seq))")
+
+_STORE_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, result, submitted_at, started_at, "
+                  "finished_at, queue_wait_s, run_s, total_s, kafka_partition, kafka_offset, first_wins")
+
+
+# Every terminal event, keyed by job: the store behind the views job_outcomes and job_results.
+def _terminals_select(submitted: str = "submitted_at", started: str = "started_at",
+                      source: str = "job_events") -> str:
+    return f"""
+    SELECT tenant, job_id, kind, type AS status, JSONExtractString(data, 'calc_version') AS calc_version,
+        JSONExtractString(data, 'error', 'type') AS error_type, {_ATTEMPTS} AS attempts,
+        if(type = 'succeeded', JSONExtractRaw(data, 'result'), '') AS result,
+        {submitted}, {started}, ts AS finished_at, {_durations(submitted, started, 'ts')},
+        kafka_partition, kafka_offset, {FIRST_WINS} AS first_wins
+    FROM {source}
+    WHERE type IN {TERMINAL_TYPES}
+"""
+
+
+_TERMINALS_SELECT = _terminals_select()
+
+# The backfill: events stored before version 2 carry no times of their own; take their job's.
+_TERMINALS_BACKFILL = f"INSERT INTO job_outcomes_store ({_STORE_COLUMNS}) " + _terminals_select(
+    "ifNull(submitted_at, job_submitted_at)", "ifNull(started_at, job_started_at)",
+    "job_events LEFT JOIN (SELECT tenant, job_id, min(if(type = 'queued', ts, NULL)) AS job_submitted_at, "
+    "min(if(type = 'running', ts, NULL)) AS job_started_at FROM job_events GROUP BY tenant, job_id) AS times "
+    "USING (tenant, job_id)")
+
+_OUTCOME_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, "
+                    "finished_at, queue_wait_s, run_s, total_s")
+_RESULT_COLUMNS = ("tenant, job_id, calc_version, kind, result, finished_at, attempts, submitted_at, started_at, "
+                   "queue_wait_s, run_s, total_s")
+
+# What version 2/3 databases already hold, first run (earliest finish) per job, below any event's rank:
+# rows whose events are still in job_events are replaced by the event-derived ones.
+_TERMINALS_FROM_OLD_TABLES = f"""
+    INSERT INTO job_outcomes_store
+    SELECT o.tenant, o.job_id, o.kind, o.status, o.calc_version, o.error_type, o.attempts, r.result,
+        o.submitted_at, o.started_at, o.finished_at, o.queue_wait_s, o.run_s, o.total_s, 0, 0, 0
+    FROM (SELECT * FROM job_outcomes ORDER BY tenant, job_id, finished_at LIMIT 1 BY tenant, job_id) AS o
+    LEFT JOIN (SELECT tenant, job_id, result FROM job_results ORDER BY tenant, job_id, finished_at
+               LIMIT 1 BY tenant, job_id) AS r
+    ON o.tenant = r.tenant AND o.job_id = r.job_id
+"""
+
+# The first `running` event of each job (the start clients saw): batch sizes count each job once.
+_FIRST_RUNS = f"""
+    SELECT tenant, job_id, any(kind) AS kind, min(ts) AS started_at,
+        argMin({_BATCH_SIZE}, kafka_offset) AS batch_size
+    FROM job_events
+    WHERE type = 'running'
+    GROUP BY tenant, job_id
+"""
+
+# The same for one tenant, for GET /v1/stats (a query parameter `tenant`).
+FIRST_RUNS_OF_TENANT = _FIRST_RUNS.replace("WHERE type = 'running'",
+                                           "WHERE type = 'running' AND tenant = {tenant:String}")
+
+# Of the rows stored for one (job, seq), the first to reach Kafka: (type, kind, ts, data, schema_version,
+# kafka_partition, kafka_offset). A re-run's terminal event shares the first run's seq.
+FIRST_OF_SEQ = ("argMin((type, kind, ts, data, schema_version, kafka_partition, kafka_offset), "
+                "(kafka_offset, kafka_partition))")
+
+
+def visible_events(where: str = "1") -> str:
+    """The events (of ``job_events`` rows matching ``where``) that a job's SSE stream shows, with the
+    rules of ``sse_gateway/visibility.py``: one per seq (the first to reach Kafka), in Kafka order
+    nothing after the first terminal event but ``queued``, and a ``running``/``retrying`` only of a
+    higher attempt, a ``progress`` only above every earlier one."""
+    return f"""
+    SELECT tenant, job_id, seq, type, kind, ts, data, schema_version, kafka_partition, kafka_offset FROM (
+        SELECT *,
+            count() OVER earlier AS n_before,
+            sum(type IN {TERMINAL_TYPES}) OVER earlier AS terminals_before,
+            max(if(type = 'running', attempt, 0)) OVER earlier AS running_before,
+            max(if(type = 'retrying', attempt, 0)) OVER earlier AS retrying_before,
+            max(if(type = 'progress', progress, -1.0)) OVER earlier AS progress_before
+        FROM (
+            SELECT tenant, job_id, seq, first.1 AS type, first.2 AS kind, first.3 AS ts, first.4 AS data,
+                first.5 AS schema_version, first.6 AS kafka_partition, first.7 AS kafka_offset,
+                greatest(toUInt32(JSONExtractUInt(first.4, 'attempt')), 1) AS attempt,
+                JSONExtractFloat(first.4, 'progress') AS progress
+            FROM (SELECT tenant, job_id, seq, {FIRST_OF_SEQ} AS first FROM job_events WHERE {where}
+                  GROUP BY tenant, job_id, seq)
+        )
+        WINDOW earlier AS (PARTITION BY tenant, job_id ORDER BY kafka_partition, kafka_offset
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    )
+    WHERE type = 'queued' OR (terminals_before = 0 AND multiIf(
+        type = 'running', attempt > running_before,
+        type = 'retrying', attempt > retrying_before,
+        type = 'progress', progress > if(n_before = 0, -1.0, progress_before),
+        1))
+"""
+
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -425,6 +539,104 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS replay_jobs_mv TO replay_jobs AS {_REPLAY_JOBS_SELECT}",
             f"INSERT INTO replay_jobs {_REPLAY_JOBS_SELECT}",
             f"CREATE VIEW IF NOT EXISTS replay_diff AS {_REPLAY_DIFF_SELECT}",
+        ],
+    ),
+    (
+        4,
+        "each job counted once: deduplicated outcomes and results, rollups read from them",
+        [
+            # --- one store of terminal events, the first to reach Kafka kept per job -----------
+            f"""
+            CREATE TABLE IF NOT EXISTS job_outcomes_store (
+                tenant LowCardinality(String),
+                job_id String,
+                kind LowCardinality(String),
+                status LowCardinality(String),
+                calc_version LowCardinality(String),
+                error_type LowCardinality(String),
+                attempts UInt16,
+                result String,
+                submitted_at {_NTS},
+                started_at {_NTS},
+                finished_at {_TS},
+                queue_wait_s Nullable(Float64),
+                run_s Nullable(Float64),
+                total_s Nullable(Float64),
+                kafka_partition UInt32,
+                kafka_offset UInt64,
+                first_wins UInt64
+            ) ENGINE = ReplacingMergeTree(first_wins)
+            ORDER BY (tenant, job_id)
+            {_DEDUP}
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS job_outcomes_store_mv TO job_outcomes_store AS {_TERMINALS_SELECT}",
+            # the job state's status: among terminal events the first to reach Kafka (feeds overlap harmlessly:
+            # every state of jobs_state is idempotent)
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS jobs_state_v4_mv TO jobs_state AS "
+            f"{_JOBS_STATE_SELECT.replace(_RANK, _STATUS_RANK_V4)}",
+            "DROP VIEW IF EXISTS jobs_state_mv",
+            # --- the old per-insert feeds counted every run: stop them ---------------------------
+            "DROP VIEW IF EXISTS job_outcomes_mv",
+            "DROP VIEW IF EXISTS job_results_mv",
+            "DROP VIEW IF EXISTS outcome_stats_mv",
+            "DROP VIEW IF EXISTS event_counts_mv",
+            "DROP VIEW IF EXISTS batch_sizes_mv",
+            # --- backfill: the old tables' rows, then every stored terminal event (which outranks them) ---
+            _TERMINALS_FROM_OLD_TABLES,
+            _TERMINALS_BACKFILL,
+            # --- the names analysts query: views, one row per job --------------------------------------
+            "DROP TABLE IF EXISTS job_outcomes",
+            "DROP TABLE IF EXISTS job_results",
+            f"CREATE VIEW IF NOT EXISTS job_outcomes AS SELECT {_OUTCOME_COLUMNS} FROM job_outcomes_store FINAL",
+            f"CREATE VIEW IF NOT EXISTS job_results AS SELECT {_RESULT_COLUMNS} FROM job_outcomes_store FINAL "
+            "WHERE status = 'succeeded'",
+            # --- per-minute rollups, aggregated on read from the one-row-per-job sources ---------------
+            "DROP VIEW IF EXISTS outcome_stats",
+            "DROP VIEW IF EXISTS failure_rates",
+            "DROP VIEW IF EXISTS event_counts",
+            "DROP VIEW IF EXISTS batch_sizes",
+            "DROP TABLE IF EXISTS outcome_stats_state",
+            "DROP TABLE IF EXISTS event_counts_state",
+            "DROP TABLE IF EXISTS batch_sizes_state",
+            f"""
+            CREATE VIEW IF NOT EXISTS outcome_stats AS
+            SELECT tenant, minute, kind, status, jobs,
+                qw[1] AS queue_wait_p50, qw[2] AS queue_wait_p90, qw[3] AS queue_wait_p99,
+                r[1] AS run_p50, r[2] AS run_p90, r[3] AS run_p99,
+                t[1] AS total_p50, t[2] AS total_p90, t[3] AS total_p99
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(finished_at, 'UTC')) AS minute, kind, status,
+                    count() AS jobs, quantiles({QUANTILES})(queue_wait_s) AS qw, quantiles({QUANTILES})(run_s) AS r,
+                    quantiles({QUANTILES})(total_s) AS t
+                FROM job_outcomes GROUP BY tenant, minute, kind, status
+            )
+            """,
+            """
+            CREATE VIEW IF NOT EXISTS failure_rates AS
+            SELECT tenant, minute, kind, finished, failed, failed / finished AS failure_rate
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(finished_at, 'UTC')) AS minute, kind,
+                    count() AS finished, countIf(status = 'failed') AS failed
+                FROM job_outcomes GROUP BY tenant, minute, kind
+            )
+            """,
+            f"""
+            CREATE VIEW IF NOT EXISTS event_counts AS
+            SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind, type, count() AS events
+            FROM ({visible_events()})
+            GROUP BY tenant, minute, kind, type
+            """,
+            f"""
+            CREATE VIEW IF NOT EXISTS batch_sizes AS
+            SELECT tenant, minute, kind, jobs, size_avg, q[1] AS size_p50, q[2] AS size_p90, q[3] AS size_p99,
+                size_max
+            FROM (
+                SELECT tenant, toStartOfMinute(toDateTime(started_at, 'UTC')) AS minute, kind, count() AS jobs,
+                    avg(batch_size) AS size_avg, quantiles({QUANTILES})(batch_size) AS q, max(batch_size) AS size_max
+                FROM ({_FIRST_RUNS}) WHERE batch_size > 0
+                GROUP BY tenant, minute, kind
+            )
+            """,
         ],
     ),
 ]

@@ -9,7 +9,8 @@ ranges, e.g. ``0:100-199,3:50-80``. For each batch the sink
    commit's metadata (the intent; the committed offset itself does not move);
 2. inserts the batch into ``job_events`` — one insert, with an
    ``insert_deduplication_token`` derived from the ranges; materialized views
-   fill ``job_results``, ``job_outcomes``, the job state and the rollups;
+   fill ``job_outcomes_store`` (behind ``job_outcomes``/``job_results``), the job
+   state and ``replay_jobs``;
 3. commits the offsets after the batch, clearing the intent.
 
 A sink that dies between 1 and 3 leaves the intent behind. Whoever gets the

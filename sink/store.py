@@ -27,7 +27,7 @@ import clickhouse_connect
 import orjson
 
 from sink import sql_guard
-from sink.schema import apply_events_ttl, migrate
+from sink.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
 from streams.events import JobEvent
 
 logger = logging.getLogger(__name__)
@@ -203,9 +203,13 @@ class ClickHouseStore:
 
     # --- reads (API and gateway) ------------------------------------------------
     def job_events(self, tenant: str, job_id: str, after_seq: int = -1) -> list[JobEvent]:
-        """A job's events in seq order, without duplicates, optionally only after ``after_seq``."""
+        """A job's events in seq order, optionally only after ``after_seq``.
+
+        One event per seq: of a seq stored twice (a re-run's terminal event) the first to reach
+        Kafka, which is the one SSE clients saw (one job is in one partition).
+        """
         result = self.query(
-            "SELECT seq, any(type), any(kind), any(ts), any(data), any(schema_version) FROM job_events "
+            f"SELECT seq, {FIRST_OF_SEQ} FROM job_events "
             "WHERE tenant = {tenant:String} AND job_id = {job_id:String} AND seq > {after:Int64} "
             "GROUP BY seq ORDER BY seq",
             {"tenant": tenant, "job_id": job_id, "after": after_seq},
@@ -213,7 +217,7 @@ class ClickHouseStore:
         return [
             JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=type_, kind=kind, ts=_utc(ts),
                      data=orjson.loads(data), schema_version=version)
-            for seq, type_, kind, ts, data, version in result
+            for seq, (type_, kind, ts, data, version, _, _) in result
         ]
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:

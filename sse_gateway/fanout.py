@@ -30,6 +30,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sse_gateway import positions
+from sse_gateway.visibility import Visibility
 from streams import topics
 from streams.events import TERMINAL_EVENTS, EventType, JobEvent
 from streams.kafka_config import consumer_config
@@ -219,6 +220,9 @@ class Fanout:
         self.window_start: list[int] = []  # per partition: the window holds every record from here on
         self.start_low: list[int] = []  # per partition: the topic's first offset when we started
         self.overflows = 0
+        # What each job's streams have been shown (a re-run is hidden), for the jobs seen last.
+        self._visibility = Visibility(settings.sse_rerun_memory_jobs)
+        self.hidden = 0  #: events not shown: a re-run's, or anything after a job's terminal event
         self._advanced = asyncio.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sse-fanout", daemon=True)
@@ -427,6 +431,9 @@ class Fanout:
             # `running` (two producers); dropping it left the window without the job's start.
             recent = self._by_job.get(entry.job_id)
             if recent and any(row[5] == entry.seq for row in recent):
+                continue
+            if not self._visibility.admit(entry):  # a re-run moving the job back (see visibility)
+                self.hidden += 1
                 continue
             if window_on:
                 row = entry.row(now)

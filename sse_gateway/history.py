@@ -11,6 +11,7 @@ from datetime import timezone
 
 import orjson
 
+from sink.schema import FIRST_OF_SEQ, visible_events
 from sink.store import ClickHouseStore
 from sse_gateway.fanout import Entry
 from streams.events import JobEvent
@@ -25,20 +26,22 @@ def _entry(tenant: str, job_id: str, seq: int, type_: str, kind: str, ts, data: 
 
 
 def job_history(store: ClickHouseStore, tenant: str, job_id: str) -> list[Entry]:
-    """Every stored event of one job, one per seq, in seq order."""
+    """Every stored event of one job, one per seq (the first to reach Kafka), in seq order."""
     rows = store.query(
-        "SELECT seq, any(type), any(kind), any(ts), any(data), any(schema_version), any(kafka_partition), "
-        "any(kafka_offset) FROM job_events WHERE tenant = {tenant:String} AND job_id = {job_id:String} "
+        f"SELECT seq, {FIRST_OF_SEQ} FROM job_events WHERE tenant = {{tenant:String}} AND job_id = {{job_id:String}} "
         "GROUP BY seq ORDER BY seq",
         {"tenant": tenant, "job_id": job_id},
     )
-    return [_entry(tenant, job_id, *row) for row in rows]
+    return [_entry(tenant, job_id, seq, *first) for seq, first in rows]
 
 
 def tenant_history(store: ClickHouseStore, tenant: str, ranges: dict[int, tuple[int, int]], kinds: list[str],
                    types: list[str], job_ids: list[str], limit: int) -> list[Entry]:
     """A tenant's stored events with offsets in ``[lo, hi)`` per partition, filtered, ordered by
-    (partition, offset); at most ``limit`` rows (the caller asks for one more to detect "too many")."""
+    (partition, offset); at most ``limit`` rows (the caller asks for one more to detect "too many").
+
+    Only the events a stream shows (``sse_gateway.visibility``), judged on each job's whole stored
+    history, so a resumed stream hides a re-run exactly as the live one did."""
     if not ranges:
         return []
     params: dict[str, object] = {"tenant": tenant, "limit": limit}
@@ -47,15 +50,17 @@ def tenant_history(store: ClickHouseStore, tenant: str, ranges: dict[int, tuple[
         clauses.append(f"(kafka_partition = {{p{i}:UInt32}} AND kafka_offset >= {{lo{i}:UInt64}} "
                        f"AND kafka_offset < {{hi{i}:UInt64}})")
         params.update({f"p{i}": partition, f"lo{i}": lo, f"hi{i}": hi})
-    where = ["tenant = {tenant:String}", "(" + " OR ".join(clauses) + ")"]
+    where = ["(" + " OR ".join(clauses) + ")"]
     for name, values in (("kind", kinds), ("type", types), ("job_id", job_ids)):
         if values:
             where.append(f"{name} IN {{{name}s:Array(String)}}")
             params[f"{name}s"] = list(values)
+    jobs = (f"tenant = {{tenant:String}} AND job_id IN (SELECT job_id FROM job_events WHERE "
+            f"tenant = {{tenant:String}} AND {' AND '.join(where)})")
     rows = store.query(
-        "SELECT job_id, seq, type, kind, ts, data, schema_version, kafka_partition, kafka_offset FROM job_events "
-        f"WHERE {' AND '.join(where)} ORDER BY kafka_partition, kafka_offset "
-        "LIMIT 1 BY kafka_partition, kafka_offset LIMIT {limit:UInt64}",
+        "SELECT job_id, seq, type, kind, ts, data, schema_version, kafka_partition, kafka_offset "
+        f"FROM ({visible_events(jobs)}) WHERE {' AND '.join(where)} ORDER BY kafka_partition, kafka_offset "
+        "LIMIT {limit:UInt64}",
         params,
     )
     return [_entry(tenant, job_id, seq, type_, kind, ts, data, version, partition, offset)

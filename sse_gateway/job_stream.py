@@ -6,7 +6,10 @@ The seam, without assuming seqs are contiguous:
    from the recent window and the window's start offset per partition;
 2. read the sink's committed offsets, then the job's events from ClickHouse;
 3. history = ClickHouse ∪ window, one event per seq, in seq order, after
-   ``Last-Event-ID``; then live events with a seq above the last one sent.
+   ``Last-Event-ID``; then live events with a seq above the last one known.
+   Only events that ``visibility`` shows are sent (a re-run never moves the
+   job back); which ones is decided on the job's whole known history, so a
+   stream resumed with ``Last-Event-ID`` shows what a live one showed.
 
 ClickHouse holds every record below the sink's committed offset, the window
 every record from its start on; when the committed offset of the job's
@@ -29,6 +32,7 @@ from sink.store import ClickHouseStore
 from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import ajob_history
 from sse_gateway.sse import control_frame
+from sse_gateway.visibility import Visibility
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -132,7 +136,11 @@ class JobStream:
                 reset = ("history_lagging", "the sink is further behind than the gateway's recent window")
         if reset is None and not self._complete():
             reset = ("history_unavailable", "this job's early events are no longer stored")
-        # 2. history after Last-Event-ID (or the reset, and on from the newest event we know)
+        # 2. history after Last-Event-ID (or the reset, and on from the newest event we know); what
+        # the stream shows is decided on the whole known history, in Kafka order, so a resumed
+        # stream hides a re-run exactly as a live one did (see visibility)
+        visibility = Visibility()
+        shown = {e.seq for e in sorted(self._known, key=lambda e: (e.partition, e.offset)) if visibility.admit(e)}
         last_sent = self.last
         if reset is not None:
             yield self._first(self._reset(*reset))
@@ -143,10 +151,10 @@ class JobStream:
                 return
             last_sent = max([last_sent, *(e.seq for e in self._known)])
         else:
-            history = [e for e in self._known if e.seq > last_sent]
+            history = [e for e in self._known if e.seq > last_sent and e.seq in shown]
+            last_sent = max([last_sent, *(e.seq for e in self._known)])
             if history:
                 yield self._first(b"".join(e.job_frame() for e in history))
-                last_sent = history[-1].seq
                 if any(e.terminal for e in history):
                     return
         # 3. live (the fanout's ticker wakes us for heartbeats and ends us at the maximum lifetime)
@@ -156,8 +164,10 @@ class JobStream:
             terminal = False
             for entry in items:
                 if entry.seq > last_sent and entry.tenant == self.tenant:
-                    chunk.append(entry.job_frame())
                     last_sent = entry.seq
+                    if not visibility.admit(entry):
+                        continue
+                    chunk.append(entry.job_frame())
                     if entry.terminal:
                         terminal = True
                         break

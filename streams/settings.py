@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     sse_max_connections: int = Field(default=10_000, ge=1, description="Most SSE streams per gateway process (429).")
     sse_max_connections_per_tenant: int = Field(
         default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429).")
+    sse_rerun_memory_jobs: int = Field(
+        default=100_000, ge=1, description="Jobs whose shown events a gateway remembers to hide re-runs from /v1/events.")
     stream_token_secret: SecretStr | None = Field(
         default=None, description="HMAC key of stream tokens; unset: random per process (set it for >1 process).")
     stream_token_ttl_s: float = Field(default=300.0, gt=0, le=86_400, description="Longest life of a stream token.")

@@ -28,7 +28,7 @@ from sink.store import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult,
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow
 from streams.settings import Settings
 from tests.conftest import ROOT, Server, wait_until
-from tests.job_histories import job_history
+from tests.job_histories import job_history, run_twice
 
 ADMIN = "analyst-key-0123456789"
 ALICE = "alice-key-0123456789x"
@@ -86,6 +86,39 @@ def test_migrations_run_once_and_upgrade_version_1_data_with_a_backfill(clickhou
         client.close()
 
 
+def test_version_3_data_with_a_job_run_twice_migrates_to_one_row_per_job(clickhouse_url: str, database: str):
+    """A data dir of version 3 (outcomes and results as tables, both runs in them) upgrades: the views
+    that take their names hold one row per job, the first run's, also for jobs whose events are gone."""
+    admin = connect(clickhouse_url)
+    admin.command(f"CREATE DATABASE `{database}`")
+    admin.close()
+    client = connect(clickhouse_url, database)
+    try:
+        assert schema.migrate(client, target=3) == [1, 2, 3]
+        first, second = run_twice(job_history("v3", queue_s=1.0, run_s=2.0), crashed=False)
+        gone = job_history("v3", queue_s=4.0)  # its events will be removed (retention) before the upgrade
+        times = JobTimes(100)  # what the sink saw, across its batches
+        for offset, e in enumerate([*first, *second, *gone]):
+            rows = build_rows([Message(topic="t", partition=0, offset=offset, value=dumps(e))], times,
+                              lambda m: None)
+            client.raw_insert("job_events", insert_block=rows.body({}), fmt="JSONEachRow",
+                              settings={"input_format_json_read_objects_as_strings": 1,
+                                        "date_time_input_format": "best_effort"})
+        assert one(client, "SELECT count() FROM job_outcomes") == 3  # version 3 counts the re-run
+        client.command("ALTER TABLE job_events DELETE WHERE job_id = {j:String}", parameters={"j": gone[0].job_id},
+                       settings={"mutations_sync": 2})
+
+        assert schema.migrate(client) == [4]
+        rows = client.query("SELECT job_id, queue_wait_s, run_s FROM job_outcomes ORDER BY queue_wait_s").result_rows
+        assert rows == [(first[0].job_id, 1.0, 2.0), (gone[0].job_id, 4.0, 2.0)]
+        results = client.query("SELECT job_id, result FROM job_results ORDER BY job_id").result_rows
+        assert sorted(results) == sorted([(first[0].job_id, orjson.dumps(first[-1].data["result"]).decode()),
+                                          (gone[0].job_id, orjson.dumps(gone[-1].data["result"]).decode())])
+        assert one(client, "SELECT sum(jobs) FROM outcome_stats") == 2
+    finally:
+        client.close()
+
+
 def test_events_ttl_is_a_setting_applied_idempotently_at_start(clickhouse_url: str, database: str):
     store = ClickHouseStore(clickhouse_url, database=database)
     try:
@@ -117,11 +150,11 @@ def test_a_retried_batch_completes_views_a_first_attempt_missed_and_doubles_noth
         rows = build_rows([Message(topic="t", partition=0, offset=i, value=dumps(e)) for i, e in enumerate(events)],
                           JobTimes(100), lambda m: None)
         body = rows.body({})
-        store.query("DETACH TABLE job_outcomes_mv")  # this view misses the first attempt...
+        store.query("DETACH TABLE job_outcomes_store_mv")  # this view misses the first attempt...
         store.insert_json("job_events", body, "jobs.events/0:0-11")
-        assert one(store, "SELECT count() FROM job_outcomes") == 0
-        assert one(store, "SELECT count() FROM job_results") == 3
-        store.query("ATTACH TABLE job_outcomes_mv")
+        assert one(store, "SELECT count() FROM job_outcomes") == one(store, "SELECT count() FROM job_results") == 0
+        assert one(store, "SELECT count() FROM jobs WHERE status = 'succeeded'") == 3  # ...this one does not
+        store.query("ATTACH TABLE job_outcomes_store_mv")
         for _ in range(2):  # ...the retry, and a redelivery after it
             store.insert_json("job_events", body, "jobs.events/0:0-11")
         assert [one(store, f"SELECT count() FROM {table}") for table in ("job_events", "job_results", "job_outcomes")] \
@@ -195,6 +228,14 @@ def test_parse_since_takes_durations_and_times():
     assert analytics.parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=timezone.utc)
     with pytest.raises(analytics.BadWindow):
         analytics.parse_since("yesterday", now)
+
+
+@pytest.mark.parametrize("since", ["99999999d", "9" * 30 + "d", "1" * 400 + "s", "0001-01-01",
+                                   "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_parse_since_refuses_windows_out_of_range(since: str):
+    with pytest.raises(analytics.BadWindow) as refused:
+        analytics.parse_since(since, utcnow())
+    assert len(str(refused.value)) < 120  # the value is cut, never echoed in full
 
 
 def readme_queries() -> list[str]:
@@ -360,3 +401,32 @@ def test_a_real_job_shows_up_in_stats_and_sql(client: httpx.Client):
     stats = client.get("/v1/stats", params={"since": "1h", "kind": "stats.describe"}).json()
     assert stats["finished"] >= 3 and stats["succeeded"] >= 3 and stats["latency_s"]["end_to_end"]["p50"] > 0
     assert stats["batch_size"]["max"] >= 1
+
+
+BAD_TIMES = ["99999999d", "9" * 30 + "d", "0001-01-01", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59-14:00",
+             "9" * 30, "soon", ""]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("params", [{"since": v} for v in BAD_TIMES if v] + [{"kind": ""}])
+def test_stats_answers_every_bad_since_or_kind_with_a_422_naming_it(client: httpx.Client, params: dict):
+    answer = client.get("/v1/stats", params=params)
+    assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", answer.text
+    (name,) = params
+    assert any(e["field"].endswith(name) for e in answer.json()["errors"]), answer.json()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("name", ["since", "until"])
+@pytest.mark.parametrize("value", BAD_TIMES)
+def test_job_listing_answers_every_bad_time_with_a_422_naming_it(client: httpx.Client, name: str, value: str):
+    answer = client.get("/v1/jobs", params={name: value})
+    assert answer.status_code in (400, 422), answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert any(e["field"].endswith(name) for e in answer.json()["errors"]), answer.json()
+
+
+@pytest.mark.kafka
+def test_stats_oldest_window_and_kind_filter_answer(client: httpx.Client):
+    assert client.get("/v1/stats", params={"since": "1970-01-01"}).status_code == 200
+    assert client.get("/v1/stats", params={"since": "2w", "kind": "no.such"}).json()["finished"] == 0

@@ -18,13 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from pydantic import SecretStr
 
+from jobstream.server import create_app
 from processors import dead_letters
 from processors.sequence import TERMINAL_SEQ
-from sink.sink import Sink
+from sink.sink import Sink, group_lag
 from sink.store import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
@@ -32,7 +35,8 @@ from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, lo
 from streams.kafka_config import consumer_config, producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import ROOT, Worker, wait_until
+from tests.analytics_checks import assert_each_job_counted_once
+from tests.conftest import ROOT, Server, Worker, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -404,6 +408,67 @@ def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, s
         first.stop()
         second.stop()
         sink.stop()
+        kafka.close()
+
+
+def processors_caught_up(settings: Settings) -> bool:
+    """The processors' group committed every request: no re-run is still under way."""
+    topic = settings.topic(topics.REQUESTED)
+    reader = Consumer(consumer_config(settings.kafka_bootstrap or "", settings.topic(topics.PROCESSORS_GROUP),
+                                      settings))
+    try:
+        partitions = [TopicPartition(topic, p) for p in reader.list_topics(topic, timeout=10).topics[topic].partitions]
+        committed = reader.committed(partitions, timeout=10)
+        return all(tp.offset >= reader.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in committed)
+    finally:
+        reader.close()
+
+
+def api_view(http: httpx.Client, tenant: str, job_id: str) -> JobView:
+    """The JobView behind GET /v1/jobs/{id} (and /result for the calculation version)."""
+    body = http.get(f"/v1/jobs/{job_id}").json()
+    calc_version = http.get(f"/v1/jobs/{job_id}/result").json().get("calc_version")
+    return JobView.model_validate({**body, "tenant": tenant, "calc_version": calc_version})
+
+
+def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(settings: Settings,
+                                                                               store: ClickHouseStore):
+    """The whole stack (API + gateway + sink, real workers): jobs caught by a kill -9 run twice, yet
+    job_outcomes, job_results, the per-minute views and /v1/stats count each one once, with the
+    timings GET /v1/jobs/{id} reports."""
+    tenant, key = f"kill-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4,
+                      api_keys=SecretStr(f"{tenant}={key}"))
+    kafka = Kafka(scoped)
+    server = Server(create_app(scoped, scoped.kafka_bootstrap or "", store=store)).start()
+    first = ProcWorker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
+    second = ProcWorker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        wait_until(lambda: http.get("/healthz").status_code == 200, 60, message="stack ready")
+        ids = [http.post("/v1/jobs", json={"kind": "test.work", "params": {"value": i, "sleep_s": 0.6, "steps": 3}}
+                         ).json()["job_id"] for i in range(24)]
+        wait_until(lambda: sum(kafka.terminal(j) is not None for j in ids) >= 4, 120, message="some jobs done")
+        first.kill9()
+        second.start()
+        kafka.wait_terminal(ids, timeout_s=180, worker=second)
+        wait_until(lambda: processors_caught_up(scoped), 120, 0.5, message="re-runs finished and committed")
+        wait_until(lambda: group_lag(scoped.kafka_bootstrap or "", scoped) == 0, 60, message="sink caught up")
+        rerun = [j for j in ids if len({e.data.get("worker") for e in kafka.of(j) if e.type.value == "running"}) > 1]
+        assert rerun, "no job was caught mid-batch by the kill"
+        twice = store.query("SELECT count() FROM job_events WHERE tenant = {t:String} AND type = 'running'",
+                            {"t": tenant})[0][0]
+        assert twice > len(ids)  # the raw log holds the re-runs
+        views = {j: api_view(http, tenant, j) for j in ids}
+        assert all(v.status is JobStatus.SUCCEEDED for v in views.values())
+        assert_each_job_counted_once(store, tenant, views)
+        stats = http.get("/v1/stats", params={"since": "1h"}).json()
+        assert (stats["submitted"], stats["finished"], stats["succeeded"]) == (len(ids), len(ids), len(ids))
+    finally:
+        http.close()
+        first.stop()
+        second.stop()
+        server.stop()
         kafka.close()
 
 

@@ -22,12 +22,13 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
 from sink.store import ClickHouseStore
 from streams import topics
-from streams.events import dumps, utcnow
+from streams.events import JobView, dumps, utcnow
 from streams.kafka_config import consumer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import ROOT, wait_until
-from tests.job_histories import job_history, produce
+from tests.analytics_checks import assert_each_job_counted_once, ms
+from tests.job_histories import job_history, produce, run_twice
 
 
 # --- pure logic ------------------------------------------------------------------------------
@@ -273,3 +274,64 @@ def test_sink_killed_mid_batch_leaves_no_duplicates_and_loses_nothing(
     after = orjson.loads(child(child_env, "count", "--tenant", tenant, *database).stdout)
     assert after == {"events": 400, "distinct_events": 400, "results": 100, "outcomes": 100, "timed_outcomes": 100,
                      "jobs": 100, "jobs_succeeded": 100, "counted_events": 400, "counted_outcomes": 100}
+
+
+@needs_kafka
+def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
+        sink_settings: Settings, store: ClickHouseStore):
+    """At-least-once re-runs as a worker killed mid-batch leaves them, produced to the real broker: the
+    re-run's events reach ClickHouse in later inserts than the first run's, then everything is
+    redelivered once more past the insert dedup. Every view, and /v1/stats, still counts each job once
+    with the first run's timings — the ones the API reports."""
+    tenant = f"rerun-{uuid.uuid4().hex[:8]}"
+    start = utcnow() - timedelta(minutes=10)
+    runs = [run_twice(job_history(tenant, start=start + timedelta(seconds=i), queue_s=0.1 * (i + 1), run_s=2.0),
+                      crashed=i % 3 == 0, outcome="failed" if i % 4 == 1 else "succeeded")
+            for i in range(12)]
+    runs += [(job_history(tenant, start=start, outcome="failed"), [])]  # and one job that ran once
+    bootstrap = sink_settings.kafka_bootstrap or ""
+    sink = Sink(bootstrap, store, sink_settings).start()
+    try:
+        produce(bootstrap, sink_settings, [e for first, _ in runs for e in first])
+        wait_until(lambda: group_lag(bootstrap, sink_settings) == 0, 60, message="first runs written")
+        produce(bootstrap, sink_settings, [e for _, second in runs for e in second])
+        wait_until(lambda: group_lag(bootstrap, sink_settings) == 0, 60, message="re-runs written")
+    finally:
+        sink.stop()
+    redeliver_everything(sink_settings, store)
+    assert counts(store, tenant)["events"] == 2 * sum(len(a) + len(b) for a, b in runs)  # the raw log keeps both
+
+    views = {first[0].job_id: JobView.fold(store.job_events(tenant, first[0].job_id)) for first, _ in runs}
+    for (first, second), view in zip(runs, views.values()):
+        assert view is not None
+        first_terminal = next((e for e in first if e.terminal), second[-1] if second else None)
+        assert (view.status.value, ms(view.finished_at)) == (first_terminal.type.value, ms(first_terminal.ts))
+        assert ms(view.started_at) == ms(first[1].ts)  # the first run's start
+    assert_each_job_counted_once(store, tenant, views)  # type: ignore[arg-type]
+
+
+def redeliver_everything(settings: Settings, store: ClickHouseStore) -> None:
+    """Every record of the test's topic inserted again under a new token (a redelivery the insert
+    dedup does not catch): rows the views must not count twice."""
+    reader = Consumer(consumer_config(settings.kafka_bootstrap or "", f"redeliver-{uuid.uuid4().hex}", settings,
+                                      **{"enable.partition.eof": True}))
+    topic = settings.topic(topics.EVENTS)
+    partitions = reader.list_topics(topic, timeout=30).topics[topic].partitions
+    reader.assign([TopicPartition(topic, p, 0) for p in partitions])
+    messages: list[Message] = []
+    at_end: set[int] = set()
+    try:
+        def drained() -> bool:
+            for m in reader.consume(500, timeout=0.2):
+                if m.error() is None:
+                    messages.append(m)
+                else:
+                    at_end.add(m.partition())
+            return len(at_end) == len(partitions)
+
+        wait_until(drained, 30, 0, message="the topic read to its end")
+    finally:
+        reader.close()
+    messages.sort(key=lambda m: (m.partition(), m.offset()))
+    rows = build_rows(messages, JobTimes(10_000), lambda m: None)
+    store.insert_json("job_events", rows.body(store.job_times(rows.missing_times())), uuid.uuid4().hex)

@@ -37,7 +37,7 @@ TERMINAL_SEQ = 2**31 - 1
 def event(job_id: str, seq: int, type_: str = "progress", tenant: str = "default", kind: str = "test.sse",
           **data: Any) -> JobEvent:
     if type_ == "progress" and "progress" not in data:
-        data["progress"] = 0.5
+        data["progress"] = round(seq / (seq + 1), 9)  # grows with seq, as a run's progress does
     return JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=EventType(type_), kind=kind, data=data)
 
 
@@ -541,3 +541,98 @@ def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_re
                 event(job, TERMINAL_SEQ, "succeeded"), event(job, TERMINAL_SEQ, "succeeded")]
     fanout._dispatch_entries([Entry.from_event(e, 0, offset) for offset, e in enumerate(arriving)])
     assert sorted(e.seq for e in fanout.job_window(job)) == [0, 40, TERMINAL_SEQ]
+
+
+# --- re-runs (at-least-once) ------------------------------------------------------------------------
+def two_runs(job: str, tenant: str, *, first_finished: bool) -> tuple[list[JobEvent], list[JobEvent]]:
+    """A job as a worker killed mid-batch leaves it: the first run (with its terminal event if it got
+    that far), then the re-run on another worker: running again at attempt 1, progress from 0, and
+    its own terminal event with the same seq."""
+    def e(seq: int, type_: str, **data: Any) -> JobEvent:
+        return event(job, seq, type_, tenant=tenant, **data)
+
+    first = [e(0, "queued"), e(100, "running", attempt=1, worker="a"), e(101, "progress", progress=0.0),
+             e(102, "progress", progress=1.0)]
+    if first_finished:
+        first.append(e(TERMINAL_SEQ, "succeeded", result={"run": 1}))
+    second = [e(5000, "running", attempt=1, worker="b"), e(5001, "progress", progress=0.0),
+              e(5002, "progress", progress=0.5), e(5003, "progress", progress=1.0),
+              e(TERMINAL_SEQ, "succeeded", result={"run": 2})]
+    return first, second
+
+
+SHOWN = [(0, "queued"), (100, "running"), (101, "progress"), (102, "progress"), (TERMINAL_SEQ, "succeeded")]
+
+
+def test_a_rerun_is_invisible_live_late_and_after_resume_on_both_streams(
+        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    """Clients never see a job restart: no second `running`, no progress going back, one terminal
+    event — the first run's — on the per-job and the multi-job stream, live, joined late, resumed
+    with Last-Event-ID, and replayed from ClickHouse."""
+    api_keys, t = keys("rerun")
+    tenant, auth = t["rerun"], bearer(t["rerun:key"])
+    crashed, finished = new_job(), new_job()
+    (crashed_1, crashed_2), (finished_1, finished_2) = (two_runs(crashed, tenant, first_finished=False),
+                                                         two_runs(finished, tenant, first_finished=True))
+    with gateway(settings, store, api_keys=api_keys) as gw:
+        everything = Reader(gw.url, "/v1/events", headers=auth).start()
+        wait_until(lambda: everything.ids, 30, message="the opening position")
+        opening = everything.ids[0]
+        events_out.send(*crashed_1, *finished_1)
+        live = Reader(gw.url, f"/v1/jobs/{crashed}/events", headers=auth).start()
+        live.wait_for(4)
+        events_out.send(*crashed_2, *finished_2)
+        live.wait_done()
+        assert list(zip(live.seqs(), live.types())) == SHOWN
+        assert [d["data"]["progress"] for d in live.data() if d["type"] == "progress"] == [0.0, 1.0]
+
+        wait_until(lambda: len(stored_seqs(store, crashed)) == 9 and len(stored_seqs(store, finished)) == 9, 60,
+                   message="both runs in ClickHouse")
+        for job in (crashed, finished):
+            late = Reader(gw.url, f"/v1/jobs/{job}/events", headers=auth).start()
+            late.wait_done()
+            assert list(zip(late.seqs(), late.types())) == SHOWN, job
+            result = late.data()[-1]["data"]["result"]
+            assert result == {"run": 2 if job == crashed else 1}  # the terminal event clients saw first
+            for last, rest in (("101", SHOWN[3:]), ("102", SHOWN[4:])):
+                resumed = Reader(gw.url, f"/v1/jobs/{job}/events", headers=auth | {"Last-Event-ID": last}).start()
+                resumed.wait_done()
+                assert list(zip(resumed.seqs(), resumed.types())) == rest, (job, last)
+
+        def per_job(reader: Reader) -> dict[str, list[tuple[int, str]]]:
+            got: dict[str, list[tuple[int, str]]] = {}
+            for d in reader.data():
+                got.setdefault(d["job_id"], []).append((d["seq"], d["type"]))
+            return got
+
+        everything.wait_for(10)
+        marker = event(new_job(), 0, "queued", tenant=tenant)  # nothing of the re-runs may come before it
+        events_out.send(marker)
+        everything.wait_for(11)
+        assert per_job(everything) == {crashed: SHOWN, finished: SHOWN, marker.job_id: [(0, "queued")]}
+        everything.close()
+    with gateway(settings, store, api_keys=api_keys, sse_recent_window_s=0.0) as replaying:  # from ClickHouse
+        resumed = Reader(replaying.url, "/v1/events", headers=auth | {"Last-Event-ID": opening}).start()
+        resumed.wait_for(11)
+        assert per_job(resumed) == {crashed: SHOWN, finished: SHOWN, marker.job_id: [(0, "queued")]}
+        resumed.close()
+
+
+def test_visibility_hides_what_moves_a_job_back_and_keeps_retries():
+    from sse_gateway.fanout import Entry
+    from sse_gateway.visibility import Visibility
+
+    job = new_job()
+    arriving = [event(job, 1, "running", attempt=1), event(job, 2, "progress", progress=0.4),
+                event(job, 3, "retrying", attempt=1), event(job, 4, "running", attempt=2),
+                event(job, 5, "progress", progress=0.2), event(job, 6, "progress", progress=0.6),
+                event(job, 7, "running", attempt=1), event(job, 0, "queued"),
+                event(job, TERMINAL_SEQ, "failed"), event(job, 9, "progress", progress=0.9),
+                event(job, TERMINAL_SEQ, "succeeded")]
+    visibility = Visibility()
+    shown = [e.seq for offset, e in enumerate(arriving) if visibility.admit(Entry.from_event(e, 0, offset))]
+    assert shown == [1, 2, 3, 4, 6, 0, TERMINAL_SEQ]
+    small = Visibility(capacity=1)
+    small.admit(Entry.from_event(event(job, 1, "running"), 0, 0))
+    small.admit(Entry.from_event(event(new_job(), 1, "running"), 0, 1))
+    assert len(small) == 1 and small.admit(Entry.from_event(event(job, 2, "running"), 0, 2))  # forgotten
