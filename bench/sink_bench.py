@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 
 from bench.common import broker
 from sink.sink import Sink, group_lag
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import dumps
 from streams.kafka_config import producer_config

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.events import JobStatus
 
 class BadCursor(ValueError):

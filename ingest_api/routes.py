@@ -23,16 +23,17 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest_api import listing
-from ingest_api.auth import current_tenant, tenant_of
+from edge.auth import current_tenant, tenant_of
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
-from ingest_api.problems import (MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses,
+from edge.problems import (MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses,
                                  validation_errors)
-from ingest_api.recent import RecentJobs
+from store.jobs import job_view
+from store.recent import RecentJobs
 from ingest_api.submit import (InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish,
                                records)
-from processors.calculations import registry
-from sink.store import ClickHouseStore
+from calculations import registry
+from store.clickhouse import ClickHouseStore
 from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError
@@ -445,10 +446,7 @@ async def list_jobs(request: Request, tenant: str = Depends(current_tenant),
 
 async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
     """The job's state from the store, or from the recent-accepts cache if the sink lags; else 404."""
-    store: ClickHouseStore = request.app.state.store
-    recent: RecentJobs = request.app.state.recent
-    events = await store.ajob_events(tenant, job_id)
-    view = JobView.fold(events + recent.events(tenant, job_id))
+    view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id)
     if view is None:
         raise Problem(404, "Job not found", f"no job {job_id!r}")
     return view

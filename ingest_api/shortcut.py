@@ -16,7 +16,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest_api.problems import Problem, problem_response
+from edge.problems import Problem, problem_response
 from ingest_api.routes import submit
 
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest_api.problems import MAX_LISTED_ERRORS, validation_errors
-from processors.calculations import registry
-from streams import topics
-from streams.events import EventType, JobEvent, JobRequested, new_job_id, utcnow
+from calculations import registry
+from edge.problems import MAX_LISTED_ERRORS, validation_errors
+from streams.events import new_job_id
 from streams.producer import AsyncProducer, Outgoing
 from streams.settings import Settings
+from streams.wire import Prepared, build, records
 
 _IDEMPOTENT_IDS = uuid.UUID("6c1b0c1e-2f54-4f7e-9d1a-6a0c6d1f3b7e")
 
@@ -75,46 +73,6 @@ class InvalidSubmission(Exception):
                 "errors": self.errors, **self.extensions}
 
 
-def _template(model: type[BaseModel], filled: set[str], **required: Any) -> dict[str, Any]:
-    """A record as a plain dict in the model's own field order, with its defaults.
-
-    ``prepare`` fills in the per-job fields and calls orjson once: the same bytes as
-    ``dumps(JobRequested(...))`` without building, validating and re-dumping two models per job
-    (the submission is already validated). Built from the models, so a field added there is on the
-    wire here too (tests/test_ingest_submit.py pins the byte equality); a field whose default is made
-    per instance must be filled in per job, so it stops the import instead of being copied.
-    """
-    per_instance = {name for name, f in model.model_fields.items() if f.default_factory is not None} - filled
-    if per_instance:
-        raise RuntimeError(f"{model.__name__}.{sorted(per_instance)} default per instance: fill them in prepare()")
-    return model(**required).model_dump(mode="json")
-
-
-_REQUEST_TEMPLATE = _template(JobRequested, {"ts"}, job_id="", kind="", params={})
-_QUEUED_TEMPLATE = _template(JobEvent, {"ts", "data"}, job_id="", seq=0, type=EventType.QUEUED, kind="")
-_QUEUED = EventType.QUEUED  # enum attribute lookups are slow in Python 3.11; this runs per job
-_WIRE_OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.123456Z
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One job, ready to produce: its two records' wire bytes, and what read-your-writes needs."""
-
-    job_id: str
-    tenant: str
-    kind: str
-    ts: datetime
-    data: dict[str, Any]  # the queued event's data
-    request: bytes  # JobRequested on jobs.requested
-    queued_value: bytes  # its queued JobEvent on jobs.events
-
-    @property
-    def queued(self) -> JobEvent:
-        """The queued event as a model, for RecentJobs (built unvalidated: the fields are ours)."""
-        return JobEvent.model_construct(job_id=self.job_id, tenant=self.tenant, seq=0, ts=self.ts, type=_QUEUED,
-                                        kind=self.kind, data=self.data)
-
-
 def idempotent_job_id(tenant: str, key: str) -> str:
     """The same (tenant, Idempotency-Key) always names the same job, even across API replicas."""
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x00{key}").hex
@@ -140,29 +98,6 @@ def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None,
         return build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
     except TypeError as exc:
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
-
-
-def build(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int, timeout_s: float | None,
-          **replay: str | None) -> Prepared:
-    """A job's two records from fields already validated: a submission, or a replay re-emitting a
-    past request (``replay`` = ``calc_version``, ``replay_of``, ``replay_id``, on both records).
-    Raises TypeError for an integer past 64 bits."""
-    now = utcnow()
-    request = orjson.dumps({**_REQUEST_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
-                            "params": params, "priority": priority, "timeout_s": timeout_s, **replay},
-                           option=_WIRE_OPTIONS)
-    data = {"priority": priority, "timeout_s": timeout_s, **replay}
-    queued = orjson.dumps({**_QUEUED_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
-                           "data": data}, option=_WIRE_OPTIONS)
-    return Prepared(job_id, tenant, kind, now, data, request, queued)
-
-
-def records(prepared: Prepared, settings: Settings) -> list[Outgoing]:
-    key = prepared.job_id.encode()
-    return [
-        Outgoing(settings.topic(topics.REQUESTED), key, prepared.request),
-        Outgoing(settings.topic(topics.EVENTS), key, prepared.queued_value),
-    ]
 
 
 async def publish(producer: AsyncProducer, settings: Settings, jobs: list[Prepared],

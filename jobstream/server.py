@@ -14,15 +14,15 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Iterable
 
 from fastapi import FastAPI, Request
-from starlette.middleware.cors import CORSMiddleware
 
-from ingest_api import problems
-from processors.calculations import registry
-from ingest_api.auth import KeyRing
+from edge import cors, problems
+from edge.body_limit import BodyLimit
+from calculations import registry
+from edge.auth import KeyRing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys
 from ingest_api import routes as api_routes
-from ingest_api.recent import RecentJobs
+from store.recent import RecentJobs
 from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
@@ -31,7 +31,7 @@ from replay.runner import Replayer
 from sink import routes as sink_routes
 from sink.sink import Sink
 from sink.query import analyst_login
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout
 from streams import topics
@@ -116,7 +116,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
         app.include_router(sink_routes.router)
-    _install_cors(app, settings)
+    cors.install(app, settings)
 
     @app.get("/healthz", responses=problems.problem_responses(503))
     async def healthz(request: Request) -> dict[str, str]:
@@ -125,25 +125,6 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
         return {"status": "ok"}
 
     return app
-
-
-CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
-CORS_EXPOSED = ["Location", "Retry-After", "WWW-Authenticate"]
-
-
-def _install_cors(app: FastAPI, settings: Settings) -> None:
-    """CORS for the origins in ``JOBSTREAM_CORS_ORIGINS`` (none: off, so OPTIONS stays a 405).
-
-    Outermost, so preflights are answered before any other middleware and every answer (problems
-    included) carries the headers. Never with credentials: jobstream uses no cookies — a page sends
-    the API key in ``Authorization`` (an allowed header, not a credential to CORS) and EventSource
-    carries a stream token in the URL. Pure ASGI: streams pass through untouched.
-    """
-    origins = settings.cors_origin_list()
-    if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "DELETE"], allow_headers=CORS_HEADERS,
-                           expose_headers=CORS_EXPOSED, max_age=settings.cors_max_age_s)
 
 
 def _telemetry() -> dict[str, bool]:
@@ -172,77 +153,3 @@ def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:
     return Replayer(bootstrap, settings, app.state.replays,
                     statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
                     on_emit=lambda queued: loop.call_soon_threadsafe(recent.add, queued))
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes``, declared or streamed; 408 when the next
-    part of a body does not arrive within ``timeout_s`` (a client that declared a Content-Length
-    larger than what it sends would otherwise hold the request until it gives up).
-
-    Pure ASGI (not BaseHTTPMiddleware) so SSE responses stream untouched; the timeout applies only
-    while a body is still expected, never to a stream waiting for its client to disconnect.
-    """
-
-    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-        self.app = app
-        self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(scope, receive, send)
-        seen = 0
-        body_done = False
-        started = False
-
-        async def counted_receive():  # type: ignore[no-untyped-def]
-            nonlocal seen, body_done
-            if body_done:
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
-            except TimeoutError:
-                raise _BodyTimeout() from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracked_send(message):  # type: ignore[no-untyped-def]
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await self._too_large(scope, receive, send)
-        except _BodyTimeout:
-            if not started:
-                await self._timed_out(scope, receive, send)
-
-    async def _too_large(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        response = problems.problem_response(413, "Body too large", f"the limit is {self.max_bytes} bytes",
-                                             limit_bytes=self.max_bytes)
-        await response(scope, receive, send)
-
-    async def _timed_out(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        response = problems.problem_response(
-            408, "Request timeout", f"the request body did not arrive within {self.timeout_s:g}s",
-            headers={"Connection": "close"}, timeout_s=self.timeout_s)
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _BodyTimeout(Exception):
-    pass

@@ -29,7 +29,7 @@ from typing import Any
 import faust
 
 from processors import consumer
-from processors.calculations import registry
+from calculations import registry
 from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
 from processors.outbox import Outbox

@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from processors.calculations import registry
+from calculations import registry
 from streams.lifeline import kill_with_parent
 
 logger = logging.getLogger(__name__)

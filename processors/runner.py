@@ -34,7 +34,7 @@ import orjson
 
 from processors import executor
 from processors.batching import BatchPolicy, Batcher
-from processors.calculations import registry
+from calculations import registry
 from processors.cancellation import CancelledJobs
 from processors.dead_letters import CRASHED, UNDECODABLE, DeadLetters, Source
 from processors.executor import JobSpec, Outcome

@@ -1,6 +1,6 @@
 """The ClickHouse side of replays: current statuses for the status filter, and the diff.
 
-The diff is the ``replay_diff`` parameterised view (sink/schema.py), so analysts get the
+The diff is the ``replay_diff`` parameterised view (store/schema.py), so analysts get the
 same answer from SQL: ``SELECT * FROM replay_diff(tenant = 'acme', replay_id = '...')``.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 
 OUTCOMES = ("equal", "changed", "failed", "pending")
 

@@ -14,9 +14,9 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from ingest_api.auth import current_tenant
-from ingest_api.problems import Problem, problem_responses
-from ingest_api.routes import load_view
+from edge.auth import current_tenant
+from edge.problems import Problem, problem_responses
+from store.jobs import job_view
 from replay import diff
 from replay.book import ReplayBook
 from replay.models import Replay, ReplayRequest, ReplaySelection, replayed_job_id
@@ -163,7 +163,9 @@ async def rerun(job_id: str, request: Request, response: Response, tenant: str =
     """Run one job again (say, a failed one) with the current calculation version, as a new job.
 
     Answers once Kafka has the new job, so a GET of its Location right after never 404s."""
-    view = await load_view(request, tenant, job_id)
+    view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id)
+    if view is None:
+        raise Problem(404, "Job not found", f"no job {job_id!r}")
     around = view.submitted_at
     assert around is not None
     selection = ReplaySelection(job_ids=[job_id], since=around - RERUN_WINDOW, until=around + RERUN_WINDOW)

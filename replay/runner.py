@@ -28,8 +28,8 @@ from typing import Callable
 
 from confluent_kafka import Producer
 
-from ingest_api import submit
-from processors.calculations import registry
+from streams import wire
+from calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
@@ -251,12 +251,12 @@ class Replayer:
 
     def _emit(self, replay: Replay, original: JobRequested) -> None:
         """The original request again, as a new job (the ingest API's record builder, so both are alike)."""
-        job = submit.build(
+        job = wire.build(
             replayed_job_id(replay.replay_id, original.job_id), original.tenant, original.kind, original.params,
             original.priority, original.timeout_s, calc_version=replay.versions[original.kind],
             replay_of=original.job_id, replay_id=replay.replay_id,
         )
-        request, queued = submit.records(job, self._settings)
+        request, queued = wire.records(job, self._settings)
         on_delivery = self._delivered
         if self._on_emit is not None:
             on_emit = self._on_emit

@@ -20,8 +20,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sink.schema import FIRST_RUNS_OF_TENANT, QUANTILES
-from sink.store import ClickHouseStore
+from store.schema import FIRST_RUNS_OF_TENANT, QUANTILES
+from store.clickhouse import ClickHouseStore
 
 _LEVELS = ("p50", "p90", "p99")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -3,7 +3,7 @@
 Two ways to reach ClickHouse, chosen by ``jobstream sql``: straight to a
 server (``CLICKHOUSE_URL=http(s)://…``, as ``JOBSTREAM_SQL_CLICKHOUSE_USER`` when
 set), or — with embedded chDB, which only the running service's process may
-open — through that service's ``POST /v1/sql``. Either way ``sink.sql_guard``
+open — through that service's ``POST /v1/sql``. Either way ``store.sql_guard``
 vets the statement first, then it runs on a ``readonly=1`` session with
 result-size and time limits that ClickHouse enforces.
 """
@@ -22,8 +22,8 @@ from uuid import UUID
 import httpx
 import orjson
 
-from sink import sql_guard
-from sink.store import AnalystLogin, QueryLimits, QueryResult, connect
+from store import sql_guard
+from store.clickhouse import AnalystLogin, QueryLimits, QueryResult, connect
 
 if TYPE_CHECKING:
     from streams.settings import Settings

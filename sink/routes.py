@@ -4,7 +4,7 @@
 the running service runs analysts' queries for them. It shows every tenant's
 data, so when API keys are configured only the tenants named in
 ``JOBSTREAM_SQL_TENANTS`` may use it (without keys the service is loopback-only
-and single-user). ``sink.sql_guard`` decides what may run (one SELECT, DESCRIBE, SHOW
+and single-user). ``store.sql_guard`` decides what may run (one SELECT, DESCRIBE, SHOW
 TABLES/CREATE, EXISTS or EXPLAIN over jobstream's own tables) before ClickHouse runs it;
 ClickHouse's ``readonly=1`` and result-size and time limits are the second line. Errors
 carry ClickHouse's code and a short first line only, never file or URL content.
@@ -24,12 +24,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest_api.auth import KeyRing, current_tenant
-from ingest_api.problems import Problem, problem_responses
+from edge.auth import KeyRing, current_tenant
+from edge.problems import Problem, problem_responses
 from sink import analytics
 from sink.query import limits_from, result_body
-from sink.sql_guard import Refused, short_error
-from sink.store import ClickHouseStore, StoreClosed
+from store.sql_guard import Refused, short_error
+from store.clickhouse import ClickHouseStore, StoreClosed
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import TERMINAL_EVENTS, EventType, JobEvent, dumps
 from streams.kafka_config import consumer_config

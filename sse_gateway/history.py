@@ -11,8 +11,8 @@ from datetime import timezone
 
 import orjson
 
-from sink.schema import FIRST_OF_SEQ, visible_events
-from sink.store import ClickHouseStore
+from store.schema import FIRST_OF_SEQ, visible_events
+from store.clickhouse import ClickHouseStore
 from sse_gateway.fanout import Entry
 from streams.events import JobEvent
 

@@ -27,8 +27,8 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
-from ingest_api.problems import Problem
-from sink.store import ClickHouseStore
+from edge.problems import Problem
+from store.clickhouse import ClickHouseStore
 from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import ajob_history
 from sse_gateway.sse import control_frame

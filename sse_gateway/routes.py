@@ -19,8 +19,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest_api.auth import bearer, current_tenant, tenant_of
-from ingest_api.problems import Problem
+from edge.auth import bearer, current_tenant, tenant_of
+from edge.problems import Problem
 from sse_gateway import positions
 from sse_gateway.fanout import Fanout
 from sse_gateway.job_stream import ClientHasEverything, JobStream

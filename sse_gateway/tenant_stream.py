@@ -23,7 +23,7 @@ import heapq
 import logging
 from typing import AsyncIterator, Iterable
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from sse_gateway import positions
 from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import afirst_offsets, atenant_history

@@ -15,7 +15,7 @@ The decision depends only on the job's earlier events, not on what one stream
 sent: the maxima over all earlier events equal those over the shown ones. So a
 resumed stream rebuilds its state by feeding the history before
 ``Last-Event-ID`` through ``admit`` (ids stay the shown events' seqs/positions),
-and ClickHouse applies the same rules in SQL (``sink.schema.visible_events``,
+and ClickHouse applies the same rules in SQL (``store.schema.visible_events``,
 behind ``event_counts`` and the ``/v1/events`` replay).
 """
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from sink import analytics
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.events import JobView
 
 LEVELS = [50, 90, 99]

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from processors.calculations.registry import CalculationError, Progress, TransientError, calculation
+from calculations.registry import CalculationError, Progress, TransientError, calculation
 
 
 class WorkParams(BaseModel):

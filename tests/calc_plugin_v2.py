@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from processors.calculations.registry import Progress, calculation
+from calculations.registry import Progress, calculation
 from tests.calc_plugin import SquareParams
 
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import uvicorn
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.broker import docker_available, kafka_broker
 from streams.settings import Settings
 from streams.topics import ensure_topics

@@ -23,7 +23,7 @@ import time
 import orjson
 
 from sink.sink import Sink, group_lag
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 
 # Short session: the restarted sink gets the dead one's partitions after ~6 s, not 45 s.

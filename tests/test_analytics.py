@@ -20,11 +20,12 @@ from confluent_kafka import Message
 from pydantic import SecretStr
 
 from jobstream.server import create_app
-from sink import analytics, schema
+from sink import analytics
+from store import schema
 from sink.query import render
 from sink.sink import JobTimes, build_rows
-from sink.sql_guard import Refused
-from sink.store import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
+from store.sql_guard import Refused
+from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow
 from streams.settings import Settings
 from tests.conftest import ROOT, Server, wait_until

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from jobstream.server import create_app
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import load_request
 from streams.local_kafka import LocalKafka

@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from jobstream.server import create_app
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 from tests.conftest import Server, wait_until
 

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from ingest_api.backpressure import LagMonitor, retry_after_s
-from ingest_api.problems import validation_errors
+from edge.problems import validation_errors
 from ingest_api.submit import JobSubmission
 from processors.executor import run_batch
 from streams.settings import Settings

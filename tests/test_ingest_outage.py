@@ -19,7 +19,7 @@ import pytest
 
 from ingest_api.submit import idempotent_job_id
 from jobstream.server import create_app
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings

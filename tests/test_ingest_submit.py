@@ -13,9 +13,9 @@ import httpx
 import pytest
 from pydantic import BaseModel, Field
 
-from ingest_api import submit
+from streams import wire
 from jobstream.server import create_app
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from ingest_api.routes import Accepted, BatchAccepted
 from ingest_api.submit import InvalidSubmission, JobSubmission, prepare
 from streams import topics
@@ -40,7 +40,7 @@ SUBMISSIONS: list[dict[str, Any]] = [
 def test_records_are_byte_for_byte_what_the_models_write(raw: dict[str, Any], ts: datetime | None,
                                                          monkeypatch: pytest.MonkeyPatch):
     if ts is not None:  # a whole second: pydantic then writes no fraction, and neither may we
-        monkeypatch.setattr(submit, "utcnow", lambda: ts)
+        monkeypatch.setattr(wire, "utcnow", lambda: ts)
     body = JobSubmission.model_validate(raw)
     job = prepare(body, "alice")
     request = JobRequested(job_id=job.job_id, tenant="alice", ts=job.ts, kind=body.kind, params=body.params,
@@ -59,8 +59,8 @@ def test_a_per_instance_default_cannot_be_frozen_into_the_template():
         nonce: str = Field(default_factory=lambda: uuid.uuid4().hex)
 
     with pytest.raises(RuntimeError, match="nonce"):
-        submit._template(Stamped, set(), job_id="")
-    assert submit._template(Stamped, {"nonce"}, job_id="")["job_id"] == ""
+        wire._template(Stamped, set(), job_id="")
+    assert wire._template(Stamped, {"nonce"}, job_id="")["job_id"] == ""
 
 
 def test_idempotent_submissions_keep_their_derived_id():

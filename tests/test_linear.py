@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from processors.calculations import registry
-from processors.calculations.linear import FitParams
+from calculations import registry
+from calculations.linear import FitParams
 from processors.executor import run_batch
 
 CALC = registry.get("linear.fit")

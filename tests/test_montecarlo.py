@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from processors.calculations import registry
-from processors.calculations.montecarlo import VarParams
+from calculations import registry
+from calculations.montecarlo import VarParams
 from processors.executor import run_batch
 
 CALC = registry.get("montecarlo.var")

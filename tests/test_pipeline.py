@@ -11,7 +11,7 @@ import orjson
 import pytest
 from httpx_sse import connect_sse
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.kafka

@@ -28,7 +28,7 @@ from jobstream.server import create_app
 from processors import dead_letters
 from processors.sequence import TERMINAL_SEQ
 from sink.sink import Sink, group_lag
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
 from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, new_job_id

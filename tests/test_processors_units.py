@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from processors import executor
-from processors.calculations import registry
+from calculations import registry
 from processors.executor import JobSpec, NoControl, run_batch, run_jobs
 from processors.outbox import event_bytes
 from processors.pool import CalcPool, ProcessDied

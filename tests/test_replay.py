@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from jobstream.cli import app as cli_app
 from jobstream.client import watch_job
-from processors.calculations import registry
+from calculations import registry
 from replay.models import Replay, ReplayState, replayed_job_id
 from replay.select import RequestScanner
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 from tests.conftest import Server, wait_until
 from tests.test_processors import ProcWorker, isolated

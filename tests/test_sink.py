@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobView, dumps, utcnow
 from streams.kafka_config import consumer_config

@@ -17,9 +17,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from sink import sql_guard
-from sink.sql_guard import Refused
-from sink.store import ClickHouseStore
+from store import sql_guard
+from store.sql_guard import Refused
+from store.clickhouse import ClickHouseStore
 from tests.test_analytics import readme_queries
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 from tests.conftest import wait_until
 from tests.test_sse_gateway import (

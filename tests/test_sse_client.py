@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from jobstream.client import EventStream, StreamError, StreamEvent, watch_job
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 from tests.conftest import ROOT, wait_until
 from tests.test_sse_gateway import TERMINAL_SEQ, EventProducer, event, gateway, new_job

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from httpx_sse import connect_sse
 from pydantic import SecretStr
 
-from sink.store import ClickHouseStore
+from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import EventType, JobEvent, dumps
 from streams.kafka_config import producer_config

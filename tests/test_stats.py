@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from processors.calculations import registry
-from processors.calculations.stats import DescribeParams
+from calculations import registry
+from calculations.stats import DescribeParams
 from processors.executor import run_batch
 
 CALC = registry.get("stats.describe")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from ingest_api.problems import Problem
+from edge.problems import Problem
 
 DEFAULT_TENANT = "default"
 

@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from processors.calculations.registry import Progress, calculation
+from calculations.registry import Progress, calculation
 
 MAX_ASSETS = 100
 MAX_PATHS = 10_000_000

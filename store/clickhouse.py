@@ -6,7 +6,7 @@ sync HTTP client must not run concurrent queries in one session
 (ClickHouse/clickhouse-connect#295). Async callers use the ``a*`` methods,
 which run the call on a worker thread.
 
-Analysts' SQL is first vetted by ``sink.sql_guard`` (ClickHouse's parser, an
+Analysts' SQL is first vetted by ``store.sql_guard`` (ClickHouse's parser, an
 allow-list), then runs on clients of its own whose session is ``readonly=1``
 with result-size and time limits — the second line (a chDB engine accepts any
 number of handles; a server gets the settings with every request, and with
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import clickhouse_connect
 import orjson
 
-from sink import sql_guard
-from sink.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
+from store import sql_guard
+from store.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
 from streams.events import JobEvent
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class ClickHouseStore:
 
     # --- analysts ------------------------------------------------------------------
     def vet_sql(self, sql: str) -> str:
-        """The text that may run for an analyst's ``sql`` (``sink.sql_guard``), or ``sql_guard.Refused``."""
+        """The text that may run for an analyst's ``sql`` (``store.sql_guard``), or ``sql_guard.Refused``."""
         with self._read_lock:
             self._check_open()
             if self._parser is None:
@@ -237,7 +237,7 @@ class ClickHouseStore:
             return sql_guard.vet(self._parser, sql)
 
     def readonly_query(self, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
-        """Run an analyst's SQL: vetted by ``sink.sql_guard``, then on a ``readonly=1`` session with ``limits``.
+        """Run an analyst's SQL: vetted by ``store.sql_guard``, then on a ``readonly=1`` session with ``limits``.
 
         Runs beside the sink's inserts (its own clients), one analyst query at a time. What runs
         is ClickHouse's canonical text of the checked statement.

@@ -14,7 +14,7 @@ from typing import Annotated, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from processors.calculations.registry import Progress, calculation
+from calculations.registry import Progress, calculation
 
 MAX_ROWS = 1_000_000
 MAX_COLUMNS = 100

@@ -1,3 +1,3 @@
 """The calculations that ship with jobstream (importing this registers them)."""
 
-from processors.calculations import linear, montecarlo, stats  # noqa: F401
+from calculations import linear, montecarlo, stats  # noqa: F401

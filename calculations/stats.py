@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from processors.calculations.registry import Progress, calculation
+from calculations.registry import Progress, calculation
 
 MAX_VALUES = 1_000_000
 PERCENTILES = (50, 90, 99)

@@ -119,7 +119,7 @@ def load_plugins(modules: Sequence[str] = ()) -> None:
     if _loaded:
         return
     _loaded = True
-    from processors.calculations import builtin  # noqa: F401  (always there, even uninstalled)
+    from calculations import builtin  # noqa: F401  (always there, even uninstalled)
 
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:

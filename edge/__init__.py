@@ -1,0 +1,1 @@
+"""The HTTP edge every service shares: auth, problem details, body limits, CORS."""
