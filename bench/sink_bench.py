@@ -40,7 +40,7 @@ from streams.events import dumps
 from streams.kafka_config import producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.job_histories import job_history
+from bench.histories import job_history
 
 
 PLACEHOLDER = b"J" * 32

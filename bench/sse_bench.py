@@ -14,6 +14,10 @@ Phases:
 * **per-job** — ``--fan`` clients, each on its own job's stream, events spread over the jobs at
   ``--job-rates`` events/s: the same figures.
 
+``--response sse-starlette`` runs the gateway with sse-starlette's ``EventSourceResponse`` in place of
+the lean one (``bench.sse_starlette_gateway``); ``--response lean,sse-starlette`` runs every phase
+against each in turn, one fresh gateway per response, on one broker, and prints them side by side.
+
 The gateway is ``jobstream serve --role gateway`` with its own chDB (no sink: its recent window is
 the only history, so it is set large enough for the run). Events go straight onto ``jobs.events``
 with a confluent producer; each carries its send time, which is also its Kafka timestamp.
@@ -48,8 +52,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the gateway process -------------------------------------------------------------------------
+RESPONSES = {"lean": "jobstream.cli", "sse-starlette": "bench.sse_starlette_gateway"}  # --response → module
+
+
 class Gateway:
-    def __init__(self, bootstrap: str, prefix: str, env: dict[str, str]) -> None:
+    def __init__(self, bootstrap: str, prefix: str, env: dict[str, str], response: str = "lean") -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="jobstream-sse-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +65,7 @@ class Gateway:
                     "JOBSTREAM_DATA_DIR": self.tmp.name, "CLICKHOUSE_URL": f"chdb://{self.tmp.name}/ch",
                     "JOBSTREAM_PORT": str(self.port), **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jobstream.cli", "serve", "--role", "gateway", "--log-level", "warning"],
+            [sys.executable, "-m", RESPONSES[response], "serve", "--role", "gateway", "--log-level", "warning"],
             env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
         deadline = time.monotonic() + 120
         while True:
@@ -206,7 +213,7 @@ class EventSource:
         t0 = time.time()
         value = orjson.dumps({"schema_version": 1, "job_id": job_id, "tenant": "default", "seq": seq,
                               "type": type_, "kind": "bench.sse", "ts": "2026-01-01T00:00:00Z",
-                              "data": {"progress": 0.5, "t0": t0}})
+                              "data": {"progress": seq / (seq + 1), "t0": t0}})  # rising: shown
         self.producer.produce(self.topic, key=job_id.encode(), value=value, timestamp=int(t0 * 1000))
         self.producer.poll(0)
 
@@ -223,6 +230,10 @@ class EventSource:
             self.send(jobs[i % len(jobs)])
         self.producer.flush(30)
         return total
+
+
+def p99_ms(values: list[float]) -> float | None:
+    return round(float(np.percentile(np.asarray(values) * 1000, 99)), 1) if values else None
 
 
 def stats_ms(values: list[float]) -> str:
@@ -268,6 +279,7 @@ async def hold(gw: Gateway, source: EventSource, count: int, heartbeat_s: float)
             "kib_per_stream": round((rss1 - rss0) * 1024 / max(opened, 1), 1),
             "streams_with_heartbeats": with_beats, "idle_cpu_pct": round(idle_cpu * 100, 1),
             "broadcast_delivered": f"{received}/{5 * opened}", "broadcast_latency": stats_ms(latencies),
+            "broadcast_p99_ms": p99_ms(latencies),
             "errors": sorted(errors)[:3], "connect_cpu_s": round(gw.cpu_s() - cpu0, 1)}
 
 
@@ -307,12 +319,34 @@ async def fan(gw: Gateway, source: EventSource, paths: list[str], jobs: list[str
         spy.wait(60)
     return {"clients": opened, "events_per_s_in": rate, "deliveries_expected": expected,
             "delivered": delivered, "deliveries_per_s": round(delivered / seconds),
-            "drain_s": round(elapsed - seconds, 2), "latency": stats_ms(latencies),
+            "drain_s": round(elapsed - seconds, 2), "latency": stats_ms(latencies), "p99_ms": p99_ms(latencies),
             "first_receipt_latency": stats_ms(list(first.values())),
             "clients_dropped": dropped, "gateway_cpu_pct": round(gw_cpu * 100), "client_cpu_pct": round(client_cpu * 100)}
 
 
 async def main_async(args: argparse.Namespace, bootstrap: str) -> None:
+    runs = {f"{i + 1}. {response}": await run_gateway(args, bootstrap, response)
+            for i, response in enumerate(args.response)}
+    print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
+    if len(runs) > 1:
+        print(side_by_side(runs))
+
+
+def side_by_side(runs: dict[str, dict]) -> str:
+    """The figures the response choice is judged on, one column per run (a markdown table)."""
+    first = next(iter(runs.values()))
+    rows = [("hold: KiB per idle stream", lambda r: r.get("hold", {}).get("kib_per_stream")),
+            ("hold: one event to all, p99 ms", lambda r: r.get("hold", {}).get("broadcast_p99_ms"))]
+    for phase in (k for k in first if k != "hold"):
+        rows += [(f"{phase}: deliveries/s", lambda r, p=phase: r.get(p, {}).get("deliveries_per_s")),
+                 (f"{phase}: p99 ms", lambda r, p=phase: r.get(p, {}).get("p99_ms"))]
+    lines = ["| figure | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+    lines += [f"| {name} | " + " | ".join(str(get(r)) for r in runs.values()) + " |" for name, get in rows]
+    return "\n".join(lines)
+
+
+async def run_gateway(args: argparse.Namespace, bootstrap: str, response: str) -> dict[str, object]:
+    """Every phase against one fresh gateway serving ``response``, on topics of its own."""
     prefix = f"b{uuid.uuid4().hex[:8]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, events_partitions=6)
     ensure_topics(bootstrap, settings)
@@ -321,7 +355,8 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> None:
         "JOBSTREAM_SSE_MAX_CONNECTIONS": limit, "JOBSTREAM_SSE_MAX_CONNECTIONS_PER_TENANT": limit,
         "JOBSTREAM_SSE_HEARTBEAT_S": str(args.heartbeat_s), "JOBSTREAM_SSE_RECENT_WINDOW_S": "3600",
         "JOBSTREAM_SSE_RECENT_MAX_EVENTS": "200000", "JOBSTREAM_SSE_QUEUE_SIZE": "1000",
-    })
+    }, response)
+    print(f"--- response: {response}", flush=True)
     source = EventSource(bootstrap, settings)
     results: dict[str, object] = {}
     try:
@@ -344,7 +379,14 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> None:
             print(f"{key}:", orjson.dumps(results[key]).decode(), flush=True)
     finally:
         gw.stop()
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    return results
+
+
+def responses(value: str) -> list[str]:
+    names = [x for x in value.split(",") if x]
+    if not names or set(names) - set(RESPONSES):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(RESPONSES)}")
+    return names
 
 
 def main() -> None:
@@ -357,6 +399,9 @@ def main() -> None:
     parser.add_argument("--job-rates", type=lambda s: [float(x) for x in s.split(",") if x],
                         default=[1000, 5000], help="events/s spread over per-job streams")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--response", type=responses, default=["lean"],
+                        help="gateway responses to run, in order, comma-separated: lean (the product's), "
+                        "sse-starlette (needs sse-starlette installed); repeat one to interleave runs")
     parser.add_argument("--profile", help="sample the gateway with py-spy during each fan-out phase into this "
                         "file prefix (needs py-spy; not a project dependency)")
     args = parser.parse_args()

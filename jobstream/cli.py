@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -71,13 +70,12 @@ def _serve(settings: Settings, bootstrap: str, roles: set[str]) -> None:
 def _start_worker(settings: Settings, bootstrap: str, index: int) -> subprocess.Popen[bytes]:
     """A worker that ends with us: SIGTERM from the kernel when we die (``die_with_parent``), and
     ``--parent-pid`` makes it exit within ``JOBSTREAM_WORKER_ORPHAN_GRACE_S`` even if its stop hangs."""
+    from jobstream.workers import worker_command, worker_env
     from streams.lifeline import die_with_parent
 
-    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_DATA_DIR": str(settings.data_dir),
-           "JOBSTREAM_TOPIC_PREFIX": settings.topic_prefix}
     return subprocess.Popen(
-        [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(index), "--parent-pid", str(os.getpid())],
-        env=env, start_new_session=True, preexec_fn=die_with_parent,
+        worker_command(index, parent_pid=os.getpid()), env=worker_env(settings, bootstrap),
+        start_new_session=True, preexec_fn=die_with_parent,
     )
 
 

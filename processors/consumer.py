@@ -14,8 +14,10 @@ re-armed after it fired. A delivery still blocked when that happens is
 abandoned exactly as before (its record is fetched again after the rebalance);
 an exception from a delivery still propagates.
 
-It overrides a private method, so it is only used with the Faust minor version
-it was copied from (``COPIED_FROM``); any other version runs Faust's own loop.
+It overrides a private method, so it is only used with the Faust version it was
+copied from (``COPIED_FROM``, pinned in pyproject.toml); any other version runs
+Faust's own loop. ``UPSTREAM_SHA256`` is the hash of the upstream method's source
+at that version: tests/test_processors_units.py fails when it changes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from mode import Service
 
 logger = logging.getLogger(__name__)
 
-COPIED_FROM = "0.15."
+COPIED_FROM = "0.15.3"
+#: sha256 of ``inspect.getsource(faust.transport.consumer.Consumer._drain_messages)`` in COPIED_FROM.
+UPSTREAM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -135,7 +139,7 @@ class Transport(faust_aiokafka.Transport):
 
 def install(app: faust.App) -> None:
     """Give ``app`` this consumer; call before anything touches ``app.transport`` (e.g. ``app.topic``)."""
-    if not faust.__version__.startswith(COPIED_FROM):
-        logger.warning("faust %s is not %sx: using Faust's own fetch loop", faust.__version__, COPIED_FROM)
+    if faust.__version__ != COPIED_FROM:
+        logger.warning("faust %s is not %s: using Faust's own fetch loop", faust.__version__, COPIED_FROM)
         return
     app.transport = Transport(app.conf.broker_consumer, app)

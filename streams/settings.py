@@ -202,3 +202,15 @@ class Settings(BaseSettings):
             choices = getattr(field.validation_alias, "choices", None)
             names.update(choices if choices else [f"JOBSTREAM_{name.upper()}"])
         return names
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, so a child process (``jobstream worker``) reads the
+        same values. Unset fields and secrets are left out: a child takes those from what it inherits."""
+        env: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None or isinstance(value, SecretStr):
+                continue
+            choices = getattr(field.validation_alias, "choices", None)
+            env[choices[0] if choices else f"JOBSTREAM_{name.upper()}"] = str(value)
+        return env

@@ -3,43 +3,27 @@
 The broker comes from ``streams.broker`` (KAFKA_BOOTSTRAP → Docker → local
 KRaft from Maven Central), exactly as ``jobstream up`` gets it. chDB allows one
 data directory per process, so the whole session shares one. Each session uses
-its own topic prefix, so reruns against an existing cluster never collide.
+its own topic prefix, so reruns against an existing cluster never collide. The helpers
+tests share live in ``tests.support``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from store.clickhouse import ClickHouseStore
 from streams.broker import docker_available, kafka_broker
 from streams.settings import Settings
 from streams.topics import ensure_topics
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float = 30.0, poll_interval_s: float = 0.05,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(poll_interval_s)
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
+from tests.support.workers import Worker
 
 
 @pytest.fixture(scope="session")
@@ -86,66 +70,6 @@ def settings(session_dir: Path, kafka_bootstrap: str, clickhouse_url: str) -> Se
         # raises these for its own stack).
         replay_max_rate=20.0, replay_max_jobs=50,
     )
-
-
-class Server:
-    """uvicorn serving an app on a thread, on a port the OS picked."""
-
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> "Server":
-        self.thread.start()
-        wait_until(lambda: self.server.started, 60, message="uvicorn to start")
-        return self
-
-    @property
-    def url(self) -> str:
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-class Worker:
-    """A real processor worker: ``jobstream worker`` in its own process."""
-
-    def __init__(self, settings: Settings, index: int = 0, log: Path | None = None) -> None:
-        self.settings = settings
-        self.index = index
-        self.log = log or settings.data_dir / f"worker-{index}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Worker":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap or "",
-            "JOBSTREAM_TOPIC_PREFIX": self.settings.topic_prefix,
-            "JOBSTREAM_DATA_DIR": str(self.settings.data_dir),
-            "JOBSTREAM_BATCH_MAX_WAIT_MS": str(self.settings.batch_max_wait_ms),
-            "JOBSTREAM_BATCH_MAX_SIZE": str(self.settings.batch_max_size),
-            "JOBSTREAM_CALC_PROCESSES": str(self.settings.calc_processes),
-        }
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(self.index)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Message
 from pydantic import SecretStr
 
+from bench.histories import job_history
 from jobstream.server import create_app
 from sink import analytics
 from store import schema
@@ -28,8 +29,11 @@ from store.sql_guard import Refused
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow
 from streams.settings import Settings
-from tests.conftest import ROOT, Server, wait_until
-from tests.job_histories import job_history, run_twice
+from tests.support import ROOT
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
+from tests.support.readme import readme_queries
+from tests.support.reruns import run_twice
 
 ADMIN = "analyst-key-0123456789"
 ALICE = "alice-key-0123456789x"
@@ -237,13 +241,6 @@ def test_parse_since_refuses_windows_out_of_range(since: str):
     with pytest.raises(analytics.BadWindow) as refused:
         analytics.parse_since(since, utcnow())
     assert len(str(refused.value)) < 120  # the value is cut, never echoed in full
-
-
-def readme_queries() -> list[str]:
-    """The SQL examples of the README's 'Querying results' section."""
-    section = (ROOT / "README.md").read_text().split("## Querying results", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```sql\n")[1:]]
-    return [q.strip() for block in blocks for q in block.split(";") if q.strip().replace("-", "").strip()]
 
 
 def test_the_readmes_example_queries_run_read_only(store: ClickHouseStore):

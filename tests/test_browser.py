@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from streams.settings import Settings
-from tests.conftest import ROOT, wait_until
-from tests.service_process import ServiceProcess, service_env
-from tests.test_processors import PLUGIN, ProcWorker, isolated
-from tests.test_sse_gateway import Reader
+from tests.support import ROOT
+from tests.support.waiting import wait_until
+from tests.support.service_process import ServiceProcess, service_env
+from tests.support.workers import PLUGIN, Worker, isolated
+from tests.support.sse import Reader
 
 pytestmark = pytest.mark.kafka
 
@@ -115,14 +116,14 @@ def scoped(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def worker(scoped: Settings) -> Iterator[ProcWorker]:
-    worker = ProcWorker(scoped).start()
+def worker(scoped: Settings) -> Iterator[Worker]:
+    worker = Worker(scoped).start()
     yield worker
     worker.stop()
 
 
 @pytest.fixture(scope="module")
-def service(scoped: Settings, worker: ProcWorker, page_server: PageServer,
+def service(scoped: Settings, worker: Worker, page_server: PageServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, str]]:
     """API + gateway + sink in a process of their own (restartable), CORS open to the page's origin."""
     home = tmp_path_factory.mktemp("browser-service")

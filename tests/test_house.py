@@ -1,5 +1,6 @@
 """The house rule, read from the import graph: service packages never import each other; the
-shared packages below them import no service and not the top (``jobstream``)."""
+shared packages below them import no service and not the top (``jobstream``). Test code too:
+test modules share helpers through ``tests/support`` only, and ``bench/`` imports no tests."""
 
 from __future__ import annotations
 
@@ -46,3 +47,21 @@ def test_a_shared_package_imports_no_service(package: str):
 def test_every_package_is_in_a_layer():
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
     assert packages - {"bench", "tests"} <= SERVICES | SHARED | {TOP}, packages
+
+
+def test_bench_imports_no_tests():
+    """Benches stand on the product (and bench/ helpers), never on test code."""
+    into_tests = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of("bench")
+                  for name in imports(path) if name.split(".")[0] == "tests"}
+    assert not into_tests, sorted(into_tests)
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in tests/support; test modules and conftest are not libraries."""
+    def is_test_module(name: str) -> bool:
+        parts = name.split(".")
+        return parts[0] == "tests" and len(parts) > 1 and (parts[1].startswith("test_") or parts[1] == "conftest")
+
+    crossing = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of("tests")
+                for name in imports(path) if is_test_module(name)}
+    assert not crossing, sorted(crossing)

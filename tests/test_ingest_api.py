@@ -9,17 +9,17 @@ from typing import Iterator
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import load_request
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import Server, wait_until
+from tests.support.kafka import requests_for
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -41,27 +41,6 @@ def keyed(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Se
 
 def as_(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
-    """How many JobRequested records for ``job_id`` are on the topic (read with a real consumer)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        seen, count = {p: 0 for p in partitions}, 0
-        while any(seen[p] < ends[p] for p in partitions):
-            for message in consumer.consume(500, timeout=1):
-                if message.error():
-                    continue
-                seen[message.partition()] = message.offset() + 1
-                if load_request(message.value()).job_id == job_id:
-                    count += 1
-        return count
-    finally:
-        consumer.close()
 
 
 def test_wrong_content_type_is_415(client: httpx.Client):

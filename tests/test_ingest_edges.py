@@ -18,7 +18,8 @@ from pydantic import SecretStr
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
-from tests.conftest import Server, wait_until
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -24,8 +24,9 @@ from streams import topics
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import Server, wait_until
-from tests.test_ingest_api import requests_for
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
+from tests.support.kafka import requests_for
 
 pytestmark = pytest.mark.kafka
 

@@ -23,7 +23,8 @@ from streams.events import EventType, JobEvent, JobRequested, dumps, load_event,
 from streams.producer import AsyncProducer, Outgoing, ProduceError
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import Server, wait_until
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
 
 JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 

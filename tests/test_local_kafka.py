@@ -15,7 +15,8 @@ from confluent_kafka.admin import AdminClient
 from streams.local_kafka import LocalKafka, kafka_version, new_cluster_id
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import ROOT, wait_until
+from tests.support import ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -12,7 +12,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from store.clickhouse import ClickHouseStore
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -7,10 +7,6 @@ Workers load the misbehaving test calculations of ``tests/calc_plugin.py`` (JOBS
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections import defaultdict
@@ -34,53 +30,12 @@ from streams.control import cancel_record
 from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, new_job_id
 from streams.kafka_config import consumer_config, producer_config
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from tests.analytics_checks import assert_each_job_counted_once
-from tests.conftest import ROOT, Server, Worker, wait_until
+from tests.support.analytics_checks import assert_each_job_counted_once
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
+from tests.support.workers import Worker, isolated
 
 pytestmark = pytest.mark.kafka
-
-PLUGIN = "tests.calc_plugin"
-WORKER_ENV = ("topic_prefix", "data_dir", "batch_max_size", "batch_max_wait_ms", "calc_processes",
-              "latency_target_ms", "retry_max_attempts", "retry_backoff_ms", "retry_backoff_max_ms", "crash_max",
-              "timeout_grace_s", "worker_session_timeout_s", "plugins", "requested_partitions")
-
-
-class ProcWorker(Worker):
-    """A real ``jobstream worker`` configured from every relevant field of its Settings."""
-
-    def start(self) -> "ProcWorker":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap or "",
-               **{f"JOBSTREAM_{name.upper()}": str(getattr(self.settings, name)) for name in WORKER_ENV}}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobstream.cli", "worker", "--index", str(self.index)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )
-        return self
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-def isolated(settings: Settings, **overrides: object) -> Settings:
-    """Fresh topics and local state for one scenario, everything else from the session settings."""
-    tag = uuid.uuid4().hex[:8]
-    values: dict[str, object] = {
-        "topic_prefix": f"{settings.topic_prefix}p{tag}.", "data_dir": Path(settings.data_dir) / f"proc-{tag}",
-        "plugins": PLUGIN, "calc_processes": 2, "batch_max_size": 16, "batch_max_wait_ms": 20,
-        "retry_backoff_ms": 50, "retry_backoff_max_ms": 200, "timeout_grace_s": 0.5,
-        "worker_session_timeout_s": 6.0, **overrides,
-    }
-    scoped = settings.model_copy(update=values)
-    ensure_topics(scoped.kafka_bootstrap or "", scoped)
-    return scoped
 
 
 class Kafka:
@@ -148,7 +103,7 @@ class Kafka:
         assert view is not None
         return view
 
-    def wait_terminal(self, job_ids: list[str], timeout_s: float = 120.0, worker: ProcWorker | None = None) -> None:
+    def wait_terminal(self, job_ids: list[str], timeout_s: float = 120.0, worker: Worker | None = None) -> None:
         def done() -> bool:
             return all(self.terminal(j) is not None for j in job_ids)
 
@@ -161,10 +116,10 @@ class Kafka:
 
 
 @contextmanager
-def worker_and_kafka(scoped: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
+def worker_and_kafka(scoped: Settings) -> Iterator[tuple[Settings, Kafka, Worker]]:
     """One worker process and a Kafka reader/writer on ``scoped``'s topics, for a module's scenarios."""
     kafka = Kafka(scoped)
-    worker = ProcWorker(scoped, log=Path(scoped.data_dir) / "worker.log").start()
+    worker = Worker(scoped, log=Path(scoped.data_dir) / "worker.log").start()
     try:
         yield scoped, kafka, worker
     finally:
@@ -173,7 +128,7 @@ def worker_and_kafka(scoped: Settings) -> Iterator[tuple[Settings, Kafka, ProcWo
 
 
 @pytest.fixture(scope="module")
-def scenario(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
+def scenario(settings: Settings) -> Iterator[tuple[Settings, Kafka, Worker]]:
     """One worker (2 calculation processes) shared by the failure-semantics tests of this module."""
     with worker_and_kafka(isolated(settings, retry_max_attempts=3, crash_max=2)) as running:
         yield running
@@ -325,7 +280,7 @@ def test_timeouts_cooperative_and_hard_fail_only_the_late_job(scenario):
 
 # --- cancellation and priorities (one calculation process, so jobs really queue) ----------------------
 @pytest.fixture(scope="module")
-def single(settings: Settings) -> Iterator[tuple[Settings, Kafka, ProcWorker]]:
+def single(settings: Settings) -> Iterator[tuple[Settings, Kafka, Worker]]:
     with worker_and_kafka(isolated(settings, calc_processes=1, batch_max_size=4)) as running:
         yield running
 
@@ -374,8 +329,8 @@ def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, s
     scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4)
     kafka = Kafka(scoped)
     sink = Sink(scoped.kafka_bootstrap or "", store, scoped).start()
-    first = ProcWorker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
-    second = ProcWorker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
+    first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
+    second = Worker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
     try:
         ids = [kafka.submit("test.work", {"value": i, "sleep_s": 0.6, "steps": 3}) for i in range(24)]
         # Kill when some jobs are done and others are mid-batch.
@@ -441,8 +396,8 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
                       api_keys=SecretStr(f"{tenant}={key}"))
     kafka = Kafka(scoped)
     server = Server(create_app(scoped, scoped.kafka_bootstrap or "", store=store)).start()
-    first = ProcWorker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
-    second = ProcWorker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
+    first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
+    second = Worker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
     http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     try:
         wait_until(lambda: http.get("/healthz").status_code == 200, 60, message="stack ready")
@@ -475,8 +430,8 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
 def test_two_workers_share_partitions_and_stopping_one_loses_nothing(settings: Settings):
     scoped = isolated(settings, requested_partitions=4, batch_max_size=4)
     kafka = Kafka(scoped)
-    a = ProcWorker(scoped, index=0, log=Path(scoped.data_dir) / "a.log").start()
-    b = ProcWorker(scoped, index=1, log=Path(scoped.data_dir) / "b.log").start()
+    a = Worker(scoped, index=0, log=Path(scoped.data_dir) / "a.log").start()
+    b = Worker(scoped, index=1, log=Path(scoped.data_dir) / "b.log").start()
     try:
         def workers_seen(ids: list[str]) -> set[str]:
             return {e.data["worker"] for j in ids for e in kafka.of(j) if e.type.value == "running"}

@@ -254,3 +254,27 @@ def test_a_worker_app_fetches_with_the_cheaper_hand_over(tmp_path):
 
     app = create_app(Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1"), "127.0.0.1:1")
     assert type(app.transport) is consumer.Transport and app.transport.Consumer is consumer.Consumer
+
+
+def test_the_copied_fetch_loop_matches_the_pinned_faust():
+    """``processors.consumer`` overrides a private Faust method with an edited copy: an upgrade that
+    changes the original (or the pin) must be looked at, not silently run with the old copy."""
+    import hashlib
+    import inspect
+    import tomllib
+    from pathlib import Path
+
+    import faust
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from processors import consumer
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert [d for d in project["dependencies"] if d.startswith("faust-streaming")] == [
+        f"faust-streaming=={consumer.COPIED_FROM}"]
+    assert faust.__version__ == consumer.COPIED_FROM
+    # the driver's consumer runs the base class's loop: that is the one the copy replaces
+    assert faust_aiokafka.Consumer._drain_messages is FaustConsumer._drain_messages
+    upstream = inspect.getsource(FaustConsumer._drain_messages)
+    assert hashlib.sha256(upstream.encode()).hexdigest() == consumer.UPSTREAM_SHA256

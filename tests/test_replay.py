@@ -26,8 +26,9 @@ from replay.models import Replay, ReplayState, replayed_job_id
 from replay.select import RequestScanner
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
-from tests.conftest import Server, wait_until
-from tests.test_processors import ProcWorker, isolated
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
+from tests.support.workers import Worker, isolated
 
 pytestmark = pytest.mark.kafka
 
@@ -50,7 +51,7 @@ class ReplayStack:
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 60, message="healthz")
         self.alice = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ALICE}"}, timeout=60)
         self.bob = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {BOB}"}, timeout=60)
-        self.worker: ProcWorker | None = None
+        self.worker: Worker | None = None
         self.plugins = ""
 
     def use_worker(self, plugins: str) -> None:
@@ -61,7 +62,7 @@ class ReplayStack:
             self.worker.stop()
         self.plugins = plugins
         scoped = self.settings.model_copy(update={"plugins": plugins})
-        self.worker = ProcWorker(scoped, log=Path(scoped.data_dir) / f"worker-{len(plugins)}.log").start()
+        self.worker = Worker(scoped, log=Path(scoped.data_dir) / f"worker-{len(plugins)}.log").start()
 
     def close(self) -> None:
         if self.worker is not None:

@@ -14,9 +14,9 @@ import pytest
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import wait_until
-from tests.service_process import ServiceProcess, alive, descendants, service_env
-from tests.test_processors import PLUGIN, ProcWorker, isolated
+from tests.support.waiting import wait_until
+from tests.support.service_process import ServiceProcess, alive, descendants, service_env
+from tests.support.workers import PLUGIN, Worker, isolated
 
 pytestmark = pytest.mark.kafka
 
@@ -64,14 +64,14 @@ def scoped(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def worker(scoped: Settings) -> Iterator[ProcWorker]:
-    worker = ProcWorker(scoped).start()
+def worker(scoped: Settings) -> Iterator[Worker]:
+    worker = Worker(scoped).start()
     yield worker
     worker.stop()
 
 
 def test_a_restarted_http_process_reports_a_finished_job_within_seconds(
-        scoped: Settings, worker: ProcWorker, tmp_path: Path):
+        scoped: Settings, worker: Worker, tmp_path: Path):
     """kill -9 of the HTTP process while a job runs; the restarted one's sink resumes at once, so
     GET /v1/jobs/{id} says the job finished a few seconds after it did, not when the dead sink's session expires."""
     serve = ServiceProcess(["serve", "--log-level", "warning"], service_env(

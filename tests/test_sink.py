@@ -19,6 +19,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from bench.histories import job_history
 from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
 from store.clickhouse import ClickHouseStore
 from streams import topics
@@ -26,9 +27,11 @@ from streams.events import JobView, dumps, utcnow
 from streams.kafka_config import consumer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import ROOT, wait_until
-from tests.analytics_checks import assert_each_job_counted_once, ms
-from tests.job_histories import job_history, produce, run_twice
+from tests.support import ROOT
+from tests.support.waiting import wait_until
+from tests.support.analytics_checks import assert_each_job_counted_once, ms
+from tests.support.kafka import produce
+from tests.support.reruns import run_twice
 
 
 # --- pure logic ------------------------------------------------------------------------------

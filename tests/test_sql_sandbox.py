@@ -20,7 +20,7 @@ import pytest
 from store import sql_guard
 from store.sql_guard import Refused
 from store.clickhouse import ClickHouseStore
-from tests.test_analytics import readme_queries
+from tests.support.readme import readme_queries
 
 
 # --- canaries -----------------------------------------------------------------------------------

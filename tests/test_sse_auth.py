@@ -7,10 +7,9 @@ import pytest
 
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
-from tests.conftest import wait_until
-from tests.test_sse_gateway import (
-    TERMINAL_SEQ, EventProducer, Reader, app_state, bearer, event, gateway, keys, new_job,
-)
+from tests.support.waiting import wait_until
+from tests.support.kafka import EventProducer
+from tests.support.sse import TERMINAL_SEQ, Reader, app_state, bearer, event, gateway, keys, new_job
 
 pytestmark = pytest.mark.kafka
 

@@ -13,8 +13,10 @@ import pytest
 from jobstream.client import EventStream, StreamError, StreamEvent, watch_job
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
-from tests.conftest import ROOT, wait_until
-from tests.test_sse_gateway import TERMINAL_SEQ, EventProducer, event, gateway, new_job
+from tests.support import ROOT
+from tests.support.waiting import wait_until
+from tests.support.kafka import EventProducer
+from tests.support.sse import TERMINAL_SEQ, event, gateway, new_job
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, wait_until
+from tests.support import ROOT
+from tests.support.waiting import wait_until
 
 
 def alive(pid: int) -> bool:

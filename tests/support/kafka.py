@@ -1,0 +1,62 @@
+"""Kafka clients for tests: put events on ``jobs.events``, count the requests on ``jobs.requested``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams import topics
+from streams.events import JobEvent, dumps, load_request
+from streams.kafka_config import producer_config
+from streams.settings import Settings
+
+
+class EventProducer:
+    """Writes JobEvents to the real jobs.events topic, keyed by job id, acknowledged."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(topics.EVENTS)
+        self.producer = Producer(producer_config(settings.kafka_bootstrap or "", settings))
+
+    def send(self, *events: JobEvent, timestamp_ms: int = 0) -> None:
+        errors: list[Any] = []
+        for e in events:
+            self.producer.produce(self.topic, key=e.job_id.encode(), value=dumps(e), timestamp=timestamp_ms,
+                                  on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        assert self.producer.flush(30) == 0 and not errors, errors
+
+
+def produce(bootstrap: str, settings: Settings, events: list[JobEvent]) -> None:
+    """Put events on ``jobs.events`` keyed by job id (as the API and processors do), acknowledged."""
+    producer = Producer(producer_config(bootstrap, settings))
+    topic = settings.topic(topics.EVENTS)
+    failures: list[str] = []
+    for event in events:
+        producer.produce(topic, key=event.job_id.encode(), value=dumps(event),
+                         on_delivery=lambda err, _: failures.append(str(err)) if err else None)
+        producer.poll(0)
+    if producer.flush(30) != 0 or failures:
+        raise RuntimeError(f"events not acknowledged: {failures[:3]}")
+
+
+def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
+    """How many JobRequested records for ``job_id`` are on the topic (read with a real consumer)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        seen, count = {p: 0 for p in partitions}, 0
+        while any(seen[p] < ends[p] for p in partitions):
+            for message in consumer.consume(500, timeout=1):
+                if message.error():
+                    continue
+                seen[message.partition()] = message.offset() + 1
+                if load_request(message.value()).job_id == job_id:
+                    count += 1
+        return count
+    finally:
+        consumer.close()
