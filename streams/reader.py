@@ -65,29 +65,35 @@ class KafkaReader:
       for a whole chunk (decode all, then one hop to the loop with ``to_loop``).
     - ``start_offset(partition, low, high)``: where each partition is read from (the beginning).
     - ``attach()``: to place the consumer differently, e.g. ``subscribe`` to a group.
-    - ``round()``: to own the whole read-and-handle step; ``finish()``: last words on the thread
-      before the consumer closes (e.g. write the batch in hand).
+    - ``round()``: to own the whole read-and-handle step; ``round_failed(exc)``: what a failed
+      round means; ``finish()``: last words on the thread before the consumer closes (e.g. write
+      the batch in hand).
 
     ``loaded`` is set once every record that was in the assigned partitions when the reader
     attached has been handled (at once when there were none; never for a subscription), so a
     service can stay unready until it knows the stored state. A round that raises is logged and
-    tried again after ``error_pause_s``; consumer errors other than partition EOF go to
-    ``on_error`` (logged). ``to_loop`` hands work to the event loop ``start()`` was called on.
+    tried again after ``error_pause_s`` (``round_failed``); consumer errors other than partition
+    EOF go to ``on_error`` (logged). ``to_loop`` hands work to the event loop ``start()`` was called on.
 
     How the two remaining hand-written loops adopt it (the lead, after the sink/gateway split):
 
     - ``Fanout``: ``super().__init__(bootstrap, settings, topic, group_id="jobstream-sse-gateway",
-      name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})``;
-      ``start_offset`` returns the offsets-for-times of the recent window (``start_low`` from
-      ``low``), computed in ``attach`` before ``super().attach()``; ``handle`` decodes the entries
-      and calls ``self.to_loop(self._dispatch, entries, last_offsets, wait=True)``; its ``_run``,
-      thread, stop event and the read trick (``read()``) go away; ``stop`` closes the
-      subscriptions on the loop, then ``super().stop()``. Its ``wait_caught_up`` stays: it waits
-      for the watermarks of *now*, not of start-up.
-    - ``Sink``: ``attach`` subscribes with ``on_assign``/``on_revoke``/``on_lost``; ``round`` is
-      its ``_round`` (it reads with its own batch size and timeout); ``finish`` is the settle and
-      flush now after its loop; ``on_error`` stops on ``KafkaError._FATAL``; ``stop(timeout_s=60)``
-      then shuts the writer down. ``transient`` is this module's.
+      name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})`` and
+      ``chunk_size = CONSUME_BATCH``. ``attach`` asks offsets-for-times of the recent window, then
+      calls ``super().attach()``, whose ``start_offset(p, low, high)`` returns them (and notes
+      ``start_low``). ``handle`` decodes the entries and calls ``self.to_loop(self._dispatch,
+      entries, last_offsets, wait=True)`` (``_dispatch`` loses its ``done`` event; False: the loop
+      is gone or we stop). Its ``_run``, thread, stop event and read trick (now ``read()``) go;
+      ``stop`` closes the subscriptions on the loop, then ``super().stop()``. ``wait_caught_up``
+      stays: it waits for the watermarks of *now*, not of start-up.
+    - ``Sink``: ``super().__init__(bootstrap, settings, topic, group_id=self._group,
+      name="clickhouse-sink", **overrides)``. ``attach`` subscribes with ``on_assign``/
+      ``on_revoke``/``on_lost``; ``round`` is its ``_round`` (own batch size and timeout; ``_admit``
+      keeps its error handling, fatal included); ``round_failed`` returns at once on
+      ``SinkStopping``, else rewinds the batch in hand and calls ``super().round_failed(exc)``;
+      ``finish`` is the settle-and-flush after its loop; ``stop`` is ``super().stop(timeout_s=60)``
+      then the writer's shutdown (the consumer closes on the reader's thread). ``transient`` is
+      this module's.
     """
 
     chunk_size: int = 1000  #: records taken from the consumer at once
@@ -216,6 +222,11 @@ class KafkaReader:
         """Called once, on the reader's thread (or in ``start()``), when ``loaded`` is set."""
         logger.info("%s read %s to its end", self.name, self.topic)
 
+    def round_failed(self, exc: Exception) -> None:
+        """A round raised: logged, then a pause of ``error_pause_s`` (or until stopped) before the next."""
+        logger.error("%s: a round failed; going on in %.1fs", self.name, self.error_pause_s, exc_info=exc)
+        self._stop.wait(self.error_pause_s)
+
     def finish(self) -> None:
         """Last words on the reader's thread after the loop ended, before the consumer closes."""
 
@@ -262,9 +273,8 @@ class KafkaReader:
             while not self._stop.is_set():
                 try:
                     self.round()
-                except Exception:  # never let the thread die silently: log, pause, go on
-                    logger.exception("%s: a round failed; going on in %.1fs", self.name, self.error_pause_s)
-                    self._stop.wait(self.error_pause_s)
+                except Exception as exc:  # never let the thread die silently
+                    self.round_failed(exc)
             self.finish()
         except Exception:
             logger.exception("%s stopped", self.name)

@@ -34,7 +34,8 @@ class Topic:
 
     def send(self, *values: bytes, partition: int | None = None) -> None:
         for i, value in enumerate(values):
-            self.producer.produce(self.name, value=value, partition=i % self.partitions if partition is None else partition)
+            where = i % self.partitions if partition is None else partition
+            self.producer.produce(self.name, value=value, partition=where)
         assert self.producer.flush(30) == 0
 
 
