@@ -1,79 +1,61 @@
 """Processor lag, measured, so the API can say 429 instead of accepting work it cannot do in time.
 
-A thread asks Kafka every ``lag_check_s`` for the processors' committed offsets
-on ``jobs.requested`` and the partitions' end offsets; their difference is the
-number of jobs waiting. The rate at which committed offsets move gives the
-processing speed, and so an honest ``Retry-After``.
+A ``KafkaReader`` thread asks Kafka every ``lag_check_s`` for the processors'
+consumer lag on ``jobs.requested`` (``streams.lag``): the number of jobs waiting.
+The rate at which committed offsets move gives the processing speed, and so an
+honest ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
-from confluent_kafka import Consumer, TopicPartition
-
 from streams import topics
-from streams.kafka_config import consumer_config
+from streams.lag import consumer_lag
+from streams.reader import KafkaReader
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-class LagMonitor:
+class LagMonitor(KafkaReader):
+    """Measures the processors' lag on its reader thread every ``lag_check_s``; reads no records."""
+
     def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._settings = settings
-        self._topic = settings.topic(topics.REQUESTED)
         # Reading the processors' committed offsets needs their group id, but never joins the group.
-        self._consumer = Consumer(consumer_config(bootstrap, settings.topic(topics.PROCESSORS_GROUP), settings))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lag-monitor", daemon=True)
+        super().__init__(bootstrap, settings, settings.topic(topics.REQUESTED),
+                         group_id=settings.topic(topics.PROCESSORS_GROUP), name="lag-monitor")
+        self._settings = settings
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed
         self._last: tuple[float, int] | None = None
 
-    def start(self) -> "LagMonitor":
-        self._partitions = [
-            TopicPartition(self._topic, p)
-            for p in self._consumer.list_topics(self._topic, timeout=10).topics[self._topic].partitions
-        ]
+    def attach(self) -> None:
         try:
             self.measure()
         except Exception:  # e.g. a just-created topic without a leader yet: the thread tries again
             logger.info("processor lag not measurable yet", exc_info=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._settings.lag_check_s):
-            try:
-                self.measure()
-            except Exception:
-                logger.warning("could not measure processor lag", exc_info=True)
+    def round(self) -> None:
+        if self._stop.wait(self._settings.lag_check_s):
+            return
+        try:
+            self.measure()
+        except Exception:
+            logger.warning("could not measure processor lag", exc_info=True)
 
     def measure(self) -> int:
-        committed = self._consumer.committed(self._partitions, timeout=5)
-        lag = 0
-        done = 0
-        for tp in committed:
-            end = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)[1]
-            start = max(tp.offset, 0)
-            lag += max(end - start, 0)
-            done += start
+        partitions = consumer_lag(self.consumer, self.topic, timeout_s=5)
+        done = sum(max(p.committed, 0) for p in partitions)
         now = time.monotonic()
         if self._last is not None and now > self._last[0]:
             instant = max(done - self._last[1], 0) / (now - self._last[0])
             self.rate = instant if self.rate == 0 else 0.7 * self.rate + 0.3 * instant
         self._last = (now, done)
-        self.lag = lag
-        return lag
+        self.lag = sum(p.lag for p in partitions)
+        return self.lag
 
     @property
     def overloaded(self) -> bool:

@@ -82,9 +82,7 @@ class WorkerRuntime:
         await self.pool.start()
         self.runner = Runner(settings, self.pool, outbox, dead_letters).start()
         self.control = ControlTail(self.bootstrap, settings, self.runner.on_cancel).start()
-        try:
-            await asyncio.wait_for(self.control.caught_up.wait(), CONTROL_CATCH_UP_S)
-        except asyncio.TimeoutError:
+        if not await self.control.wait_loaded(CONTROL_CATCH_UP_S):
             logger.warning("jobs.control not read to its end within %.0fs; starting anyway", CONTROL_CATCH_UP_S)
         # Start-up objects (Faust, aiokafka, pydantic schemas) never die: keep the collector from rescanning
         # them on every full collection (long pauses of the loop, seen in the SSE gateway too).

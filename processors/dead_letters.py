@@ -10,13 +10,13 @@ emits a ``failed`` event, so the client is not left waiting.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from streams.events import utcnow
 from streams.producer import AsyncProducer, Outgoing, ProduceError
@@ -67,14 +67,15 @@ class DeadLetters:
         """Produce the record and wait for Kafka's ack (retrying: the source is acked only after)."""
         value = record(original, reason=reason, error=error, job_id=job_id, tenant=tenant, source=source)
         outgoing = Outgoing(self._topic, key or (job_id or "").encode(), value)
-        delay = 0.2
-        while True:
-            try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ProduceError),
+                                           wait=wait_exponential(multiplier=0.2, max=5.0), before_sleep=_log_retry):
+            with attempt:
                 await self._producer.send_many([outgoing])
-                break
-            except ProduceError as exc:
-                logger.warning("dead letter not acknowledged (%s); again in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         self.sent += 1
         logger.error("dead-lettered a request: %s", reason, extra={"job_id": job_id, "reason": reason})
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning("dead letter not acknowledged (%s); again in %.1fs", exc,
+                   state.next_action.sleep if state.next_action else 0.0)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from processors.sequence import TERMINAL_SEQ, SeqClock
 from streams.events import SCHEMA_VERSION, TERMINAL_EVENTS, EventType, JobRequested
@@ -50,6 +51,14 @@ def event_bytes(job_id: str, tenant: str, seq: int, type_: EventType, kind: str,
 
 class ChunkNotDelivered(Exception):
     """Kafka refused, or did not acknowledge in time, at least one event of a chunk."""
+
+
+def _log_resend(count: int) -> Callable[[RetryCallState], None]:
+    def log(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning("Kafka did not acknowledge %d events (%s); sending them again in %.1fs",
+                       count, exc, state.next_action.sleep if state.next_action else 0.0)
+    return log
 
 
 class _Chunk:
@@ -162,16 +171,11 @@ class Outbox:
 
     async def _send(self, chunk: list[tuple[bytes, bytes, Callable[[], Any] | None]]) -> None:
         records = [(key, value) for key, value, _ in chunk]
-        delay = RETRY_MIN_S
-        while True:
-            try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ChunkNotDelivered),
+                                           wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
+                                           before_sleep=_log_resend(len(records))):
+            with attempt:
                 await self._produce(records)
-                break
-            except ChunkNotDelivered as exc:
-                logger.warning("Kafka did not acknowledge %d events (%s); sending them again in %.1fs",
-                               len(records), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
         self.sent += len(records)
         for _, _, on_delivered in chunk:
             if on_delivered is not None:

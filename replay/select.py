@@ -20,6 +20,7 @@ from replay.models import PartitionRange, ReplaySelection
 from streams import topics
 from streams.events import JobRequested, load_request
 from streams.kafka_config import consumer_config
+from streams.reader import partitions_of, watermarks
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ def _ms(ts: datetime) -> int:
 
 
 class RequestScanner:
-    """Reads ranges of ``jobs.requested`` with its own consumer (no group, nothing committed)."""
+    """Reads ranges of ``jobs.requested`` with its own consumer (no group, nothing committed).
+
+    Not a ``KafkaReader``: a bounded scan, pulled on the caller's thread, that stops at the ranges' ends
+    and fails on a consumer error (a replay must not silently skip requests).
+    """
 
     def __init__(self, bootstrap: str, settings: Settings, timeout_s: float = 10.0) -> None:
         self.topic = settings.topic(topics.REQUESTED)
@@ -56,18 +61,17 @@ class RequestScanner:
         self.close()
 
     def partitions(self) -> list[int]:
-        return sorted(self._consumer.list_topics(self.topic, timeout=self._timeout_s).topics[self.topic].partitions)
+        return partitions_of(self._consumer, self.topic, self._timeout_s)
 
     def ends(self) -> dict[int, int]:
         """Each partition's end offset now (where the next record will land)."""
-        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self._timeout_s)[1]
-                for p in self.partitions()}
+        return {p: high for p, (_, high) in watermarks(self._consumer, self.topic, self.partitions(),
+                                                       self._timeout_s).items()}
 
     def ranges(self, since: datetime | None, until: datetime | None) -> list[PartitionRange]:
         """Per partition, the offsets ``[start, end)`` holding requests stamped in ``[since, until)``."""
         result = []
-        for p in self.partitions():
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self._timeout_s)
+        for p, (low, high) in watermarks(self._consumer, self.topic, self.partitions(), self._timeout_s).items():
             start = self._offset_at(p, since, high) if since is not None else low
             end = self._offset_at(p, until, high) if until is not None else high
             start = max(start, low)
