@@ -31,6 +31,7 @@ from confluent_kafka import Producer
 from streams import wire
 from calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
+from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
@@ -42,17 +43,6 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0  #: a running replay rewrites its record at least this often
 STALE_S = 30.0  #: a running replay not heard of for this long may be resumed elsewhere
-
-
-class ReplayError(Exception):
-    """A replay request that cannot be planned or run; ``field`` names the culprit."""
-
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.field = field
 
 
 @dataclass
@@ -85,7 +75,7 @@ class Replayer:
         """Resolve the selection to offsets and count what it picks; record it (``planned`` for a dry run)."""
         rate = rate or self._settings.replay_default_rate
         if rate > self._settings.replay_max_rate:
-            raise ReplayError(422, "Rate too high", f"at most {self._settings.replay_max_rate} jobs/s", "rate")
+            raise ReplayRefused("Rate too high", f"at most {self._settings.replay_max_rate} jobs/s", "rate")
         for kind in selection.kinds:
             self._calculation(kind, None, "kinds")
         for kind, version in selection.calc_versions.items():
@@ -102,8 +92,8 @@ class Replayer:
                     by_kind[found.request.kind] = by_kind.get(found.request.kind, 0) + 1
                     total += 1
                 if total > self._settings.replay_max_jobs:
-                    raise ReplayError(422, "Too many jobs", f"the selection picks more than "
-                                      f"{self._settings.replay_max_jobs} jobs; narrow it", "since")
+                    raise ReplayRefused("Too many jobs", f"the selection picks more than "
+                                        f"{self._settings.replay_max_jobs} jobs; narrow it", "since")
             ends = scanner.ends()
         versions = {kind: self._calculation(kind, selection.calc_versions.get(kind), "kinds").version
                     for kind in sorted(by_kind)}
@@ -122,9 +112,9 @@ class Replayer:
         try:
             return registry.get(kind, version)
         except registry.UnknownKind:
-            raise ReplayError(422, "Unknown kind", f"no calculation named {kind!r}", field) from None
+            raise ReplayRefused("Unknown kind", f"no calculation named {kind!r}", field) from None
         except registry.UnknownVersion as exc:
-            raise ReplayError(422, "Unknown calculation version", str(exc), field) from None
+            raise ReplayRefused("Unknown calculation version", str(exc), field) from None
 
     # --- running ----------------------------------------------------------------------------
     def start(self, replay: Replay, already: set[str] | None = None, wait: bool = False) -> None:
@@ -161,11 +151,11 @@ class Replayer:
     def resume(self, replay: Replay) -> Replay:
         """Carry on a stopped (or orphaned) replay from its last checkpoint, skipping what it already emitted."""
         if self.running_here(replay.replay_id):
-            raise ReplayError(409, "Replay running", "this replay is running")
+            raise ReplayConflict("Replay running", "this replay is running")
         if replay.state is ReplayState.RUNNING and (utcnow() - replay.updated_at) < timedelta(seconds=STALE_S):
-            raise ReplayError(409, "Replay running", f"this replay is running in {replay.owner}; stop it first")
+            raise ReplayConflict("Replay running", f"this replay is running in {replay.owner}; stop it first")
         if replay.state in (ReplayState.COMPLETED, ReplayState.PLANNED):
-            raise ReplayError(409, f"Replay {replay.state.value}", "there is nothing to resume")
+            raise ReplayConflict(f"Replay {replay.state.value}", "there is nothing to resume")
         self._send([stop_record(self._settings, replay.replay_id, stop=False)])
         self._book.clear_stop(replay.replay_id)
         already = self._emitted_since_checkpoint(replay)

@@ -33,6 +33,7 @@ from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import ajob_history
 from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
+from streams.errors import JobstreamError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT = b": ping\n\n"
 
 
-class ClientHasEverything(Exception):
+class ClientHasEverything(JobstreamError):
     """Last-Event-ID is at or past the job's terminal event: nothing left to send (HTTP 204)."""
 
 
