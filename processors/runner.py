@@ -32,12 +32,11 @@ from typing import Any, Callable, Hashable
 
 import orjson
 
-from processors import executor
 from processors.batching import BatchPolicy, Batcher
 from calculations import registry
 from processors.cancellation import CancelledJobs
 from processors.dead_letters import CRASHED, UNDECODABLE, DeadLetters, Source
-from processors.executor import JobSpec, Outcome
+from processors.executor import JobSpec, Outcome, OutcomeStatus
 from processors.outbox import Outbox
 from processors.pool import CalcPool, ProcessDied
 from processors.retry import RetryPolicy
@@ -225,9 +224,9 @@ class Runner:
         again: list[Job] = []
         split: list[Job] = []
         for job, outcome in zip(jobs, outcomes):
-            if outcome.status == executor.NOT_RUN:
+            if outcome.status == OutcomeStatus.NOT_RUN:
                 again.append(job)
-            elif outcome.status == executor.SPLIT:
+            elif outcome.status == OutcomeStatus.SPLIT:
                 split.append(job)
             else:
                 self._settle(job, outcome)
@@ -238,12 +237,12 @@ class Runner:
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         attempt = {"attempt": job.attempt}
-        if outcome.status == executor.SUCCEEDED:
+        if outcome.status == OutcomeStatus.SUCCEEDED:
             self._finish(job, EventType.SUCCEEDED,
                          {"result": outcome.result, "calc_version": outcome.calc_version, **attempt})
-        elif outcome.status == executor.CANCELLED:
+        elif outcome.status == OutcomeStatus.CANCELLED:
             self._finish(job, EventType.CANCELLED, {"error": outcome.error, **attempt})
-        elif outcome.status == executor.TRANSIENT:
+        elif outcome.status == OutcomeStatus.TRANSIENT:
             self._retry_or_fail(job, outcome.error or _error("transient_error", "transient failure")["error"])
         else:  # failed, timed_out
             self._finish(job, EventType.FAILED, {"error": outcome.error, **attempt})
