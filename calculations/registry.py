@@ -21,12 +21,14 @@ from typing import Any, Callable, Protocol, Sequence
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel
 
+from streams.errors import JobstreamError
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "jobstream.calculations"
 
 
-class CalculationError(Exception):
+class CalculationError(JobstreamError):
     """Bad input found during a calculation: the job fails at once, it is not retried."""
 
     def __init__(self, message: str, *, index: int | None = None) -> None:
@@ -34,7 +36,7 @@ class CalculationError(Exception):
         self.index = index  # which job of the batch, when only one is at fault
 
 
-class TransientError(Exception):
+class TransientError(JobstreamError):
     """A failure that may pass (a resource was busy): the job is retried with backoff."""
 
     def __init__(self, message: str, *, index: int | None = None) -> None:
@@ -42,11 +44,11 @@ class TransientError(Exception):
         self.index = index  # which job of the batch, when only one is affected
 
 
-class UnknownKind(KeyError):
+class UnknownKind(JobstreamError, KeyError):
     """No calculation is registered under this kind."""
 
 
-class UnknownVersion(LookupError):
+class UnknownVersion(JobstreamError, LookupError):
     """The kind exists, but not at the version asked for (a replay may name an old one)."""
 
 

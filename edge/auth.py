@@ -20,11 +20,12 @@ from pathlib import Path
 from fastapi import Request
 
 from edge.problems import Problem
+from streams.errors import JobstreamError
 
 DEFAULT_TENANT = "default"
 
 
-class KeyConfigError(ValueError):
+class KeyConfigError(JobstreamError, ValueError):
     """The API key configuration cannot be parsed (the message never contains a key)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from edge import problems
+from streams.errors import JobstreamError
 
 
 class BodyLimit:
@@ -74,9 +75,9 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(JobstreamError):
+    """The body outgrew the limit (control flow inside the middleware)."""
 
 
-class _BodyTimeout(Exception):
-    pass
+class _BodyTimeout(JobstreamError):
+    """The body did not arrive in time (control flow inside the middleware)."""

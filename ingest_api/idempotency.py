@@ -55,11 +55,24 @@ def _record_key(tenant: str, key: str) -> bytes:
     return f"{tenant}\x00{key}".encode()
 
 
+@dataclass(frozen=True)
+class KeyLimits:
+    """The key store's part of the settings."""
+
+    ttl_s: float  #: JOBSTREAM_IDEMPOTENCY_TTL_S: how long a key is honoured
+    max_keys: int  #: JOBSTREAM_IDEMPOTENCY_MAX_KEYS: most keys held in memory (the oldest go first)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "KeyLimits":
+        return cls(settings.idempotency_ttl_s, settings.idempotency_max_keys)
+
+
 class IdempotencyKeys(TopicMirror):
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    def __init__(self, bootstrap: str, settings: Settings, limits: KeyLimits) -> None:
+        """``settings`` for Kafka and the topic's name."""
         super().__init__(bootstrap, settings, settings.topic(topics.IDEMPOTENCY))
-        self._ttl_s = settings.idempotency_ttl_s
-        self._max = settings.idempotency_max_keys
+        self._ttl_s = limits.ttl_s
+        self._max = limits.max_keys
         self._entries: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[bytes, asyncio.Future[None]] = {}

@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from store.clickhouse import ClickHouseStore
+from streams.errors import JobstreamError
 from streams.events import JobStatus
 
-class BadCursor(ValueError):
+class BadCursor(JobstreamError, ValueError):
     """The cursor was not made by this API."""
 
 

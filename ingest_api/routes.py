@@ -172,6 +172,11 @@ def _invalid(exc: InvalidSubmission) -> Problem:
     return Problem(422, exc.title, exc.detail, errors=exc.errors, **exc.extensions)
 
 
+def _item_problem(title: str, detail: str, errors: list[dict[str, str]], **extensions: Any) -> dict[str, Any]:
+    """A rejected batch item's problem details: the 422 the job alone would get."""
+    return {"type": "about:blank", "title": title, "status": 422, "detail": detail, "errors": errors, **extensions}
+
+
 def _accepted(request: Request, job_id: str, status_code: int = 202) -> Response:
     """The ``Accepted`` body, serialised directly (it is built from our own fields, nothing to validate)."""
     links = _links(request, job_id)
@@ -351,13 +356,12 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Pr
             job = prepare(JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors)
         except ValidationError as exc:
             errors, count = validation_errors(exc, ("jobs", str(index)), settings.max_listed_errors)
-            items.append(_batch_item(index, error=InvalidSubmission(
-                "Invalid job", "see 'errors'", errors, error_count=count).problem()))
+            items.append(_batch_item(index, error=_item_problem("Invalid job", "see 'errors'", errors,
+                                                                error_count=count)))
             continue
         except InvalidSubmission as exc:
-            problem = exc.problem()
-            problem["errors"] = [{**e, "field": f"jobs.{index}.{e['field']}"} for e in exc.errors]
-            items.append(_batch_item(index, error=problem))
+            errors = [{**e, "field": f"jobs.{index}.{e['field']}"} for e in exc.errors]
+            items.append(_batch_item(index, error=_item_problem(exc.title, exc.detail, errors, **exc.extensions)))
             continue
         ready.append(job)
         items.append(_batch_item(index, job.job_id, _links_from(settings, job.job_id)))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from calculations import registry
 from edge.problems import MAX_LISTED_ERRORS, validation_errors
+from streams.errors import JobstreamError
 from streams.events import new_job_id
 from streams.producer import AsyncProducer, Outgoing
 from streams.settings import Settings
@@ -58,8 +59,8 @@ class JobSubmission(BaseModel):
         return fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class InvalidSubmission(Exception):
-    """A submission that cannot become a job; carries problem details."""
+class InvalidSubmission(JobstreamError):
+    """A submission that cannot become a job: a title, a detail, the field errors and any extensions."""
 
     def __init__(self, title: str, detail: str, errors: list[dict[str, str]], **extensions: Any) -> None:
         super().__init__(detail)
@@ -67,10 +68,6 @@ class InvalidSubmission(Exception):
         self.detail = detail
         self.errors = errors
         self.extensions = extensions
-
-    def problem(self, status: int = 422) -> dict[str, Any]:
-        return {"type": "about:blank", "title": self.title, "status": status, "detail": self.detail,
-                "errors": self.errors, **self.extensions}
 
 
 def idempotent_job_id(tenant: str, key: str) -> str:

@@ -38,6 +38,8 @@ import orjson
 from httpx_sse import SSEError, connect_sse
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from streams.errors import JobstreamError
+
 logger = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
@@ -45,7 +47,7 @@ CONTROL_TYPES = frozenset({"disconnect"})
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
-class StreamError(Exception):
+class StreamError(JobstreamError):
     """The server refused the stream for good (401, 403, 404, 400, ...); ``problem`` is its body."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
@@ -137,7 +139,9 @@ class EventStream:
                 yield StreamEvent(id=sse.id, type=sse.event, data=orjson.loads(sse.data))
 
 
-class _RetryLater(Exception):
+class _RetryLater(JobstreamError):
+    """The server asked to come back later (tenacity retries on it)."""
+
     def __init__(self, after_s: float) -> None:
         self.after_s = after_s
 
@@ -183,7 +187,7 @@ def watch_events(base_url: str, *, kind: Sequence[str] = (), status: Sequence[st
             http.close()
 
 
-class SubmitError(Exception):
+class SubmitError(JobstreamError):
     """The server refused the submit (4xx), or every attempt failed; ``problem`` is its body."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
@@ -192,7 +196,9 @@ class SubmitError(Exception):
         self.problem = problem
 
 
-class _SubmitAgain(Exception):
+class _SubmitAgain(JobstreamError):
+    """A retryable answer to a submit (tenacity retries on it)."""
+
     def __init__(self, status: int, problem: dict[str, Any], after_s: float) -> None:
         super().__init__(problem.get("detail", ""))
         self.status = status

@@ -20,14 +20,14 @@ from edge.body_limit import BodyLimit
 from calculations import registry
 from edge.auth import KeyRing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
-from ingest_api.idempotency import IdempotencyKeys
+from ingest_api.idempotency import IdempotencyKeys, KeyLimits
 from ingest_api import routes as api_routes
 from store.recent import RecentJobs
 from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
-from replay.runner import Replayer
+from replay.runner import Replayer, ReplayLimits
 from sink import routes as sink_routes
 from sink.sink import Sink
 from sink.query import analyst_login
@@ -62,7 +62,7 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
             if "api" in roles:
                 app.state.producer = AsyncProducer(bootstrap, settings, settings.delivery_timeout_s)
                 started.append(app.state.producer)
-                app.state.idempotency = IdempotencyKeys(bootstrap, settings).start()
+                app.state.idempotency = IdempotencyKeys(bootstrap, settings, KeyLimits.from_settings(settings)).start()
                 started.append(app.state.idempotency)
                 app.state.lag = LagMonitor(bootstrap, settings).start()
                 started.append(app.state.lag)
@@ -150,6 +150,6 @@ def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:
     loop = asyncio.get_running_loop()
     store: ClickHouseStore = app.state.store
     recent: RecentJobs = app.state.recent
-    return Replayer(bootstrap, settings, app.state.replays,
+    return Replayer(bootstrap, settings, app.state.replays, limits=ReplayLimits.from_settings(settings),
                     statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
                     on_emit=lambda queued: loop.call_soon_threadsafe(recent.add, queued))

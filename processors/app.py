@@ -34,7 +34,7 @@ from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
 from processors.outbox import Outbox
 from processors.pool import CalcPool
-from processors.runner import Runner
+from processors.runner import Runner, RunnerConfig
 from streams import topics
 from streams.lifeline import watch_parent
 from streams.producer import AsyncProducer
@@ -80,7 +80,7 @@ class WorkerRuntime:
         self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),
                              grace_s=settings.timeout_grace_s, on_progress=self._on_progress)
         await self.pool.start()
-        self.runner = Runner(settings, self.pool, outbox, dead_letters).start()
+        self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters).start()
         self.control = ControlTail(self.bootstrap, settings, self.runner.on_cancel).start()
         if not await self.control.wait_loaded(CONTROL_CATCH_UP_S):
             logger.warning("jobs.control not read to its end within %.0fs; starting anyway", CONTROL_CATCH_UP_S)

@@ -30,6 +30,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -43,9 +44,17 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress reports per job per second
 
-SUCCEEDED, FAILED, TRANSIENT, SPLIT, CANCELLED, TIMED_OUT, NOT_RUN = (
-    "succeeded", "failed", "transient", "split", "cancelled", "timed_out", "not_run",
-)
+
+class OutcomeStatus(StrEnum):
+    """How one job of a batch ended in the calculation process (the module docstring says what follows)."""
+
+    SUCCEEDED = "succeeded"  #: final, with the result
+    FAILED = "failed"  #: final: bad params, unknown kind or version, ``CalculationError``, bad result
+    TRANSIENT = "transient"  #: retried with backoff
+    SPLIT = "split"  #: the batch raised as a whole: the worker runs its halves
+    CANCELLED = "cancelled"  #: stopped at a progress point on request
+    TIMED_OUT = "timed_out"  #: stopped at a progress point past ``timeout_s``
+    NOT_RUN = "not_run"  #: a batch-mate stopped the call; run again as is
 
 
 @dataclass(frozen=True)
@@ -58,14 +67,14 @@ class JobSpec:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    status: str
+    status: OutcomeStatus
     result: Any = None
     error: dict[str, str] | None = None
     calc_version: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == SUCCEEDED
+        return self.status == OutcomeStatus.SUCCEEDED
 
 
 class Control(Protocol):
@@ -98,7 +107,7 @@ class _Stop(BaseException):
     A BaseException, so a calculation's own ``except Exception`` does not swallow it.
     """
 
-    def __init__(self, index: int, status: str) -> None:
+    def __init__(self, index: int, status: OutcomeStatus) -> None:
         super().__init__(status)
         self.index = index
         self.status = status
@@ -124,16 +133,17 @@ def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control, version: str 
     try:
         calc = registry.get(kind, version)
     except registry.UnknownKind:
-        return [Outcome(j.job_id, FAILED, error=error("unknown_kind", f"no calculation {kind!r}")) for j in jobs]
+        return [Outcome(j.job_id, OutcomeStatus.FAILED, error=error("unknown_kind", f"no calculation {kind!r}"))
+                for j in jobs]
     except registry.UnknownVersion as exc:
-        return [Outcome(j.job_id, FAILED, error=error("unknown_version", str(exc))) for j in jobs]
+        return [Outcome(j.job_id, OutcomeStatus.FAILED, error=error("unknown_version", str(exc))) for j in jobs]
     outcomes: dict[int, Outcome] = {}
     valid: list[tuple[int, Any]] = []
     for index, job in enumerate(jobs):
         try:
             valid.append((index, calc.validate(job.params)))
         except ValidationError as exc:
-            outcomes[index] = Outcome(job.job_id, FAILED, error=error("invalid_params", str(exc)),
+            outcomes[index] = Outcome(job.job_id, OutcomeStatus.FAILED, error=error("invalid_params", str(exc)),
                                       calc_version=calc.version)
     if valid:
         for index, outcome in _run_valid(calc, [jobs[i] for i, _ in valid], [p for _, p in valid], control).items():
@@ -155,61 +165,65 @@ def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any
         if cancelled:
             for i, job_id in enumerate(ids):
                 if job_id in cancelled:
-                    raise _Stop(i, CANCELLED)
+                    raise _Stop(i, OutcomeStatus.CANCELLED)
         if earliest is not None and now > earliest:
             for i, deadline in enumerate(deadlines):
                 if deadline is not None and now > deadline:
-                    raise _Stop(i, TIMED_OUT)
+                    raise _Stop(i, OutcomeStatus.TIMED_OUT)
         # 0 is not news (the worker reports the start itself)
         if fraction > 0 and 0 <= index < len(ids) and now - last_report[index] >= PROGRESS_INTERVAL_S:
             last_report[index] = now
             control.progress(ids[index], min(max(float(fraction), 0.0), 1.0))
 
-    def outcome(status: str, index: int, exc: BaseException | None = None, type_: str = "") -> Outcome:
+    def outcome(status: OutcomeStatus, index: int, exc: BaseException | None = None, type_: str = "") -> Outcome:
         err = error(type_, _describe(exc) if exc is not None else status) if type_ else None
         return Outcome(ids[index], status, error=err, calc_version=calc.version)
 
-    def all_(status: str, exc: BaseException, type_: str) -> dict[int, Outcome]:
+    def all_(status: OutcomeStatus, exc: BaseException, type_: str) -> dict[int, Outcome]:
         return {i: outcome(status, i, exc, type_) for i in range(len(ids))}
 
-    def one(index: int | None, status: str, exc: BaseException, type_: str) -> dict[int, Outcome] | None:
+    def one(index: int | None, status: OutcomeStatus, exc: BaseException, type_: str) -> dict[int, Outcome] | None:
         if index is None or not 0 <= index < len(ids):
             return None
-        return {i: outcome(status, i, exc, type_) if i == index else outcome(NOT_RUN, i) for i in range(len(ids))}
+        return {i: outcome(status, i, exc, type_) if i == index else outcome(OutcomeStatus.NOT_RUN, i)
+                for i in range(len(ids))}
 
     try:
         results = calc.fn(params, progress)
         if len(results) != len(params):
             raise RuntimeError(f"{calc.kind} returned {len(results)} results for {len(params)} jobs")
     except _Stop as stop:
-        if stop.status == CANCELLED:
-            return one(stop.index, CANCELLED, RuntimeError("cancelled at a progress point"), "cancelled") or {}
-        return one(stop.index, TIMED_OUT, TimeoutError("timeout_s exceeded"), "timeout") or {}
+        if stop.status == OutcomeStatus.CANCELLED:
+            return one(stop.index, OutcomeStatus.CANCELLED, RuntimeError("cancelled at a progress point"),
+                       "cancelled") or {}
+        return one(stop.index, OutcomeStatus.TIMED_OUT, TimeoutError("timeout_s exceeded"), "timeout") or {}
     except registry.CalculationError as exc:
         if len(ids) == 1:
-            return all_(FAILED, exc, "calculation_error")
-        return one(exc.index, FAILED, exc, "calculation_error") or all_(SPLIT, exc, "calculation_error")
+            return all_(OutcomeStatus.FAILED, exc, "calculation_error")
+        return (one(exc.index, OutcomeStatus.FAILED, exc, "calculation_error")
+                or all_(OutcomeStatus.SPLIT, exc, "calculation_error"))
     except registry.TransientError as exc:
-        return one(exc.index, TRANSIENT, exc, "transient_error") or all_(TRANSIENT, exc, "transient_error")
+        return (one(exc.index, OutcomeStatus.TRANSIENT, exc, "transient_error")
+                or all_(OutcomeStatus.TRANSIENT, exc, "transient_error"))
     except Exception as exc:  # a bug or a resource problem: isolate the job, then retry it
         logger.warning("%s batch of %d raised %s", calc.kind, len(ids), _describe(exc))
         if len(ids) == 1:
-            return {0: Outcome(ids[0], TRANSIENT, error=error("internal_error", _describe(exc) + "\n"
+            return {0: Outcome(ids[0], OutcomeStatus.TRANSIENT, error=error("internal_error", _describe(exc) + "\n"
                                                                 + traceback.format_exc(limit=5)),
                                calc_version=calc.version)}
-        return all_(SPLIT, exc, "internal_error")
+        return all_(OutcomeStatus.SPLIT, exc, "internal_error")
     done: dict[int, Outcome] = {}
     for index, result in enumerate(results):
         if not _all_finite(result):  # JSON has no inf/nan: it would read as a success with nulls
-            done[index] = Outcome(ids[index], FAILED, error=error(
+            done[index] = Outcome(ids[index], OutcomeStatus.FAILED, error=error(
                 "calculation_error", "the result is not finite (inf or nan: the input overflows the calculation)"),
                 calc_version=calc.version)
             continue
         try:  # results must survive JSON: numpy scalars/arrays become plain numbers and lists
             plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
-            done[index] = Outcome(ids[index], SUCCEEDED, result=plain, calc_version=calc.version)
+            done[index] = Outcome(ids[index], OutcomeStatus.SUCCEEDED, result=plain, calc_version=calc.version)
         except TypeError as exc:
-            done[index] = Outcome(ids[index], FAILED, error=error("bad_result", _describe(exc)),
+            done[index] = Outcome(ids[index], OutcomeStatus.FAILED, error=error("bad_result", _describe(exc)),
                                   calc_version=calc.version)
     return done
 

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from processors.sequence import TERMINAL_SEQ, SeqClock
+from streams.errors import JobstreamError
 from streams.events import SCHEMA_VERSION, TERMINAL_EVENTS, EventType, JobRequested
 from streams.kafka_config import producer_config
 from streams.settings import Settings
@@ -49,7 +50,7 @@ def event_bytes(job_id: str, tenant: str, seq: int, type_: EventType, kind: str,
                          "ts": ts, "type": type_.value, "kind": kind, "data": data}, option=orjson.OPT_UTC_Z)
 
 
-class ChunkNotDelivered(Exception):
+class ChunkNotDelivered(JobstreamError):
     """Kafka refused, or did not acknowledge in time, at least one event of a chunk."""
 
 

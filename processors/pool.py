@@ -25,6 +25,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Sequence
 
 from processors.executor import JobSpec, Outcome, child_main
+from streams.errors import JobstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ READY_TIMEOUT_S = 120.0
 INLINE_SEND_BYTES = 64 * 1024
 
 
-class ProcessDied(Exception):
+class ProcessDied(JobstreamError):
     """The calculation process running a batch died (crashed, or was killed for ``timed_out`` jobs)."""
 
     def __init__(self, exitcode: int | None, timed_out: set[str]) -> None:

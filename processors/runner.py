@@ -32,12 +32,11 @@ from typing import Any, Callable, Hashable
 
 import orjson
 
-from processors import executor
 from processors.batching import BatchPolicy, Batcher
 from calculations import registry
 from processors.cancellation import CancelledJobs
 from processors.dead_letters import CRASHED, UNDECODABLE, DeadLetters, Source
-from processors.executor import JobSpec, Outcome
+from processors.executor import JobSpec, Outcome, OutcomeStatus
 from processors.outbox import Outbox
 from processors.pool import CalcPool, ProcessDied
 from processors.retry import RetryPolicy
@@ -86,16 +85,32 @@ class RunnerStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RunnerConfig:
+    """The runner's part of the settings."""
+
+    batch: BatchPolicy
+    retry: RetryPolicy
+    max_pending: int  #: JOBSTREAM_WORKER_MAX_PENDING: jobs held before the worker stops reading
+    crash_max: int  #: JOBSTREAM_CRASH_MAX: crashes of its process before a job is dead-lettered
+    cancel_memory: int  #: JOBSTREAM_CANCEL_MEMORY: cancelled job ids remembered
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RunnerConfig":
+        return cls(BatchPolicy.from_settings(settings), RetryPolicy.from_settings(settings),
+                   settings.worker_max_pending, settings.crash_max, settings.cancel_memory)
+
+
 class Runner:
-    def __init__(self, settings: Settings, pool: CalcPool, outbox: Outbox, dead_letters: DeadLetters) -> None:
-        self._settings = settings
+    def __init__(self, config: RunnerConfig, pool: CalcPool, outbox: Outbox, dead_letters: DeadLetters) -> None:
+        self._config = config
         self._pool = pool
         self._outbox = outbox
         self._dead_letters = dead_letters
-        self._retry = RetryPolicy.from_settings(settings)
+        self._retry = config.retry
         # The dispatcher holds one free slot while it plans: that one plus those still in the pool.
-        self.batcher: Batcher[Job] = Batcher(BatchPolicy.from_settings(settings), idle_slots=lambda: pool.idle + 1)
-        self.cancels = CancelledJobs(settings.cancel_memory)
+        self.batcher: Batcher[Job] = Batcher(config.batch, idle_slots=lambda: pool.idle + 1)
+        self.cancels = CancelledJobs(config.cancel_memory)
         self.jobs: dict[str, Job] = {}
         self._room = asyncio.Event()
         self._room.set()
@@ -117,7 +132,7 @@ class Runner:
     # --- intake ------------------------------------------------------------------------
     async def submit(self, raw: bytes, ack: Ack, source: Source | None = None, forget: Forget | None = None) -> None:
         """Take one request record; returns once there is room for more (backpressure)."""
-        while len(self.jobs) >= self._settings.worker_max_pending:
+        while len(self.jobs) >= self._config.max_pending:
             self._room.clear()
             await self._room.wait()
         try:
@@ -225,9 +240,9 @@ class Runner:
         again: list[Job] = []
         split: list[Job] = []
         for job, outcome in zip(jobs, outcomes):
-            if outcome.status == executor.NOT_RUN:
+            if outcome.status == OutcomeStatus.NOT_RUN:
                 again.append(job)
-            elif outcome.status == executor.SPLIT:
+            elif outcome.status == OutcomeStatus.SPLIT:
                 split.append(job)
             else:
                 self._settle(job, outcome)
@@ -238,12 +253,12 @@ class Runner:
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         attempt = {"attempt": job.attempt}
-        if outcome.status == executor.SUCCEEDED:
+        if outcome.status == OutcomeStatus.SUCCEEDED:
             self._finish(job, EventType.SUCCEEDED,
                          {"result": outcome.result, "calc_version": outcome.calc_version, **attempt})
-        elif outcome.status == executor.CANCELLED:
+        elif outcome.status == OutcomeStatus.CANCELLED:
             self._finish(job, EventType.CANCELLED, {"error": outcome.error, **attempt})
-        elif outcome.status == executor.TRANSIENT:
+        elif outcome.status == OutcomeStatus.TRANSIENT:
             self._retry_or_fail(job, outcome.error or _error("transient_error", "transient failure")["error"])
         else:  # failed, timed_out
             self._finish(job, EventType.FAILED, {"error": outcome.error, **attempt})
@@ -265,7 +280,7 @@ class Runner:
         job = rest[0]
         job.crashes += 1
         message = f"the calculation process died (exit code {died.exitcode}), crash {job.crashes}"
-        if job.crashes >= self._settings.crash_max:
+        if job.crashes >= self._config.crash_max:
             await self._dead_letters.send(
                 job.raw, reason=CRASHED, error=message, job_id=job.job_id, tenant=job.request.tenant,
                 source=job.source, key=job.job_id.encode(),

@@ -20,7 +20,8 @@ from store.jobs import job_view
 from replay import diff
 from replay.book import ReplayBook
 from replay.models import Replay, ReplayRequest, ReplaySelection, replayed_job_id
-from replay.runner import Replayer, ReplayError
+from replay.errors import ReplayConflict, ReplayError, ReplayRefused
+from replay.runner import Replayer
 from streams.events import JobStatus
 from streams.settings import Settings
 
@@ -68,9 +69,12 @@ def _out(request: Request, replay: Replay, outcomes: dict[str, int] | None = Non
     return ReplayOut(**replay.model_dump(), outcomes=outcomes, links=ReplayLinks(self=path, diff=f"{path}/diff"))
 
 
+_STATUS: dict[type[ReplayError], int] = {ReplayRefused: 422, ReplayConflict: 409}
+
+
 def _problem(exc: ReplayError) -> Problem:
     errors = [{"field": exc.field, "reason": exc.detail}] if exc.field else []
-    return Problem(exc.status, exc.title, exc.detail, errors=errors)
+    return Problem(_STATUS[type(exc)], exc.title, exc.detail, errors=errors)
 
 
 def _find(request: Request, tenant: str, replay_id: str) -> Replay:

@@ -31,6 +31,7 @@ from confluent_kafka import Producer
 from streams import wire
 from calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
+from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
@@ -44,15 +45,19 @@ HEARTBEAT_S = 2.0  #: a running replay rewrites its record at least this often
 STALE_S = 30.0  #: a running replay not heard of for this long may be resumed elsewhere
 
 
-class ReplayError(Exception):
-    """A replay request that cannot be planned or run; ``field`` names the culprit."""
+@dataclass(frozen=True)
+class ReplayLimits:
+    """The replayer's part of the settings."""
 
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.field = field
+    default_rate: float  #: JOBSTREAM_REPLAY_DEFAULT_RATE: jobs/s unless the request names a rate
+    max_rate: float  #: JOBSTREAM_REPLAY_MAX_RATE: the highest rate a request may name
+    max_jobs: int  #: JOBSTREAM_REPLAY_MAX_JOBS: most jobs one replay may select
+    checkpoint_jobs: int  #: JOBSTREAM_REPLAY_CHECKPOINT_JOBS: a checkpoint after every this many jobs
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ReplayLimits":
+        return cls(settings.replay_default_rate, settings.replay_max_rate, settings.replay_max_jobs,
+                   settings.replay_checkpoint_jobs)
 
 
 @dataclass
@@ -64,13 +69,15 @@ class _Run:
 class Replayer:
     """Plans, runs, stops and resumes this process's replays, recording each in ``jobs.replays``."""
 
-    def __init__(self, bootstrap: str, settings: Settings, book: ReplayBook,
+    def __init__(self, bootstrap: str, settings: Settings, book: ReplayBook, *, limits: ReplayLimits,
                  statuses: StatusLookup | None = None, on_emit: Callable[[JobEvent], None] | None = None) -> None:
-        """``statuses`` answers the status filter (ClickHouse); ``on_emit`` sees each replayed job's
-        queued event once Kafka has it (the API remembers it for read-your-writes). Both run on replay threads."""
+        """``settings`` for Kafka and topic names; ``statuses`` answers the status filter (ClickHouse);
+        ``on_emit`` sees each replayed job's queued event once Kafka has it (the API remembers it for
+        read-your-writes). Both run on replay threads."""
         self._bootstrap = bootstrap
         self._on_emit = on_emit
         self._settings = settings
+        self._limits = limits
         self._book = book
         self._statuses = statuses
         self._producer = Producer(producer_config(bootstrap, settings))
@@ -83,9 +90,10 @@ class Replayer:
     def plan(self, tenant: str, selection: ReplaySelection, rate: float | None = None, dry_run: bool = False,
              replay_id: str | None = None) -> Replay:
         """Resolve the selection to offsets and count what it picks; record it (``planned`` for a dry run)."""
-        rate = rate or self._settings.replay_default_rate
-        if rate > self._settings.replay_max_rate:
-            raise ReplayError(422, "Rate too high", f"at most {self._settings.replay_max_rate} jobs/s", "rate")
+        limits = self._limits
+        rate = rate or limits.default_rate
+        if rate > limits.max_rate:
+            raise ReplayRefused("Rate too high", f"at most {limits.max_rate} jobs/s", "rate")
         for kind in selection.kinds:
             self._calculation(kind, None, "kinds")
         for kind, version in selection.calc_versions.items():
@@ -101,9 +109,9 @@ class Replayer:
                     by_partition[found.partition].selected += 1
                     by_kind[found.request.kind] = by_kind.get(found.request.kind, 0) + 1
                     total += 1
-                if total > self._settings.replay_max_jobs:
-                    raise ReplayError(422, "Too many jobs", f"the selection picks more than "
-                                      f"{self._settings.replay_max_jobs} jobs; narrow it", "since")
+                if total > limits.max_jobs:
+                    raise ReplayRefused("Too many jobs", f"the selection picks more than {limits.max_jobs} jobs; "
+                                        "narrow it", "since")
             ends = scanner.ends()
         versions = {kind: self._calculation(kind, selection.calc_versions.get(kind), "kinds").version
                     for kind in sorted(by_kind)}
@@ -122,9 +130,9 @@ class Replayer:
         try:
             return registry.get(kind, version)
         except registry.UnknownKind:
-            raise ReplayError(422, "Unknown kind", f"no calculation named {kind!r}", field) from None
+            raise ReplayRefused("Unknown kind", f"no calculation named {kind!r}", field) from None
         except registry.UnknownVersion as exc:
-            raise ReplayError(422, "Unknown calculation version", str(exc), field) from None
+            raise ReplayRefused("Unknown calculation version", str(exc), field) from None
 
     # --- running ----------------------------------------------------------------------------
     def start(self, replay: Replay, already: set[str] | None = None, wait: bool = False) -> None:
@@ -161,11 +169,11 @@ class Replayer:
     def resume(self, replay: Replay) -> Replay:
         """Carry on a stopped (or orphaned) replay from its last checkpoint, skipping what it already emitted."""
         if self.running_here(replay.replay_id):
-            raise ReplayError(409, "Replay running", "this replay is running")
+            raise ReplayConflict("Replay running", "this replay is running")
         if replay.state is ReplayState.RUNNING and (utcnow() - replay.updated_at) < timedelta(seconds=STALE_S):
-            raise ReplayError(409, "Replay running", f"this replay is running in {replay.owner}; stop it first")
+            raise ReplayConflict("Replay running", f"this replay is running in {replay.owner}; stop it first")
         if replay.state in (ReplayState.COMPLETED, ReplayState.PLANNED):
-            raise ReplayError(409, f"Replay {replay.state.value}", "there is nothing to resume")
+            raise ReplayConflict(f"Replay {replay.state.value}", "there is nothing to resume")
         self._send([stop_record(self._settings, replay.replay_id, stop=False)])
         self._book.clear_stop(replay.replay_id)
         already = self._emitted_since_checkpoint(replay)
@@ -223,7 +231,7 @@ class Replayer:
             return replay
 
         with RequestScanner(self._bootstrap, settings) as scanner:
-            for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), settings.replay_checkpoint_jobs):
+            for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), self._limits.checkpoint_jobs):
                 chosen = {id(f) for f in flt.by_status(chunk)}
                 for found in chunk:
                     if id(found) in chosen and found.request.job_id not in already:
@@ -241,7 +249,7 @@ class Replayer:
                         sent += 1
                         since_checkpoint += 1
                     by_partition[found.partition].position = found.offset + 1
-                    if since_checkpoint >= settings.replay_checkpoint_jobs or (
+                    if since_checkpoint >= self._limits.checkpoint_jobs or (
                             time.monotonic() - last_checkpoint >= HEARTBEAT_S):
                         checkpoint(ReplayState.RUNNING, scanner)
             for r in ranges:

@@ -22,6 +22,7 @@ from typing import Any
 
 from store.schema import FIRST_RUNS_OF_TENANT, QUANTILES
 from store.clickhouse import ClickHouseStore
+from streams.errors import JobstreamError
 
 _LEVELS = ("p50", "p90", "p99")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -33,7 +34,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class BadWindow(ValueError):
+class BadWindow(JobstreamError, ValueError):
     """``since`` is neither a duration like ``15m`` nor an ISO 8601 time, or reaches before 1970."""
 
 

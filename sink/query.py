@@ -24,6 +24,7 @@ import orjson
 
 from store import sql_guard
 from store.clickhouse import AnalystLogin, QueryLimits, QueryResult, connect
+from streams.errors import JobstreamError
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 FORMATS = ("table", "csv", "json")
 
 
-class QueryFailed(RuntimeError):
+class QueryFailed(JobstreamError, RuntimeError):
     """The query was refused or failed; the message says why (ClickHouse's words where it spoke)."""
 
 

@@ -68,6 +68,11 @@ def sql_caller(request: Request, tenant: str = Depends(current_tenant)) -> str:
     return tenant
 
 
+def refusal_status(exc: Refused) -> int:
+    """403 for a kind of statement that would write or act on the server, 400 for every other refusal."""
+    return 403 if exc.rule == "statement" else 400
+
+
 @router.post("/v1/sql", response_model=SqlResult, responses={
     **problem_responses(400, 401, 403, 422, 503, s400="Refused by a rule of the sandbox (`rule` names it), or "
                                                       "ClickHouse refused the query (its error code, short message)",
@@ -83,8 +88,9 @@ async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_ca
         result = await store.areadonly_query(body.sql, limits)
     except Refused as exc:
         logger.info("sql query by tenant %s refused by rule %s", tenant, exc.rule)
-        title = "Read-only" if exc.status == 403 else "Syntax error" if exc.rule == "syntax" else "Query refused"
-        raise Problem(exc.status, title, exc.detail, rule=exc.rule) from None
+        status = refusal_status(exc)
+        title = "Read-only" if status == 403 else "Syntax error" if exc.rule == "syntax" else "Query refused"
+        raise Problem(status, title, exc.detail, rule=exc.rule) from None
     except DatabaseError as exc:
         raise _problem(exc, limits) from None
     except (OperationalError, StoreClosed) as exc:

@@ -49,6 +49,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from store.clickhouse import ClickHouseStore
 from streams import topics
+from streams.errors import JobstreamError
 from streams.events import TERMINAL_EVENTS, EventType, JobEvent, dumps
 from streams.kafka_config import consumer_config
 from streams.settings import Settings
@@ -71,7 +72,7 @@ JobKey = tuple[str, str]  # (tenant, job_id)
 Times = tuple[datetime | None, datetime | None]  # (submitted_at, started_at)
 
 
-class SinkStopping(Exception):
+class SinkStopping(JobstreamError):
     """The sink was asked to stop with a batch unwritten; it will be redelivered."""
 
 

@@ -30,6 +30,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sse_gateway import positions
+from sse_gateway.reasons import CloseReason
 from sse_gateway.visibility import Visibility
 from streams import topics
 from streams.events import TERMINAL_EVENTS, EventType, JobEvent
@@ -136,7 +137,7 @@ class Subscription:
         self.maxsize = maxsize
         self.items: deque[Entry] = deque()
         self.closed = False
-        self.reason: str | None = None
+        self.reason: CloseReason | None = None
         self.beat = False  # a heartbeat is due
         self.deadline = deadline  # loop time at which the stream ends (max lifetime)
         self.waiting_since = 0.0
@@ -147,25 +148,25 @@ class Subscription:
         if self.closed:
             return True  # already on its way out; nothing more to do
         if len(self.items) >= self.maxsize:
-            self.close("slow_client")
+            self.close(CloseReason.SLOW_CLIENT)
             return False
         self.items.append(entry)
         self._wake()
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         if self.closed:
             return
         self.closed = True
         self.reason = reason
-        if reason == "slow_client":
+        if reason == CloseReason.SLOW_CLIENT:
             self.items.clear()  # the client resumes by Last-Event-ID; free the memory now
         self._wake()
 
     def tick(self, now: float, heartbeat_s: float) -> None:
         """Called by the fanout's ticker: a heartbeat when idle that long, the end at the deadline."""
         if now >= self.deadline:
-            self.close("max_lifetime")
+            self.close(CloseReason.MAX_LIFETIME)
         elif self._waiter is not None and now - self.waiting_since >= heartbeat_s:
             self.beat = True
             self._wake()
@@ -280,7 +281,7 @@ class Fanout:
             self._ticker.cancel()
         for subs in [*self._job_subs.values(), *self._tenant_subs.values()]:
             for sub in list(subs):
-                sub.close("shutdown")
+                sub.close(CloseReason.SHUTDOWN)
 
     # --- subscriptions ------------------------------------------------------------------
     def _deadline(self) -> float:
@@ -460,7 +461,7 @@ class Fanout:
                     except Exception:  # noqa: BLE001 - an observer must not stop the fan-out
                         logger.exception("fanout observer failed")
         for sub in dead:
-            if sub.reason == "slow_client":
+            if sub.reason == CloseReason.SLOW_CLIENT:
                 self.overflows += 1
                 logger.info("dropped a slow SSE client (queue of %d full)", sub.maxsize, extra={"key": sub.key})
             self.unsubscribe(sub)

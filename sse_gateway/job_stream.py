@@ -31,8 +31,10 @@ from edge.problems import Problem
 from store.clickhouse import ClickHouseStore
 from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import ajob_history
+from sse_gateway.reasons import CloseReason, ResetReason
 from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
+from streams.errors import JobstreamError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT = b": ping\n\n"
 
 
-class ClientHasEverything(Exception):
+class ClientHasEverything(JobstreamError):
     """Last-Event-ID is at or past the job's terminal event: nothing left to send (HTTP 204)."""
 
 
@@ -109,7 +111,7 @@ class JobStream:
         """History reaches back to the job's start, or at least to Last-Event-ID."""
         return any(e.type == "queued" or e.seq <= self.last for e in self._known)
 
-    def close(self, reason: str = "client_disconnected") -> None:
+    def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
         if self.sub is not None:
             self.sub.close(reason)
             self.fanout.unsubscribe(self.sub)
@@ -120,7 +122,7 @@ class JobStream:
         s = self.settings
         loop = asyncio.get_running_loop()
         self._retry_line = b"retry: %d\n" % s.sse_retry_ms
-        reset: tuple[str, str] | None = None
+        reset: tuple[ResetReason, str] | None = None
         # 1. the sink lags more than the window: wait for it, or say so
         if not self._covered(self._partition, self._committed):
             waited_until = loop.time() + s.sse_history_wait_s
@@ -133,9 +135,9 @@ class JobStream:
             if self._covered(self._partition, self._committed):
                 self._known = merge_by_seq(await ajob_history(self.store, self.tenant, self.job_id), self._window)
             else:
-                reset = ("history_lagging", "the sink is further behind than the gateway's recent window")
+                reset = (ResetReason.HISTORY_LAGGING, "the sink is further behind than the gateway's recent window")
         if reset is None and not self._complete():
-            reset = ("history_unavailable", "this job's early events are no longer stored")
+            reset = (ResetReason.HISTORY_UNAVAILABLE, "this job's early events are no longer stored")
         # 2. history after Last-Event-ID (or the reset, and on from the newest event we know); what
         # the stream shows is decided on the whole known history, in Kafka order, so a resumed
         # stream hides a re-run exactly as a live one did (see visibility)
@@ -176,7 +178,7 @@ class JobStream:
             if terminal:
                 return
             if self.sub.closed:
-                if self.sub.reason != "client_disconnected":
+                if self.sub.reason != CloseReason.CLIENT_DISCONNECTED:
                     yield self._first(control_frame("disconnect", {"reason": self.sub.reason, "resume": True}))
                 return
             if not items and self.sub.heartbeat_due():
@@ -188,7 +190,7 @@ class JobStream:
         line, self._retry_line = self._retry_line, b""
         return line + chunk
 
-    def _reset(self, reason: str, detail: str) -> bytes:
+    def _reset(self, reason: ResetReason, detail: str) -> bytes:
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
         return control_frame("reset", {
             "reason": reason, "detail": detail, "job_id": self.job_id,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from streams.errors import JobstreamError
 
-class TooManyStreams(Exception):
+
+class TooManyStreams(JobstreamError):
     """A connection limit is reached; ``scope`` is ``"process"`` or ``"tenant"``."""
 
     def __init__(self, scope: str, limit: int) -> None:

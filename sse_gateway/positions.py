@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from streams.errors import JobstreamError
+
 MAX_POSITION_CHARS = 4096
 
 
-class BadPosition(ValueError):
+class BadPosition(JobstreamError, ValueError):
     """A Last-Event-ID that is not a position of this topic."""
 
 

@@ -18,6 +18,8 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sse_gateway.reasons import CloseReason
+
 logger = logging.getLogger(__name__)
 
 HEADERS = {
@@ -121,8 +123,8 @@ class EventStreamResponse(Response):
                 # tell the client why and end the response cleanly.
                 try:
                     async with asyncio.timeout(1):
-                        await send({"type": "http.response.body", "more_body": False,
-                                    "body": control_frame("disconnect", {"reason": "shutdown", "resume": True})})
+                        body = control_frame("disconnect", {"reason": CloseReason.SHUTDOWN, "resume": True})
+                    await send({"type": "http.response.body", "more_body": False, "body": body})
                 except (TimeoutError, OSError, RuntimeError):
                     pass
             # timed out: return without completing; uvicorn closes the connection

@@ -27,6 +27,7 @@ from store.clickhouse import ClickHouseStore
 from sse_gateway import positions
 from sse_gateway.fanout import Entry, Fanout, Subscription
 from sse_gateway.history import afirst_offsets, atenant_history
+from sse_gateway.reasons import CloseReason, ResetReason
 from sse_gateway.sse import control_frame
 from streams.events import EventType, JobStatus, next_status
 from streams.settings import Settings
@@ -76,7 +77,7 @@ class TenantStream:
         self._window = (self.fanout.tenant_window(self.tenant, self.accepts, self.resume)
                         if self.resume is not None else [])
 
-    def close(self, reason: str = "client_disconnected") -> None:
+    def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
         if self.sub is not None:
             self.sub.close(reason)
             self.fanout.unsubscribe(self.sub)
@@ -95,7 +96,7 @@ class TenantStream:
                 give_up = loop.time() + s.sse_history_wait_s
                 while not await self._sink_covers(need):
                     if loop.time() >= give_up:
-                        reason = "history_lagging"
+                        reason = ResetReason.HISTORY_LAGGING
                         break
                     yield b": waiting for history\n\n"
                     await asyncio.sleep(s.sse_history_poll_s)
@@ -103,13 +104,13 @@ class TenantStream:
             if reason is None and need:
                 first = await afirst_offsets(self.store, sorted(need))
                 if any(v < first.get(p, w) for p, (v, w) in need.items()):
-                    reason = "position_expired"  # ClickHouse no longer holds it (retention)
+                    reason = ResetReason.POSITION_EXPIRED  # ClickHouse no longer holds it (retention)
             if reason is None and need:
                 limit = s.sse_resume_max_events
                 stored = await atenant_history(self.store, self.tenant, need, sorted(self.accepts.kinds),
                                                sorted(self.accepts.types), sorted(self.accepts.job_ids), limit + 1)
                 if len(stored) > limit:
-                    reason = "too_far_behind"
+                    reason = ResetReason.TOO_FAR_BEHIND
             if reason is not None:
                 logger.info("SSE reset for a tenant stream: %s", reason, extra={"tenant": self.tenant})
                 yield self._first(control_frame("reset", {
@@ -148,7 +149,7 @@ class TenantStream:
                 if chunk:
                     yield b"".join(chunk)
             if self.sub.closed:
-                if self.sub.reason != "client_disconnected":
+                if self.sub.reason != CloseReason.CLIENT_DISCONNECTED:
                     yield control_frame("disconnect", {"reason": self.sub.reason, "resume": True})
                 return
             if not items and self.sub.heartbeat_due():  # nothing queued: every record passed was offered to us
@@ -166,19 +167,19 @@ class TenantStream:
         committed = await self.fanout.sink_committed()
         return all(committed[p] >= w for p, (_, w) in need.items())
 
-    async def _unavailable(self) -> str | None:
+    async def _unavailable(self) -> ResetReason | None:
         """Why the resume position cannot be served, or None."""
         assert self.resume is not None
         try:
             marks = await self.fanout.watermarks()
         except Exception:  # noqa: BLE001 - Kafka did not answer: do not guess
             logger.warning("could not read watermarks for a resume", exc_info=True)
-            return "kafka_unavailable"
+            return ResetReason.KAFKA_UNAVAILABLE
         for p, (low, high) in enumerate(marks):
             if self.resume[p] > max(high, self._start[p]):
-                return "unknown_position"
+                return ResetReason.UNKNOWN_POSITION
             if self.resume[p] < self._window_start[p] and self.resume[p] < low:
-                return "position_expired"
+                return ResetReason.POSITION_EXPIRED
         return None
 
     def _merge(self, stored: list[Entry]) -> list[Entry]:

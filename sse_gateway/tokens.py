@@ -31,6 +31,7 @@ from typing import Callable
 
 import orjson
 
+from streams.errors import JobstreamError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _DOMAIN = b"jobstream stream token v1\n"  # keeps these MACs apart from any othe
 MAX_TOKEN_CHARS = 2048
 
 
-class InvalidToken(ValueError):
+class InvalidToken(JobstreamError, ValueError):
     """The token is malformed, tampered with, signed with another secret, or expired."""
 
     def __init__(self, reason: str) -> None:
@@ -118,7 +119,7 @@ class StreamTokens:
         return hmac.new(self._secret, _DOMAIN + payload, hashlib.sha256).digest()
 
 
-class SecretFileError(RuntimeError):
+class SecretFileError(JobstreamError, RuntimeError):
     """The stream token key file is unsafe or unreadable (the message never holds its content)."""
 
 

@@ -28,6 +28,7 @@ import orjson
 
 from store import sql_guard
 from store.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
+from streams.errors import JobstreamError
 from streams.events import JobEvent
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ _JSON_SETTINGS = {
 }
 
 
-class StoreClosed(ConnectionError):
+class StoreClosed(JobstreamError, ConnectionError):
     """The store was closed; ``open()`` reconnects."""
 
 

@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from streams.errors import JobstreamError
+
 logger = logging.getLogger(__name__)
 
 #: Table functions that only compute (no files, URLs, other databases or processes).
@@ -64,7 +66,7 @@ _STATEMENT_NAMES = {
 _SHOW_TARGETS = frozenset({"ShowCreateTableQuery", "ShowCreateViewQuery", "ExistsTableQuery"})
 
 
-class Unparsable(ValueError):
+class Unparsable(JobstreamError, ValueError):
     """The EXPLAIN AST dump did not have the shape of one tree."""
 
 
@@ -86,17 +88,17 @@ class Node:
 
 @dataclass(frozen=True)
 class Refusal:
-    status: int  #: 403 for statements that would write or act on the server, 400 for the rest
-    rule: str  #: which rule refused it (a stable word, also in the problem body)
+    rule: str  #: which rule refused it (a stable word, also in the problem body); ``statement``: the kind of
+    #: statement itself may not run here (it would write or act on the server)
     detail: str  #: one sentence for the caller, naming what was refused
 
 
-class Refused(Exception):
+class Refused(JobstreamError):
     """The statement may not run here; ``str()`` says why."""
 
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.detail)
-        self.status, self.rule, self.detail = refusal.status, refusal.rule, refusal.detail
+        self.rule, self.detail = refusal.rule, refusal.detail
 
 
 def parse_tree(lines: Sequence[str]) -> Node:
@@ -136,7 +138,7 @@ def check(tree: Node, *, database: str, views: frozenset[str] = frozenset()) -> 
     may be called like table functions (parameterised views such as ``replay_diff``).
     """
     if not _counts_add_up(tree):
-        return Refusal(400, "unparsable", "the statement could not be analysed (is there a line break in a name?)")
+        return Refusal("unparsable", "the statement could not be analysed (is there a line break in a name?)")
     body: list[Node]
     kind = tree.kind
     if kind == "SelectWithUnionQuery":
@@ -144,31 +146,31 @@ def check(tree: Node, *, database: str, views: frozenset[str] = frozenset()) -> 
     elif kind == "DescribeQuery":
         body, output = tree.children[:1], tree.children[1:]
         if not body or body[0].kind != "TableExpression":
-            return Refusal(400, "unparsable", "DESCRIBE of something other than a table or a subquery")
+            return Refusal("unparsable", "DESCRIBE of something other than a table or a subquery")
     elif kind == "Explain":
         first = 1 if tree.children and tree.children[0].kind == "Set" else 0  # EXPLAIN's own options
         body, output = tree.children[first:first + 1], tree.children[first + 1:]
         if not body or body[0].kind != "SelectWithUnionQuery":
-            return Refusal(403, "statement", f"only EXPLAIN of a SELECT may run here ({ALLOWED_STATEMENTS})")
+            return Refusal("statement", f"only EXPLAIN of a SELECT may run here ({ALLOWED_STATEMENTS})")
     elif kind == "ShowTables":
         for child in tree.children:
             if child.kind == "Identifier":
-                return Refusal(400, "database", f"SHOW TABLES lists this database only, with no clauses: database "
-                                                f"'{child.name}' (or FORMAT {child.name}) is not allowed")
+                return Refusal("database", f"SHOW TABLES lists this database only, with no clauses: database "
+                                           f"'{child.name}' (or FORMAT {child.name}) is not allowed")
         body, output = [], tree.children
     elif kind in _SHOW_TARGETS:
         parts = tree.text.split(" ")
         if len(parts) != 3:
-            return Refusal(400, "unparsable", "the statement could not be analysed")
+            return Refusal("unparsable", "the statement could not be analysed")
         db, _table = parts[1], parts[2]
         if db and db != database:
-            return Refusal(400, "database", f"tables of database '{db}' are not allowed here, only this "
-                                            f"database's ('{database}')")
+            return Refusal("database", f"tables of database '{db}' are not allowed here, only this "
+                                       f"database's ('{database}')")
         named = 2 if db else 1
         body, output = tree.children[:named], tree.children[named:]
     else:
         name = _STATEMENT_NAMES.get(kind, kind)
-        return Refusal(403, "statement", f"{name} statements may not run here; only {ALLOWED_STATEMENTS}")
+        return Refusal("statement", f"{name} statements may not run here; only {ALLOWED_STATEMENTS}")
 
     for clause in output:
         refusal = _output_clause(clause)
@@ -187,12 +189,12 @@ def _counts_add_up(node: Node) -> bool:
 
 def _output_clause(node: Node) -> Refusal | None:
     if node.kind == "Literal":
-        return Refusal(400, "into_outfile", "INTO OUTFILE is not allowed: results come back in the answer")
+        return Refusal("into_outfile", "INTO OUTFILE is not allowed: results come back in the answer")
     if node.kind == "Identifier":
-        return Refusal(400, "format", f"a FORMAT clause (FORMAT {node.name}) is not allowed: results come back as JSON")
+        return Refusal("format", f"a FORMAT clause (FORMAT {node.name}) is not allowed: results come back as JSON")
     if node.kind == "Set":
-        return Refusal(400, "settings", "a SETTINGS clause is not allowed: the service sets the query's limits")
-    return Refusal(400, "unparsable", f"unexpected clause {node.kind!r}")
+        return Refusal("settings", "a SETTINGS clause is not allowed: the service sets the query's limits")
+    return Refusal("unparsable", f"unexpected clause {node.kind!r}")
 
 
 def _walk(node: Node, parent: Node | None, database: str, views: frozenset[str]) -> Refusal | None:
@@ -217,30 +219,30 @@ def _walk(node: Node, parent: Node | None, database: str, views: frozenset[str])
 
 def _node(node: Node, parent: Node | None, database: str, views: frozenset[str]) -> Refusal | None:
     if node.kind == "Set":
-        return Refusal(400, "settings", "a SETTINGS clause is not allowed: the service sets the query's limits")
+        return Refusal("settings", "a SETTINGS clause is not allowed: the service sets the query's limits")
     if node.kind == "Function":
         if parent is not None and parent.kind == "TableExpression":
             return _table_function(node, views)
         lower = node.name.lower()
         if lower in REFUSED_FUNCTIONS or lower.startswith(REFUSED_FUNCTION_PREFIXES):
-            return Refusal(400, "function", f"function '{node.name}' is not allowed: it reaches files, "
-                                            "dictionaries, other tables or the host")
+            return Refusal("function", f"function '{node.name}' is not allowed: it reaches files, "
+                                       "dictionaries, other tables or the host")
     if node.kind == "TableIdentifier":
         return _table_name(node.name, database)
     if node.kind == "Identifier" and "." in node.name:
         first = node.name.split(".", 1)[0]
         if first.lower() in FOREIGN_DATABASES:
-            return Refusal(400, "database", f"database '{first}' is not allowed: only this database's tables "
-                                            f"('{database}')")
+            return Refusal("database", f"database '{first}' is not allowed: only this database's tables "
+                                       f"('{database}')")
     return None
 
 
 def _table_function(node: Node, views: frozenset[str]) -> Refusal | None:
     if node.name.lower() in ALLOWED_TABLE_FUNCTIONS or node.name in views:
         return None
-    return Refusal(400, "table_function", f"table function '{node.name}' is not allowed (allowed: "
-                                          f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}, and this database's "
-                                          "parameterised views)")
+    return Refusal("table_function", f"table function '{node.name}' is not allowed (allowed: "
+                                     f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}, and this database's "
+                                     "parameterised views)")
 
 
 def _table_name(name: str, database: str) -> Refusal | None:
@@ -249,7 +251,7 @@ def _table_name(name: str, database: str) -> Refusal | None:
     db = name.split(".", 1)[0]
     if db == database:
         return None
-    return Refusal(400, "database", f"database '{db}' is not allowed: only this database's tables ('{database}')")
+    return Refusal("database", f"database '{db}' is not allowed: only this database's tables ('{database}')")
 
 
 # --- the parse step (ClickHouse's parser; runs nothing) --------------------------------------------
@@ -271,23 +273,23 @@ def vet(parser: Any, sql: str) -> str:
     except DatabaseError as exc:
         message = short_error(exc)
         if getattr(exc, "code", None) == _SYNTAX_ERROR and "Multi-statements" in str(exc):
-            raise Refused(Refusal(400, "one_statement", "only one statement may run per request")) from None
+            raise Refused(Refusal("one_statement", "only one statement may run per request")) from None
         if getattr(exc, "code", None) == _SYNTAX_ERROR:
-            raise Refused(Refusal(400, "syntax", message)) from None
+            raise Refused(Refusal("syntax", message)) from None
         raise
     try:
         dump = parser.raw_query(f"EXPLAIN AST {canonical}").decode(errors="replace")
     except DatabaseError as exc:
         if getattr(exc, "code", None) in (_UNKNOWN_SETTING, _READONLY):  # EXPLAIN applies a SETTINGS clause
-            raise Refused(Refusal(400, "settings", "a SETTINGS clause is not allowed: the service sets the "
-                                                   "query's limits")) from None
-        raise Refused(Refusal(400, "unparsable", f"the statement could not be analysed: {short_error(exc)}")) \
+            raise Refused(Refusal("settings", "a SETTINGS clause is not allowed: the service sets the "
+                                              "query's limits")) from None
+        raise Refused(Refusal("unparsable", f"the statement could not be analysed: {short_error(exc)}")) \
             from None
     try:
         tree = parse_tree(dump.split("\n"))
     except Unparsable:
-        raise Refused(Refusal(400, "unparsable", "the statement could not be analysed (is there a line break "
-                                                 "in a name?)")) from None
+        raise Refused(Refusal("unparsable", "the statement could not be analysed (is there a line break "
+                                            "in a name?)")) from None
     refusal = check(tree, database=database, views=frozenset(views))
     if refusal:
         raise Refused(refusal)

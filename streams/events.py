@@ -19,6 +19,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from streams.errors import JobstreamError
+
 SCHEMA_VERSION = 1
 
 
@@ -81,7 +83,7 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(JobstreamError, ValueError):
     """An event would move a job along an edge the state machine does not have."""
 
 

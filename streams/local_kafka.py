@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from streams.errors import JobstreamError
 from streams.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ POM = Path(__file__).resolve().parent.parent / "docker" / "kafka" / "pom.xml"
 CLASSPATH_CACHE = Path(os.environ.get("JOBSTREAM_CACHE_DIR", Path.home() / ".cache" / "jobstream")) / "kafka"
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(JobstreamError, RuntimeError):
     """The local broker could not be provisioned or did not start."""
 
 

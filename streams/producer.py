@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from streams.errors import JobstreamError
 from streams.kafka_config import producer_config
 from streams.settings import Settings
 
@@ -34,7 +35,7 @@ POLL_INTERVAL_S = 0.001  # a loop with sends in flight polls this often: at most
 IDLE_POLL_S = 0.05  # the background thread's poll timeout while no loop is polling
 
 
-class ProduceError(RuntimeError):
+class ProduceError(JobstreamError, RuntimeError):
     """Kafka did not acknowledge a message in time (or refused it).
 
     ``outcome`` is None when nothing was handed to the producer (the request was surely not

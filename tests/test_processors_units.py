@@ -9,9 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from processors import executor
 from calculations import registry
-from processors.executor import JobSpec, NoControl, run_batch, run_jobs
+from processors.executor import JobSpec, NoControl, OutcomeStatus, run_batch, run_jobs
 from processors.outbox import event_bytes
 from processors.pool import CalcPool, ProcessDied
 from processors.retry import RetryPolicy
@@ -216,9 +215,8 @@ def test_cancel_reaches_the_running_process():
 
 
 def test_outcome_statuses_are_the_documented_ones():
-    assert {executor.SUCCEEDED, executor.FAILED, executor.TRANSIENT, executor.SPLIT, executor.CANCELLED,
-            executor.TIMED_OUT, executor.NOT_RUN} == {"succeeded", "failed", "transient", "split", "cancelled",
-                                                      "timed_out", "not_run"}
+    assert [s.value for s in OutcomeStatus] == ["succeeded", "failed", "transient", "split", "cancelled",
+                                                 "timed_out", "not_run"]
 
 
 # --- calculation versions ------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from store import sql_guard
 from store.sql_guard import Refused
 from store.clickhouse import ClickHouseStore
+from sink.routes import refusal_status
 from tests.support.readme import readme_queries
 
 
@@ -199,7 +200,7 @@ def test_the_guard_refuses_every_hostile_statement_before_clickhouse_runs_it(sto
     for sql, status, rule in hostile(canaries):
         with pytest.raises(Refused) as refused:
             store.vet_sql(sql)
-        assert refused.value.status == status, (sql, refused.value)
+        assert refusal_status(refused.value) == status, (sql, refused.value)
         assert rule.lower() in str(refused.value).lower(), (sql, str(refused.value))
         assert canaries.secret not in str(refused.value)
     canaries.untouched()
@@ -254,7 +255,7 @@ def test_check_refuses_statement_kinds_with_403():
                        ("SYSTEM query", "SYSTEM"), ("Set", "SET"), ("UseQuery system (children 1)\n Identifier system",
                                                                       "USE")):
         refusal = sql_guard.check(tree(dump), database="default")
-        assert refusal is not None and refusal.status == 403 and word in refusal.detail
+        assert refusal is not None and refusal_status(Refused(refusal)) == 403 and word in refusal.detail
 
 
 def test_check_refuses_output_clauses():
