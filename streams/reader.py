@@ -124,7 +124,11 @@ class KafkaReader:
         except RuntimeError:
             self._loop = None
         if not self.attach_on_thread:
-            self.attach()
+            try:
+                self.attach()
+            except BaseException:
+                self._close()
+                raise
         self._thread.start()
         return self
 
