@@ -19,7 +19,10 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
+from sink.group import GROUP_ID, group_lag
+from sink.intents import INTENT_PREFIX, Ranges
+from sink.rows import JobTimes, build_rows
+from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobView, dumps, utcnow
