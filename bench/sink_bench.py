@@ -33,7 +33,8 @@ import numpy as np
 from confluent_kafka import Producer
 
 from bench.common import broker
-from sink.sink import Sink, group_lag
+from sink.group import group_lag
+from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import dumps

@@ -213,7 +213,7 @@ class EventSource:
         t0 = time.time()
         value = orjson.dumps({"schema_version": 1, "job_id": job_id, "tenant": "default", "seq": seq,
                               "type": type_, "kind": "bench.sse", "ts": "2026-01-01T00:00:00Z",
-                              "data": {"progress": seq / (seq + 1), "t0": t0}})  # rising: shown
+                              "data": {"progress": seq / (seq + 1), "t0": t0}})  # rising: streams hide the rest
         self.producer.produce(self.topic, key=job_id.encode(), value=value, timestamp=int(t0 * 1000))
         self.producer.poll(0)
 

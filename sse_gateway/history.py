@@ -13,7 +13,7 @@ import orjson
 
 from store.schema import FIRST_OF_SEQ, visible_events
 from store.clickhouse import ClickHouseStore
-from sse_gateway.fanout import Entry
+from sse_gateway.entry import Entry
 from streams.events import JobEvent
 
 

@@ -29,7 +29,9 @@ from typing import AsyncIterator
 
 from edge.problems import Problem
 from store.clickhouse import ClickHouseStore
-from sse_gateway.fanout import Entry, Fanout, Subscription
+from sse_gateway.client_stream import ClientStream
+from sse_gateway.entry import Entry
+from sse_gateway.fanout import Fanout
 from sse_gateway.history import ajob_history
 from sse_gateway.reasons import CloseReason, ResetReason
 from sse_gateway.sse import control_frame
@@ -55,24 +57,19 @@ def merge_by_seq(*sources: list[Entry]) -> list[Entry]:
     return [by_seq[seq] for seq in sorted(by_seq)]
 
 
-class JobStream:
+class JobStream(ClientStream):
     """One client's stream of one job: ``open()`` (may answer 404/503/204), then ``frames()``."""
 
     def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str, job_id: str,
                  last: int) -> None:
-        self.fanout = fanout
-        self.store = store
-        self.settings = settings
-        self.tenant = tenant
+        super().__init__(fanout, store, settings, tenant)
         self.job_id = job_id
         self.last = last
-        self.sub: Subscription | None = None
         self._window: list[Entry] = []
         self._window_start: list[int] = []
         self._known: list[Entry] = []
         self._partition: int | None = None
         self._committed: list[int] = []
-        self._retry_line = b""
 
     async def open(self) -> None:
         """Subscribe and read history. Raises Problem 404 (unknown job) / 503 (cannot tell yet),
@@ -111,17 +108,11 @@ class JobStream:
         """History reaches back to the job's start, or at least to Last-Event-ID."""
         return any(e.type == "queued" or e.seq <= self.last for e in self._known)
 
-    def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
-        if self.sub is not None:
-            self.sub.close(reason)
-            self.fanout.unsubscribe(self.sub)
-
     async def frames(self) -> AsyncIterator[bytes]:
         """The response body: chunks of SSE frames."""
         assert self.sub is not None and self._partition is not None
         s = self.settings
         loop = asyncio.get_running_loop()
-        self._retry_line = b"retry: %d\n" % s.sse_retry_ms
         reset: tuple[ResetReason, str] | None = None
         # 1. the sink lags more than the window: wait for it, or say so
         if not self._covered(self._partition, self._committed):
@@ -178,17 +169,11 @@ class JobStream:
             if terminal:
                 return
             if self.sub.closed:
-                if self.sub.reason != CloseReason.CLIENT_DISCONNECTED:
-                    yield self._first(control_frame("disconnect", {"reason": self.sub.reason, "resume": True}))
+                if goodbye := self._goodbye(self.sub):
+                    yield goodbye
                 return
             if not items and self.sub.heartbeat_due():
                 yield HEARTBEAT
-
-    def _first(self, chunk: bytes) -> bytes:
-        """Put the ``retry:`` hint on the first frame that carries data (a frame of its own would
-        show up as an empty event in some clients)."""
-        line, self._retry_line = self._retry_line, b""
-        return line + chunk
 
     def _reset(self, reason: ResetReason, detail: str) -> bytes:
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.auth import bearer, current_tenant, tenant_of
 from edge.problems import Problem
 from sse_gateway import positions
+from sse_gateway.client_stream import ClientStream
 from sse_gateway.fanout import Fanout
 from sse_gateway.job_stream import ClientHasEverything, JobStream
 from sse_gateway.limits import ConnectionLimits, Slot, TooManyStreams
@@ -161,7 +162,7 @@ async def tenant_events(request: Request, grant: StreamGrant = Depends(stream_gr
     return _respond(request, stream, slot)
 
 
-def _respond(request: Request, stream: JobStream | TenantStream, slot: Slot) -> EventStreamResponse:
+def _respond(request: Request, stream: ClientStream, slot: Slot) -> EventStreamResponse:
     def closed() -> None:
         stream.close()
         slot.release()

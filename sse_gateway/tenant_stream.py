@@ -25,7 +25,9 @@ from typing import AsyncIterator, Iterable
 
 from store.clickhouse import ClickHouseStore
 from sse_gateway import positions
-from sse_gateway.fanout import Entry, Fanout, Subscription
+from sse_gateway.client_stream import ClientStream
+from sse_gateway.entry import Entry
+from sse_gateway.fanout import Fanout
 from sse_gateway.history import afirst_offsets, atenant_history
 from sse_gateway.reasons import CloseReason, ResetReason
 from sse_gateway.sse import control_frame
@@ -56,19 +58,14 @@ class EventFilter:
                 and (not self.job_ids or entry.job_id in self.job_ids))
 
 
-class TenantStream:
+class TenantStream(ClientStream):
     """One client's stream of a tenant's events: ``open()``, then ``frames()``."""
 
     def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str,
                  accepts: EventFilter, resume: list[int] | None) -> None:
-        self.fanout = fanout
-        self.store = store
-        self.settings = settings
-        self.tenant = tenant
+        super().__init__(fanout, store, settings, tenant)
         self.accepts = accepts
         self.resume = resume
-        self.sub: Subscription | None = None
-        self._retry_line = b""
 
     def open(self) -> None:
         self.sub = self.fanout.subscribe_tenant(self.tenant, self.accepts if self.accepts.active else None)
@@ -77,16 +74,10 @@ class TenantStream:
         self._window = (self.fanout.tenant_window(self.tenant, self.accepts, self.resume)
                         if self.resume is not None else [])
 
-    def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
-        if self.sub is not None:
-            self.sub.close(reason)
-            self.fanout.unsubscribe(self.sub)
-
     async def frames(self) -> AsyncIterator[bytes]:
         assert self.sub is not None
         s = self.settings
         loop = asyncio.get_running_loop()
-        self._retry_line = b"retry: %d\n" % s.sse_retry_ms
         cursor = list(self._start)
         if self.resume is not None:
             # ClickHouse serves what the window no longer holds: [v[p], W[p]) per partition
@@ -149,19 +140,14 @@ class TenantStream:
                 if chunk:
                     yield b"".join(chunk)
             if self.sub.closed:
-                if self.sub.reason != CloseReason.CLIENT_DISCONNECTED:
-                    yield control_frame("disconnect", {"reason": self.sub.reason, "resume": True})
+                if goodbye := self._goodbye(self.sub):
+                    yield goodbye
                 return
             if not items and self.sub.heartbeat_due():  # nothing queued: every record passed was offered to us
                 tail = self.fanout.position()
                 cursor = positions.at_least(cursor, tail)
                 ahead = cursor != tail
                 yield b": ping\nid: %s\n\n" % positions.encode(cursor).encode()
-
-    def _first(self, chunk: bytes) -> bytes:
-        """The ``retry:`` hint rides on the first frame."""
-        line, self._retry_line = self._retry_line, b""
-        return line + chunk
 
     async def _sink_covers(self, need: dict[int, tuple[int, int]]) -> bool:
         committed = await self.fanout.sink_committed()

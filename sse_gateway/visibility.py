@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
-    from sse_gateway.fanout import Entry
+    from sse_gateway.entry import Entry
 
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 

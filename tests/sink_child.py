@@ -22,7 +22,8 @@ import time
 
 import orjson
 
-from sink.sink import Sink, group_lag
+from sink.group import group_lag
+from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 

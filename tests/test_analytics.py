@@ -24,7 +24,7 @@ from jobstream.server import create_app
 from sink import analytics
 from store import schema
 from sink.query import render
-from sink.sink import JobTimes, build_rows
+from sink.rows import JobTimes, build_rows
 from store.sql_guard import Refused
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
 from streams.events import EventType, JobEvent, JobView, dumps, utcnow

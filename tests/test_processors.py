@@ -23,7 +23,8 @@ from pydantic import SecretStr
 from jobstream.server import create_app
 from processors import dead_letters
 from processors.sequence import TERMINAL_SEQ
-from sink.sink import Sink, group_lag
+from sink.group import group_lag
+from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record

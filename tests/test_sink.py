@@ -20,7 +20,10 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from bench.histories import job_history
-from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
+from sink.group import GROUP_ID, group_lag
+from sink.intents import INTENT_PREFIX, Ranges
+from sink.rows import JobTimes, build_rows
+from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobView, dumps, utcnow

@@ -389,10 +389,11 @@ def test_a_sink_further_behind_than_the_window_is_waited_for_then_said(settings:
 def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_repeats(settings: Settings):
     """Two producers write a job's events (the API its `queued`, a worker the rest), so `queued`
     may land after `running`; the window must keep it, or streams of the job see no start."""
-    from sse_gateway.fanout import Entry, Fanout
+    from sse_gateway.entry import Entry
+    from sse_gateway.fanout import Fanout
 
     fanout = Fanout(settings.kafka_bootstrap or "", settings)
-    fanout.partitions, fanout.next_offsets, fanout.window_start = 1, [0], [0]
+    fanout.partitions, fanout.next_offsets, fanout._window.start = 1, [0], [0]
     job = new_job()
     arriving = [event(job, 40, "running"), event(job, 0, "queued"), event(job, 40, "running"),
                 event(job, TERMINAL_SEQ, "succeeded"), event(job, TERMINAL_SEQ, "succeeded")]
@@ -476,7 +477,7 @@ def test_a_rerun_is_invisible_live_late_and_after_resume_on_both_streams(
 
 
 def test_visibility_hides_what_moves_a_job_back_and_keeps_retries():
-    from sse_gateway.fanout import Entry
+    from sse_gateway.entry import Entry
     from sse_gateway.visibility import Visibility
 
     job = new_job()

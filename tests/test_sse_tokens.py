@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sse_gateway import positions
-from sse_gateway.fanout import Entry, Subscription
+from sse_gateway.entry import Entry
+from sse_gateway.subscriptions import Subscription
 from sse_gateway.limits import ConnectionLimits, TooManyStreams
 from sse_gateway.tenant_stream import EventFilter
 from sse_gateway.tokens import SECRET_FILE, InvalidToken, SecretFileError, StreamTokens, load_or_create_secret

@@ -1,0 +1,47 @@
+"""What every client stream shares: its subscription to the fanout, how it is closed, and the
+``retry:`` hint that rides on its first data frame. ``JobStream`` and ``TenantStream`` build on it.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from sse_gateway.reasons import CloseReason
+from sse_gateway.fanout import Fanout
+from sse_gateway.sse import control_frame
+from sse_gateway.subscriptions import Subscription
+from store.clickhouse import ClickHouseStore
+from streams.settings import Settings
+
+
+class ClientStream:
+    """One client's stream: ``open()``, then ``frames()``; ``close()`` from anywhere, any number of times."""
+
+    def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str) -> None:
+        self.fanout = fanout
+        self.store = store
+        self.settings = settings
+        self.tenant = tenant
+        self.sub: Subscription | None = None
+        self._retry_line = b"retry: %d\n" % settings.sse_retry_ms
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """The response body: chunks of SSE frames."""
+        raise NotImplementedError
+
+    def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
+        if self.sub is not None:
+            self.sub.close(reason)
+            self.fanout.unsubscribe(self.sub)
+
+    def _first(self, chunk: bytes) -> bytes:
+        """Put the ``retry:`` hint on the first frame that carries data (a frame of its own would
+        show up as an empty event in some clients)."""
+        line, self._retry_line = self._retry_line, b""
+        return line + chunk
+
+    def _goodbye(self, sub: Subscription) -> bytes:
+        """The last frame of a stream whose subscription was closed: why (nothing if the client left)."""
+        if sub.reason == CloseReason.CLIENT_DISCONNECTED:
+            return b""
+        return self._first(control_frame("disconnect", {"reason": sub.reason, "resume": True}))

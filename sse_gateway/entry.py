@@ -1,0 +1,88 @@
+"""One event of ``jobs.events`` as the gateway holds it: its Kafka position, the fields streams
+filter on, the JSON exactly as on Kafka, and its SSE frames, built once for all clients.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from sse_gateway import positions
+from streams.events import TERMINAL_EVENTS, EventType, JobEvent
+
+_TERMINAL = frozenset(t.value for t in TERMINAL_EVENTS)
+_TYPES = frozenset(t.value for t in EventType)
+
+
+class Entry:
+    """One event of ``jobs.events`` with its Kafka position and its SSE frames, built once for all clients."""
+
+    __slots__ = ("partition", "offset", "timestamp_ms", "job_id", "tenant", "seq", "type", "kind", "raw",
+                 "event", "position", "_job_frame", "_tenant_frame")
+
+    def __init__(self, partition: int, offset: int, timestamp_ms: int, job_id: str, tenant: str, seq: int,
+                 type_: str, kind: str, raw: bytes, event: JobEvent | None = None) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.timestamp_ms = timestamp_ms
+        self.job_id = job_id
+        self.tenant = tenant
+        self.seq = seq
+        self.type = type_
+        self.kind = kind
+        self.raw = raw  # the event's JSON exactly as on Kafka: the SSE data
+        self.event = event
+        self.position: tuple[int, ...] | None = None  # the tail's position after this event (multi-job id)
+        self._job_frame: bytes | None = None
+        self._tenant_frame: bytes | None = None
+
+    @classmethod
+    def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> "Entry":
+        """Raises ValueError for a record that is not a job event."""
+        try:
+            d = orjson.loads(value)
+            job_id, tenant, seq, type_, kind = d["job_id"], d.get("tenant", "default"), d["seq"], d["type"], d["kind"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a job event: {exc}") from None
+        if not (isinstance(job_id, str) and isinstance(tenant, str) and isinstance(seq, int) and type_ in _TYPES):
+            raise ValueError("not a job event: bad field types")
+        if b"\n" in value or b"\r" in value:  # an SSE data line must be one line
+            value = orjson.dumps(d)
+        event = JobEvent.model_validate(d) if parse_model else None
+        return cls(partition, offset, timestamp_ms, job_id, tenant, seq, type_, str(kind), value, event)
+
+    @classmethod
+    def from_event(cls, event: JobEvent, partition: int, offset: int) -> "Entry":
+        return cls(partition, offset, int(event.ts.timestamp() * 1000), event.job_id, event.tenant, event.seq,
+                   event.type.value, event.kind, orjson.dumps(event.model_dump(mode="json")), event)
+
+    def row(self, received: float) -> tuple:
+        """The compact form kept in the recent window: a tuple of atomic values, which CPython's
+        collector stops tracking — tens of thousands of window objects would otherwise make every
+        full collection pause the loop for hundreds of milliseconds."""
+        return (self.partition, self.offset, self.timestamp_ms, self.job_id, self.tenant, self.seq, self.type,
+                self.kind, self.raw, received)
+
+    @classmethod
+    def from_row(cls, row: tuple) -> "Entry":
+        return cls(*row[:9])
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in _TERMINAL
+
+    def job_frame(self) -> bytes:
+        """The per-job stream frame: ``id`` is the job's seq."""
+        if self._job_frame is None:
+            self._job_frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.type.encode(), self.raw)
+        return self._job_frame
+
+    def tenant_frame(self, position: list[int] | None = None) -> bytes:
+        """The multi-job stream frame: ``id`` is a position (see ``positions``); by default the
+        tail's position right after this event, shared by every client."""
+        if position is not None:
+            return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                positions.encode(position).encode(), self.type.encode(), self.raw)
+        if self._tenant_frame is None:
+            self._tenant_frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                positions.encode(self.position or ()).encode(), self.type.encode(), self.raw)
+        return self._tenant_frame
