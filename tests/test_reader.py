@@ -16,7 +16,7 @@ from streams.kafka_config import admin_config, consumer_config, producer_config
 from streams.lag import committed_offsets, consumer_lag, group_lag
 from streams.reader import KafkaReader
 from streams.settings import Settings
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
