@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: up test test-unit kafka-jars chromium clean
+.PHONY: up test test-unit lint kafka-jars chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ up: $(STAMP) kafka-jars
 
 test: $(STAMP) kafka-jars chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint, import order, format) and mypy over the packages; config in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
