@@ -1,13 +1,9 @@
 """The calculation registry: named, versioned batch functions over validated params.
 
-A calculation is a plain function ``fn(batch, progress) -> list[result]`` that
-receives a list of validated pydantic params (one per job) and returns one JSON-
-ready result per job, in order. Register it with ``@calculation``; packages
-outside jobstream register through the ``jobstream.calculations`` entry point
-group (the entry point names a module whose import runs the decorators).
-
-This package is pure (numpy + pydantic): the ingest API imports it to validate
-params and list kinds; it never imports Faust.
+A calculation is ``fn(batch, progress) -> list[result]`` over a list of validated pydantic
+params, one JSON-ready result per job, in order. Register it with ``@calculation``; other
+packages register through the ``jobstream.calculations`` entry point group. Pure (numpy +
+pydantic), so the ingest API validates with it and never imports Faust.
 """
 
 from __future__ import annotations

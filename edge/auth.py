@@ -1,14 +1,9 @@
 """API keys and tenants: ``Authorization: Bearer <key>`` → the caller's tenant.
 
-Keys come from ``JOBSTREAM_API_KEYS`` (``tenant=key,tenant=key``) and/or a file
-(``JOBSTREAM_API_KEYS_FILE``, one ``tenant=key`` per line, ``#`` comments). A
-key is compared with every configured key in constant time, so timing tells
-nothing about which prefix matched. Keys are never logged. With no keys
-configured every caller is tenant ``default`` (``jobstream up`` then refuses to
-bind anything but loopback).
-
-Another tenant's job answers 404, exactly like a job that does not exist, so a
-caller cannot learn which ids exist.
+Keys come from ``JOBSTREAM_API_KEYS`` and/or ``JOBSTREAM_API_KEYS_FILE`` (``tenant=key``), are
+compared in constant time and never logged. With no keys every caller is tenant ``default``
+(``jobstream up`` then binds loopback only). Another tenant's job answers 404, like a job that
+does not exist, so a caller cannot learn which ids exist.
 """
 
 from __future__ import annotations

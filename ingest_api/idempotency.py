@@ -1,20 +1,10 @@
 """Idempotency keys that survive restarts: a compacted Kafka topic, mirrored in memory.
 
-``POST /v1/jobs`` with ``Idempotency-Key`` writes a key record to
-``jobs.idempotency`` in the same flush as the job, so the key is durable exactly
-when the job is. Every API process reads that topic from the beginning at
-start-up (``/healthz`` is 503 until it has) and keeps tailing it, so a retry
-that lands on another replica or after a restart finds the key. The job id is
-derived from (tenant, key), so even two replicas racing on the same key name the
-same job. Keys are kept ``JOBSTREAM_IDEMPOTENCY_TTL_S`` (topic retention and the
-in-memory map alike).
-
-A submit whose records Kafka did not acknowledge in time has an unknown outcome:
-the producer keeps delivering them (``JOBSTREAM_DELIVERY_TIMEOUT_S``). Such a key
-is *pending* here: a retry waits for the first attempt's delivery reports instead
-of producing the job again, answers with the same job once they arrive, and
-produces only the records that surely failed. So a retry in this process never
-writes a second request record, however the first attempt ended.
+A key record goes to ``jobs.idempotency`` in the same flush as its job, so it is durable
+exactly when the job is; every API process reads the topic at start-up (``/healthz`` is 503
+until then) and keeps tailing it. The job id derives from (tenant, key), so racing replicas
+name the same job. A key whose submit has an unknown outcome is *pending*: a retry waits for
+the first attempt's delivery reports and never writes a second request record.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """A shortcut for the API's hottest request, ``POST /v1/jobs``, past FastAPI's routing.
 
-``routes.submit`` takes the bare ``Request`` and reads body, headers and tenant
-itself, so it needs nothing from FastAPI's dependency machinery. Calling it from
-this pure ASGI middleware skips route matching, the request handler, dependency
-solving and two more middleware layers: about half of a submit's in-process CPU
-(docs/benchmarks.md, "Ingest API"). Everything outside still applies (the
-body limit, the 500 handler), ``Problem`` becomes the same problem+json as
-everywhere, and the FastAPI route stays registered: it documents the operation
-in OpenAPI and serves the request whenever the shortcut does not match (e.g. a
-``root_path``).
+A pure ASGI middleware that calls ``routes.submit`` directly, skipping route matching and
+dependency solving (see docs/benchmarks.md, "Ingest API"). The body limit and 500 handler
+still apply, ``Problem`` becomes the same problem+json, and the FastAPI route stays
+registered: it documents the operation and serves whatever the shortcut does not match.
 """
 
 from __future__ import annotations

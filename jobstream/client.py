@@ -1,28 +1,10 @@
 """A small Python client for jobstream's event streams that resumes by itself.
 
-Built on httpx + httpx-sse. It remembers the last ``id:`` it saw and, when the
-connection drops (network error, gateway restart, ``event: disconnect`` from a
-slow-client cut or the stream's maximum lifetime), reconnects after the
-server's ``retry:`` hint with ``Last-Event-ID`` — so the caller sees every event
-once, in order::
-
-    from jobstream.client import watch_job
-
-    for event in watch_job("http://127.0.0.1:8000", job_id, api_key="..."):
-        print(event.type, event.data)      # ends after succeeded / failed / cancelled
-
-``event.type == "reset"`` means the server could not replay everything since
-the last id (retention, or a sink far behind): reload the job's state from
-``GET /v1/jobs/{id}``; live events go on after it.
-
-``submit_job`` always sends an ``Idempotency-Key`` (a new UUID unless the caller
-gives one) and reuses it on every retry, so a retry after a ``503`` whose outcome
-was unknown can never make a second job::
-
-    from jobstream.client import submit_job
-
-    accepted = submit_job("http://127.0.0.1:8000", "stats.describe", {"values": [1, 2, 3]})
-    accepted["job_id"]
+``watch_job`` (httpx + httpx-sse) reconnects after a drop with ``Last-Event-ID`` and the
+server's ``retry:`` hint, so the caller sees every event once, in order; ``event.type ==
+"reset"`` means reload ``GET /v1/jobs/{id}``. ``submit_job`` sends an ``Idempotency-Key`` (a
+new UUID unless given) and reuses it on every retry, so a retry never makes a second job.
+Examples in the README.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """The Faust app: one agent reads ``jobs.requested`` and hands each request to the runner.
 
-Faust owns the consumer group (partitions shared between workers, rebalances,
-offset commits); batching is ours (``processors.batching``), because a batch
-has to adapt to load and priorities and must not stop intake while it runs —
-``stream.take`` stops reading while its loop body runs and acks the whole
-buffer even when the body fails. So the agent iterates ``stream.noack()``:
-Faust never acks on its own, and the runner acks each request record only
-after the job's terminal event was acknowledged by Kafka (at-least-once).
-Faust commits the highest contiguous acked offset per partition.
-
-On a rebalance Faust suspends flow and clears its buffers; it clears ours too
-(the runner is registered with ``app.flow_control``): jobs not yet started are
-dropped — not acked, so the partition's next owner gets them — and taken off
-the consumer's unacked set (Faust's fetcher may still hold the last message it
-delivered, so letting go of our reference is not enough), so Faust waits
-(``stream_wait_empty``) only for the batches that are running.
+Faust owns the consumer group (partitions, rebalances, offset commits); batching is ours
+(``processors.batching``), so the agent iterates ``stream.noack()`` and the runner acks a
+request only after its terminal event was acknowledged (at-least-once). On a rebalance Faust
+clears our buffers too (``app.flow_control``): jobs not yet started are dropped unacked, for
+the partition's next owner, and Faust waits only for running batches.
 """
 
 from __future__ import annotations

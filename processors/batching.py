@@ -1,27 +1,10 @@
 """Adaptive dynamic batching: which jobs run together, and when.
 
-Two parts:
-
-* ``BatchPolicy`` — pure: given how many jobs wait, how long the oldest has
-  waited, the arrival rate, how many calculation processes are free and what a
-  job of this group has cost so far, it says how big the next batch may be and
-  how much longer to wait for it. Like Triton's dynamic batcher
-  (``max_queue_delay``) and Ray Serve's ``@serve.batch``, but adapting: the
-  wait is only spent when it can pay off — this is the last free process (the
-  worker is near capacity) and more jobs are actually expected within the
-  window — so a worker with spare capacity runs a lone job at once; the size
-  is capped so one batch runs within half the latency target (a high-priority
-  job never sits behind a huge batch); and under load batches grow toward the
-  configured maximum by themselves, because jobs pile up while every
-  calculation process is busy.
-* ``Batcher`` — the pending jobs of one worker, grouped by (kind, batch key),
-  ordered by priority then arrival, with retry delays (``ready_at``).
-  ``next_batch`` is awaited by the dispatcher once a calculation process is
-  free. ``clear()`` drops everything (Faust calls it on a rebalance: the jobs
-  were not acked, so their partitions' next owner gets them again).
-
-``JOBSTREAM_BATCH_MAX_SIZE=1`` turns batching off: every job is its own batch
-and never waits.
+``BatchPolicy`` (pure) sizes the next batch and says how long to wait for it: the wait is
+spent only when the last calculation process is free and more jobs are expected, and a batch
+is capped to run within half the latency target. ``Batcher`` holds one worker's pending jobs,
+grouped by (kind, batch key), ordered by priority then arrival, with retry delays; ``clear()``
+drops them on a rebalance. ``JOBSTREAM_BATCH_MAX_SIZE=1`` turns batching off.
 """
 
 from __future__ import annotations

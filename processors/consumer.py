@@ -1,23 +1,10 @@
 """Faust's Kafka consumer with a cheaper hand-over of each fetched record to the stream.
 
-Faust's fetch loop (``Consumer._drain_messages``) passes every record on with
-``wait_first(callback(message), suspend_flow.wait())``: four tasks (the delivery,
-and waits on "flow suspended", "stopped" and "crashed"), an ``asyncio.wait`` and
-three cancellations per record. Once batching has amortised the calculation,
-that was the largest single cost per job on a worker's event loop (py-spy, see
-the Processors section of docs/benchmarks.md).
-
-``_drain_messages`` below is Faust 0.15's loop with only that step changed: the
-delivery is one task, raced against ONE interrupt task per fetch loop that ends
-when flow is suspended (a rebalance) or the consumer stops or crashes, and is
-re-armed after it fired. A delivery still blocked when that happens is
-abandoned exactly as before (its record is fetched again after the rebalance);
-an exception from a delivery still propagates.
-
-It overrides a private method, so it is only used with the Faust version it was
-copied from (``COPIED_FROM``, pinned in pyproject.toml); any other version runs
-Faust's own loop. ``UPSTREAM_SHA256`` is the hash of the upstream method's source
-at that version: tests/test_processors_units.py fails when it changes.
+``_drain_messages`` is Faust's loop with one step changed: a delivery is one task raced
+against one interrupt task per fetch loop (flow suspended, stopped, crashed) instead of four
+tasks per record (docs/benchmarks.md, "Processors"). It overrides a private method, so it is
+used only with the Faust version it was copied from (``COPIED_FROM``); ``UPSTREAM_SHA256``
+makes tests/test_processors_units.py fail when the upstream source changes.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """What a calculation process runs: one batch of one kind, one call, one outcome per job.
 
-This is the child side of ``processors.pool``; nothing here touches Kafka or the
-event loop. ``run_jobs`` validates each job's params, calls the calculation
-ONCE for all valid jobs and classifies what happened, so the worker can decide:
-
-* ``succeeded`` / ``failed`` (permanent: bad params, unknown kind,
-  ``CalculationError``) — final;
-* ``transient`` (``TransientError``, or an unexpected exception of a job that
-  ran alone) — retried with backoff;
-* ``split`` — the batch raised and we cannot tell which job is at fault: the
-  worker splits it and runs the halves, so one poison job never fails its
-  batch-mates;
-* ``cancelled`` / ``timed_out`` — stopped at a progress point;
-* ``not_run`` — a batch-mate stopped the call; run again as is.
-
-Progress points (the ``progress`` callback a calculation calls) are where
-cancellation and ``timeout_s`` are honoured: the callback raises and the call
-unwinds. Reports are throttled to ``PROGRESS_INTERVAL_S`` per job, and a job
-that ends within its first interval sends none (its start and end are
-reported by the worker anyway).
+The child side of ``processors.pool``: no Kafka, no event loop. ``run_jobs`` validates params,
+calls the calculation ONCE for the valid jobs and classifies each job (succeeded, failed,
+transient, split, cancelled, timed_out, not_run; see ``Outcome``) so the worker decides what
+follows. Cancellation and ``timeout_s`` are honoured at progress points, where the callback
+raises; progress reports are throttled to ``PROGRESS_INTERVAL_S`` per job.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """Where a worker's job events leave: numbered, in order, and acknowledged.
 
-One sender task drains the queue in chunks and produces each chunk with an
-idempotent, acks=all confluent producer, so one job's events reach Kafka in
-``seq`` order. ``emit`` takes an ``on_delivered`` callback, called on the loop
-once Kafka acknowledged the event (a plain call from the sender task, not a
-future and a scheduled callback per job); the runner acks a request's source
-offset only from its terminal event's callback (at-least-once). A chunk Kafka
-did not acknowledge is sent again, as is (same seqs: readers dedupe), until it
-is — the worker's offsets simply do not move meanwhile.
-
-Unlike ``streams.producer.AsyncProducer`` (one future per message), a chunk is
-settled with ONE hop from the delivery thread to the event loop: at thousands of
-events a second, a loop wake-up per message is a large share of a worker's CPU.
-For the same reason an event's bytes are written with orjson straight from its
-fields (``event_bytes``, byte for byte what ``streams.events.dumps`` makes of a
-``JobEvent``, which a test checks) instead of building and dumping a pydantic
-model per event, and a chunk goes to librdkafka in one ``produce_batch`` call.
+One sender task produces the queue in chunks (idempotent, acks=all), so one job's events
+reach Kafka in ``seq`` order; ``emit``'s ``on_delivered`` callback runs on the loop once Kafka
+acked the event, and the runner acks a request only from its terminal event's callback. A
+chunk not acknowledged is sent again as is until it is. A chunk is settled with one hop to the
+loop, not a future per event: at thousands of events a second that is a worker's CPU.
 """
 
 from __future__ import annotations

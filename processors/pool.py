@@ -1,14 +1,9 @@
 """The calculation processes of one worker: CPU work never runs on the event loop.
 
-A small pool of our own instead of ``ProcessPoolExecutor``, because the
-failure semantics need what the executor cannot do: kill ONE process whose job
-blew past its timeout (the executor's only answer to a dead process is to break
-every call in flight), tell which batch a dead process was running, and send a
-cancel to the process running a job. Each slot is one spawned process and one
-duplex pipe; a reader thread per slot turns messages (ready, progress, done) and
-EOF (the process died) into callbacks on the event loop. Processes are spawned
-from the event-loop thread only (``PR_SET_PDEATHSIG`` follows the spawning
-thread) and die with the worker, even on ``kill -9``.
+Our own small pool instead of ``ProcessPoolExecutor``, which cannot kill ONE process whose job
+blew its timeout, tell which batch a dead process ran, or cancel a running job. Each slot is a
+spawned process and a duplex pipe whose reader thread turns messages and EOF into callbacks on
+the loop; processes are spawned from the loop thread and die with the worker.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """The worker's job lifecycle: from a request off Kafka to exactly one terminal event, then the ack.
 
-``submit`` takes a request (decoded here; undecodable → dead letter) into the
-``Batcher``; the dispatcher waits for a free calculation process, asks the
-batcher for the next batch and runs it as ONE call on the pool. Outcomes
-decide what follows (see ``processors.executor``):
-
-* succeeded / failed / cancelled / timed out → the terminal event, and once
-  Kafka acknowledged it, the request's offset is acked (at-least-once);
-* transient → a ``retrying`` event and the job goes back to the batcher with
-  exponential backoff and jitter, up to ``JOBSTREAM_RETRY_MAX_ATTEMPTS``;
-* split (the batch raised) → the batch is halved and the halves run again, so
-  the poison job ends up alone and only it fails;
-* the process died → timed-out jobs (the watchdog killed it) fail, a batch is
-  halved, and a job alone counts a crash: after ``JOBSTREAM_CRASH_MAX`` it goes
-  to the dead-letter topic and fails.
-
-Cancels arrive from ``jobs.control``: a job not started is dropped with a
-``cancelled`` event; a running one is stopped at its next progress point.
-Progress is forwarded only when it grows, so it is monotonic per job.
+``submit`` puts a request (undecodable → dead letter) into the ``Batcher``; the dispatcher
+runs each batch as ONE call on the pool and the outcome decides what follows: a terminal event
+then the ack (at-least-once), a ``retrying`` event with backoff, a halved batch (so a poison
+job ends up alone), or after ``JOBSTREAM_CRASH_MAX`` crashes the dead-letter topic. Cancels
+from ``jobs.control`` drop a waiting job or stop a running one at its next progress point.
 """
 
 from __future__ import annotations

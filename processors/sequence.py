@@ -1,23 +1,10 @@
 """Event ``seq`` numbers that stay safe when a job is run twice (at-least-once).
 
-A worker that dies mid-batch has its uncommitted requests redelivered, and the
-re-run emits a job's events a second time. Readers dedupe by ``(job_id, seq)``
-(SSE ``Last-Event-ID``, ClickHouse reads that ``GROUP BY seq``, ``JobView.fold``),
-so two rules keep a re-run invisible to them:
-
-* **Terminal events** (succeeded / failed / cancelled) always carry
-  ``TERMINAL_SEQ`` (2**31 - 1, the largest seq; it fits ClickHouse's UInt32).
-  The original's and the re-run's terminal collapse into one; it is also
-  always a job's last event.
-* **Other events** carry ``max(previous seq of this run + 1, centiseconds since
-  the job was submitted)``. A re-run starts after the crashed run's last event
-  (the crash has to be noticed first, which takes seconds), so its seqs are
-  higher: they never collide with the crashed run's, and they stay strictly
-  increasing per job. This needs no durable counter, only clocks that agree to
-  within that crash-detection time (NTP does far better). ``queued`` is seq 0,
-  written by the API.
-
-So seqs are strictly increasing per job but not contiguous.
+Readers dedupe by ``(job_id, seq)``, so a re-run must stay invisible to them: terminal events
+always carry ``TERMINAL_SEQ`` (2**31 - 1), so the two runs' terminals collapse; other events
+carry ``max(previous seq + 1, centiseconds since submit)``, so a re-run, which starts seconds
+after the crash, numbers above the crashed run. No durable counter, only clocks that agree
+within the crash-detection time. Seqs are strictly increasing per job but not contiguous.
 """
 
 from __future__ import annotations

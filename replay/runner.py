@@ -1,18 +1,10 @@
 """Planning and running replays: selected past requests re-emitted as new jobs, at a set rate.
 
-A replay never touches the original jobs. Each selected request is emitted again as
-a new job (id ``replayed_job_id(replay, original)``) carrying ``replay_of``, the
-replay id and the calculation version to run, with its ``queued`` event, through
-the same topics and processors as production traffic (which keeps flowing).
-
-Stop and resume without duplicates: the replay records its scan position and the
-end offsets of ``jobs.requested`` at every checkpoint (once Kafka acked everything
-emitted before it). A resumed run reads ``jobs.requested`` from those offsets to
-find what was emitted after the last checkpoint and skips it; replayed job ids are
-deterministic, so nothing is emitted twice even after a crash.
-
-Runs on plain threads with a blocking confluent-kafka producer: a replay is a
-long background job, and the API's event loop only starts and watches it.
+Each selected request becomes a new job (``replayed_job_id(replay, original)``, with
+``replay_of``) through the same topics and processors as production traffic; originals are
+never touched. Checkpoints record the scan position and ``jobs.requested``'s end offsets, and
+ids are deterministic, so a resumed run emits nothing twice. Runs on plain threads with a
+blocking producer; the API's event loop only starts and watches it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """Headline analytics for ``GET /v1/stats``: one count per job, with the run its clients saw.
 
-A job a processor ran twice (at-least-once) has two runs' events in ``job_events``.
-The headline therefore reads the one-row-per-job sources, aggregated on read over
-the window (no pre-merged per-minute states: those were fed per insert block and
-could not know a job was already counted):
-
-* outcomes and latencies from the view ``job_outcomes`` (the first terminal event
-  to reach Kafka per job, the API's timings), by ``finished_at``;
-* ``submitted`` from the jobs whose ``queued`` event is in the window;
-* batch sizes from each job's first ``running`` event.
-
-Windows start on a whole minute, like the per-minute views.
+Reads the one-row-per-job sources aggregated on read over the window (``job_outcomes`` for
+outcomes and latencies, ``queued`` events for ``submitted``, first ``running`` events for batch
+sizes), so a job run twice counts once. Windows start on a whole minute.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """The commit-intent protocol: what makes the sink's at-least-once delivery exactly-once rows.
 
-A batch is named by its exact offset ranges (``Ranges``, e.g. ``0:100-199,3:50-80``). Before
-inserting it, the sink commits every partition's *current* offset again with the ranges as
-commit metadata (the intent); the insert's ``insert_deduplication_token`` derives from the
-ranges; after it, the sink commits the offsets past the batch, which clears the intent.
-
-An intent left behind (the sink died between the two commits) is found by whoever owns the
-partition next (``unfinished``), which re-reads exactly those ranges (``read_exactly``) and
-inserts them under the same token: ClickHouse drops the blocks it has and writes the ones it
-lacks, in the table and every materialized view. A redelivered batch is never cut otherwise,
-which is why a deterministic token is enough.
+A batch is named by its offset ranges (``Ranges``). Before the insert the sink commits the
+current offsets with the ranges as metadata (the intent) and derives the insert's dedup token
+from them; after it, commits past the batch. An intent left behind is found by the partition's
+next owner (``unfinished``), which re-reads exactly those ranges (``read_exactly``) and inserts
+them under the same token, so ClickHouse keeps what it has and writes what it lacks.
 """
 
 from __future__ import annotations

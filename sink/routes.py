@@ -1,15 +1,9 @@
 """The read side for analysts over HTTP: ``POST /v1/sql`` and ``GET /v1/stats``.
 
-``/v1/sql`` exists because embedded chDB may be opened by one process only:
-the running service runs analysts' queries for them. It shows every tenant's
-data, so when API keys are configured only the tenants named in
-``JOBSTREAM_SQL_TENANTS`` may use it (without keys the service is loopback-only
-and single-user). ``store.sql_guard`` decides what may run (one SELECT, DESCRIBE, SHOW
-TABLES/CREATE, EXISTS or EXPLAIN over jobstream's own tables) before ClickHouse runs it;
-ClickHouse's ``readonly=1`` and result-size and time limits are the second line. Errors
-carry ClickHouse's code and a short first line only, never file or URL content.
-
-``/v1/stats`` is the caller's own tenant only.
+``/v1/sql`` exists because embedded chDB may be opened by one process only. It shows every
+tenant's data, so with API keys only ``JOBSTREAM_SQL_TENANTS`` may use it; ``store.sql_guard``
+decides what may run, and errors carry ClickHouse's code and first line only. ``/v1/stats`` is
+the caller's own tenant only.
 """
 
 from __future__ import annotations

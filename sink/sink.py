@@ -1,14 +1,10 @@
-"""The sink's loop: Kafka ``jobs.events`` → ClickHouse ``job_events``, exactly once, offsets
-committed only after the insert.
+"""The sink's loop: Kafka ``jobs.events`` → ClickHouse ``job_events``, exactly once.
 
-Consumes, admits messages of the partitions it owns, cuts batches (``batching``), turns
-them into rows (``rows``), brackets each insert with the commit-intent protocol (``intents``),
-retries failed inserts and commits, and rewinds what it could not write so it is read again.
-
-ClickHouse unreachable: the insert is retried with capped exponential backoff for as long
-as it takes; meanwhile the partitions are paused and the consumer keeps polling (so it stays
-in its group), lag grows, nothing is committed, and it catches up when ClickHouse returns.
-Records below the committed offset are always in ClickHouse (the SSE gateway relies on it).
+Consumes, cuts batches (``batching``), makes rows (``rows``), brackets each insert with the
+commit-intent protocol (``intents``) and commits offsets only after it. While ClickHouse is
+unreachable the insert is retried with capped backoff, partitions are paused, nothing is
+committed; records below the committed offset are always in ClickHouse (the SSE gateway
+relies on it).
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """One Kafka tail per gateway process, fanned out in memory to every SSE subscriber.
 
-Composes the tail (``tail``), the recent window (``window``), the subscriptions and their
-ticker (``subscriptions``) and the offsets that streams' history needs (``offsets``). Each
-batch the tail reads is dispatched on the event loop: an event the window already has, or one
-``visibility`` hides, goes no further; the others enter the window and the queues of their
-job's and their tenant's subscribers.
-
-At start-up the tail begins at ``now - window`` so the window is full at once. The window covers
-every record of partition ``p`` from ``window_start[p]`` on, ClickHouse every record below the
-sink's committed offset, so a stream's history (their union) is gap-free whenever the sink is less
-than a window behind — which the streams check.
+Composes the tail (``tail``), the recent window (``window``), the subscriptions
+(``subscriptions``) and the offsets a stream's history needs (``offsets``). The tail starts
+at ``now - window`` so the window is full at once; window ∪ ClickHouse (below the sink's
+committed offset) is gap-free while the sink is less than a window behind.
 """
 
 from __future__ import annotations

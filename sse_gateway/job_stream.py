@@ -1,24 +1,10 @@
 """``GET /v1/jobs/{id}/events``: one job's history, then its live events, ids = the job's seq.
 
-The seam, without assuming seqs are contiguous:
-
-1. subscribe to the live tail and, in the same instant, copy the job's events
-   from the recent window and the window's start offset per partition;
-2. read the sink's committed offsets, then the job's events from ClickHouse;
-3. history = ClickHouse ∪ window, one event per seq, in seq order, after
-   ``Last-Event-ID``; then live events with a seq above the last one known.
-   Only events that ``visibility`` shows are sent (a re-run never moves the
-   job back); which ones is decided on the job's whole known history, so a
-   stream resumed with ``Last-Event-ID`` shows what a live one showed.
-
-ClickHouse holds every record below the sink's committed offset, the window
-every record from its start on; when the committed offset of the job's
-partition has reached the window's start the union has no hole. When it has
-not (the sink lags more than a window), the stream waits for the sink (at most
-``JOBSTREAM_SSE_HISTORY_WAIT_S``) and otherwise says ``event: reset`` — it
-never skips silently. History that no longer starts at the ``queued`` event
-(retention) and holds nothing at or before ``Last-Event-ID`` is also a
-``reset``. After a reset the stream goes on with live events.
+Subscribe and copy the window in the same instant, read the sink's committed offsets and
+ClickHouse, send their union (one event per seq, after ``Last-Event-ID``, only what
+``visibility`` shows), then live events above the last seq. When ClickHouse and the window
+leave a hole (the sink lags more than a window, or retention) the stream waits up to
+``JOBSTREAM_SSE_HISTORY_WAIT_S`` and otherwise says ``event: reset``: never a silent skip.
 """
 
 from __future__ import annotations

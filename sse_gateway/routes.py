@@ -1,13 +1,9 @@
 """The gateway's HTTP surface: the two event streams and stream tokens.
 
-* ``GET /v1/jobs/{id}/events`` — one job, history then live, ends after the terminal event
-  (``job_stream``); ``204`` when Last-Event-ID is already at the terminal event, which also
-  stops a browser's EventSource from reconnecting.
-* ``GET /v1/events?kind=&status=&job_id=`` — all of the caller's jobs, never ends (``tenant_stream``).
-* ``POST /v1/stream-tokens`` — a short-lived token for ``?token=`` (``tokens``).
-
-Both streams take the API key (``Authorization: Bearer``) or a stream token, and
-``Last-Event-ID`` as a header or ``?last_event_id=`` (sse-starlette leaves that to us).
+``GET /v1/jobs/{id}/events`` (``job_stream``; ``204`` once Last-Event-ID is at the terminal
+event), ``GET /v1/events`` (``tenant_stream``) and ``POST /v1/stream-tokens`` (``tokens``).
+Streams take the API key or a stream token, and ``Last-Event-ID`` as a header or
+``?last_event_id=``.
 """
 
 from __future__ import annotations

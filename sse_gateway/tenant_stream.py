@@ -1,19 +1,9 @@
 """``GET /v1/events``: every event of the caller's jobs, filtered, for dashboards; never ends.
 
-Ids are positions in ``jobs.events`` (see ``positions``). A fresh stream starts
-live and says its starting position at once (an ``id:``-only frame, which
-updates a browser's Last-Event-ID without firing an event); heartbeats carry
-the current position too, so a quiet, filtered stream still resumes from near
-where it was.
-
-Resume from position ``v``: subscribe to the tail and note its position ``P0``
-and window start ``W`` in the same instant; the events at ``v[p] ≤ offset <
-W[p]`` come from ClickHouse (the sink must have committed past ``W[p]``; the
-stream waits for it up to ``JOBSTREAM_SSE_HISTORY_WAIT_S``), those from
-``max(v[p], W[p])`` up to ``P0`` from the window, the rest live. A position
-Kafka or ClickHouse no longer holds (retention), one past the topic's end, or
-more than ``JOBSTREAM_SSE_RESUME_MAX_EVENTS`` events behind is answered
-with ``event: reset`` and the stream goes on live from ``P0``.
+Ids are positions in ``jobs.events`` (``positions``); a fresh stream starts live and says its
+position at once, and heartbeats carry it, so a quiet stream still resumes near where it was.
+A resume reads ClickHouse, then the window, then live; a position no longer held, past the
+end, or more than ``JOBSTREAM_SSE_RESUME_MAX_EVENTS`` behind gets ``event: reset``.
 """
 
 from __future__ import annotations

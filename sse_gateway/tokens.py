@@ -1,16 +1,10 @@
 """Stream tokens: short-lived, signed credentials a browser's EventSource can carry.
 
-``EventSource`` cannot send an ``Authorization`` header, so a caller holding an
-API key asks ``POST /v1/stream-tokens`` for a token and passes it as
-``?token=``. A token names a tenant and optionally one job, and expires
-(``JOBSTREAM_STREAM_TOKEN_TTL_S`` at most). It is
-``base64url(payload) "." base64url(HMAC-SHA256(secret, domain + payload))`` with
-payload ``{"v":1,"t":tenant,"j":job_id|null,"e":expiry (unix s)}``: no server
-state, so any gateway holding the same ``JOBSTREAM_STREAM_TOKEN_SECRET`` accepts
-it. Without that setting the key is generated once and kept in a file of the data
-dir (``load_or_create_secret``), so tokens survive restarts. Only the stream routes
-read tokens; every other route wants the API key. A token is checked when a stream
-opens (a reconnect included); an open stream is not cut at expiry.
+``EventSource`` cannot send ``Authorization``, so a caller with an API key gets a token from
+``POST /v1/stream-tokens`` and passes ``?token=``. A token (HMAC-SHA256 over tenant, optional
+job and expiry) needs no server state: any gateway with the same
+``JOBSTREAM_STREAM_TOKEN_SECRET`` (or the data dir's generated one) accepts it. It is checked
+when a stream opens; an open stream is not cut at expiry.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Which of a job's events its streams show: a re-run never moves a job back.
 
-Processors are at-least-once: a job caught by a worker's crash runs again, and
-its second run sends ``running`` (attempt 1), ``progress`` from 0 and a second
-terminal event (same seq) after the first run's. Clients must not see the job
-restart, so in Kafka order (one job = one partition) an event is shown only if
-
-* it is ``queued`` (seq 0; the API's, whenever it lands);
-* no terminal event of the job came before it (so a duplicate terminal, and
-  anything of a re-run after the first terminal, is dropped);
-* a ``running`` or ``retrying`` has a higher attempt than every earlier one of
-  its type, a ``progress`` is above every earlier progress.
-
-The decision depends only on the job's earlier events, not on what one stream
-sent: the maxima over all earlier events equal those over the shown ones. So a
-resumed stream rebuilds its state by feeding the history before
-``Last-Event-ID`` through ``admit`` (ids stay the shown events' seqs/positions),
-and ClickHouse applies the same rules in SQL (``store.schema.visible_events``,
-behind ``event_counts`` and the ``/v1/events`` replay).
+In Kafka order an event is shown if it is ``queued``, or no terminal event came before it and
+it raises its type's attempt (``running``/``retrying``) or the progress. The decision depends
+only on the job's earlier events, so a resumed stream rebuilds it by feeding its history
+through ``admit``, and ClickHouse applies the same rules in SQL
+(``store.schema.visible_events``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The job store: ClickHouse through clickhouse-connect, same code for chDB and a server.
 
-One client per store, its calls serialised by a lock: chDB allows one engine
-per process and silently returns empty results if queries interleave, and a
-sync HTTP client must not run concurrent queries in one session
-(ClickHouse/clickhouse-connect#295). Async callers use the ``a*`` methods,
-which run the call on a worker thread.
-
-Analysts' SQL is first vetted by ``store.sql_guard`` (ClickHouse's parser, an
-allow-list), then runs on clients of its own whose session is ``readonly=1``
-with result-size and time limits — the second line (a chDB engine accepts any
-number of handles; a server gets the settings with every request, and with
-analyst credentials it runs as a user that may only ``SELECT``).
+One client per store, its calls serialised by a lock (chDB allows one engine per process and
+returns empty results if queries interleave; a sync HTTP session must not run concurrent
+queries); async callers use the ``a*`` methods. Analysts' SQL, vetted by ``store.sql_guard``,
+runs on clients of its own with ``readonly=1`` and result-size and time limits.
 """
 
 from __future__ import annotations

@@ -1,40 +1,10 @@
 """Versioned ClickHouse migrations, applied in order exactly once at start-up.
 
-Each migration is a list of statements; ``schema_migrations`` records which
-versions ran. A version, once shipped, is never edited: a change is a new
-version. Statements still say ``IF NOT EXISTS`` so a migration interrupted
-half-way (or run by two processes starting at once, as in the distributed
-layout) can simply run again. Same SQL on embedded chDB and on a server.
-
-Tables and views (the README's "Querying results" shows how to read them). Every
-name an analyst is pointed to counts a job once, with the run its clients saw:
-processors are at-least-once, so a job caught by a worker's crash runs twice and
-``job_events`` holds both runs (two terminal events with the same seq). Materialized
-views see one insert block at a time and cannot know a job was counted in an
-earlier one, so nothing countable is pre-aggregated per block any more:
-
-* ``job_events`` — every event, append-only, one job's events together
-  (``ORDER BY (tenant, job_id, seq)``), monthly partitions, TTL from settings.
-* ``job_outcomes_store`` — every terminal event (which the sink stamps with its
-  job's submit and start times), a ReplacingMergeTree keyed by ``(tenant, job_id)``
-  whose version ``first_wins`` ranks the lowest seq, then the lowest Kafka offset,
-  highest: the first terminal event to reach Kafka, which the API and SSE show.
-  Filled by a materialized view, so a batch is still ONE insert and one dedup token.
-* views ``job_outcomes`` (one row per finished job, typed timings) and
-  ``job_results`` (its succeeded rows, with the result JSON) read the store with
-  ``FINAL``: right before any merge, and identical rows from a redelivery collapse.
-* ``jobs_state`` + view ``jobs`` — the latest state per job. The table is an
-  AggregatingMergeTree fed by a materialized view; merges happen whenever
-  ClickHouse likes, so the view aggregates on read and is always right (no
-  ``FINAL`` needed, none to forget). Every state in it is idempotent (min, max,
-  argMax by the same rank), so a job's second run cannot count twice there either.
-* ``replay_jobs`` + parameterised view ``replay_diff(tenant=, replay_id=)`` — which
-  job re-ran which in a replay, and original vs replayed result per job.
-* views ``outcome_stats``, ``failure_rates`` (from ``job_outcomes``), ``batch_sizes``
-  (from each job's first ``running`` event) and ``event_counts`` (the events SSE
-  streams show, ``visible_events``) — per-minute rollups aggregated on read. That
-  costs a scan per query, which is fine at the scale jobstream targets (millions of
-  jobs); ``/v1/stats`` reads the same sources over its window.
+``schema_migrations`` records which versions ran; a shipped version is never edited (a change
+is a new version), and statements say ``IF NOT EXISTS`` so an interrupted or concurrent run can
+simply run again. Every table or view an analyst is pointed to counts a job once, with the run
+its clients saw (processors are at-least-once), so nothing countable is pre-aggregated per
+insert block; the README's "Querying results" lists every table and view and why.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """What an analyst's SQL may do, decided before ClickHouse runs it.
 
-The statement is parsed by ClickHouse's own parser (``EXPLAIN AST``, which parses without
-executing: no file is opened, no request sent, no INTO OUTFILE written — checked with strace
-and canaries), so the checker and the engine can never read the same text differently, as a
-second SQL parser's dialect could. The tree is then walked against allow-lists.
-
-Three steps, on a client that runs nothing else:
-
-1. ``SELECT formatQuery({sql:String})`` — the statement travels as a bound *value*, so it
-   cannot run; ClickHouse refuses more than one statement and returns its own canonical
-   text of the one (comments gone).
-2. ``EXPLAIN AST <canonical>`` — the tree, one node per line.
-3. :func:`check` — a pure function of that tree: allowed, or refused with the rule.
-
-The canonical text is what then runs, so what was checked is what runs. ClickHouse's own
-limits (``readonly=1``, result size and time, and on a server a user with ``SELECT`` only)
-stay the second line for whatever this lets through.
+ClickHouse's own parser reads the statement (``formatQuery`` of a bound value, then
+``EXPLAIN AST`` of its canonical text; neither executes anything), so checker and engine never
+read the same text differently; :func:`check` walks that tree against allow-lists. The
+canonical text is what then runs. ClickHouse's ``readonly=1``, limits and a SELECT-only user
+stay the second line.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Versioned event models shared by every service, and their one serialisation.
 
-Two kinds of record travel through Kafka:
-
-* ``JobRequested`` on ``jobs.requested``: the command a processor executes.
-* ``JobEvent`` on ``jobs.events``: everything that happened to a job, in ``seq``
-  order (``queued`` is seq 0, written by the API in the same flush as the request).
-
-Both are keyed by ``job_id`` so one job's records stay ordered in one partition.
+``JobRequested`` on ``jobs.requested`` is the command a processor executes; ``JobEvent`` on
+``jobs.events`` is everything that happened to a job, in ``seq`` order (``queued`` is seq 0,
+written by the API in the same flush as the request). Both are keyed by ``job_id`` so one
+job's records stay ordered in one partition.
 """
 
 from __future__ import annotations

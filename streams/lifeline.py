@@ -1,13 +1,9 @@
 """Child processes that end with the process that started them, even after its ``kill -9``.
 
-Two mechanisms, because each alone leaves a gap:
-
-* ``die_with_parent`` (Linux ``PR_SET_PDEATHSIG``, set in the child between fork and exec via
-  ``preexec_fn``): the kernel sends a signal when the parent *thread* that started the child
-  exits. It does nothing elsewhere, and a parent that dies before the child's ``prctl`` sends none.
-* ``watch_parent`` (a thread in the child): when ``getppid()`` no longer is the parent, it asks for
-  a graceful stop (SIGTERM to itself) and ends the process with ``os._exit`` after ``grace_s``,
-  whatever the graceful stop still waits for (a running batch, a broker that died with the parent).
+Two mechanisms, because each alone leaves a gap: ``die_with_parent`` (Linux
+``PR_SET_PDEATHSIG``, set between fork and exec; fires when the parent *thread* exits) and
+``watch_parent`` (a thread in the child that asks for a graceful stop once ``getppid()``
+changes, and ``os._exit``s after ``grace_s`` whatever that stop still waits for).
 """
 
 from __future__ import annotations

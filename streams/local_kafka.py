@@ -1,12 +1,9 @@
 """A real Apache Kafka broker (KRaft, single combined node) run from Maven Central jars.
 
-Used when there is no ``KAFKA_BOOTSTRAP`` and no Docker engine. The broker
-version is pinned in ``docker/kafka/pom.xml``; Maven resolves its runtime
-classpath once (cached in ``~/.m2`` and next to the pom), then we format the
-storage (``kafka.tools.StorageTool``, the ``kafka-storage`` script's class),
-start ``kafka.Kafka`` with ``java``, wait until it answers a metadata request,
-and stop it with SIGTERM. The JVM is tied to us with ``PR_SET_PDEATHSIG`` so no
-broker outlives the Python process that started it, even after ``kill -9``.
+Used when there is no ``KAFKA_BOOTSTRAP`` and no Docker engine. The version is pinned in
+``docker/kafka/pom.xml``; Maven resolves the classpath once, then the storage is formatted,
+``kafka.Kafka`` started with ``java`` and stopped with SIGTERM. The JVM dies with the Python
+process that started it, even after ``kill -9``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
-"""An asyncio face on confluent-kafka's Producer.
+"""An asyncio face on confluent-kafka's Producer: ``send_many`` settles when Kafka acked.
 
-confluent-kafka reports deliveries only from ``poll()``/``flush()``, on the
-thread that calls them (confluentinc/confluent-kafka-python#885). While a loop
-has sends in flight, that loop polls itself (``poll(0)`` every millisecond), so
-delivery callbacks run on the loop's own thread and settle their futures
-directly. A background thread used to poll instead: every delivery report then
-took the GIL from the thread serving HTTP and the future went back through
-``call_soon_threadsafe``; that hand-off cost more CPU per submit than the rest of
-the Kafka path (docs/benchmarks.md, "Ingest API"). A thread still polls while
-nothing is in flight, so librdkafka's logs and errors are served when idle.
-
-A caller awaits ``send_many`` and learns that every message is acknowledged
-(acks=all, idempotent) or gets ``ProduceError`` (refused, or no acknowledgement
-within ``produce_timeout_s``).
+A caller awaits ``send_many`` and learns that every message is acknowledged (acks=all,
+idempotent) or gets ``ProduceError`` (refused, or no acknowledgement within
+``produce_timeout_s``). Deliveries are reported only from ``poll()``, so while sends are in
+flight the loop polls itself and callbacks settle futures on its own thread; a thread polls
+while idle so librdkafka's logs and errors are still served.
 """
 
 from __future__ import annotations
