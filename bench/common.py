@@ -30,8 +30,8 @@ def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
 def broker() -> Iterator[str]:
     """KAFKA_BOOTSTRAP if set, else a local broker for the bench's lifetime."""
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
-        with kafka_broker(Settings(), data_dir=Path(tmp) / "kafka", port=0) as bootstrap:
-            yield bootstrap
+        with kafka_broker(Settings(), data_dir=Path(tmp) / "kafka", port=0) as kafka:
+            yield kafka.bootstrap
 
 
 @dataclass(frozen=True)

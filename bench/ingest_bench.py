@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 from bench.common import ROOT, broker, cpu_seconds, free_port, jobstream_service, percentiles_ms
 from streams import topics
 from streams.events import EventType, JobEvent, JobRequested, dumps
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -42,7 +42,7 @@ JOB = {"kind": "stats.describe", "params": {"values": [1.0, 2.0, 3.0, 4.0]}}
 
 
 def ceiling(bootstrap: str, settings: Settings, seconds: float) -> float:
-    producer = Producer(producer_config(bootstrap, settings))
+    producer = Producer(KafkaConnection.from_settings(settings).producer_config())
     requested, events = settings.topic(topics.REQUESTED), settings.topic(topics.EVENTS)
     sent = 0
     started = time.monotonic()
@@ -162,7 +162,7 @@ def main() -> None:
     with broker() as bootstrap:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, max_queued_jobs=10**9)
-        ensure_topics(bootstrap, settings)
+        ensure_topics(KafkaConnection.from_settings(settings), settings)
         env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix,
                "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
         api_rows = []

@@ -50,7 +50,7 @@ from confluent_kafka import Consumer, Producer
 from bench.common import ROOT, broker, code_env, free_port, jobstream_process, percentiles_ms
 from streams import topics
 from streams.events import JobRequested, dumps, new_job_id
-from streams.kafka_config import consumer_config, producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -82,7 +82,7 @@ class Terminals:
         self.seen: dict[str, float] = {}
         self.batch_sizes: dict[str, int] = {}
         self.failed: dict[str, dict] = {}
-        self._consumer = Consumer(consumer_config(bootstrap, f"bench-{uuid.uuid4().hex}", settings))
+        self._consumer = Consumer(KafkaConnection.from_settings(settings).consumer_config(f"bench-{uuid.uuid4().hex}"))
         self._consumer.subscribe([settings.topic(topics.EVENTS)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -203,7 +203,7 @@ class KafkaSubmitter:
     """Produces ``JobRequested`` records (the API's wire format) straight onto jobs.requested."""
 
     def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._producer = Producer(producer_config(bootstrap, settings))
+        self._producer = Producer(KafkaConnection.from_settings(settings).producer_config())
         self._topic = settings.topic(topics.REQUESTED)
 
     @staticmethod
@@ -347,7 +347,7 @@ def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namesp
 def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace, root: Path = ROOT) -> list[Result]:
     prefix = f"pb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
-    ensure_topics(bootstrap, settings)
+    ensure_topics(KafkaConnection.from_settings(settings), settings)
     env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix, "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
            "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
     terminals = Terminals(bootstrap, settings)

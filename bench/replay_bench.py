@@ -23,6 +23,7 @@ import httpx
 
 from bench.common import broker, free_port, jobstream_process, percentiles_ms
 from bench.processors_bench import Terminals
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -75,7 +76,7 @@ def main() -> None:
     with broker() as bootstrap:
         prefix = f"rb{uuid.uuid4().hex[:6]}."
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
-        ensure_topics(bootstrap, settings)
+        ensure_topics(KafkaConnection.from_settings(settings), settings)
         env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix, "JOBSTREAM_WORKERS": "1",
                "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9), "JOBSTREAM_REPLAY_MAX_RATE": "100000"}
         finished = Terminals(bootstrap, settings)

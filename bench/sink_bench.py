@@ -38,7 +38,7 @@ from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import dumps
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from bench.histories import job_history
@@ -49,7 +49,7 @@ PLACEHOLDER = b"J" * 32
 
 def fill(bootstrap: str, settings: Settings, count: int) -> None:
     """Put ``count`` events (whole job histories, distinct job ids) on jobs.events, fast."""
-    producer = Producer(producer_config(bootstrap, settings, **{"linger.ms": 20}))
+    producer = Producer(KafkaConnection.from_settings(settings).producer_config(**{"linger.ms": 20}))
     topic = settings.topic(topics.EVENTS)
     history = job_history("throughput", batch_size=64)
     template = [dumps(e).replace(e.job_id.encode(), PLACEHOLDER) for e in history]
@@ -69,7 +69,7 @@ def fill(bootstrap: str, settings: Settings, count: int) -> None:
 def paced(bootstrap: str, settings: Settings, rate: int, seconds: float, out: multiprocessing.Queue) -> None:
     """Produce ``rate`` events/s; send back (partition, offset, ack time) of every event."""
     acks: list[tuple[int, int, float]] = []
-    producer = Producer(producer_config(bootstrap, settings, **{"linger.ms": 1}))
+    producer = Producer(KafkaConnection.from_settings(settings).producer_config(**{"linger.ms": 1}))
     topic = settings.topic(topics.EVENTS)
 
     def acked(err, msg) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ def throughput(bootstrap: str, settings: Settings, store: ClickHouseStore, event
     t0 = time.monotonic()
     fill(bootstrap, settings, events)
     fill_s = time.monotonic() - t0
-    sink = Sink(bootstrap, store, settings).start()
+    sink = Sink(KafkaConnection.from_settings(settings), store, settings).start()
     while not sink.stats.batches_written:  # joining the group and the first batch: start-up, not throughput
         time.sleep(0.005)
     started, first = time.monotonic(), sink.stats.events_written
@@ -111,8 +111,8 @@ def throughput(bootstrap: str, settings: Settings, store: ClickHouseStore, event
 
 
 def lag(bootstrap: str, settings: Settings, store: ClickHouseStore, rate: int, seconds: float) -> dict[str, float]:
-    sink = Sink(bootstrap, store, settings).start()
-    while group_lag(bootstrap, settings) > 0:  # the sink is assigned and caught up before we measure
+    sink = Sink(KafkaConnection.from_settings(settings), store, settings).start()
+    while group_lag(KafkaConnection.from_settings(settings), settings) > 0:  # the sink is assigned and caught up before we measure
         time.sleep(0.05)
     spawn = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = spawn.Queue()
@@ -161,8 +161,8 @@ def main() -> None:
         base = Settings(kafka_bootstrap=bootstrap, sink_batch_max_size=args.batch_size)
         first = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
         second = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
-        ensure_topics(bootstrap, first)
-        ensure_topics(bootstrap, second)
+        ensure_topics(KafkaConnection.from_settings(first), first)
+        ensure_topics(KafkaConnection.from_settings(second), second)
         latency = lag(bootstrap, second, store, args.rate, args.seconds)  # first: no merge backlog from phase 1
         result = throughput(bootstrap, first, store, args.events)
         store.close()

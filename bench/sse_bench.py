@@ -45,6 +45,7 @@ from confluent_kafka import Producer
 
 from bench.common import ROOT, broker, free_port
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -349,7 +350,7 @@ async def run_gateway(args: argparse.Namespace, bootstrap: str, response: str) -
     """Every phase against one fresh gateway serving ``response``, on topics of its own."""
     prefix = f"b{uuid.uuid4().hex[:8]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, events_partitions=6)
-    ensure_topics(bootstrap, settings)
+    ensure_topics(KafkaConnection.from_settings(settings), settings)
     limit = str(max(args.hold, args.fan) + 100)
     gw = Gateway(bootstrap, prefix, {
         "JOBSTREAM_SSE_MAX_CONNECTIONS": limit, "JOBSTREAM_SSE_MAX_CONNECTIONS_PER_TENANT": limit,

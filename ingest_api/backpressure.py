@@ -13,6 +13,7 @@ import math
 import time
 
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.lag import consumer_lag
 from streams.reader import KafkaReader
 from streams.settings import Settings
@@ -23,9 +24,9 @@ logger = logging.getLogger(__name__)
 class LagMonitor(KafkaReader):
     """Measures the processors' lag on its reader thread every ``lag_check_s``; reads no records."""
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
         # Reading the processors' committed offsets needs their group id, but never joins the group.
-        super().__init__(bootstrap, settings, settings.topic(topics.REQUESTED),
+        super().__init__(kafka, settings.topic(topics.REQUESTED),
                          group_id=settings.topic(topics.PROCESSORS_GROUP), name="lag-monitor")
         self._settings = settings
         self.lag = 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import orjson
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.mirror import TopicMirror
 from streams.producer import Outcome, Outgoing
 from streams.settings import Settings
@@ -58,9 +59,9 @@ class KeyLimits:
 
 
 class IdempotencyKeys(TopicMirror):
-    def __init__(self, bootstrap: str, settings: Settings, limits: KeyLimits) -> None:
-        """``settings`` for Kafka and the topic's name."""
-        super().__init__(bootstrap, settings, settings.topic(topics.IDEMPOTENCY))
+    def __init__(self, kafka: KafkaConnection, settings: Settings, limits: KeyLimits) -> None:
+        """``settings`` for the topic's name."""
+        super().__init__(kafka, settings.topic(topics.IDEMPOTENCY))
         self._ttl_s = limits.ttl_s
         self._max = limits.max_keys
         self._entries: OrderedDict[bytes, KeyEntry] = OrderedDict()

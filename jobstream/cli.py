@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="jobstream: heavy calculations behind HTTP, on Kafka.")
@@ -56,25 +57,25 @@ def _refuse_open_bind_without_keys(settings: Settings) -> None:
         )
 
 
-def _serve(settings: Settings, bootstrap: str, roles: set[str]) -> None:
+def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> None:
     import uvicorn
 
     from jobstream.server import create_app
 
     uvicorn.run(
-        create_app(settings, bootstrap, roles), host=settings.host, port=settings.port, log_level="warning",
+        create_app(settings, roles, kafka=connection), host=settings.host, port=settings.port, log_level="warning",
         timeout_graceful_shutdown=5,
     )
 
 
-def _start_worker(settings: Settings, bootstrap: str, index: int) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, connection: KafkaConnection, index: int) -> subprocess.Popen[bytes]:
     """A worker that ends with us: SIGTERM from the kernel when we die (``die_with_parent``), and
     ``--parent-pid`` makes it exit within ``JOBSTREAM_WORKER_ORPHAN_GRACE_S`` even if its stop hangs."""
     from jobstream.workers import worker_command, worker_env
     from streams.lifeline import die_with_parent
 
     return subprocess.Popen(
-        worker_command(index, parent_pid=os.getpid()), env=worker_env(settings, bootstrap),
+        worker_command(index, parent_pid=os.getpid()), env=worker_env(settings, connection),
         start_new_session=True, preexec_fn=die_with_parent,
     )
 
@@ -83,12 +84,12 @@ class WorkerSupervisor:
     """Keeps ``count`` worker processes running: one that dies is started again (a crash
     loses nothing — its uncommitted requests are redelivered to the replacement)."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, connection: KafkaConnection) -> None:
         import threading
 
         self._settings = settings
-        self._bootstrap = bootstrap
-        self.processes = [_start_worker(settings, bootstrap, i) for i in range(settings.workers)]
+        self._connection = connection
+        self.processes = [_start_worker(settings, connection, i) for i in range(settings.workers)]
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self._thread.start()
@@ -98,7 +99,7 @@ class WorkerSupervisor:
             for index, process in enumerate(self.processes):
                 if process.poll() is not None and not self._stopping.is_set():
                     logger.warning("worker %d exited with %s; starting it again", index, process.returncode)
-                    self.processes[index] = _start_worker(self._settings, self._bootstrap, index)
+                    self.processes[index] = _start_worker(self._settings, self._connection, index)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -136,17 +137,17 @@ def up(
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     _refuse_open_bind_without_keys(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with kafka_broker(settings) as bootstrap:
-        ensure_topics(bootstrap, settings)
-        supervisor = WorkerSupervisor(settings, bootstrap)
+    with kafka_broker(settings) as connection:
+        ensure_topics(connection, settings)
+        supervisor = WorkerSupervisor(settings, connection)
         base = f"http://{settings.host}:{settings.port}"
         typer.echo(
-            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {bootstrap}\n"
+            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}\n"
             f"  ClickHouse {settings.clickhouse_url}\n  workers    {settings.workers}\n  data       "
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
         try:
-            _serve(settings, bootstrap, {"api", "gateway", "sink"})
+            _serve(settings, connection, {"api", "gateway", "sink"})
         finally:
             logger.info("stopping %d worker(s)", settings.workers)
             supervisor.stop()
@@ -165,7 +166,7 @@ def serve(
     settings = _settings(host=host, port=port)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    _serve(settings, settings.kafka_bootstrap, set(role))
+    _serve(settings, KafkaConnection.from_settings(settings), set(role))
 
 
 @app.command()
@@ -192,7 +193,7 @@ def worker(
                          latency_target_ms=latency_target_ms, calc_processes=concurrency)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    run_worker(settings, settings.kafka_bootstrap, worker_index=index, loglevel=log_level, parent_pid=parent_pid)
+    run_worker(settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid)
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 ``jobstream up`` runs all three in one process (the only one that opens chDB);
 the distributed layout runs each role in its own container. The factory takes
-settings and a bootstrap address and owns the life of what it starts.
+settings (and the Kafka connection) and owns the life of what it starts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from store.clickhouse import ClickHouseStore
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
 from streams.settings import Settings
 
@@ -43,9 +44,11 @@ logger = logging.getLogger(__name__)
 ROLES = frozenset({"api", "gateway", "sink"})
 
 
-def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
+def create_app(settings: Settings, roles: Iterable[str] = ROLES, *, kafka: KafkaConnection | None = None,
                store: ClickHouseStore | None = None) -> FastAPI:
-    """The FastAPI app for ``roles``; pass ``store`` to share one ClickHouse client (chDB)."""
+    """The FastAPI app for ``roles``, against ``kafka`` (default: the settings' cluster); pass ``store``
+    to share one ClickHouse client (chDB)."""
+    kafka = kafka or KafkaConnection.from_settings(settings)
     roles = frozenset(roles)
     unknown = roles - ROLES
     if unknown:
@@ -53,28 +56,28 @@ def create_app(settings: Settings, bootstrap: str, roles: Iterable[str] = ROLES,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(topics.ensure_topics, bootstrap, settings)
+        await asyncio.to_thread(topics.ensure_topics, kafka, settings)
         own_store = store is None
         app.state.store = store or await asyncio.to_thread(ClickHouseStore, settings.clickhouse_url,
                                                            analyst=analyst_login(settings))
         started: list = []
         try:
             if "api" in roles:
-                app.state.producer = AsyncProducer(bootstrap, settings, settings.delivery_timeout_s)
+                app.state.producer = AsyncProducer(kafka, settings, settings.delivery_timeout_s)
                 started.append(app.state.producer)
-                app.state.idempotency = IdempotencyKeys(bootstrap, settings, KeyLimits.from_settings(settings)).start()
+                app.state.idempotency = IdempotencyKeys(kafka, settings, KeyLimits.from_settings(settings)).start()
                 started.append(app.state.idempotency)
-                app.state.lag = LagMonitor(bootstrap, settings).start()
+                app.state.lag = LagMonitor(kafka, settings).start()
                 started.append(app.state.lag)
-                app.state.replays = ReplayBook(bootstrap, settings).start()
+                app.state.replays = ReplayBook(kafka, settings).start()
                 started.append(app.state.replays)
-                app.state.replayer = _replayer(app, bootstrap, settings)
+                app.state.replayer = _replayer(app, kafka, settings)
                 started.append(app.state.replayer)
             if "gateway" in roles:
-                app.state.fanout = Fanout(bootstrap, settings, observers=[app.state.recent.observe]).start()
+                app.state.fanout = Fanout(kafka, settings, observers=[app.state.recent.observe]).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
-                app.state.sink = Sink(bootstrap, app.state.store, settings).start()
+                app.state.sink = Sink(kafka, app.state.store, settings).start()
                 started.append(app.state.sink)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
@@ -145,11 +148,11 @@ def _telemetry() -> dict[str, bool]:
             "logs": configured(_logs.get_logger_provider())}
 
 
-def _replayer(app: FastAPI, bootstrap: str, settings: Settings) -> Replayer:
+def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Replayer:
     """Replays run in the API process: statuses from its store, replayed jobs remembered for read-your-writes."""
     loop = asyncio.get_running_loop()
     store: ClickHouseStore = app.state.store
     recent: RecentJobs = app.state.recent
-    return Replayer(bootstrap, settings, app.state.replays, limits=ReplayLimits.from_settings(settings),
+    return Replayer(kafka, settings, app.state.replays, limits=ReplayLimits.from_settings(settings),
                     statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
                     on_emit=lambda queued: loop.call_soon_threadsafe(recent.add, queued))

@@ -10,16 +10,17 @@ import os
 import sys
 from typing import Mapping
 
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 
-def worker_env(settings: Settings, bootstrap: str | None = None,
+def worker_env(settings: Settings, kafka: KafkaConnection | None = None,
                base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a worker running with ``settings`` against ``bootstrap`` (default: the
+    """The environment of a worker running with ``settings`` against ``kafka`` (default: the
     settings' cluster): ``base`` (default: this process's environment) with every setting over it."""
     env = {**(os.environ if base is None else base), **settings.env()}
-    if bootstrap is not None:
-        env["KAFKA_BOOTSTRAP"] = bootstrap
+    if kafka is not None:
+        env["KAFKA_BOOTSTRAP"] = kafka.bootstrap
     return env
 
 

@@ -26,6 +26,7 @@ from processors.outbox import Outbox
 from processors.pool import CalcPool
 from processors.runner import Runner, RunnerConfig
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.lifeline import watch_parent
 from streams.producer import AsyncProducer
 from streams.settings import Settings
@@ -47,9 +48,9 @@ class WorkerRuntime:
     hook ``app.flow_control`` calls when partitions are revoked.
     """
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaConnection) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.runner: Runner | None = None
         self.pool: CalcPool | None = None
         self.control: ControlTail | None = None
@@ -64,14 +65,14 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
-        self._producer = AsyncProducer(self.bootstrap, settings)
-        self._outbox = outbox = Outbox(self.bootstrap, settings, settings.topic(topics.EVENTS)).start()
+        self._producer = AsyncProducer(self.kafka, settings)
+        self._outbox = outbox = Outbox(self.kafka, settings, settings.topic(topics.EVENTS)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
         self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),
                              grace_s=settings.timeout_grace_s, on_progress=self._on_progress)
         await self.pool.start()
         self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters).start()
-        self.control = ControlTail(self.bootstrap, settings, self.runner.on_cancel).start()
+        self.control = ControlTail(self.kafka, settings, self.runner.on_cancel).start()
         if not await self.control.wait_loaded(CONTROL_CATCH_UP_S):
             logger.warning("jobs.control not read to its end within %.0fs; starting anyway", CONTROL_CATCH_UP_S)
         # Start-up objects (Faust, aiokafka, pydantic schemas) never die: keep the collector from rescanning
@@ -102,14 +103,14 @@ class WorkerRuntime:
             await asyncio.to_thread(self._producer.close)
 
 
-def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> faust.App:
+def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int = 0) -> faust.App:
     """Build the processors' Faust app (one per worker process)."""
     registry.load_plugins(plugin_modules(settings))  # batch keys are computed here, in the worker
     datadir = Path(settings.data_dir).resolve() / "faust" / f"worker-{worker_index}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.topic(APP_ID),
-        broker=f"kafka://{bootstrap}",
+        broker=f"kafka://{kafka.bootstrap}",
         datadir=str(datadir),
         value_serializer="raw",
         key_serializer="raw",
@@ -125,7 +126,7 @@ def create_app(settings: Settings, bootstrap: str, *, worker_index: int = 0) -> 
     )
     consumer.install(app)  # a cheaper per-record hand-over from the fetch loop to the stream
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
-    runtime = WorkerRuntime(settings, bootstrap)
+    runtime = WorkerRuntime(settings, kafka)
     app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  (only .clear() is called)
 
     @app.agent(requested)
@@ -157,7 +158,7 @@ def _use_uvloop() -> bool:
     return True
 
 
-def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, loglevel: str = "info",
+def run_worker(settings: Settings, kafka: KafkaConnection, *, worker_index: int = 0, loglevel: str = "info",
                parent_pid: int | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT (blocks; Faust owns the event loop).
 
@@ -167,8 +168,8 @@ def run_worker(settings: Settings, bootstrap: str, *, worker_index: int = 0, log
     """
     if parent_pid is not None:
         watch_parent(parent_pid, settings.worker_orphan_grace_s)
-    topics.ensure_topics(bootstrap, settings)
+    topics.ensure_topics(kafka, settings)
     _use_uvloop()
-    app = create_app(settings, bootstrap, worker_index=worker_index)
+    app = create_app(settings, kafka, worker_index=worker_index)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

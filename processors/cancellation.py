@@ -18,6 +18,7 @@ from confluent_kafka import Message
 
 from streams import topics
 from streams.control import CancelCommand, load_command
+from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
 from streams.settings import Settings
 
@@ -49,9 +50,9 @@ class ControlTail(KafkaReader):
 
     attach_on_thread = True  # started on the worker's event loop: metadata requests must not block it
 
-    def __init__(self, bootstrap: str, settings: Settings, on_cancel: Callable[[CancelCommand], None]) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings, on_cancel: Callable[[CancelCommand], None]) -> None:
         # A group id is required by the client, but this consumer never joins or commits.
-        super().__init__(bootstrap, settings, settings.topic(topics.CONTROL),
+        super().__init__(kafka, settings.topic(topics.CONTROL),
                          group_id=settings.topic(f"jobstream-control-{uuid.uuid4().hex}"), name="control-tail")
         self._on_cancel = on_cancel
         self.seen = 0

@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from processors.sequence import TERMINAL_SEQ, SeqClock
 from streams.errors import JobstreamError
 from streams.events import SCHEMA_VERSION, TERMINAL_EVENTS, EventType, JobRequested
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ class _Chunk:
 
 
 class Outbox:
-    def __init__(self, bootstrap: str, settings: Settings, topic: str, seqs: SeqClock | None = None) -> None:
-        self._producer = Producer(producer_config(bootstrap, settings))
+    def __init__(self, kafka: KafkaConnection, settings: Settings, topic: str, seqs: SeqClock | None = None) -> None:
+        self._producer = Producer(kafka.producer_config())
         self._timeout_s = settings.produce_timeout_s
         self._max_bytes = settings.max_message_bytes - 1024  # headroom for the record's framing
         self._topic = topic

@@ -13,6 +13,7 @@ import orjson
 
 from replay.models import Replay
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.mirror import TopicMirror
 from streams.producer import Outgoing
 from streams.settings import Settings
@@ -21,8 +22,8 @@ _STOP = b":stop"
 
 
 class ReplayBook(TopicMirror):
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        super().__init__(bootstrap, settings, settings.topic(topics.REPLAYS))
+    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
+        super().__init__(kafka, settings.topic(topics.REPLAYS))
         self._lock = threading.Lock()
         self._replays: dict[str, Replay] = {}
         self._stops: set[str] = set()

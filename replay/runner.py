@@ -27,7 +27,7 @@ from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.producer import Outgoing
 from streams.settings import Settings
 
@@ -61,18 +61,18 @@ class _Run:
 class Replayer:
     """Plans, runs, stops and resumes this process's replays, recording each in ``jobs.replays``."""
 
-    def __init__(self, bootstrap: str, settings: Settings, book: ReplayBook, *, limits: ReplayLimits,
+    def __init__(self, kafka: KafkaConnection, settings: Settings, book: ReplayBook, *, limits: ReplayLimits,
                  statuses: StatusLookup | None = None, on_emit: Callable[[JobEvent], None] | None = None) -> None:
-        """``settings`` for Kafka and topic names; ``statuses`` answers the status filter (ClickHouse);
+        """``settings`` for topic names; ``statuses`` answers the status filter (ClickHouse);
         ``on_emit`` sees each replayed job's queued event once Kafka has it (the API remembers it for
         read-your-writes). Both run on replay threads."""
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._on_emit = on_emit
         self._settings = settings
         self._limits = limits
         self._book = book
         self._statuses = statuses
-        self._producer = Producer(producer_config(bootstrap, settings))
+        self._producer = Producer(kafka.producer_config())
         self._errors: list[str] = []  # delivery failures not yet reported by a flush
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
@@ -91,7 +91,7 @@ class Replayer:
         for kind, version in selection.calc_versions.items():
             self._calculation(kind, version, "calc_versions")
         flt = Filter(tenant, selection, self._statuses)
-        with RequestScanner(self._bootstrap, self._settings) as scanner:
+        with RequestScanner(self._kafka, self._settings) as scanner:
             ranges = scanner.ranges(selection.since, selection.until)
             by_partition = {r.partition: r for r in ranges}
             by_kind: dict[str, int] = {}
@@ -179,7 +179,7 @@ class Replayer:
 
     def _emitted_since_checkpoint(self, replay: Replay) -> set[str]:
         """Ids this replay emitted after its last checkpoint (they are in jobs.requested past it)."""
-        with RequestScanner(self._bootstrap, self._settings) as scanner:
+        with RequestScanner(self._kafka, self._settings) as scanner:
             ends = scanner.ends()
             ranges = [PartitionRange(partition=p, start=replay.emitted_after.get(p, 0), end=end,
                                      position=replay.emitted_after.get(p, 0)) for p, end in ends.items()]
@@ -222,7 +222,7 @@ class Replayer:
             last_checkpoint, since_checkpoint = time.monotonic(), 0
             return replay
 
-        with RequestScanner(self._bootstrap, settings) as scanner:
+        with RequestScanner(self._kafka, settings) as scanner:
             for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), self._limits.checkpoint_jobs):
                 chosen = {id(f) for f in flt.by_status(chunk)}
                 for found in chunk:

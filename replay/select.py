@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from replay.models import PartitionRange, ReplaySelection
 from streams import topics
 from streams.events import JobRequested, load_request
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.reader import partitions_of, watermarks
 from streams.settings import Settings
 
@@ -46,9 +46,9 @@ class RequestScanner:
     and fails on a consumer error (a replay must not silently skip requests).
     """
 
-    def __init__(self, bootstrap: str, settings: Settings, timeout_s: float = 10.0) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings, timeout_s: float = 10.0) -> None:
         self.topic = settings.topic(topics.REQUESTED)
-        self._consumer = Consumer(consumer_config(bootstrap, "unused", settings, **{"enable.partition.eof": True}))
+        self._consumer = Consumer(kafka.consumer_config("unused", **{"enable.partition.eof": True}))
         self._timeout_s = timeout_s
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams import topics
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 GROUP_ID = topics.SINK_GROUP  # one name: the gateway reads this group's offsets too
@@ -41,13 +41,13 @@ def instance_id(settings: Settings) -> str | None:
     return f"sink-{host[:64]}-{place}"
 
 
-def group_lag(bootstrap: str, settings: Settings, timeout_s: float = 10.0) -> int:
+def group_lag(kafka: KafkaConnection, settings: Settings, timeout_s: float = 10.0) -> int:
     """Events on ``jobs.events`` not yet committed by the sink's group (all partitions).
 
     Retriable broker errors (a coordinator still loading, say) are retried until ``timeout_s``.
     """
     topic = settings.topic(topics.EVENTS)
-    reader = Consumer(consumer_config(bootstrap, settings.topic(GROUP_ID), settings))
+    reader = Consumer(kafka.consumer_config(settings.topic(GROUP_ID)))
     deadline = time.monotonic() + timeout_s
     try:
         while True:

@@ -18,8 +18,7 @@ from typing import Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from streams.kafka_config import consumer_config
-from streams.settings import Settings
+from streams.kafka_config import KafkaConnection
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +89,11 @@ def unfinished(committed: list[TopicPartition]) -> list[Ranges]:
     return list(intents.values())
 
 
-def read_exactly(bootstrap: str, group: str, settings: Settings, topic: str, ranges: Ranges,
+def read_exactly(kafka: KafkaConnection, group: str, topic: str, ranges: Ranges,
                  stop: threading.Event) -> list[Message]:
     """The messages of ``ranges`` from Kafka, in (partition, offset) order, read by a consumer
     outside the sink's group (``<group>.replay``)."""
-    reader = Consumer(consumer_config(bootstrap, f"{group}.replay", settings, **{"enable.partition.eof": True}))
+    reader = Consumer(kafka.consumer_config(f"{group}.replay", **{"enable.partition.eof": True}))
     wanted = {p: last for p, _, last in ranges.spans}
     got: dict[int, list[Message]] = {p: [] for p in wanted}
     try:

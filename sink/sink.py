@@ -27,7 +27,7 @@ from sink.rows import BatchRows, JobTimes, build_rows
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.errors import JobstreamError
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,15 @@ class Sink:
     previous insert finished and its offsets were committed.
     """
 
-    def __init__(self, bootstrap: str, store: ClickHouseStore, settings: Settings,
+    def __init__(self, kafka: KafkaConnection, store: ClickHouseStore, settings: Settings,
                  consumer_overrides: dict[str, Any] | None = None) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._store = store
         self._settings = settings
         self._topic = settings.topic(topics.EVENTS)
         self._group = settings.topic(GROUP_ID)
         membership = {"group.instance.id": member} if (member := instance_id(settings)) else {}
-        self._consumer = Consumer(consumer_config(bootstrap, self._group, settings,
+        self._consumer = Consumer(kafka.consumer_config(self._group,
                                                   **{**membership, **(consumer_overrides or {})}))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clickhouse-sink", daemon=True)
@@ -320,7 +320,7 @@ class Sink:
                 self._written[tp.partition] = max(self._written.get(tp.partition, -1), tp.offset - 1)
         for ranges in unfinished(committed):
             logger.warning("sink replaying unfinished batch %s", ranges.describe())
-            batch = read_exactly(self._bootstrap, self._group, self._settings, self._topic, ranges, self._stop)
+            batch = read_exactly(self._kafka, self._group, self._topic, ranges, self._stop)
             rows = build_rows(batch, self._times, self._undecodable)
             self._inflight = (ranges, [], self._writer.submit(self._insert, ranges, rows))
             self._settle()

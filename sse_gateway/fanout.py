@@ -23,6 +23,7 @@ from sse_gateway.visibility import Visibility
 from sse_gateway.window import RecentWindow
 from streams import topics
 from streams.events import JobEvent
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,13 @@ logger = logging.getLogger(__name__)
 class Fanout:
     """The gateway's Kafka tail, recent window and subscriptions (all touched on the event loop only)."""
 
-    def __init__(self, bootstrap: str, settings: Settings,
+    def __init__(self, kafka: KafkaConnection, settings: Settings,
                  observers: list[Callable[[JobEvent], None]] | None = None) -> None:
         self._settings = settings
         self._observers = observers or []
         self.topic = settings.topic(topics.EVENTS)
-        self._tail = KafkaTail(bootstrap, settings, self._dispatch)
-        self._offsets = TopicOffsets(bootstrap, settings)
+        self._tail = KafkaTail(kafka, settings, self._dispatch)
+        self._offsets = TopicOffsets(kafka, settings)
         self._window = RecentWindow(settings.sse_recent_window_s, settings.sse_recent_max_events)
         self._subs = Subscriptions(queue_size=settings.sse_queue_size, heartbeat_s=settings.sse_heartbeat_s,
                                    max_stream_s=settings.sse_max_stream_s)

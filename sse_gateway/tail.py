@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sse_gateway.entry import Entry
 from streams import topics
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ OnBatch = Callable[[list[Entry], dict[int, int]], None]
 class KafkaTail:
     """``seek()`` where to begin, then ``start()`` reading; ``stop()`` from any thread."""
 
-    def __init__(self, bootstrap: str, settings: Settings, on_batch: OnBatch) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings, on_batch: OnBatch) -> None:
         self.topic = settings.topic(topics.EVENTS)
         self._on_batch = on_batch
-        self._consumer = Consumer(consumer_config(bootstrap, "jobstream-sse-gateway", settings,
+        self._consumer = Consumer(kafka.consumer_config("jobstream-sse-gateway",
                                                   **{"enable.partition.eof": False, "fetch.wait.max.ms": 100}))
         self._parse_model = False
         self._stop = threading.Event()

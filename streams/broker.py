@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
+from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 
@@ -35,11 +36,11 @@ def docker_available(timeout_s: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | None = None) -> Iterator[str]:
-    """Yield a bootstrap address for a real broker, starting (and later stopping) one if needed."""
+def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | None = None) -> Iterator[KafkaConnection]:
+    """Yield the connection to a real broker, starting (and later stopping) one if needed."""
     if settings.kafka_bootstrap:
         logger.info("using Kafka at %s (KAFKA_BOOTSTRAP)", settings.kafka_bootstrap)
-        yield settings.kafka_bootstrap
+        yield KafkaConnection.from_settings(settings)
         return
     if docker_available():
         from testcontainers.kafka import KafkaContainer
@@ -47,7 +48,7 @@ def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | N
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
             bootstrap = container.get_bootstrap_server()
             logger.info("using testcontainers Kafka at %s", bootstrap)
-            yield bootstrap
+            yield KafkaConnection.from_settings(settings, bootstrap)
         return
     broker = LocalKafka(
         data_dir or settings.data_dir / "kafka",
@@ -55,4 +56,4 @@ def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | N
         heap=settings.local_kafka_heap,
     )
     with broker:
-        yield broker.bootstrap
+        yield KafkaConnection.from_settings(settings, broker.bootstrap)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.reader import partitions_of, transient, watermarks
-from streams.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,9 @@ def consumer_lag(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> lis
     raise AssertionError("unreachable")  # tenacity either returned or re-raised
 
 
-def group_lag(bootstrap: str, settings: Settings, group_id: str, topic: str, timeout_s: float = 10.0) -> int:
+def group_lag(kafka: KafkaConnection, group_id: str, topic: str, timeout_s: float = 10.0) -> int:
     """Records on ``topic`` not yet committed by ``group_id`` (all partitions), with a consumer of its own."""
-    reader = Consumer(consumer_config(bootstrap, group_id, settings))
+    reader = Consumer(kafka.consumer_config(group_id))
     try:
         return sum(p.lag for p in consumer_lag(reader, topic, timeout_s))
     finally:

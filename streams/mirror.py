@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from confluent_kafka import Message
 
+from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
-from streams.settings import Settings
 
 
 class TopicMirror(KafkaReader):
     """Subclasses implement ``apply(key, value)`` (value None: a tombstone); it runs on the mirror's thread."""
 
-    def __init__(self, bootstrap: str, settings: Settings, topic: str) -> None:
-        super().__init__(bootstrap, settings, topic, group_id="unused", name=f"mirror-{topic}")
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        super().__init__(kafka, topic, group_id="unused", name=f"mirror-{topic}")
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         raise NotImplementedError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, Message, Producer
 
 from streams.errors import JobstreamError
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,13 @@ class Outcome:
 class AsyncProducer:
     """Idempotent producer; ``send_many`` resolves once Kafka acknowledged every message."""
 
-    def __init__(self, bootstrap: str, settings: Settings, delivery_timeout_s: float | None = None) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings, delivery_timeout_s: float | None = None) -> None:
         # With ``delivery_timeout_s`` (the ingest API: JOBSTREAM_DELIVERY_TIMEOUT_S) librdkafka keeps
         # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
         # is still delivered (idempotent: once) when the broker answers again, and
         # ``ProduceError.outcome`` says so. Without it both are produce_timeout_s.
         delivery_ms = int(max(delivery_timeout_s or 0.0, settings.produce_timeout_s) * 1000)
-        self._producer = Producer(producer_config(bootstrap, settings, **{"message.timeout.ms": delivery_ms}))
+        self._producer = Producer(kafka.producer_config(**{"message.timeout.ms": delivery_ms}))
         self._timeout_s = settings.produce_timeout_s
         self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread

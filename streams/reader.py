@@ -15,8 +15,7 @@ from typing import Any, Callable, Self
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
-from streams.kafka_config import consumer_config
-from streams.settings import Settings
+from streams.kafka_config import KafkaConnection
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class KafkaReader:
 
     How the two remaining hand-written loops adopt it (the lead, after the sink/gateway split):
 
-    - ``Fanout``: ``super().__init__(bootstrap, settings, topic, group_id="jobstream-sse-gateway",
+    - ``Fanout``: ``super().__init__(kafka, topic, group_id="jobstream-sse-gateway",
       name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})`` and
       ``chunk_size = CONSUME_BATCH``. ``attach`` asks offsets-for-times of the recent window, then
       calls ``super().attach()``, whose ``start_offset(p, low, high)`` returns them (and notes
@@ -86,7 +85,7 @@ class KafkaReader:
       is gone or we stop). Its ``_run``, thread, stop event and read trick (now ``read()``) go;
       ``stop`` closes the subscriptions on the loop, then ``super().stop()``. ``wait_caught_up``
       stays: it waits for the watermarks of *now*, not of start-up.
-    - ``Sink``: ``super().__init__(bootstrap, settings, topic, group_id=self._group,
+    - ``Sink``: ``super().__init__(kafka, topic, group_id=self._group,
       name="clickhouse-sink", **overrides)``. ``attach`` subscribes with ``on_assign``/
       ``on_revoke``/``on_lost``; ``round`` is its ``_round`` (own batch size and timeout; ``_admit``
       keeps its error handling, fatal included); ``round_failed`` returns at once on
@@ -101,14 +100,14 @@ class KafkaReader:
     error_pause_s: float = 1.0  #: wait after a failed round before the next
     attach_on_thread: bool = False  #: True: attach on the reader's thread (retried), so ``start()`` never blocks
 
-    def __init__(self, bootstrap: str, settings: Settings, topic: str, *, group_id: str, name: str,
+    def __init__(self, kafka: KafkaConnection, topic: str, *, group_id: str, name: str,
                  **config: Any) -> None:
         """``group_id``: needed by the client even when the reader never joins the group or commits
         (then it only names whose committed offsets ``committed()`` reads). ``config``: librdkafka
-        settings over ``consumer_config``'s."""
+        settings over ``kafka.consumer_config``'s."""
         self.topic = topic
         self.name = name
-        self.consumer = Consumer(consumer_config(bootstrap, group_id, settings, **config))
+        self.consumer = Consumer(kafka.consumer_config(group_id, **config))
         self.loaded = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.kafka_config import admin_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 30.0) -> None:
+def ensure_topics(kafka: KafkaConnection, settings: Settings, timeout_s: float = 30.0) -> None:
     """Create missing topics; existing ones are left as they are."""
-    admin = AdminClient(admin_config(bootstrap))
+    admin = AdminClient(kafka.admin_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [s for s in topic_specs(settings) if s.name not in existing]
     if not wanted:

@@ -19,6 +19,7 @@ import pytest
 
 from store.clickhouse import ClickHouseStore
 from streams.broker import docker_available, kafka_broker
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support.servers import Server
@@ -34,8 +35,8 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(session_dir: Path) -> Iterator[str]:
     """A real Kafka broker for the whole session."""
-    with kafka_broker(Settings(), data_dir=session_dir / "kafka", port=0) as bootstrap:
-        yield bootstrap
+    with kafka_broker(Settings(), data_dir=session_dir / "kafka", port=0) as kafka:
+        yield kafka.bootstrap
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +78,9 @@ def stack(settings: Settings, store: ClickHouseStore) -> Iterator[str]:
     """API + SSE gateway + sink in this process, one Faust worker process; yields the base URL."""
     from jobstream.server import create_app
 
-    ensure_topics(settings.kafka_bootstrap or "", settings)
+    ensure_topics(KafkaConnection.from_settings(settings), settings)
     worker = Worker(settings).start()
-    server = Server(create_app(settings, settings.kafka_bootstrap or "", store=store)).start()
+    server = Server(create_app(settings, store=store)).start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="healthz")
     try:
         yield server.url

@@ -25,6 +25,7 @@ import orjson
 from sink.group import group_lag
 from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 # Short session: the restarted sink gets the dead one's partitions after ~6 s, not 45 s.
@@ -56,11 +57,11 @@ def run(args: argparse.Namespace) -> None:
                     _die(args.report, {"crash": args.crash, "ranges": ranges.describe()})
             return done
 
-    sink = CrashingSink(settings.kafka_bootstrap or "", store, settings, consumer_overrides=CONSUMER).start()
+    sink = CrashingSink(KafkaConnection.from_settings(settings), store, settings, consumer_overrides=CONSUMER).start()
     deadline = time.monotonic() + args.timeout
     try:
         while time.monotonic() < deadline:
-            if sink.stats.events_written >= args.min_events and group_lag(settings.kafka_bootstrap or "", settings) == 0:
+            if sink.stats.events_written >= args.min_events and group_lag(KafkaConnection.from_settings(settings), settings) == 0:
                 break
             time.sleep(0.2)  # a child's own progress poll, not a test's synchronisation
         else:

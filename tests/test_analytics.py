@@ -309,7 +309,7 @@ def analysts(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator
     """An API on the stack's topics with API keys; only the 'analysts' tenant may run SQL."""
     keyed = settings.model_copy(update={"api_keys": SecretStr(f"analysts={ADMIN},alice={ALICE}"),
                                         "sql_tenants": "analysts", "sql_max_rows": 50})
-    server = Server(create_app(keyed, settings.kafka_bootstrap or "", {"api"}, store=store)).start()
+    server = Server(create_app(keyed, {"api"}, store=store)).start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="keyed API ready")
     yield server
     server.stop()

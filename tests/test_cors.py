@@ -50,7 +50,7 @@ class AppClient:
 
 def app_client(tmp_path: Path, **overrides: object) -> AppClient:
     settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", api_keys=KEYS, **overrides)
-    return AppClient(create_app(settings, "127.0.0.1:1"))
+    return AppClient(create_app(settings))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -32,7 +33,7 @@ JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 def keyed(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Server]:
     """A second API + gateway on the same topics (the stack's worker and sink serve it), with API keys."""
     keyed_settings = settings.model_copy(update={"api_keys": SecretStr(f"alice={ALICE},bob={BOB}"), "max_body_bytes": 4096})
-    server = Server(create_app(keyed_settings, settings.kafka_bootstrap or "", {"api", "gateway"}, store=store))
+    server = Server(create_app(keyed_settings, {"api", "gateway"}, store=store))
     server.start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="keyed API ready")
     yield server
@@ -73,7 +74,7 @@ def test_idempotency_key_returns_the_same_job_once(client: httpx.Client, setting
     assert other.status_code == 409 and other.json()["errors"][0]["field"] == "Idempotency-Key"
 
     # The key survives a restart: a brand-new API process reads it back from Kafka.
-    restarted = Server(create_app(settings, settings.kafka_bootstrap or "", {"api"}, store=store)).start()
+    restarted = Server(create_app(settings, {"api"}, store=store)).start()
     try:
         wait_until(lambda: httpx.get(f"{restarted.url}/healthz").status_code == 200, 60, message="restarted API")
         again = httpx.post(f"{restarted.url}/v1/jobs", json=JOB, headers=key)
@@ -147,8 +148,8 @@ def test_listing_is_newest_first_filtered_and_paginated(keyed: Server):
 def test_kafka_down_is_503_with_retry_after_never_202(tmp_path: Path, settings: Settings, store: ClickHouseStore):
     broker = LocalKafka(tmp_path / "kafka").start()
     local = settings.model_copy(update={"produce_timeout_s": 2.0, "kafka_bootstrap": broker.bootstrap})
-    ensure_topics(broker.bootstrap, local)
-    server = Server(create_app(local, broker.bootstrap, {"api"}, store=store)).start()
+    ensure_topics(KafkaConnection.from_settings(local), local)
+    server = Server(create_app(local, {"api"}, store=store)).start()
     try:
         wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="API on own broker")
         assert httpx.post(f"{server.url}/v1/jobs", json=JOB).status_code == 202
@@ -166,8 +167,8 @@ def test_backpressure_is_429_once_processors_lag_past_the_bound(settings: Settin
     # Own topics and no worker: every accepted job stays queued, so the lag only grows.
     local = settings.model_copy(update={"topic_prefix": f"bp{uuid.uuid4().hex[:6]}.", "max_queued_jobs": 3,
                                         "lag_check_s": 0.1})
-    ensure_topics(local.kafka_bootstrap or "", local)
-    server = Server(create_app(local, local.kafka_bootstrap or "", {"api"}, store=store)).start()
+    ensure_topics(KafkaConnection.from_settings(local), local)
+    server = Server(create_app(local, {"api"}, store=store)).start()
     try:
         wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="API ready")
         accepted = []

@@ -32,7 +32,7 @@ PROBLEM = "application/problem+json"
 def edge(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Server]:
     """An API with keys and a short body timeout, on the stack's topics (its worker and sink serve it)."""
     local = settings.model_copy(update={"api_keys": SecretStr(f"edge={KEY}"), "body_timeout_s": 1.0})
-    server = Server(create_app(local, settings.kafka_bootstrap or "", {"api", "gateway"}, store=store)).start()
+    server = Server(create_app(local, {"api", "gateway"}, store=store)).start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="edge API ready")
     yield server
     server.stop()

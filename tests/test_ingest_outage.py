@@ -21,6 +21,7 @@ from ingest_api.submit import idempotent_job_id
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams import topics
+from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -40,8 +41,8 @@ def test_paused_broker_answers_in_time_honestly_and_a_keyed_retry_makes_one_job(
     broker = LocalKafka(tmp_path / "kafka").start()
     local = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "produce_timeout_s": TIMEOUT_S,
                                         "max_submits_in_flight": BOUND, "topic_prefix": "outage."})
-    ensure_topics(broker.bootstrap, local)
-    server = Server(create_app(local, broker.bootstrap, {"api"}, store=store)).start()
+    ensure_topics(KafkaConnection.from_settings(local), local)
+    server = Server(create_app(local, {"api"}, store=store)).start()
     paused = False
     try:
         wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="API on own broker")

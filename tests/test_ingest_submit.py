@@ -20,6 +20,7 @@ from ingest_api.routes import Accepted, BatchAccepted
 from ingest_api.submit import InvalidSubmission, JobSubmission, prepare
 from streams import topics
 from streams.events import EventType, JobEvent, JobRequested, dumps, load_event, load_request
+from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer, Outgoing, ProduceError
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -119,7 +120,7 @@ def test_bad_submits_are_problems_naming_the_field(client: httpx.Client, content
 @pytest.mark.kafka
 def test_the_fastapi_route_answers_like_the_shortcut(client: httpx.Client, settings: Settings, store: ClickHouseStore):
     """Behind a root_path the shortcut steps aside and FastAPI's route serves the same function."""
-    routed = Server(create_app(settings, settings.kafka_bootstrap or "", {"api"}, store=store))
+    routed = Server(create_app(settings, {"api"}, store=store))
     routed.server.config.root_path = "/behind-a-proxy"
     routed.start()
     try:
@@ -159,9 +160,9 @@ def test_batch_answer_matches_its_documented_model_with_every_field(client: http
 @pytest.mark.kafka
 def test_concurrent_send_many_each_get_every_ack_in_order(settings: Settings):
     own = settings.model_copy(update={"topic_prefix": f"p{uuid.uuid4().hex[:8]}."})  # not the stack's topics
-    ensure_topics(own.kafka_bootstrap or "", own)
+    ensure_topics(KafkaConnection.from_settings(own), own)
     requested, events = own.topic(topics.REQUESTED), own.topic(topics.EVENTS)
-    producer = AsyncProducer(own.kafka_bootstrap or "", own)
+    producer = AsyncProducer(KafkaConnection.from_settings(own), own)
 
     async def one(i: int) -> None:
         key = f"send-{i}".encode()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka, kafka_version, new_cluster_id
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -40,7 +41,7 @@ def test_restart_keeps_topics_and_stop_leaves_no_jvm(tmp_path: Path):
     broker = LocalKafka(tmp_path / "kafka").start()
     pid = broker.pid
     try:
-        ensure_topics(broker.bootstrap, settings)
+        ensure_topics(KafkaConnection.from_settings(settings, broker.bootstrap), settings)
     finally:
         broker.stop()
     assert pid is not None and not alive(pid)

@@ -29,7 +29,7 @@ from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
 from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, new_job_id
-from streams.kafka_config import consumer_config, producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.analytics_checks import assert_each_job_counted_once
 from tests.support.servers import Server
@@ -44,13 +44,13 @@ class Kafka:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        bootstrap = settings.kafka_bootstrap or ""
-        self.producer = Producer(producer_config(bootstrap, settings))
+        kafka = KafkaConnection.from_settings(settings)
+        self.producer = Producer(kafka.producer_config())
         self.events: dict[str, list[JobEvent]] = defaultdict(list)
         self.dead: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer(consumer_config(bootstrap, f"test-{uuid.uuid4().hex}", settings))
+        self._consumer = Consumer(kafka.consumer_config(f"test-{uuid.uuid4().hex}"))
         self._consumer.subscribe([settings.topic(topics.EVENTS), settings.topic(topics.DEAD_LETTERS)])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -329,7 +329,7 @@ def finish_counts(kafka: Kafka, ids: list[str]) -> dict[str, set[int]]:
 def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, store: ClickHouseStore):
     scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4)
     kafka = Kafka(scoped)
-    sink = Sink(scoped.kafka_bootstrap or "", store, scoped).start()
+    sink = Sink(KafkaConnection.from_settings(scoped), store, scoped).start()
     first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
     second = Worker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
     try:
@@ -370,8 +370,7 @@ def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, s
 def processors_caught_up(settings: Settings) -> bool:
     """The processors' group committed every request: no re-run is still under way."""
     topic = settings.topic(topics.REQUESTED)
-    reader = Consumer(consumer_config(settings.kafka_bootstrap or "", settings.topic(topics.PROCESSORS_GROUP),
-                                      settings))
+    reader = Consumer(KafkaConnection.from_settings(settings).consumer_config(settings.topic(topics.PROCESSORS_GROUP)))
     try:
         partitions = [TopicPartition(topic, p) for p in reader.list_topics(topic, timeout=10).topics[topic].partitions]
         committed = reader.committed(partitions, timeout=10)
@@ -396,7 +395,7 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
     scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4,
                       api_keys=SecretStr(f"{tenant}={key}"))
     kafka = Kafka(scoped)
-    server = Server(create_app(scoped, scoped.kafka_bootstrap or "", store=store)).start()
+    server = Server(create_app(scoped, store=store)).start()
     first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
     second = Worker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
     http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
@@ -409,7 +408,7 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
         second.start()
         kafka.wait_terminal(ids, timeout_s=180, worker=second)
         wait_until(lambda: processors_caught_up(scoped), 120, 0.5, message="re-runs finished and committed")
-        wait_until(lambda: group_lag(scoped.kafka_bootstrap or "", scoped) == 0, 60, message="sink caught up")
+        wait_until(lambda: group_lag(KafkaConnection.from_settings(scoped), scoped) == 0, 60, message="sink caught up")
         rerun = [j for j in ids if len({e.data.get("worker") for e in kafka.of(j) if e.type.value == "running"}) > 1]
         assert rerun, "no job was caught mid-batch by the kill"
         twice = store.query("SELECT count() FROM job_events WHERE tenant = {t:String} AND type = 'running'",

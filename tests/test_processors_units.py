@@ -248,9 +248,11 @@ def test_a_worker_app_fetches_with_the_cheaper_hand_over(tmp_path):
     tests/test_processors.py exercises against the broker)."""
     from processors import consumer
     from processors.app import create_app
+    from streams.kafka_config import KafkaConnection
     from streams.settings import Settings
 
-    app = create_app(Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1")
+    app = create_app(settings, KafkaConnection.from_settings(settings))
     assert type(app.transport) is consumer.Transport and app.transport.Consumer is consumer.Consumer
 
 

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.kafka_config import admin_config, consumer_config, producer_config
+from streams.kafka_config import KafkaConnection
 from streams.lag import committed_offsets, consumer_lag, group_lag
 from streams.reader import KafkaReader
 from streams.settings import Settings
@@ -24,13 +24,13 @@ pytestmark = pytest.mark.kafka
 class Topic:
     def __init__(self, settings: Settings, partitions: int) -> None:
         self.settings = settings
-        self.bootstrap = settings.kafka_bootstrap or ""
+        self.kafka = KafkaConnection.from_settings(settings)
         self.name = settings.topic(f"reader-{uuid.uuid4().hex[:8]}")
         self.partitions = partitions
-        self.admin = AdminClient(admin_config(self.bootstrap))
+        self.admin = AdminClient(self.kafka.admin_config())
         for future in self.admin.create_topics([NewTopic(self.name, partitions, 1)]).values():
             future.result(30)
-        self.producer = Producer(producer_config(self.bootstrap, settings))
+        self.producer = Producer(self.kafka.producer_config())
 
     def send(self, *values: bytes, partition: int | None = None) -> None:
         for i, value in enumerate(values):
@@ -50,7 +50,7 @@ class Collector(KafkaReader):
     """Keeps every value it reads; ``poison`` values make ``handle_message`` raise."""
 
     def __init__(self, topic: Topic, poison: bytes = b"poison", slow_s: float = 0.0) -> None:
-        super().__init__(topic.bootstrap, topic.settings, topic.name, group_id="unused", name="collector")
+        super().__init__(topic.kafka, topic.name, group_id="unused", name="collector")
         self.values: list[bytes] = []
         self.at_loaded: list[bytes] | None = None
         self.threads: set[str] = set()
@@ -201,14 +201,14 @@ def test_consumer_lag_counts_what_the_group_has_not_committed(topic: Topic):
     topic.send(*[b"r"] * 5, partition=0)
     topic.send(*[b"r"] * 4, partition=1)
     group = f"lag-{uuid.uuid4().hex[:8]}"
-    consumer = Consumer(consumer_config(topic.bootstrap, group, topic.settings))
+    consumer = Consumer(topic.kafka.consumer_config(group))
     try:
-        assert group_lag(topic.bootstrap, topic.settings, group, topic.name) == 9  # nothing committed yet
+        assert group_lag(topic.kafka, group, topic.name) == 9  # nothing committed yet
         consumer.commit(offsets=[TopicPartition(topic.name, 0, 3)], asynchronous=False)
         assert committed_offsets(consumer, topic.name, [0, 1, 2]) == [3, -1, -1]
         lags = consumer_lag(consumer, topic.name)
         assert [(p.partition, p.committed, p.low, p.high, p.lag) for p in lags] == [
             (0, 3, 0, 5, 2), (1, -1, 0, 4, 4), (2, -1, 0, 0, 0)]
-        assert group_lag(topic.bootstrap, topic.settings, group, topic.name) == 6
+        assert group_lag(topic.kafka, group, topic.name) == 6
     finally:
         consumer.close()

@@ -25,6 +25,7 @@ from calculations import registry
 from replay.models import Replay, ReplayState, replayed_job_id
 from replay.select import RequestScanner
 from store.clickhouse import ClickHouseStore
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
@@ -46,7 +47,7 @@ class ReplayStack:
         registry.load_plugins([V1, "tests.calc_plugin_v2"])  # the API validates and plans with version 2 current
         self.settings = isolated(settings, api_keys=SecretStr(f"alice={ALICE},bob={BOB}"), replay_checkpoint_jobs=5,
                                  replay_max_rate=10_000.0, replay_max_jobs=1_000_000)
-        self.server = Server(create_app(self.settings, self.settings.kafka_bootstrap or "", store=store)).start()
+        self.server = Server(create_app(self.settings, store=store)).start()
         self.url = self.server.url
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 60, message="healthz")
         self.alice = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ALICE}"}, timeout=60)
@@ -110,12 +111,12 @@ class ReplayStack:
 
     def emitted_requests(self, replay_id: str) -> list[str]:
         """Every request this replay put on jobs.requested (job ids, duplicates included)."""
-        with RequestScanner(self.settings.kafka_bootstrap or "", self.settings) as scanner:
+        with RequestScanner(KafkaConnection.from_settings(self.settings), self.settings) as scanner:
             ranges = scanner.ranges(None, None)
             return [f.request.job_id for f in scanner.scan(ranges) if f.request.replay_id == replay_id]
 
     def requested_ends(self) -> dict[int, int]:
-        with RequestScanner(self.settings.kafka_bootstrap or "", self.settings) as scanner:
+        with RequestScanner(KafkaConnection.from_settings(self.settings), self.settings) as scanner:
             return scanner.ends()
 
 

@@ -12,6 +12,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support.waiting import wait_until
@@ -33,7 +34,7 @@ def test_a_worker_whose_up_was_killed_exits_within_5s_with_its_calculation_proce
         settings: Settings, tmp_path: Path):
     """kill -9 of `jobstream up` while a job runs: every process it started is gone within 5 s."""
     prefix = f"{settings.topic_prefix}up{uuid.uuid4().hex[:6]}."
-    ensure_topics(settings.kafka_bootstrap or "", settings.model_copy(update={"topic_prefix": prefix}))
+    ensure_topics(KafkaConnection.from_settings(settings), settings.model_copy(update={"topic_prefix": prefix}))
     up = ServiceProcess(["up", "--log-level", "warning"], service_env(
         settings.kafka_bootstrap or "", prefix, tmp_path, workers="1", calc_processes="2", plugins=PLUGIN),
         tmp_path / "up.log").start()

@@ -27,11 +27,12 @@ def test_a_bad_value_fails_loudly_naming_the_setting(monkeypatch: pytest.MonkeyP
 
 def test_a_worker_started_with_the_env_reads_the_same_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from jobstream.workers import worker_env
+    from streams.kafka_config import KafkaConnection
 
     settings = Settings(kafka_bootstrap="a:1", clickhouse_url="http://ch:8123", data_dir=tmp_path, topic_prefix="t.",
                         calc_processes=3, timeout_grace_s=0.25, plugins="tests.calc_plugin", public_url=None,
                         api_keys="t=secret")
-    env = worker_env(settings, "b:2", base={"PATH": "/bin", "JOBSTREAM_API_KEYS": "t=secret"})
+    env = worker_env(settings, KafkaConnection.from_settings(settings, "b:2"), base={"PATH": "/bin", "JOBSTREAM_API_KEYS": "t=secret"})
     assert env["PATH"] == "/bin" and "JOBSTREAM_PUBLIC_URL" not in env
     for name in Settings.env_names():
         monkeypatch.delenv(name, raising=False)

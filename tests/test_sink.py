@@ -27,7 +27,7 @@ from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobView, dumps, utcnow
-from streams.kafka_config import consumer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import ROOT
@@ -115,7 +115,7 @@ def sink_settings(settings: Settings) -> Settings:
     own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}sink{uuid.uuid4().hex[:6]}.",
                                       "sink_batch_max_size": 100, "sink_batch_max_wait_ms": 50,
                                       "sink_retry_max_s": 0.5})
-    ensure_topics(own.kafka_bootstrap or "", own)
+    ensure_topics(KafkaConnection.from_settings(own), own)
     return own
 
 
@@ -139,10 +139,10 @@ def counts(store: ClickHouseStore, tenant: str) -> dict[str, int]:
 def test_events_results_outcomes_and_state_land_once(sink_settings: Settings, store: ClickHouseStore):
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     events = histories(tenant, 30) + histories(tenant, 10, outcome="failed", batch_size=2)
-    produce(sink_settings.kafka_bootstrap or "", sink_settings, events)
-    sink = Sink(sink_settings.kafka_bootstrap or "", store, sink_settings).start()
+    produce(KafkaConnection.from_settings(sink_settings), sink_settings, events)
+    sink = Sink(KafkaConnection.from_settings(sink_settings), store, sink_settings).start()
     try:
-        wait_until(lambda: group_lag(sink_settings.kafka_bootstrap or "", sink_settings) == 0, 60,
+        wait_until(lambda: group_lag(KafkaConnection.from_settings(sink_settings), sink_settings) == 0, 60,
                    message="sink to commit everything")
     finally:
         sink.stop()
@@ -163,7 +163,7 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
         sink_settings: Settings, store: ClickHouseStore):
     """A sink dies between insert and commit; the next one (other limits) replays the same ranges."""
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
-    produce(sink_settings.kafka_bootstrap or "", sink_settings, histories(tenant, 40))
+    produce(KafkaConnection.from_settings(sink_settings), sink_settings, histories(tenant, 40))
 
     class Killed(BaseException):
         pass
@@ -174,7 +174,7 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
                 raise Killed()  # the thread ends here: rows inserted, offsets not committed
             return super()._commit(ranges, intent=intent)
 
-    first = DiesBeforeCommit(sink_settings.kafka_bootstrap or "", store, sink_settings).start()
+    first = DiesBeforeCommit(KafkaConnection.from_settings(sink_settings), store, sink_settings).start()
     wait_until(lambda: not first.running, 60, message="the first sink to die")
     first.stop()  # leaves the group; commits nothing
     written = counts(store, tenant)["events"]
@@ -183,9 +183,9 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
     assert any(m.startswith(INTENT_PREFIX) for m in intents.values())
 
     bigger = sink_settings.model_copy(update={"sink_batch_max_size": 5000})
-    second = Sink(bigger.kafka_bootstrap or "", store, bigger).start()
+    second = Sink(KafkaConnection.from_settings(bigger), store, bigger).start()
     try:
-        wait_until(lambda: group_lag(bigger.kafka_bootstrap or "", bigger) == 0, 60, message="catch-up")
+        wait_until(lambda: group_lag(KafkaConnection.from_settings(bigger), bigger) == 0, 60, message="catch-up")
     finally:
         second.stop()
     assert second.stats.batches_replayed == 1
@@ -196,7 +196,7 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
 
 def committed_metadata(settings: Settings) -> dict[int, str]:
     topic = settings.topic(topics.EVENTS)
-    reader = Consumer(consumer_config(settings.kafka_bootstrap or "", settings.topic(GROUP_ID), settings))
+    reader = Consumer(KafkaConnection.from_settings(settings).consumer_config(settings.topic(GROUP_ID)))
     try:
         partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
         found = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
@@ -214,25 +214,25 @@ def test_clickhouse_outage_pauses_the_sink_lag_grows_nothing_is_lost(
     so the outage is real for the sink's client while the session's store stays up
     to watch. Against a server the same test closes and reopens the sink's client.
     """
-    bootstrap = sink_settings.kafka_bootstrap or ""
+    kafka = KafkaConnection.from_settings(sink_settings)
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     sinks_store = ClickHouseStore(clickhouse_url)
-    sink = Sink(bootstrap, sinks_store, sink_settings).start()
+    sink = Sink(kafka, sinks_store, sink_settings).start()
     try:
-        produce(bootstrap, sink_settings, histories(tenant, 5))
+        produce(kafka, sink_settings, histories(tenant, 5))
         wait_until(lambda: counts(store, tenant)["events"] == 20, 60, message="first events written")
 
         sinks_store.close()  # ClickHouse gone for the sink
-        produce(bootstrap, sink_settings, histories(tenant, 25))
+        produce(kafka, sink_settings, histories(tenant, 25))
         wait_until(lambda: sink.stats.insert_failures >= 3, 60, message="failing inserts being retried")
-        wait_until(lambda: group_lag(bootstrap, sink_settings) == 100, 60, message="lag of the unwritten events")
-        produce(bootstrap, sink_settings, histories(tenant, 25))
-        wait_until(lambda: group_lag(bootstrap, sink_settings) == 200, 60, message="lag growing")
+        wait_until(lambda: group_lag(kafka, sink_settings) == 100, 60, message="lag of the unwritten events")
+        produce(kafka, sink_settings, histories(tenant, 25))
+        wait_until(lambda: group_lag(kafka, sink_settings) == 200, 60, message="lag growing")
         assert sink.running and sink.stats.retrying and "closed" in (sink.stats.last_error or "")
         assert counts(store, tenant)["events"] == 20  # nothing written, nothing committed
 
         sinks_store.open()  # ClickHouse is back
-        wait_until(lambda: group_lag(bootstrap, sink_settings) == 0, 120, message="catch-up after the outage")
+        wait_until(lambda: group_lag(kafka, sink_settings) == 0, 120, message="catch-up after the outage")
         assert not sink.stats.retrying
     finally:
         sink.stop()
@@ -262,7 +262,7 @@ def test_sink_killed_mid_batch_leaves_no_duplicates_and_loses_nothing(
     """SIGKILL before and after the second batch's insert; a restarted sink finishes the job exactly once."""
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     database = ["--database", f"sink_crash_{uuid.uuid4().hex[:8]}"]
-    produce(sink_settings.kafka_bootstrap or "", sink_settings, histories(tenant, 100))  # 400 events
+    produce(KafkaConnection.from_settings(sink_settings), sink_settings, histories(tenant, 100))  # 400 events
 
     report = tmp_path / "crash.json"
     killed = child(child_env, "run", "--crash", crash, "--crash-batch", "2", "--report", str(report), *database)
@@ -295,13 +295,13 @@ def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
                       crashed=i % 3 == 0, outcome="failed" if i % 4 == 1 else "succeeded")
             for i in range(12)]
     runs += [(job_history(tenant, start=start, outcome="failed"), [])]  # and one job that ran once
-    bootstrap = sink_settings.kafka_bootstrap or ""
-    sink = Sink(bootstrap, store, sink_settings).start()
+    kafka = KafkaConnection.from_settings(sink_settings)
+    sink = Sink(kafka, store, sink_settings).start()
     try:
-        produce(bootstrap, sink_settings, [e for first, _ in runs for e in first])
-        wait_until(lambda: group_lag(bootstrap, sink_settings) == 0, 60, message="first runs written")
-        produce(bootstrap, sink_settings, [e for _, second in runs for e in second])
-        wait_until(lambda: group_lag(bootstrap, sink_settings) == 0, 60, message="re-runs written")
+        produce(kafka, sink_settings, [e for first, _ in runs for e in first])
+        wait_until(lambda: group_lag(kafka, sink_settings) == 0, 60, message="first runs written")
+        produce(kafka, sink_settings, [e for _, second in runs for e in second])
+        wait_until(lambda: group_lag(kafka, sink_settings) == 0, 60, message="re-runs written")
     finally:
         sink.stop()
     redeliver_everything(sink_settings, store)
@@ -319,7 +319,7 @@ def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
 def redeliver_everything(settings: Settings, store: ClickHouseStore) -> None:
     """Every record of the test's topic inserted again under a new token (a redelivery the insert
     dedup does not catch): rows the views must not count twice."""
-    reader = Consumer(consumer_config(settings.kafka_bootstrap or "", f"redeliver-{uuid.uuid4().hex}", settings,
+    reader = Consumer(KafkaConnection.from_settings(settings).consumer_config(f"redeliver-{uuid.uuid4().hex}",
                                       **{"enable.partition.eof": True}))
     topic = settings.topic(topics.EVENTS)
     partitions = reader.list_topics(topic, timeout=30).topics[topic].partitions

@@ -20,6 +20,7 @@ import pytest
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobEvent, dumps
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.kafka import EventProducer
 from tests.support.sse import TERMINAL_SEQ, Reader, app_state, bearer, event, gateway, keys, new_job, stored_seqs
@@ -318,7 +319,7 @@ def test_a_multi_job_position_that_cannot_be_served_is_a_reset(
     from confluent_kafka.admin import AdminClient
 
     own = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "events_partitions": 2})
-    topics.ensure_topics(own.kafka_bootstrap or "", own)
+    topics.ensure_topics(KafkaConnection.from_settings(own), own)
     producer = EventProducer(own)
     job = new_job()
     producer.send(*(event(job, s) for s in range(10)))
@@ -367,7 +368,7 @@ def test_a_sink_further_behind_than_the_window_is_waited_for_then_said(settings:
     import time
 
     own = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "events_partitions": 1})
-    topics.ensure_topics(own.kafka_bootstrap or "", own)
+    topics.ensure_topics(KafkaConnection.from_settings(own), own)
     producer = EventProducer(own)
     job, unknown = new_job(), new_job()
     a_minute_ago = int(time.time() * 1000) - 60_000  # older than the window: the gateway will not re-read it
@@ -392,7 +393,7 @@ def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_re
     from sse_gateway.entry import Entry
     from sse_gateway.fanout import Fanout
 
-    fanout = Fanout(settings.kafka_bootstrap or "", settings)
+    fanout = Fanout(KafkaConnection.from_settings(settings), settings)
     fanout.partitions, fanout.next_offsets, fanout._window.start = 1, [0], [0]
     job = new_job()
     arriving = [event(job, 40, "running"), event(job, 0, "queued"), event(job, 40, "running"),

@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams import topics
 from streams.events import JobEvent, dumps, load_request
-from streams.kafka_config import producer_config
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 
@@ -18,7 +18,7 @@ class EventProducer:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(topics.EVENTS)
-        self.producer = Producer(producer_config(settings.kafka_bootstrap or "", settings))
+        self.producer = Producer(KafkaConnection.from_settings(settings).producer_config())
 
     def send(self, *events: JobEvent, timestamp_ms: int = 0) -> None:
         errors: list[Any] = []
@@ -28,9 +28,9 @@ class EventProducer:
         assert self.producer.flush(30) == 0 and not errors, errors
 
 
-def produce(bootstrap: str, settings: Settings, events: list[JobEvent]) -> None:
+def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) -> None:
     """Put events on ``jobs.events`` keyed by job id (as the API and processors do), acknowledged."""
-    producer = Producer(producer_config(bootstrap, settings))
+    producer = Producer(kafka.producer_config())
     topic = settings.topic(topics.EVENTS)
     failures: list[str] = []
     for event in events:

@@ -115,8 +115,7 @@ def gateway(settings: Settings, store: ClickHouseStore, roles: frozenset[str] = 
     """A gateway (only) in this process, on the session's topics, with some settings changed."""
     from jobstream.server import create_app
 
-    server = Server(create_app(settings.model_copy(update=overrides), settings.kafka_bootstrap or "", roles,
-                               store=store)).start()
+    server = Server(create_app(settings.model_copy(update=overrides), roles, store=store)).start()
     try:
         wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="gateway ready")
         yield server

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from jobstream.workers import worker_command, worker_env
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import ROOT
@@ -63,5 +64,5 @@ def isolated(settings: Settings, **overrides: object) -> Settings:
         "worker_session_timeout_s": 6.0, **overrides,
     }
     scoped = settings.model_copy(update=values)
-    ensure_topics(scoped.kafka_bootstrap or "", scoped)
+    ensure_topics(KafkaConnection.from_settings(scoped), scoped)
     return scoped
