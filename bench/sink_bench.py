@@ -36,10 +36,10 @@ from bench.common import broker
 from sink.sink import Sink, group_lag
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import dumps
 from streams.kafka_config import producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 from tests.job_histories import job_history
 
 

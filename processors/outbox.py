@@ -26,26 +26,18 @@ import threading
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from processors.sequence import TERMINAL_SEQ, SeqClock
-from streams.events import SCHEMA_VERSION, TERMINAL_EVENTS, EventType, JobRequested
+from streams.events import TERMINAL_EVENTS, EventType, JobRequested
 from streams.kafka_config import producer_config
 from streams.settings import Settings
+from streams.wire import encode_event
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1000  # events per produce round (well under librdkafka's queue)
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
-
-
-def event_bytes(job_id: str, tenant: str, seq: int, type_: EventType, kind: str, data: dict[str, Any],
-                ts: datetime) -> bytes:
-    """A ``JobEvent`` on the wire, without the model: the fields in the model's order, ``ts`` as
-    ISO 8601 with ``Z``. ``data`` must be JSON-ready (str keys; results are, see ``processors.executor``)."""
-    return orjson.dumps({"schema_version": SCHEMA_VERSION, "job_id": job_id, "tenant": tenant, "seq": seq,
-                         "ts": ts, "type": type_.value, "kind": kind, "data": data}, option=orjson.OPT_UTC_Z)
 
 
 class ChunkNotDelivered(Exception):
@@ -133,10 +125,10 @@ class Outbox:
             self.seqs.forget(job_id)
         else:
             seq = self.seqs.next(job_id, request.ts, now)
-        value = event_bytes(job_id, request.tenant, seq, type_, request.kind, data, now)
+        value = encode_event(job_id, request.tenant, seq, type_, request.kind, data, now)
         if len(value) > self._max_bytes:  # it could never be delivered: say so instead of retrying forever
             logger.error("%s event of %s is %d bytes, over the message limit", type_.value, job_id, len(value))
-            value = event_bytes(
+            value = encode_event(
                 job_id, request.tenant, seq, EventType.FAILED if terminal else EventType.PROGRESS, request.kind,
                 {"error": {"type": "result_too_large", "message": f"the {type_.value} event would be "
                            f"{len(value)} bytes; the limit is JOBSTREAM_MAX_MESSAGE_BYTES"}} if terminal else {},

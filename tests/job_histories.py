@@ -8,9 +8,10 @@ from confluent_kafka import Producer
 
 from processors.sequence import TERMINAL_SEQ
 from streams import topics
-from streams.events import EventType, JobEvent, dumps, new_job_id, utcnow
+from streams.events import EventType, JobEvent, new_job_id, utcnow
 from streams.kafka_config import producer_config
 from streams.settings import Settings
+from streams.wire import dumps
 
 
 def job_history(tenant: str, *, kind: str = "stats.describe", outcome: str = "succeeded",

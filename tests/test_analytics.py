@@ -26,8 +26,9 @@ from sink.query import render
 from sink.sink import JobTimes, build_rows
 from store.sql_guard import Refused
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
-from streams.events import EventType, JobEvent, JobView, dumps, utcnow
+from streams.events import EventType, JobEvent, JobView, utcnow
 from streams.settings import Settings
+from streams.wire import dumps
 from tests.conftest import ROOT, Server, wait_until
 from tests.job_histories import job_history, run_twice
 

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import load_request
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import decode_request
 from tests.conftest import Server, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -57,7 +57,7 @@ def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
                 if message.error():
                     continue
                 seen[message.partition()] = message.offset() + 1
-                if load_request(message.value()).job_id == job_id:
+                if decode_request(message.value()).job_id == job_id:
                     count += 1
         return count
     finally:

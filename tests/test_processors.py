@@ -31,10 +31,11 @@ from sink.sink import Sink, group_lag
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
-from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, new_job_id
+from streams.events import JobEvent, JobRequested, JobStatus, JobView, new_job_id
 from streams.kafka_config import consumer_config, producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps, load_event
 from tests.analytics_checks import assert_each_job_counted_once
 from tests.conftest import ROOT, Server, Worker, wait_until
 

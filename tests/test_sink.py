@@ -22,10 +22,11 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from sink.sink import GROUP_ID, INTENT_PREFIX, JobTimes, Ranges, Sink, build_rows, group_lag
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import JobView, dumps, utcnow
+from streams.events import JobView, utcnow
 from streams.kafka_config import consumer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 from tests.conftest import ROOT, wait_until
 from tests.analytics_checks import assert_each_job_counted_once, ms
 from tests.job_histories import job_history, produce, run_twice

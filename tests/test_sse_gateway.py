@@ -23,9 +23,10 @@ from pydantic import SecretStr
 
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import EventType, JobEvent, dumps
+from streams.events import EventType, JobEvent
 from streams.kafka_config import producer_config
 from streams.settings import Settings
+from streams.wire import dumps
 from tests.conftest import Server, wait_until
 
 pytestmark = pytest.mark.kafka
