@@ -1,0 +1,79 @@
+"""The one producer: ``send_batch`` (the processors' events) beside ``send_many`` (the API) on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams import topics
+from streams.kafka_config import consumer_config
+from streams.producer import AsyncProducer, Outgoing, ProduceError
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def own(settings: Settings) -> Settings:
+    own = settings.model_copy(update={"topic_prefix": f"p{uuid.uuid4().hex[:8]}."})  # not the stack's topics
+    ensure_topics(own.kafka_bootstrap or "", own)
+    return own
+
+
+def read_all(settings: Settings, topic: str, partitions: int) -> list[bytes]:
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap or "", f"read-{uuid.uuid4().hex}", settings))
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        values: list[bytes] = []
+        idle = 0
+        while idle < 3:
+            messages = consumer.consume(1000, timeout=1.0)
+            idle = 0 if messages else idle + 1
+            values += [m.value() for m in messages if not m.error()]
+        return values
+    finally:
+        consumer.close()
+
+
+def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings):
+    events, requested = own.topic(topics.EVENTS), own.topic(topics.REQUESTED)
+    producer = AsyncProducer(own.kafka_bootstrap or "", own)
+
+    async def batches() -> None:
+        for chunk in range(5):  # one key: one partition, so Kafka keeps the order they were sent in
+            await producer.send_batch(events, [(b"job", b"%d" % (chunk * 100 + i)) for i in range(100)], 30.0)
+
+    async def singles() -> None:
+        for i in range(50):
+            (delivered,) = await producer.send_many([Outgoing(requested, b"k%d" % i, b"{}")])
+            assert delivered.topic == requested
+
+    async def main() -> None:
+        await asyncio.gather(batches(), singles())  # two waits on one loop: each expires on its own deadline
+        await producer.send_batch(events, [])
+
+    try:
+        asyncio.run(main())
+    finally:
+        producer.close()
+    assert read_all(own, events, own.events_partitions) == [b"%d" % i for i in range(500)]
+
+
+def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings):
+    producer = AsyncProducer(own.kafka_bootstrap or "", own)
+    too_large = b"x" * (own.max_message_bytes + 1)
+
+    async def main() -> None:
+        with pytest.raises(ProduceError):
+            await producer.send_batch("not a valid topic name!", [(b"k", b"{}")])
+        with pytest.raises(ProduceError):  # one record refused: the chunk is not acknowledged
+            await producer.send_batch(own.topic(topics.EVENTS), [(b"k", b"{}"), (b"k", too_large)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        producer.close()
