@@ -74,7 +74,7 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
-        self._producer = AsyncProducer(self.bootstrap, settings)
+        self._producer = AsyncProducer(self.bootstrap, settings, poll_on_loop=False)  # sends are mostly chunks
         self._outbox = outbox = Outbox(self._producer, settings, settings.topic(topics.EVENTS)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
         self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),

@@ -4,7 +4,10 @@ confluent-kafka reports deliveries only from ``poll()``/``flush()``, on the thre
 them (confluentinc/confluent-kafka-python#885). While a loop has sends in flight, that loop
 polls itself every millisecond, so delivery callbacks run on the loop's own thread and settle
 their futures directly, with no thread hop (docs/benchmarks.md, "Ingest API"); a thread polls
-only while nothing is in flight, so librdkafka's logs and errors are served when idle.
+only while nothing is in flight, so librdkafka's logs and errors are served when idle. With
+``poll_on_loop=False`` (the processors) the thread always polls instead and each send is
+handed to its loop once, when its last report is in: cheaper for a loop whose sends are
+chunks of hundreds of records, where a tick every millisecond would cost more than it saves.
 
 Two ways to send, one future each: ``send_many`` (records for any topics, with each record's
 position: the ingest API) and ``send_batch`` (one topic, one ``produce_batch`` call, one count
@@ -75,7 +78,8 @@ class Outcome:
 class AsyncProducer:
     """Idempotent producer; a send resolves once Kafka acknowledged every message of it."""
 
-    def __init__(self, bootstrap: str, settings: Settings, delivery_timeout_s: float | None = None) -> None:
+    def __init__(self, bootstrap: str, settings: Settings, delivery_timeout_s: float | None = None, *,
+                 poll_on_loop: bool = True) -> None:
         # With ``delivery_timeout_s`` (the ingest API: JOBSTREAM_DELIVERY_TIMEOUT_S) librdkafka keeps
         # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
         # is still delivered (idempotent: once) when the broker answers again, and
@@ -86,7 +90,9 @@ class AsyncProducer:
         self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_while_idle, name="kafka-producer-poll", daemon=True)
+        self._poll_on_loop = poll_on_loop
+        self._thread = threading.Thread(target=self._poll_while_idle if poll_on_loop else self._poll_always,
+                                        name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
     def _poll_while_idle(self) -> None:
@@ -96,6 +102,20 @@ class AsyncProducer:
                 self._stop.wait(IDLE_POLL_S)
             else:
                 self._producer.poll(IDLE_POLL_S)
+
+    def _poll_always(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(IDLE_POLL_S)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, send: "_Send") -> None:
+        """Have ``send`` polled for and failed at its deadline."""
+        if self._poll_on_loop:
+            poller = self._pollers.get(loop)
+            if poller is None:
+                poller = self._pollers[loop] = _LoopPoller(self, loop)
+            poller.add(send)
+        else:
+            send.timer = loop.call_at(send.deadline, send.expire)
 
     async def send_many(self, messages: list[Outgoing]) -> list[Delivered]:
         """Produce all messages in one go and wait for every acknowledgement (in ``messages`` order)."""
@@ -115,9 +135,9 @@ class AsyncProducer:
                 send.outcome.cancel()
                 raise ProduceError(reason) from exc
             send.abandon(len(messages) - index, reason)  # the records before ``index`` are on their way
-            self._poller(loop).add(send)
+            self._watch(loop, send)
             raise ProduceError(reason, send.outcome) from exc
-        self._poller(loop).add(send)
+        self._watch(loop, send)
         return await send.future
 
     async def send_batch(self, topic: str, records: list[tuple[bytes, bytes]], wait_s: float | None = None) -> None:
@@ -140,14 +160,8 @@ class AsyncProducer:
         refused = [m["_error"] for m in messages if "_error" in m]
         if refused:
             send.abandon(len(refused), str(refused[0]))
-        self._poller(loop).add(send)
+        self._watch(loop, send)
         await send.future
-
-    def _poller(self, loop: asyncio.AbstractEventLoop) -> "_LoopPoller":
-        poller = self._pollers.get(loop)
-        if poller is None:
-            poller = self._pollers[loop] = _LoopPoller(self, loop)
-        return poller
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when the cluster answers a metadata request."""
@@ -203,8 +217,8 @@ class _LoopPoller:
 class _Send:
     """The delivery reports of one ``send_many`` or ``send_batch``: settled on its loop once all are in."""
 
-    __slots__ = ("loop", "future", "outcome", "deadline", "wait_s", "_thread", "_left", "_results", "_error",
-                 "_lock")
+    __slots__ = ("loop", "future", "outcome", "deadline", "wait_s", "timer", "_thread", "_left", "_results",
+                 "_error", "_lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, wait_s: float, lock: threading.Lock,
                  keep_reports: bool) -> None:
@@ -213,6 +227,7 @@ class _Send:
         self.outcome: asyncio.Future[Outcome] = loop.create_future()  # settled once every report is in
         self.wait_s = wait_s
         self.deadline = loop.time() + wait_s
+        self.timer: asyncio.TimerHandle | None = None  # the deadline, when no loop poller watches it
         self._thread = threading.get_ident()  # the loop's thread
         self._left = size
         # each record's position (send_many); a batch only counts
@@ -260,6 +275,8 @@ class _Send:
                 pass
 
     def settle(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.outcome.done():
             self.outcome.set_result(Outcome(list(self._results), self._error))
         if self.future.done():  # timed out or cancelled meanwhile

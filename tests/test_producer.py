@@ -1,4 +1,5 @@
-"""The one producer: ``send_batch`` (the processors' events) beside ``send_many`` (the API) on one loop."""
+"""The one producer: ``send_batch`` (the processors' events) beside ``send_many`` (the API) on one loop,
+polled from the loop (the API) or from its thread (the processors)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def read_all(settings: Settings, topic: str, partitions: int) -> list[bytes]:
         consumer.close()
 
 
-def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings):
+@pytest.mark.parametrize("poll_on_loop", [True, False])
+def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings, poll_on_loop: bool):
     events, requested = own.topic(topics.EVENTS), own.topic(topics.REQUESTED)
-    producer = AsyncProducer(own.kafka_bootstrap or "", own)
+    producer = AsyncProducer(own.kafka_bootstrap or "", own, poll_on_loop=poll_on_loop)
 
     async def batches() -> None:
         for chunk in range(5):  # one key: one partition, so Kafka keeps the order they were sent in
@@ -63,8 +65,9 @@ def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings
     assert read_all(own, events, own.events_partitions) == [b"%d" % i for i in range(500)]
 
 
-def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings):
-    producer = AsyncProducer(own.kafka_bootstrap or "", own)
+@pytest.mark.parametrize("poll_on_loop", [True, False])
+def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings, poll_on_loop: bool):
+    producer = AsyncProducer(own.kafka_bootstrap or "", own, poll_on_loop=poll_on_loop)
     too_large = b"x" * (own.max_message_bytes + 1)
 
     async def main() -> None:
@@ -72,6 +75,20 @@ def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings):
             await producer.send_batch("not a valid topic name!", [(b"k", b"{}")])
         with pytest.raises(ProduceError):  # one record refused: the chunk is not acknowledged
             await producer.send_batch(own.topic(topics.EVENTS), [(b"k", b"{}"), (b"k", too_large)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        producer.close()
+
+
+def test_a_send_past_its_wait_fails_and_its_outcome_still_arrives(own: Settings):
+    producer = AsyncProducer(own.kafka_bootstrap or "", own, poll_on_loop=False)
+
+    async def main() -> None:
+        with pytest.raises(ProduceError, match="no acknowledgement") as caught:
+            await producer.send_batch(own.topic(topics.EVENTS), [(b"k", b"{}")], wait_s=0)
+        assert caught.value.outcome is not None and (await caught.value.outcome).ok  # it landed all the same
 
     try:
         asyncio.run(main())
