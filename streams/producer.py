@@ -108,7 +108,9 @@ class AsyncProducer:
             self._producer.poll(IDLE_POLL_S)
 
     def _watch(self, loop: asyncio.AbstractEventLoop, send: "_Send") -> None:
-        """Have ``send`` polled for and failed at its deadline."""
+        """Have ``send`` polled for and failed at its deadline (unless it is already done)."""
+        if send.future.done():
+            return
         if self._poll_on_loop:
             poller = self._pollers.get(loop)
             if poller is None:
