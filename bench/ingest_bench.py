@@ -33,10 +33,11 @@ from confluent_kafka import Producer
 
 from bench.common import ROOT, broker, cpu_seconds, free_port, jobstream_service, percentiles_ms
 from streams import topics
-from streams.events import EventType, JobEvent, JobRequested, dumps
+from streams.events import EventType, JobEvent, JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 
 JOB = {"kind": "stats.describe", "params": {"values": [1.0, 2.0, 3.0, 4.0]}}
 

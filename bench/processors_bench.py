@@ -49,10 +49,11 @@ from confluent_kafka import Consumer, Producer
 
 from bench.common import ROOT, broker, code_env, free_port, jobstream_process, percentiles_ms
 from streams import topics
-from streams.events import JobRequested, dumps, new_job_id
+from streams.events import JobRequested, new_job_id
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 
 SUBMIT_CHUNK = 500
 MONTECARLO = {"weights": [0.5, 0.3, 0.2], "mu": [0.0005, 0.0003, 0.0002],

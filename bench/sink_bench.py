@@ -37,11 +37,11 @@ from sink.group import group_lag
 from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import dumps
+from bench.histories import job_history
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from bench.histories import job_history
+from streams.wire import dumps
 
 
 PLACEHOLDER = b"J" * 32

@@ -65,8 +65,8 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
-        self._producer = AsyncProducer(self.kafka, settings)
-        self._outbox = outbox = Outbox(self.kafka, settings, settings.topic(topics.EVENTS)).start()
+        self._producer = AsyncProducer(self.kafka, settings, poll_on_loop=False)  # sends are mostly chunks
+        self._outbox = outbox = Outbox(self._producer, settings, settings.topic(topics.EVENTS)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
         self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),
                              grace_s=settings.timeout_grace_s, on_progress=self._on_progress)

@@ -28,8 +28,9 @@ from processors.outbox import Outbox
 from processors.pool import CalcPool, ProcessDied
 from processors.retry import RetryPolicy
 from streams.control import CancelCommand
-from streams.events import EventType, JobRequested, load_request, utcnow
+from streams.events import EventType, JobRequested, utcnow
 from streams.settings import Settings
+from streams.wire import decode_request
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Runner:
             self._room.clear()
             await self._room.wait()
         try:
-            request = load_request(raw)
+            request = decode_request(raw)
         except ValueError as exc:
             self._spawn(self._undecodable(raw, ack, source, exc))
             return

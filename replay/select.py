@@ -18,10 +18,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from replay.models import PartitionRange, ReplaySelection
 from streams import topics
-from streams.events import JobRequested, load_request
+from streams.events import JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.reader import partitions_of, watermarks
 from streams.settings import Settings
+from streams.wire import decode_request
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class RequestScanner:
                         todo.pop(partition)
                         continue
                     try:
-                        request = load_request(message.value())
+                        request = decode_request(message.value())
                     except Exception:
                         logger.warning("skipping an undecodable request at %s/%d:%d", self.topic, partition, offset)
                     else:

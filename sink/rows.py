@@ -14,7 +14,8 @@ from typing import Callable
 import orjson
 from confluent_kafka import Message
 
-from streams.events import TERMINAL_EVENTS, EventType, JobEvent, dumps
+from streams import wire
+from streams.events import TERMINAL_EVENTS, EventType
 
 JobKey = tuple[str, str]  # (tenant, job_id)
 Times = tuple[datetime | None, datetime | None]  # (submitted_at, started_at)
@@ -94,12 +95,13 @@ def build_rows(messages: list[Message], times: JobTimes, on_undecodable: Callabl
     """
     rows = BatchRows()
     for message in messages:
-        decoded = _decode(message.value())
-        if decoded is None:
+        try:
+            event = wire.decode_event(message.value())
+        except ValueError:
             on_undecodable(message)
             continue
-        type_, tenant, job_id, ts, raw = decoded
-        line = b'"kafka_partition":%d,"kafka_offset":%d,%s' % (message.partition(), message.offset(), raw[1:])
+        type_, tenant, job_id, ts = event.type, event.tenant, event.job_id, event.ts
+        line = b'"kafka_partition":%d,"kafka_offset":%d,%s' % (message.partition(), message.offset(), event.raw[1:])
         if type_ is EventType.QUEUED:
             times.queued((tenant, job_id), ts)
         elif type_ is EventType.RUNNING:
@@ -108,45 +110,6 @@ def build_rows(messages: list[Message], times: JobTimes, on_undecodable: Callabl
             rows.terminals.append((len(rows.lines), (tenant, job_id), times.pop((tenant, job_id)), line))
         rows.lines.append(b"{" + line)
     return rows
-
-
-_TYPES = {t.value: t for t in EventType}
-_INJECTED = frozenset({"kafka_partition", "kafka_offset", "submitted_at", "started_at"})  # fields the sink adds
-_MAX_U32 = 2**32 - 1
-
-
-def _decode(raw: bytes | None) -> tuple[EventType, str, str, datetime, bytes] | None:
-    """(type, tenant, job_id, ts, JSON object) of an event, or None if it is not a JobEvent.
-
-    The fast path checks every field ClickHouse will parse; an event that is
-    valid but not in canonical form (defaults left out, say) goes through
-    ``JobEvent`` and is re-serialised.
-    """
-    if not raw:
-        return None
-    try:
-        d = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(d, dict) and raw[:1] == b"{" and b"\n" not in raw and _INJECTED.isdisjoint(d):
-        type_ = _TYPES.get(d.get("type"))  # type: ignore[arg-type]
-        seq, version, ts = d.get("seq"), d.get("schema_version"), d.get("ts")
-        if (type_ is not None and type(seq) is int and 0 <= seq <= _MAX_U32 and type(version) is int
-                and 0 <= version <= 65535 and isinstance(d.get("job_id"), str) and isinstance(d.get("tenant"), str)
-                and isinstance(d.get("kind"), str) and isinstance(d.get("data"), dict) and isinstance(ts, str)):
-            try:
-                parsed = datetime.fromisoformat(ts)
-            except ValueError:
-                parsed = None
-            if parsed is not None and parsed.tzinfo is not None and 1900 < parsed.year < 2299:
-                return type_, d["tenant"], d["job_id"], parsed, raw
-    try:
-        event = JobEvent.model_validate(d)
-    except ValueError:
-        return None
-    if event.ts.tzinfo is None:
-        event = event.model_copy(update={"ts": event.ts.replace(tzinfo=timezone.utc)})
-    return event.type, event.tenant, event.job_id, event.ts, dumps(event)
 
 
 def _json_time(ts: datetime | None) -> bytes:

@@ -4,13 +4,11 @@ filter on, the JSON exactly as on Kafka, and its SSE frames, built once for all 
 
 from __future__ import annotations
 
-import orjson
-
 from sse_gateway import positions
-from streams.events import TERMINAL_EVENTS, EventType, JobEvent
+from streams import wire
+from streams.events import TERMINAL_EVENTS, JobEvent
 
 _TERMINAL = frozenset(t.value for t in TERMINAL_EVENTS)
-_TYPES = frozenset(t.value for t in EventType)
 
 
 class Entry:
@@ -38,22 +36,14 @@ class Entry:
     @classmethod
     def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> "Entry":
         """Raises ValueError for a record that is not a job event."""
-        try:
-            d = orjson.loads(value)
-            job_id, tenant, seq, type_, kind = d["job_id"], d.get("tenant", "default"), d["seq"], d["type"], d["kind"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"not a job event: {exc}") from None
-        if not (isinstance(job_id, str) and isinstance(tenant, str) and isinstance(seq, int) and type_ in _TYPES):
-            raise ValueError("not a job event: bad field types")
-        if b"\n" in value or b"\r" in value:  # an SSE data line must be one line
-            value = orjson.dumps(d)
-        event = JobEvent.model_validate(d) if parse_model else None
-        return cls(partition, offset, timestamp_ms, job_id, tenant, seq, type_, str(kind), value, event)
+        e = wire.decode_event(value)  # e.raw is one line, as an SSE data line must be
+        return cls(partition, offset, timestamp_ms, e.job_id, e.tenant, e.seq, e.type.value, e.kind, e.raw,
+                   e.model() if parse_model else None)
 
     @classmethod
     def from_event(cls, event: JobEvent, partition: int, offset: int) -> "Entry":
         return cls(partition, offset, int(event.ts.timestamp() * 1000), event.job_id, event.tenant, event.seq,
-                   event.type.value, event.kind, orjson.dumps(event.model_dump(mode="json")), event)
+                   event.type.value, event.kind, wire.dumps(event), event)
 
     def row(self, received: float) -> tuple:
         """The compact form kept in the recent window: a tuple of atomic values, which CPython's

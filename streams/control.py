@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams import topics
-from streams.events import SCHEMA_VERSION, dumps, utcnow
+from streams.events import SCHEMA_VERSION, utcnow
 from streams.producer import Outgoing
 from streams.settings import Settings
 
@@ -38,7 +38,7 @@ class CancelCommand(BaseModel):
 def cancel_record(settings: Settings, job_id: str, tenant: str, reason: str | None = None) -> Outgoing:
     """The record to produce (``AsyncProducer.send_many([...])``) to cancel a job."""
     command = CancelCommand(job_id=job_id, tenant=tenant, reason=reason)
-    return Outgoing(settings.topic(topics.CONTROL), job_id.encode(), dumps(command))
+    return Outgoing(settings.topic(topics.CONTROL), job_id.encode(), orjson.dumps(command.model_dump(mode="json")))
 
 
 def load_command(raw: bytes) -> CancelCommand:

@@ -1,4 +1,4 @@
-"""Versioned event models shared by every service, and their one serialisation.
+"""Versioned event models shared by every service: the schema of the wire (``streams.wire``).
 
 ``JobRequested`` on ``jobs.requested`` is the command a processor executes; ``JobEvent`` on
 ``jobs.events`` is everything that happened to a job, in ``seq`` order (``queued`` is seq 0,
@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.errors import JobstreamError
@@ -133,19 +132,6 @@ class JobEvent(_Record):
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
-
-
-def dumps(record: BaseModel) -> bytes:
-    """The one wire format: compact JSON via orjson."""
-    return orjson.dumps(record.model_dump(mode="json"))
-
-
-def load_request(raw: bytes) -> JobRequested:
-    return JobRequested.model_validate(orjson.loads(raw))
-
-
-def load_event(raw: bytes) -> JobEvent:
-    return JobEvent.model_validate(orjson.loads(raw))
 
 
 class JobView(BaseModel):

@@ -1,10 +1,18 @@
-"""An asyncio face on confluent-kafka's Producer: ``send_many`` settles when Kafka acked.
+"""The one Kafka producer of the services: idempotent, acks=all, acknowledgements awaited on the loop.
 
-A caller awaits ``send_many`` and learns that every message is acknowledged (acks=all,
-idempotent) or gets ``ProduceError`` (refused, or no acknowledgement within
-``produce_timeout_s``). Deliveries are reported only from ``poll()``, so while sends are in
-flight the loop polls itself and callbacks settle futures on its own thread; a thread polls
-while idle so librdkafka's logs and errors are still served.
+confluent-kafka reports deliveries only from ``poll()``/``flush()``, on the thread that calls
+them (confluentinc/confluent-kafka-python#885). While a loop has sends in flight, that loop
+polls itself every millisecond, so delivery callbacks run on the loop's own thread and settle
+their futures directly, with no thread hop (docs/benchmarks.md, "Ingest API"); a thread polls
+only while nothing is in flight, so librdkafka's logs and errors are served when idle. With
+``poll_on_loop=False`` (the processors) the thread always polls instead and each send is
+handed to its loop once, when its last report is in: cheaper for a loop whose sends are
+chunks of hundreds of records, where a tick every millisecond would cost more than it saves.
+
+Two ways to send, one future each: ``send_many`` (records for any topics, with each record's
+position: the ingest API) and ``send_batch`` (one topic, one ``produce_batch`` call, one count
+for the whole chunk: the processors' events, thousands a second). Both raise ``ProduceError``
+when a record is refused or not acknowledged in time.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -56,7 +65,8 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The delivery reports of one ``send_many``: ``delivered[i]`` is None for a record that failed."""
+    """The delivery reports of one send: ``delivered[i]`` is None for a record that failed (empty for
+    ``send_batch``, which only counts)."""
 
     delivered: list[Delivered | None]
     error: str | None
@@ -67,9 +77,10 @@ class Outcome:
 
 
 class AsyncProducer:
-    """Idempotent producer; ``send_many`` resolves once Kafka acknowledged every message."""
+    """Idempotent producer; a send resolves once Kafka acknowledged every message of it."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, delivery_timeout_s: float | None = None) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings, delivery_timeout_s: float | None = None, *,
+                 poll_on_loop: bool = True) -> None:
         # With ``delivery_timeout_s`` (the ingest API: JOBSTREAM_DELIVERY_TIMEOUT_S) librdkafka keeps
         # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
         # is still delivered (idempotent: once) when the broker answers again, and
@@ -80,7 +91,9 @@ class AsyncProducer:
         self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_while_idle, name="kafka-producer-poll", daemon=True)
+        self._poll_on_loop = poll_on_loop
+        self._thread = threading.Thread(target=self._poll_while_idle if poll_on_loop else self._poll_always,
+                                        name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
     def _poll_while_idle(self) -> None:
@@ -91,12 +104,28 @@ class AsyncProducer:
             else:
                 self._producer.poll(IDLE_POLL_S)
 
+    def _poll_always(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(IDLE_POLL_S)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, send: "_Send") -> None:
+        """Have ``send`` polled for and failed at its deadline (unless it is already done)."""
+        if send.future.done():
+            return
+        if self._poll_on_loop:
+            poller = self._pollers.get(loop)
+            if poller is None:
+                poller = self._pollers[loop] = _LoopPoller(self, loop)
+            poller.add(send)
+        else:
+            send.timer = loop.call_at(send.deadline, send.expire)
+
     async def send_many(self, messages: list[Outgoing]) -> list[Delivered]:
         """Produce all messages in one go and wait for every acknowledgement (in ``messages`` order)."""
         if not messages:
             return []
         loop = asyncio.get_running_loop()
-        send = _Send(loop, len(messages), loop.time() + self._timeout_s, self._timeout_s, self._report_lock)
+        send = _Send(loop, len(messages), self._timeout_s, self._report_lock, keep_reports=True)
         index = 0
         try:
             for index, message in enumerate(messages):
@@ -108,17 +137,34 @@ class AsyncProducer:
             if index == 0:  # nothing handed over: surely not written
                 send.outcome.cancel()
                 raise ProduceError(reason) from exc
-            send.abandon(index, reason)  # the records before ``index`` are on their way
-            self._poller(loop).add(send)
+            send.abandon(len(messages) - index, reason)  # the records before ``index`` are on their way
+            self._watch(loop, send)
             raise ProduceError(reason, send.outcome) from exc
-        self._poller(loop).add(send)
+        self._watch(loop, send)
         return await send.future
 
-    def _poller(self, loop: asyncio.AbstractEventLoop) -> "_LoopPoller":
-        poller = self._pollers.get(loop)
-        if poller is None:
-            poller = self._pollers[loop] = _LoopPoller(self, loop)
-        return poller
+    async def send_batch(self, topic: str, records: list[tuple[bytes, bytes]], wait_s: float | None = None) -> None:
+        """Produce ``(key, value)`` records to ``topic`` in one ``produce_batch`` call and wait until Kafka
+        acknowledged all of them (at most ``wait_s``, by default ``produce_timeout_s``). ``ProduceError``
+        says that at least one was not: the others may have landed."""
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        send = _Send(loop, len(records), self._timeout_s if wait_s is None else wait_s, self._report_lock,
+                     keep_reports=False)
+        messages = [{"key": key, "value": value} for key, value in records]
+        try:
+            self._producer.produce_batch(topic, messages, on_delivery=send.on_delivery)
+        except Exception as exc:  # TypeError, KafkaException: nothing was queued
+            send.future.cancel()
+            send.outcome.cancel()
+            raise ProduceError(str(exc)) from exc
+        # Refused messages (queue full, too large, unknown topic) are marked and get no delivery report.
+        refused = [m["_error"] for m in messages if "_error" in m]
+        if refused:
+            send.abandon(len(refused), str(refused[0]))
+        self._watch(loop, send)
+        await send.future
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when the cluster answers a metadata request."""
@@ -144,20 +190,27 @@ class _LoopPoller:
     def __init__(self, owner: AsyncProducer, loop: asyncio.AbstractEventLoop) -> None:
         self._owner = owner
         self._loop = loop
-        self._sends: deque[_Send] = deque()  # oldest first: the same timeout for all, so deadline order
+        # oldest first per wait: sends with the same wait expire in the order they were added
+        self._sends: dict[float, deque[_Send]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, send: _Send) -> None:
-        self._sends.append(send)
+        sends = self._sends.get(send.wait_s)
+        if sends is None:
+            sends = self._sends[send.wait_s] = deque()
+        sends.append(send)
         if self._timer is None:
             self._timer = self._loop.call_later(POLL_INTERVAL_S, self._tick)
 
     def _tick(self) -> None:
         self._owner._producer.poll(0)  # runs the delivery callbacks here, on the loop
-        sends, now = self._sends, self._loop.time()
-        while sends and (sends[0].future.done() or sends[0].deadline <= now):
-            sends.popleft().expire()  # no-op for a settled send
-        if sends:
+        now = self._loop.time()
+        for sends in self._sends.values():
+            while sends and (sends[0].future.done() or sends[0].deadline <= now):
+                sends.popleft().expire()  # no-op for a settled send
+        for wait_s in [wait_s for wait_s, sends in self._sends.items() if not sends]:
+            del self._sends[wait_s]
+        if self._sends:
             self._timer = self._loop.call_later(POLL_INTERVAL_S, self._tick)
         else:
             self._timer = None
@@ -165,55 +218,68 @@ class _LoopPoller:
 
 
 class _Send:
-    """The delivery reports of one ``send_many``: settled on its loop once all are in."""
+    """The delivery reports of one ``send_many`` or ``send_batch``: settled on its loop once all are in."""
 
-    __slots__ = ("loop", "future", "outcome", "deadline", "_timeout_s", "_thread", "_left", "_results", "_error",
-                 "_lock")
+    __slots__ = ("loop", "future", "outcome", "deadline", "wait_s", "timer", "_thread", "_left", "_results",
+                 "_error", "_lock")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float, timeout_s: float,
-                 lock: threading.Lock) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, wait_s: float, lock: threading.Lock,
+                 keep_reports: bool) -> None:
         self.loop = loop
         self.future: asyncio.Future[list[Delivered]] = loop.create_future()  # settled by the deadline at the latest
         self.outcome: asyncio.Future[Outcome] = loop.create_future()  # settled once every report is in
-        self.deadline = deadline
-        self._timeout_s = timeout_s
+        self.wait_s = wait_s
+        self.deadline = loop.time() + wait_s
+        self.timer: asyncio.TimerHandle | None = None  # the deadline, when no loop poller watches it
         self._thread = threading.get_ident()  # the loop's thread
         self._left = size
-        self._results: list[Delivered | None] = [None] * size
+        # each record's position (send_many); a batch only counts
+        self._results: list[Delivered | None] = [None] * size if keep_reports else []
         self._error: str | None = None
         self._lock = lock
 
-    def reporter(self, index: int):  # type: ignore[no-untyped-def]
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            delivered = None if err is not None else Delivered(msg.topic(), msg.partition(), msg.offset())
-            with self._lock:
-                if err is not None:
-                    self._error = self._error or err.str()
-                self._results[index] = delivered
-                self._left -= 1
-                complete = self._left == 0
-            if not complete:
+    def reporter(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of record ``index`` (``send_many``)."""
+        results, on_delivery = self._results, self.on_delivery
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                results[index] = Delivered(msg.topic(), msg.partition(), msg.offset())
+            on_delivery(err, msg)
+
+        return report
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        """The delivery callback of every record (``send_batch``), and the count behind ``reporter``."""
+        with self._lock:
+            if err is not None and self._error is None:
+                self._error = err.str()
+            self._left -= 1
+            if self._left:
                 return
-            if threading.get_ident() == self._thread:  # the usual case: polled by the loop
-                self.settle()
-            else:  # polled by the idle thread or by close()'s flush
-                try:
-                    self.loop.call_soon_threadsafe(self.settle)
-                except RuntimeError:  # the loop is closed: nobody awaits this any more
-                    pass
+        self._complete()
 
-        return on_delivery
-
-    def abandon(self, start: int, reason: str) -> None:
-        """Records from ``start`` on were never handed to the producer: they count as failed."""
+    def abandon(self, count: int, reason: str) -> None:
+        """``count`` records were never handed to the producer: they count as failed."""
         with self._lock:
             self._error = self._error or reason
-            self._left -= len(self._results) - start
-            complete = self._left == 0
-        if complete:
+            self._left -= count
+            if self._left:
+                return
+        self._complete()
+
+    def _complete(self) -> None:
+        if threading.get_ident() == self._thread:  # the usual case: polled by the loop
             self.settle()
+        else:  # polled by the idle thread or by close()'s flush
+            try:
+                self.loop.call_soon_threadsafe(self.settle)
+            except RuntimeError:  # the loop is closed: nobody awaits this any more
+                pass
 
     def settle(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.outcome.done():
             self.outcome.set_result(Outcome(list(self._results), self._error))
         if self.future.done():  # timed out or cancelled meanwhile
@@ -226,4 +292,4 @@ class _Send:
     def expire(self) -> None:
         if not self.future.done():
             self.future.set_exception(ProduceError(
-                f"no acknowledgement from Kafka within {self._timeout_s}s", self.outcome))
+                f"no acknowledgement from Kafka within {self.wait_s}s", self.outcome))

@@ -1,44 +1,144 @@
-"""A job's records as wire bytes: the request on ``jobs.requested`` and its ``queued`` event.
+"""The wire format of ``jobs.requested`` and ``jobs.events``: the one encoder and decoder of each.
 
-The one place a new job becomes bytes, for the ingest API and for replays alike. Built from
-plain templates of the models with one orjson call per record (no model per job); the
-templates come from the models, so a field added there is on the wire here too.
+Every service writes and reads these records through here. Records are compact JSON with the
+fields in the models' order (``streams.events``: the schema) and ``ts`` as ISO 8601 with ``Z``,
+written with one orjson call straight from the fields (no model per record); an import-time
+check keeps the encoders' fields equal to the models'. Decoders validate: anything read from
+Kafka may be malformed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel
 
 from streams import topics
-from streams.events import EventType, JobEvent, JobRequested, utcnow
+from streams.events import SCHEMA_VERSION, EventType, JobEvent, JobRequested, utcnow
 from streams.producer import Outgoing
 from streams.settings import Settings
 
+_OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.123456Z
 
-def _template(model: type[BaseModel], filled: set[str], **required: Any) -> dict[str, Any]:
-    """A record as a plain dict in the model's own field order, with its defaults.
 
-    ``build`` fills in the per-job fields and calls orjson once: the same bytes as
-    ``dumps(JobRequested(...))`` without building, validating and re-dumping two models per job
-    (the submission is already validated). Built from the models, so a field added there is on the
-    wire here too (tests/test_ingest_submit.py pins the byte equality); a field whose default is made
-    per instance must be filled in per job, so it stops the import instead of being copied.
+# --- encoders ---------------------------------------------------------------------------------
+def encode_request(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int,
+                   timeout_s: float | None, ts: datetime, calc_version: str | None = None,
+                   replay_of: str | None = None, replay_id: str | None = None, *, seq: int = 0,
+                   schema_version: int = SCHEMA_VERSION) -> bytes:
+    """A ``JobRequested`` as bytes. Raises TypeError for what JSON cannot hold (an integer past 64 bits)."""
+    return orjson.dumps({"schema_version": schema_version, "job_id": job_id, "tenant": tenant, "seq": seq, "ts": ts,
+                         "type": "requested", "kind": kind, "params": params, "priority": priority,
+                         "timeout_s": timeout_s, "calc_version": calc_version, "replay_of": replay_of,
+                         "replay_id": replay_id}, option=_OPTIONS)
+
+
+def encode_event(job_id: str, tenant: str, seq: int, type_: EventType, kind: str, data: dict[str, Any],
+                 ts: datetime, schema_version: int = SCHEMA_VERSION) -> bytes:
+    """A ``JobEvent`` as bytes. ``data`` must be JSON-ready (str keys; results are, see ``processors.executor``)."""
+    return orjson.dumps({"schema_version": schema_version, "job_id": job_id, "tenant": tenant, "seq": seq,
+                         "ts": ts, "type": type_.value, "kind": kind, "data": data}, option=_OPTIONS)
+
+
+def dumps(record: JobEvent | JobRequested) -> bytes:
+    """A record model as bytes, through the encoders above (tests pin: what ``model_dump`` writes)."""
+    if isinstance(record, JobEvent):
+        return encode_event(record.job_id, record.tenant, record.seq, record.type, record.kind, record.data,
+                            record.ts, record.schema_version)
+    return encode_request(record.job_id, record.tenant, record.kind, record.params, record.priority,
+                          record.timeout_s, record.ts, record.calc_version, record.replay_of, record.replay_id,
+                          seq=record.seq, schema_version=record.schema_version)
+
+
+def _check_fields(model: type[BaseModel], encoded: bytes) -> None:
+    """Stop the import when a model's fields and its encoder's differ: a field added to the schema must
+    be on the wire too (and a default made per instance must be filled in per record)."""
+    if list(orjson.loads(encoded)) != list(model.model_fields):
+        raise RuntimeError(f"{model.__name__}'s fields {list(model.model_fields)} differ from what streams/wire.py "
+                           f"writes: {list(orjson.loads(encoded))}")
+
+
+_check_fields(JobRequested, encode_request("", "", "", {}, 0, None, utcnow()))
+_check_fields(JobEvent, encode_event("", "", 0, EventType.QUEUED, "", {}, utcnow()))
+
+
+# --- decoders ---------------------------------------------------------------------------------
+def decode_request(raw: bytes) -> JobRequested:
+    """A request from Kafka, validated by its model; raises ValueError for anything else (the
+    processors dead-letter it)."""
+    return JobRequested.model_validate(orjson.loads(raw))
+
+
+class WireEvent(NamedTuple):
+    """A decoded event: its fields, and ``raw``, the record as one line of canonical JSON (the Kafka
+    bytes themselves unless they had to be normalised)."""
+
+    type: EventType
+    job_id: str
+    tenant: str
+    seq: int
+    kind: str
+    ts: datetime
+    data: dict[str, Any]
+    schema_version: int
+    raw: bytes
+
+    def model(self) -> JobEvent:
+        """The event as a model (built unvalidated: ``decode_event`` validated it)."""
+        return JobEvent.model_construct(schema_version=self.schema_version, job_id=self.job_id, tenant=self.tenant,
+                                        seq=self.seq, ts=self.ts, type=self.type, kind=self.kind, data=self.data)
+
+
+_TYPES = {t.value: t for t in EventType}
+_INJECTED = frozenset({"kafka_partition", "kafka_offset", "submitted_at", "started_at"})  # fields the sink adds
+_MAX_U32 = 2**32 - 1  # seq's column type in ClickHouse (schema_version's: UInt16)
+_new_wire_event = tuple.__new__  # WireEvent without its Python-level __new__: this runs per event
+
+
+def decode_event(raw: bytes | None) -> WireEvent:
+    """An event from Kafka; raises ValueError for a record that is not a ``JobEvent``.
+
+    The fast path accepts the canonical form (what ``encode_event`` writes: every field present,
+    of its exact type, on one line) and keeps the bytes; anything else goes through ``JobEvent``
+    (defaults filled in, extra fields dropped, a ts without zone read as UTC) and is re-encoded.
     """
-    per_instance = {name for name, f in model.model_fields.items() if f.default_factory is not None} - filled
-    if per_instance:
-        raise RuntimeError(f"{model.__name__}.{sorted(per_instance)} default per instance: fill them in build()")
-    return model(**required).model_dump(mode="json")
+    if not raw:
+        raise ValueError("not a job event: empty")
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not a job event: {exc}") from None
+    if type(d) is dict and raw[:1] == b"{" and b"\n" not in raw and b"\r" not in raw and _INJECTED.isdisjoint(d):
+        name = d.get("type")
+        type_ = _TYPES.get(name) if type(name) is str else None
+        seq, version, ts, job_id, tenant, kind, data = (d.get("seq"), d.get("schema_version"), d.get("ts"),
+                                                        d.get("job_id"), d.get("tenant"), d.get("kind"), d.get("data"))
+        if (type_ is not None and type(seq) is int and 0 <= seq <= _MAX_U32 and type(version) is int
+                and 0 <= version <= 65535 and type(job_id) is str and type(tenant) is str and type(kind) is str
+                and type(data) is dict and type(ts) is str):
+            try:
+                parsed = datetime.fromisoformat(ts)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None and 1900 < parsed.year < 2299:
+                return _new_wire_event(WireEvent, (type_, job_id, tenant, seq, kind, parsed, data, version, raw))
+    event = JobEvent.model_validate(d)  # a ValidationError is a ValueError
+    ts = event.ts if event.ts.tzinfo is not None else event.ts.replace(tzinfo=timezone.utc)
+    return WireEvent(event.type, event.job_id, event.tenant, event.seq, event.kind, ts, event.data,
+                     event.schema_version, encode_event(event.job_id, event.tenant, event.seq, event.type,
+                                                        event.kind, event.data, ts, event.schema_version))
 
 
-_REQUEST_TEMPLATE = _template(JobRequested, {"ts"}, job_id="", kind="", params={})
-_QUEUED_TEMPLATE = _template(JobEvent, {"ts", "data"}, job_id="", seq=0, type=EventType.QUEUED, kind="")
+def load_event(raw: bytes) -> JobEvent:
+    """An event from Kafka as a model; raises ValueError for a record that is not a ``JobEvent``."""
+    return decode_event(raw).model()
+
+
+# --- a new job's records ----------------------------------------------------------------------
 _QUEUED = EventType.QUEUED  # enum attribute lookups are slow in Python 3.11; this runs per job
-_WIRE_OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.123456Z
 
 
 @dataclass(frozen=True)
@@ -66,12 +166,9 @@ def build(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority:
     past request (``replay`` = ``calc_version``, ``replay_of``, ``replay_id``, on both records).
     Raises TypeError for an integer past 64 bits."""
     now = utcnow()
-    request = orjson.dumps({**_REQUEST_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
-                            "params": params, "priority": priority, "timeout_s": timeout_s, **replay},
-                           option=_WIRE_OPTIONS)
+    request = encode_request(job_id, tenant, kind, params, priority, timeout_s, now, **replay)
     data = {"priority": priority, "timeout_s": timeout_s, **replay}
-    queued = orjson.dumps({**_QUEUED_TEMPLATE, "job_id": job_id, "tenant": tenant, "ts": now, "kind": kind,
-                           "data": data}, option=_WIRE_OPTIONS)
+    queued = encode_event(job_id, tenant, 0, _QUEUED, kind, data, now)
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 

@@ -27,7 +27,7 @@ from sink.query import render
 from sink.rows import JobTimes, build_rows
 from store.sql_guard import Refused
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
-from streams.events import EventType, JobEvent, JobView, dumps, utcnow
+from streams.events import EventType, JobEvent, JobView, utcnow
 from streams.settings import Settings
 from tests.support import ROOT
 from tests.support.servers import Server

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 
 from streams.events import (
-    EventType, InvalidTransition, JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, load_request,
-    next_status, utcnow,
+    EventType, InvalidTransition, JobEvent, JobRequested, JobStatus, JobView, next_status, utcnow,
 )
+from streams.wire import decode_request, dumps, load_event
 
 
 def event(seq: int, type_: EventType, **data) -> JobEvent:
@@ -17,7 +17,7 @@ def event(seq: int, type_: EventType, **data) -> JobEvent:
 
 def test_request_round_trips_through_the_wire_format():
     request = JobRequested(job_id="j1", tenant="t", kind="stats.describe", params={"values": [1.5, 2]}, priority=3)
-    assert load_request(dumps(request)) == request
+    assert decode_request(dumps(request)) == request
 
 
 def test_event_round_trips_and_keeps_its_type():

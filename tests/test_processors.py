@@ -28,13 +28,14 @@ from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
-from streams.events import JobEvent, JobRequested, JobStatus, JobView, dumps, load_event, new_job_id
+from streams.events import JobEvent, JobRequested, JobStatus, JobView, new_job_id
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.analytics_checks import assert_each_job_counted_once
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
 from tests.support.workers import Worker, isolated
+from streams.wire import dumps, load_event
 
 pytestmark = pytest.mark.kafka
 

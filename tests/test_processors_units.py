@@ -11,11 +11,10 @@ import pytest
 
 from calculations import registry
 from processors.executor import JobSpec, NoControl, OutcomeStatus, run_batch, run_jobs
-from processors.outbox import event_bytes
 from processors.pool import CalcPool, ProcessDied
 from processors.retry import RetryPolicy
 from processors.sequence import TERMINAL_SEQ, SeqClock
-from streams.events import EventType, JobEvent, JobStatus, JobView, dumps, load_event
+from streams.events import EventType, JobEvent, JobStatus, JobView
 
 PLUGIN = "tests.calc_plugin"
 registry.load_plugins([PLUGIN, "tests.calc_plugin_v2"])
@@ -32,24 +31,6 @@ def test_seqs_increase_per_job_and_a_later_rerun_never_reuses_them():
     run2 = [second.next("j", submitted, submitted + timedelta(seconds=15, milliseconds=ms)) for ms in (0, 0, 250)]
     assert run2 == sorted(set(run2)) and min(run2) > max(run1)
     assert max(run2) < TERMINAL_SEQ
-
-
-@pytest.mark.parametrize("ts", [datetime(2026, 1, 1, tzinfo=timezone.utc),
-                                datetime(2026, 11, 23, 10, 29, 1, 123456, tzinfo=timezone.utc)])
-@pytest.mark.parametrize("type_, data", [
-    (EventType.RUNNING, {"attempt": 2, "batch_size": 64, "worker": "host:1"}),
-    (EventType.PROGRESS, {"progress": 0.0}),
-    (EventType.SUCCEEDED, {"result": {"count": 4, "mean": 2.5, "p99": float("nan"), "rows": [[1, -2.5e-300], []],
-                                      "name": "é\u2028\"x"}, "calc_version": "1", "attempt": 1}),
-    (EventType.FAILED, {"error": {"type": "timeout", "message": "no time left"}, "attempt": 3,
-                        "last_error": {"type": "crashed", "message": "exit code -9"}}),
-])
-def test_the_outbox_writes_events_byte_for_byte_as_the_model_does(ts, type_, data):
-    """The outbox skips the pydantic model per event; what it writes must not differ from ``dumps``."""
-    fast = event_bytes("j" * 32, "alice", 1043, type_, "stats.describe", data, ts)
-    assert fast == dumps(JobEvent(job_id="j" * 32, tenant="alice", seq=1043, type=type_, kind="stats.describe",
-                                  data=data, ts=ts))
-    assert load_event(fast).ts == ts
 
 
 def test_a_rerun_after_a_crash_folds_into_one_terminal_state():

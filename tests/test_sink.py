@@ -26,7 +26,7 @@ from sink.rows import JobTimes, build_rows
 from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import JobView, dumps, utcnow
+from streams.events import JobView, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -35,6 +35,7 @@ from tests.support.waiting import wait_until
 from tests.support.analytics_checks import assert_each_job_counted_once, ms
 from tests.support.kafka import produce
 from tests.support.reruns import run_twice
+from streams.wire import dumps
 
 
 # --- pure logic ------------------------------------------------------------------------------

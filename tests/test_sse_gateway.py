@@ -19,12 +19,13 @@ import pytest
 
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from streams.events import JobEvent, dumps
+from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.kafka import EventProducer
 from tests.support.sse import TERMINAL_SEQ, Reader, app_state, bearer, event, gateway, keys, new_job, stored_seqs
 from tests.support.waiting import wait_until
+from streams.wire import dumps
 
 pytestmark = pytest.mark.kafka
 

@@ -8,7 +8,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams import topics
-from streams.events import JobEvent, dumps, load_request
+from streams.events import JobEvent
+from streams.wire import decode_request, dumps
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
@@ -55,7 +56,7 @@ def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
                 if message.error():
                     continue
                 seen[message.partition()] = message.offset() + 1
-                if load_request(message.value()).job_id == job_id:
+                if decode_request(message.value()).job_id == job_id:
                     count += 1
         return count
     finally:
