@@ -33,7 +33,6 @@ from store.recent import RecentJobs
 from ingest_api.submit import (InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish,
                                records)
 from calculations import registry
-from store.clickhouse import ClickHouseStore
 from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError

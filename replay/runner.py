@@ -25,7 +25,7 @@ from calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
 from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
-from replay.select import Filter, Found, RequestScanner, StatusLookup, chunks
+from replay.select import Filter, RequestScanner, StatusLookup, chunks
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.producer import Outgoing

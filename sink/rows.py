@@ -8,7 +8,7 @@ materialized views; ``JobTimes`` remembers those times for jobs in flight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 
 import orjson

@@ -19,7 +19,7 @@ from sse_gateway.client_stream import ClientStream
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
 from sse_gateway.history import ajob_history
-from sse_gateway.reasons import CloseReason, ResetReason
+from sse_gateway.reasons import ResetReason
 from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
 from streams.errors import JobstreamError

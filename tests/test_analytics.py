@@ -29,6 +29,7 @@ from store.sql_guard import Refused
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
 from streams.events import EventType, JobEvent, JobView, utcnow
 from streams.settings import Settings
+from streams.wire import dumps
 from tests.support import ROOT
 from tests.support.servers import Server
 from tests.support.waiting import wait_until

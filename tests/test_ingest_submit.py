@@ -26,7 +26,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
-from streams.wire import decode_request, dumps, load_event
+from streams.wire import decode_request, load_event
 
 JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 
