@@ -24,8 +24,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import orjson
@@ -122,7 +122,7 @@ class CpuMeter:
         self._read = read
         self.cores = 0.0
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self._cpu, self._wall = self._read(), time.monotonic()
         return self
 

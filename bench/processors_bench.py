@@ -38,9 +38,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -188,7 +188,7 @@ def cpu_meter(pid: int | None) -> Iterator[list[float]]:
     before = (_cpu_s(pid), sum(_cpu_s(c) for c in children), _cpu_s(pid, pid), sum(_cpu_s(b) for b in brokers))
     yield spent
     after = (_cpu_s(pid), sum(_cpu_s(c) for c in children), _cpu_s(pid, pid), sum(_cpu_s(b) for b in brokers))
-    spent[:] = [a - b for a, b in zip(after, before)]
+    spent[:] = [a - b for a, b in zip(after, before, strict=False)]
 
 
 def _result(name: str, terminals: Terminals, submitted: dict[str, float], seconds: float | None) -> Result:

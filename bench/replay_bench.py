@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 
@@ -83,13 +83,13 @@ def main() -> None:
         try:
             with jobstream_process(["up", "--log-level", "warning"], env, free_port()) as url, \
                     httpx.Client(base_url=url, timeout=120) as client:
-                since = datetime.now(timezone.utc)
+                since = datetime.now(UTC)
                 ids: list[str] = []
                 for start in range(0, args.history, 500):
                     jobs = [small_job(i) for i in range(start, min(args.history, start + 500))]
                     ids += [j["job_id"] for j in client.post("/v1/jobs:batch", json={"jobs": jobs}).json()["jobs"]]
                 finished.wait(ids, 600)
-                until = datetime.now(timezone.utc)
+                until = datetime.now(UTC)
                 phases = [("none", 0.0)] + [(kind, r) for r in args.replay_rates for kind in ("replay", "traffic")]
                 for extra, replay_rate in phases:
                     replay_id = None
@@ -122,7 +122,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     base = rows[0][3]["p99_ms"]
     labels = {"none": "nothing extra", "replay": "a replay", "traffic": "the same rate of ordinary submits"}
-    for extra, asked, achieved, pct, n in rows:
+    for extra, _asked, achieved, pct, n in rows:
         print(f"| {labels[extra]} | {achieved:.0f} | {n} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | "
               f"{pct['p99_ms'] / base:.2f}x |")
 

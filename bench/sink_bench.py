@@ -33,16 +33,15 @@ import numpy as np
 from confluent_kafka import Producer
 
 from bench.common import broker
+from bench.histories import job_history
 from sink.group import group_lag
 from sink.sink import Sink
 from store.clickhouse import ClickHouseStore
 from streams import topics
-from bench.histories import job_history
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.wire import dumps
-
 
 PLACEHOLDER = b"J" * 32
 
@@ -136,7 +135,7 @@ def lag(bootstrap: str, settings: Settings, store: ClickHouseStore, rate: int, s
         visible = np.array([seen.get(partition, -1) for _, seen in probes])  # never decreases
         mine = [(o, a) for p, o, a in acks or [] if p == partition]
         first = np.searchsorted(visible, np.array([o for o, _ in mine]), side="left")
-        lags += [max(0.0, times[i] - a) for i, (_, a) in zip(first, mine)]
+        lags += [max(0.0, times[i] - a) for i, (_, a) in zip(first, mine, strict=False)]
     values = np.asarray(lags) * 1000
     return {"events": len(lags), "rate": len(lags) / seconds, "p50_ms": float(np.percentile(values, 50)),
             "p99_ms": float(np.percentile(values, 99)), "max_ms": float(values.max())}

@@ -258,7 +258,7 @@ async def hold(gw: Gateway, source: EventSource, count: int, heartbeat_s: float)
     cpu_idle0, idle0 = gw.cpu_s(), time.monotonic()
     await asyncio.sleep(heartbeat_s * 2 + 1)
     idle_cpu = (gw.cpu_s() - cpu_idle0) / (time.monotonic() - idle0)
-    with_beats = sum(c.heartbeats > b for c, b in zip(clients, beats0))
+    with_beats = sum(c.heartbeats > b for c, b in zip(clients, beats0, strict=False))
     # broadcast: one event to every stream, five times, a second apart
     for c in clients:
         c.latencies.clear()
@@ -312,7 +312,7 @@ async def fan(gw: Gateway, source: EventSource, paths: list[str], jobs: list[str
     latencies = [x for c in clients for x in c.latencies]
     first: dict[float, float] = {}  # per event: its first receipt (the pipeline before the fan-out)
     for c in clients:
-        for t0, lat in zip(c.sent_at, c.latencies):
+        for t0, lat in zip(c.sent_at, c.latencies, strict=False):
             first[t0] = min(first.get(t0, lat), lat)
     dropped = sum(c.closed for c in clients)
     await close_clients(tasks)

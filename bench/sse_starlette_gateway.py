@@ -10,7 +10,7 @@ timeout and disconnect listener. Needs ``pip install sse-starlette`` (not a proj
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Message, Receive, Scope, Send

@@ -9,7 +9,8 @@ underdetermined problems get lstsq's minimum-norm solution too).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated, Sequence
+from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -100,7 +101,7 @@ def fit(batch: Sequence[FitParams], progress: Progress) -> list[dict]:
         a = np.stack([design for _, design in members])
         y = np.array([batch[i].y for i in indices], dtype=np.float64)
         intercept = np.array([batch[i].intercept for i in indices])
-        for index, result in zip(indices, fit_stacked(a, y, intercept)):
+        for index, result in zip(indices, fit_stacked(a, y, intercept), strict=False):
             results[index] = result
             progress(index, 1.0)
     return results  # type: ignore[return-value]

@@ -9,7 +9,9 @@ in. The work per job is vectorised over chunks of paths (bounded memory).
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -100,12 +102,16 @@ def simulate(params: VarParams, on_chunk: Callable[[int], None]) -> np.ndarray:
     return returns
 
 
+def _report(progress: Progress, index: int, paths: int, done: int) -> None:
+    progress(index, done / paths)
+
+
 @calculation("montecarlo.var", version="1", params=VarParams)
 def var(batch: Sequence[VarParams], progress: Progress) -> list[dict[str, float]]:
     """Monte Carlo VaR and CVaR (as positive loss fractions) of a normal portfolio."""
     results = []
     for index, params in enumerate(batch):
-        returns = simulate(params, lambda done, i=index, n=params.paths: progress(i, done / n))
+        returns = simulate(params, partial(_report, progress, index, params.paths))
         cutoff = np.quantile(returns, 1 - params.confidence)
         results.append({
             "var": float(-cutoff),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel

@@ -7,7 +7,8 @@ stacked into one 2-D array and reduced along axis 1 in one numpy call each.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated, Literal, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,7 +40,7 @@ class DescribeParams(BaseModel):
     generate: Generate | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "DescribeParams":
+    def _exactly_one(self) -> DescribeParams:
         if (self.values is None) == (self.generate is None):
             raise ValueError("give exactly one of 'values' or 'generate'")
         return self
@@ -82,6 +83,6 @@ def describe(batch: Sequence[DescribeParams], progress: Progress) -> list[dict[s
         progress(index, 0.5)
     for members in groups.values():
         stacked = np.stack([sample for _, sample in members])
-        for (index, _), row in zip(members, describe_rows(stacked)):
+        for (index, _), row in zip(members, describe_rows(stacked), strict=False):
             results[index] = row
     return results  # type: ignore[return-value]

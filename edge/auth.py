@@ -33,7 +33,7 @@ class KeyRing:
         return bool(self.entries)
 
     @classmethod
-    def parse(cls, pairs: str | None = None, file: Path | None = None) -> "KeyRing":
+    def parse(cls, pairs: str | None = None, file: Path | None = None) -> KeyRing:
         items: list[str] = []
         if pairs:
             items += pairs.split(",")

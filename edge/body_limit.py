@@ -17,12 +17,12 @@ class BodyLimit:
     while a body is still expected, never to a stream waiting for its client to disconnect.
     """
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
@@ -32,7 +32,7 @@ class BodyLimit:
         body_done = False
         started = False
 
-        async def counted_receive():  # type: ignore[no-untyped-def]
+        async def counted_receive():
             nonlocal seen, body_done
             if body_done:
                 return await receive()
@@ -48,7 +48,7 @@ class BodyLimit:
                 body_done = not message.get("more_body", False)
             return message
 
-        async def tracked_send(message):  # type: ignore[no-untyped-def]
+        async def tracked_send(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -63,12 +63,12 @@ class BodyLimit:
             if not started:
                 await self._timed_out(scope, receive, send)
 
-    async def _too_large(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def _too_large(self, scope, receive, send):
         response = problems.problem_response(413, "Body too large", f"the limit is {self.max_bytes} bytes",
                                              limit_bytes=self.max_bytes)
         await response(scope, receive, send)
 
-    async def _timed_out(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def _timed_out(self, scope, receive, send):
         response = problems.problem_response(
             408, "Request timeout", f"the request body did not arrive within {self.timeout_s:g}s",
             headers={"Connection": "close"}, timeout_s=self.timeout_s)

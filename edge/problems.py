@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -71,7 +72,7 @@ MAX_LISTED_ERRORS = 20  # JOBSTREAM_MAX_LISTED_ERRORS' default
 _MAX_EXPANDED_ERRORS = 1000
 
 
-def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = (),
+def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = (),
                  limit: int | None = None) -> list[dict[str, str]]:
     """pydantic errors → ``[{"field": "params.values.3", "reason": "..."}]`` (the first ``limit``)."""
     out = []

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
+
 from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.mirror import TopicMirror
@@ -39,7 +40,7 @@ class PendingKey:
 
     entry: KeyEntry
     outgoing: list[Outgoing]
-    outcome: "asyncio.Future[Outcome]"
+    outcome: asyncio.Future[Outcome]
 
 
 def _record_key(tenant: str, key: str) -> bytes:
@@ -54,7 +55,7 @@ class KeyLimits:
     max_keys: int  #: JOBSTREAM_IDEMPOTENCY_MAX_KEYS: most keys held in memory (the oldest go first)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "KeyLimits":
+    def from_settings(cls, settings: Settings) -> KeyLimits:
         return cls(settings.idempotency_ttl_s, settings.idempotency_max_keys)
 
 
@@ -104,14 +105,14 @@ class IdempotencyKeys(TopicMirror):
         return self._pending.get(_record_key(tenant, key))
 
     def track(self, tenant: str, key: str, entry: KeyEntry, outgoing: list[Outgoing],
-              outcome: "asyncio.Future[Outcome]") -> None:
+              outcome: asyncio.Future[Outcome]) -> None:
         """Hold the key as pending until ``outcome`` says every record landed (then it is remembered);
         if some failed, it stays pending so that a retry re-sends exactly those."""
         record_key = _record_key(tenant, key)
         pending = PendingKey(entry, outgoing, outcome)
         self._pending[record_key] = pending
 
-        def landed(done: "asyncio.Future[Outcome]") -> None:
+        def landed(done: asyncio.Future[Outcome]) -> None:
             if done.cancelled() or not done.result().ok:
                 logger.warning("a timed-out submit failed for good; a retry with its key re-sends it",
                                extra={"job_id": entry.job_id, "tenant": tenant})
@@ -126,7 +127,7 @@ class IdempotencyKeys(TopicMirror):
         """Forget a pending attempt whose records were re-sent and acknowledged."""
         self._pending.pop(_record_key(tenant, key), None)
 
-    async def exclusive(self, tenant: str, key: str) -> "_KeyGuard":
+    async def exclusive(self, tenant: str, key: str) -> _KeyGuard:
         """Serialise concurrent requests with the same key in this process."""
         record_key = _record_key(tenant, key)
         while (pending := self._inflight.get(record_key)) is not None:

@@ -9,7 +9,7 @@ new jobs arrive.
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,6 +17,7 @@ import orjson
 from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
 from streams.events import JobStatus
+
 
 class BadCursor(JobstreamError, ValueError):
     """The cursor was not made by this API."""
@@ -78,4 +79,4 @@ def list_jobs(store: ClickHouseStore, tenant: str, *, status: JobStatus | None, 
 
 
 def _utc(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -13,26 +13,25 @@ import asyncio
 import logging
 import math
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest_api import listing
+from calculations import registry
 from edge.auth import current_tenant, tenant_of
+from edge.problems import MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses, validation_errors
+from ingest_api import listing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
-from edge.problems import (MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses,
-                                 validation_errors)
+from ingest_api.submit import InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish, records
 from store.jobs import job_view
 from store.recent import RecentJobs
-from ingest_api.submit import (InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish,
-                               records)
-from calculations import registry
 from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError
@@ -310,7 +309,7 @@ async def _settle_pending(request: Request, tenant: str, key: str, pending: Pend
         raise _unavailable(request, ProduceError("still no acknowledgement", pending.outcome), [job_id],
                            keyed=True) from None
     if not outcome.ok:  # some records surely failed (delivery timeout): send exactly those again
-        resend = [o for o, d in zip(pending.outgoing, outcome.delivered) if d is None]
+        resend = [o for o, d in zip(pending.outgoing, outcome.delivered, strict=False) if d is None]
         try:
             await request.app.state.producer.send_many(resend)
         except ProduceError as exc:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="jobstream: h
 logger = logging.getLogger("jobstream")
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -123,10 +123,10 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 
 
 @app.command()
 def up(
-    host: Optional[str] = typer.Option(None, help="Bind address (env JOBSTREAM_HOST, default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT, default 8000)."),
-    workers: Optional[int] = typer.Option(None, help="Processor worker processes (env JOBSTREAM_WORKERS)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local state (env JOBSTREAM_DATA_DIR, default ./.jobstream)."),
+    host: str | None = typer.Option(None, help="Bind address (env JOBSTREAM_HOST, default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT, default 8000)."),
+    workers: int | None = typer.Option(None, help="Processor worker processes (env JOBSTREAM_WORKERS)."),
+    data_dir: Path | None = typer.Option(None, help="Local state (env JOBSTREAM_DATA_DIR, default ./.jobstream)."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
@@ -157,8 +157,8 @@ def up(
 @app.command()
 def serve(
     role: list[str] = typer.Option(["api", "gateway", "sink"], help="Roles to run: api, gateway, sink."),
-    host: Optional[str] = typer.Option(None, help="Bind address (env JOBSTREAM_HOST)."),
-    port: Optional[int] = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT)."),
+    host: str | None = typer.Option(None, help="Bind address (env JOBSTREAM_HOST)."),
+    port: int | None = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT)."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run HTTP roles against an existing broker (KAFKA_BOOTSTRAP) — the distributed layout."""
@@ -172,15 +172,15 @@ def serve(
 @app.command()
 def worker(
     index: int = typer.Option(0, help="Worker number (keeps each worker's local state apart)."),
-    batch_max_size: Optional[int] = typer.Option(
+    batch_max_size: int | None = typer.Option(
         None, help="Most jobs in one batch; 1 turns batching off (env JOBSTREAM_BATCH_MAX_SIZE)."),
-    batch_max_wait_ms: Optional[int] = typer.Option(
+    batch_max_wait_ms: int | None = typer.Option(
         None, help="Longest wait to fill a batch (env JOBSTREAM_BATCH_MAX_WAIT_MS)."),
-    latency_target_ms: Optional[int] = typer.Option(
+    latency_target_ms: int | None = typer.Option(
         None, help="Latency batches aim for (env JOBSTREAM_LATENCY_TARGET_MS)."),
-    concurrency: Optional[int] = typer.Option(
+    concurrency: int | None = typer.Option(
         None, help="Calculation processes = batches run at once; 0: one per core (env JOBSTREAM_CALC_PROCESSES)."),
-    parent_pid: Optional[int] = typer.Option(
+    parent_pid: int | None = typer.Option(
         None, help="Exit when this process dies (after at most JOBSTREAM_WORKER_ORPHAN_GRACE_S of graceful "
                    "stop); `jobstream up` passes its own pid."),
     log_level: str = typer.Option("info"),
@@ -200,7 +200,7 @@ def worker(
 def kafka(
     provision_only: bool = typer.Option(False, "--provision-only", help="Only fetch the broker jars with Maven."),
     port: int = typer.Option(9092, help="Broker port."),
-    data_dir: Optional[Path] = typer.Option(None, help="Broker data (default <data dir>/kafka)."),
+    data_dir: Path | None = typer.Option(None, help="Broker data (default <data dir>/kafka)."),
 ) -> None:
     """Fetch (and optionally run, in the foreground) the local Apache Kafka broker."""
     from streams.local_kafka import LocalKafka, kafka_version, provision
@@ -223,13 +223,13 @@ def kafka(
 def submit(
     kind: str = typer.Argument(..., help="A registered calculation, e.g. stats.describe (see GET /v1/kinds)."),
     params: str = typer.Argument(..., help="The calculation's params as JSON, e.g. '{\"values\": [1, 2, 3]}'."),
-    priority: Optional[int] = typer.Option(None, help="0..9, higher runs first."),
-    timeout_s: Optional[float] = typer.Option(None, help="Give up after this long running."),
-    idempotency_key: Optional[str] = typer.Option(
+    priority: int | None = typer.Option(None, help="0..9, higher runs first."),
+    timeout_s: float | None = typer.Option(None, help="Give up after this long running."),
+    idempotency_key: str | None = typer.Option(
         None, help="Reuse to make a repeated command return the same job (default: a new UUID per command)."),
-    url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
+    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
                                       help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."),
-    api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
+    api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
 ) -> None:
     """Submit a job and print its id and links as JSON. Always sends an Idempotency-Key and reuses it on
     retries (503/429/connection errors), so a retry never makes a second job.
@@ -256,10 +256,10 @@ def submit(
 @app.command()
 def watch(
     job_id: str = typer.Argument(..., help="The job to watch."),
-    url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
+    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
                                       help="Base URL of the API/gateway (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."),
-    api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
-    last_event_id: Optional[str] = typer.Option(None, help="Resume after this event id (seq)."),
+    api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
+    last_event_id: str | None = typer.Option(None, help="Resume after this event id (seq)."),
     as_json: bool = typer.Option(False, "--json", help="Print each event as one JSON line."),
 ) -> None:
     """Follow a job's events live (reconnecting with Last-Event-ID) until it finishes.
@@ -296,9 +296,9 @@ def watch(
 def sql(
     query: str = typer.Argument(..., help="One read-only SQL statement, e.g. \"SELECT status, count() FROM jobs GROUP BY status\"."),
     fmt: str = typer.Option("table", "--format", "-f", help="Output: table, csv or json."),
-    url: Optional[str] = typer.Option(None, envvar="JOBSTREAM_URL",
+    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
                                       help="Ask this jobstream service (embedded chDB); default http://JOBSTREAM_HOST:JOBSTREAM_PORT."),
-    api_key: Optional[str] = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer) of an SQL tenant."),
+    api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer) of an SQL tenant."),
 ) -> None:
     """Run SQL on the results store: straight to a ClickHouse server (CLICKHOUSE_URL=http…), or through the
     running service's POST /v1/sql with embedded chDB (only that process may open it). Read-only, limited."""

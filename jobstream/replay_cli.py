@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
@@ -36,12 +36,12 @@ def parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
     if match := _AGO.match(value.strip()):
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: float(match[1])})
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is neither ISO 8601 nor an age like 2h") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def _client(url: str | None, api_key: str | None) -> httpx.Client:
@@ -113,16 +113,16 @@ def follow(client: httpx.Client, replay: dict[str, Any]) -> dict[str, Any]:
 @replay_app.callback(invoke_without_command=True)
 def start(
     ctx: typer.Context,
-    since: Optional[str] = typer.Option(None, help="First request time: ISO 8601 (naive = UTC) or an age (2h, 7d)."),
-    until: Optional[str] = typer.Option(None, help="Requests before this time (same forms)."),
+    since: str | None = typer.Option(None, help="First request time: ISO 8601 (naive = UTC) or an age (2h, 7d)."),
+    until: str | None = typer.Option(None, help="Requests before this time (same forms)."),
     kind: list[str] = typer.Option([], "--kind", help="Only this kind (repeatable)."),
     job_id: list[str] = typer.Option([], "--job-id", help="Only this job (repeatable)."),
     status: list[str] = typer.Option([], "--status", help="Only jobs now in this status, e.g. failed (repeatable)."),
     calc_version: list[str] = typer.Option([], "--calc-version", help="KIND=VERSION to run (default: current)."),
-    rate: Optional[float] = typer.Option(None, help="Jobs per second (default: JOBSTREAM_REPLAY_DEFAULT_RATE)."),
+    rate: float | None = typer.Option(None, help="Jobs per second (default: JOBSTREAM_REPLAY_DEFAULT_RATE)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Run it. Without this, only print the plan (dry run)."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Select past job requests and re-run them as new jobs (dry run unless --yes); or a subcommand."""
     if ctx.invoked_subcommand is not None:
@@ -140,14 +140,14 @@ def start(
 
 
 @replay_app.command("resume")
-def resume(replay_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def resume(replay_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """Carry on a stopped replay from its recorded position (nothing is emitted twice)."""
     with _client(url, api_key) as client:
         follow(client, _ok(client.post(f"/v1/replays/{replay_id}:resume")))
 
 
 @replay_app.command("stop")
-def stop(replay_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def stop(replay_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """Stop a running replay at its next job (resumable)."""
     with _client(url, api_key) as client:
         _ok(client.post(f"/v1/replays/{replay_id}:stop"))
@@ -155,7 +155,7 @@ def stop(replay_id: str = typer.Argument(...), url: Optional[str] = URL, api_key
 
 
 @replay_app.command("status")
-def status(replay_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def status(replay_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """A replay's plan, progress and outcome counts."""
     with _client(url, api_key) as client:
         replay = _ok(client.get(f"/v1/replays/{replay_id}"))
@@ -166,11 +166,11 @@ def status(replay_id: str = typer.Argument(...), url: Optional[str] = URL, api_k
 @replay_app.command("diff")
 def diff(
     replay_id: str = typer.Argument(...),
-    outcome: Optional[str] = typer.Option(None, help="Only equal, changed, failed or pending."),
+    outcome: str | None = typer.Option(None, help="Only equal, changed, failed or pending."),
     limit: int = typer.Option(100, help="Most jobs listed."),
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Original vs replayed result per job: equal / changed / failed / pending."""
     params: dict[str, Any] = {"limit": limit}

@@ -10,31 +10,33 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Iterable
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 
-from edge import cors, problems
-from edge.body_limit import BodyLimit
 from calculations import registry
+from edge import cors, problems
 from edge.auth import KeyRing
+from edge.body_limit import BodyLimit
+from ingest_api import routes as api_routes
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, KeyLimits
-from ingest_api import routes as api_routes
-from store.recent import RecentJobs
 from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
 from replay.runner import Replayer, ReplayLimits
 from sink import routes as sink_routes
-from sink.sink import Sink
 from sink.query import analyst_login
-from store.clickhouse import ClickHouseStore
+from sink.sink import Sink
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout
+from store.clickhouse import ClickHouseStore
+from store.recent import RecentJobs
 from streams import topics
+from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
 from streams.settings import Settings
@@ -130,7 +132,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ROLES, *, kafka: Kafka
     return app
 
 
-def _telemetry() -> dict[str, bool]:
+def _telemetry() -> TelemetryConfig:
     """FastAPI's native OpenTelemetry, on for each signal whose global provider is set when the app is built.
 
     Left to itself FastAPI asks OpenTelemetry for all three providers on every request (each an
@@ -148,6 +150,10 @@ def _telemetry() -> dict[str, bool]:
             "logs": configured(_logs.get_logger_provider())}
 
 
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[JobEvent], None], event: JobEvent) -> None:
+    loop.call_soon_threadsafe(fn, event)
+
+
 def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Replayer:
     """Replays run in the API process: statuses from its store, replayed jobs remembered for read-your-writes."""
     loop = asyncio.get_running_loop()
@@ -155,4 +161,4 @@ def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Repla
     recent: RecentJobs = app.state.recent
     return Replayer(kafka, settings, app.state.replays, limits=ReplayLimits.from_settings(settings),
                     statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
-                    on_emit=lambda queued: loop.call_soon_threadsafe(recent.add, queued))
+                    on_emit=lambda queued: _call_soon(loop, recent.add, queued))

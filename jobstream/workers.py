@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings

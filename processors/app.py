@@ -18,8 +18,8 @@ from typing import Any
 
 import faust
 
-from processors import consumer
 from calculations import registry
+from processors import consumer
 from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
 from processors.outbox import Outbox
@@ -127,18 +127,19 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
     consumer.install(app)  # a cheaper per-record hand-over from the fetch loop to the stream
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
     runtime = WorkerRuntime(settings, kafka)
-    app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  (only .clear() is called)
+    app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  # duck-typed: Faust only calls .clear()
 
     @app.agent(requested)
     async def process(stream: faust.StreamT[bytes]) -> None:
         runner = await runtime.start()
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack is not on StreamT
             message = event.message
             await runner.submit(event.value, event.ack, Source(message.topic, message.partition, message.offset),
                                 forget=functools.partial(app.consumer.unacked.discard, message))
             del event, message
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]  (sent after Faust waited for running batches)
+    # sent after Faust waited for running batches; Faust's signal typing rejects a coroutine receiver
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _stop_runtime(app: faust.App, **kwargs: Any) -> None:
         await runtime.stop()
 

@@ -15,8 +15,9 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from streams.settings import Settings
 
@@ -40,7 +41,7 @@ class BatchPolicy:
     latency_target_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "BatchPolicy":
+    def from_settings(cls, settings: Settings) -> BatchPolicy:
         return cls(settings.batch_max_size, settings.batch_max_wait_ms / 1000, settings.latency_target_ms / 1000)
 
     def size_cap(self, cost_per_job_s: float | None) -> int:
@@ -218,7 +219,7 @@ class Batcher(Generic[T]):
                 return timeout
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _try_plan(self) -> tuple[Hashable, list[T]] | float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from confluent_kafka import Message
 

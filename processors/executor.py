@@ -15,9 +15,10 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -110,7 +111,7 @@ def _describe(exc: BaseException) -> str:
 def run_batch(kind: str, job_ids: Sequence[str], params: Sequence[dict[str, Any]],
               control: Control | None = None) -> list[Outcome]:
     """In-process convenience (tests, tools): ``run_jobs`` on ids and params, without time limits."""
-    return run_jobs(kind, [JobSpec(j, p) for j, p in zip(job_ids, params)], control or NoControl())
+    return run_jobs(kind, [JobSpec(j, p) for j, p in zip(job_ids, params, strict=False)], control or NoControl())
 
 
 def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control, version: str | None = None) -> list[Outcome]:

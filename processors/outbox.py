@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
@@ -52,7 +53,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
 
-    def start(self) -> "Outbox":
+    def start(self) -> Outbox:
         self._task = asyncio.ensure_future(self._run())
         return self
 
@@ -71,7 +72,7 @@ class Outbox:
         """Number the event (terminal events get ``TERMINAL_SEQ``) and queue it; ``on_delivered`` is called
         on the loop once Kafka acknowledged it. Events are sent in the order they were emitted."""
         terminal = type_ in TERMINAL_EVENTS
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         job_id = request.job_id
         if terminal:
             seq = TERMINAL_SEQ

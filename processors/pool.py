@@ -15,9 +15,11 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from processors.executor import JobSpec, Outcome, child_main
 from streams.errors import JobstreamError
@@ -81,7 +83,7 @@ class CalcPool:
         self._closing = False
         self.restarts = 0
 
-    async def start(self) -> "CalcPool":
+    async def start(self) -> CalcPool:
         self._loop = asyncio.get_running_loop()
         for slot in self._slots:
             self._spawn(slot)
@@ -250,7 +252,7 @@ class CalcPool:
             ready = slot.ready
             self._spawn(slot)
             if ready is not None and not ready.done() and slot.ready is not None:
-                slot.ready.add_done_callback(lambda f, ready=ready: ready.done() or ready.set_result(None))
+                slot.ready.add_done_callback(partial(_settle, ready))
 
     def _send_cancel(self, slot: _Slot, job_id: str) -> None:
         try:
@@ -273,3 +275,9 @@ class CalcPool:
                                    slot.process.pid, sorted(late))
                     call.timed_out = late
                     slot.process.kill()
+
+
+def _settle(ready: asyncio.Future[None], _done: asyncio.Future[None]) -> None:
+    """Resolve a waiter of the old process once its replacement is ready."""
+    if not ready.done():
+        ready.set_result(None)

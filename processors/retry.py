@@ -20,7 +20,7 @@ class RetryPolicy:
     max_s: float  #: no delay is longer than this
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RetryPolicy":
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
         return cls(settings.retry_max_attempts, settings.retry_backoff_ms / 1000, settings.retry_backoff_max_ms / 1000)
 
     def should_retry(self, attempt: int) -> bool:

@@ -14,13 +14,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import orjson
 
-from processors.batching import BatchPolicy, Batcher
 from calculations import registry
+from processors.batching import Batcher, BatchPolicy
 from processors.cancellation import CancelledJobs
 from processors.dead_letters import CRASHED, UNDECODABLE, DeadLetters, Source
 from processors.executor import JobSpec, Outcome, OutcomeStatus
@@ -84,7 +85,7 @@ class RunnerConfig:
     cancel_memory: int  #: JOBSTREAM_CANCEL_MEMORY: cancelled job ids remembered
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RunnerConfig":
+    def from_settings(cls, settings: Settings) -> RunnerConfig:
         return cls(BatchPolicy.from_settings(settings), RetryPolicy.from_settings(settings),
                    settings.worker_max_pending, settings.crash_max, settings.cancel_memory)
 
@@ -107,7 +108,7 @@ class Runner:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stats = RunnerStats()
 
-    def start(self) -> "Runner":
+    def start(self) -> Runner:
         self._dispatcher = asyncio.ensure_future(self._dispatch_forever())
         return self
 
@@ -216,7 +217,7 @@ class Runner:
         deadlines = {job.job_id: job.deadline for job in jobs if job.deadline is not None}
         started = time.monotonic()
         try:
-            outcomes = await self._pool.run(slot, kind, specs, deadlines,  # type: ignore[arg-type]
+            outcomes = await self._pool.run(slot, kind, specs, deadlines,
                                             version=jobs[0].request.calc_version)
         except ProcessDied as died:
             await self._after_death(slot, group, jobs, died)
@@ -227,7 +228,7 @@ class Runner:
         del self.stats.batch_sizes[:-1000]
         again: list[Job] = []
         split: list[Job] = []
-        for job, outcome in zip(jobs, outcomes):
+        for job, outcome in zip(jobs, outcomes, strict=False):
             if outcome.status == OutcomeStatus.NOT_RUN:
                 again.append(job)
             elif outcome.status == OutcomeStatus.SPLIT:
@@ -340,7 +341,7 @@ class Runner:
             delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._outbox.emit(request, EventType.FAILED,
                               _error("undecodable", f"the request could not be decoded: {exc}"),
-                              on_delivered=lambda: delivered.done() or delivered.set_result(None))
+                              on_delivered=lambda: None if delivered.done() else delivered.set_result(None))
             await delivered
         ack()
 
@@ -349,7 +350,7 @@ class Runner:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("runner task failed", exc_info=task.exception())
@@ -390,6 +391,6 @@ def _salvage_ids(raw: bytes) -> tuple[str | None, str | None, str]:
         return None, None, "unknown"
     if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
         return None, None, "unknown"
-    tenant = data.get("tenant") if isinstance(data.get("tenant"), str) else None
-    kind = data.get("kind") if isinstance(data.get("kind"), str) else "unknown"
+    tenant: str | None = data["tenant"] if isinstance(data.get("tenant"), str) else None
+    kind: str = data["kind"] if isinstance(data.get("kind"), str) else "unknown"
     return data["job_id"], tenant, kind

@@ -9,7 +9,7 @@ within the crash-detection time. Seqs are strictly increasing per job but not co
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 TERMINAL_SEQ = 2**31 - 1
 _TICKS_PER_S = 100
@@ -24,7 +24,7 @@ class SeqClock:
         self._last: dict[str, int] = {}
 
     def next(self, job_id: str, submitted_at: datetime, now: datetime | None = None) -> int:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         ticks = int((now - submitted_at).total_seconds() * _TICKS_PER_S)
         seq = max(self._last.get(job_id, 0) + 1, min(ticks, _MAX_TIME_SEQ))
         self._last[job_id] = seq

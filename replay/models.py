@@ -39,7 +39,7 @@ class ReplaySelection(BaseModel):
         default_factory=dict, description="kind → version to run; unnamed kinds run their current version.")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ReplaySelection":
+    def _ordered(self) -> ReplaySelection:
         if self.since is not None and self.until is not None and self.until <= self.since:
             raise ValueError("until must be after since")
         return self

@@ -16,12 +16,12 @@ from pydantic import BaseModel
 
 from edge.auth import current_tenant
 from edge.problems import Problem, problem_responses
-from store.jobs import job_view
 from replay import diff
 from replay.book import ReplayBook
-from replay.models import Replay, ReplayRequest, ReplaySelection, replayed_job_id
 from replay.errors import ReplayConflict, ReplayError, ReplayRefused
+from replay.models import Replay, ReplayRequest, ReplaySelection, replayed_job_id
 from replay.runner import Replayer
+from store.jobs import job_view
 from streams.events import JobStatus
 from streams.settings import Settings
 

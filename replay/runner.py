@@ -14,18 +14,18 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 
 from confluent_kafka import Producer
 
-from streams import wire
 from calculations import registry
 from replay.book import ReplayBook, replay_record, stop_record
 from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, RequestScanner, StatusLookup, chunks
+from streams import wire
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.producer import Outgoing
@@ -47,7 +47,7 @@ class ReplayLimits:
     checkpoint_jobs: int  #: JOBSTREAM_REPLAY_CHECKPOINT_JOBS: a checkpoint after every this many jobs
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ReplayLimits":
+    def from_settings(cls, settings: Settings) -> ReplayLimits:
         return cls(settings.replay_default_rate, settings.replay_max_rate, settings.replay_max_jobs,
                    settings.replay_checkpoint_jobs)
 
@@ -261,7 +261,7 @@ class Replayer:
         if self._on_emit is not None:
             on_emit = self._on_emit
 
-            def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+            def on_delivery(err, msg) -> None:
                 self._delivered(err, msg)
                 if err is None:
                     on_emit(job.queued)
@@ -271,7 +271,7 @@ class Replayer:
         self._producer.poll(0)
 
     # --- Kafka ------------------------------------------------------------------------------
-    def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+    def _delivered(self, err, msg) -> None:
         if err is not None:
             self._errors.append(err.str())
 

@@ -10,9 +10,9 @@ re-runs the re-runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -55,7 +55,7 @@ class RequestScanner:
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> "RequestScanner":
+    def __enter__(self) -> RequestScanner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +120,7 @@ class RequestScanner:
             self._consumer.unassign()
 
 
-def _timestamp(message, request: JobRequested) -> datetime:  # type: ignore[no-untyped-def]
+def _timestamp(message, request: JobRequested) -> datetime:
     """The record's Kafka timestamp (what offsets-for-times used), falling back to the request's own."""
     kind, ms = message.timestamp()
     if ms is None or ms < 0:

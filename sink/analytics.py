@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from store.schema import FIRST_RUNS_OF_TENANT, QUANTILES
 from store.clickhouse import ClickHouseStore
+from store.schema import FIRST_RUNS_OF_TENANT, QUANTILES
 from streams.errors import JobstreamError
 
 _LEVELS = ("p50", "p90", "p99")
@@ -23,7 +23,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 # The earliest window start: ClickHouse's DateTime starts at the epoch (DateTime64 at 1900, but
 # nothing jobstream stores is older than the epoch), and GET /v1/jobs takes the same range.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class BadWindow(JobstreamError, ValueError):
@@ -50,7 +50,7 @@ def parse_since(value: str | None, now: datetime, default: str = "1h") -> dateti
     except ValueError:
         raise BadWindow(f"since={shown}: use a duration (30s, 15m, 1h, 7d, 2w) or an ISO 8601 time") from None
     try:  # an offset can push the time out of datetime's range
-        since = since.astimezone(timezone.utc) if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
     except OverflowError:
         raise BadWindow(f"since={shown} is out of range") from None
     if since < EARLIEST:
@@ -61,8 +61,8 @@ def parse_since(value: str | None, now: datetime, default: str = "1h") -> dateti
 def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | None = None,
              now: datetime | None = None) -> dict[str, Any]:
     """Throughput, outcome counts, failure rate, latency and batch-size quantiles of one tenant."""
-    now = now or datetime.now(timezone.utc)
-    start = since.astimezone(timezone.utc).replace(second=0, microsecond=0)
+    now = now or datetime.now(UTC)
+    start = since.astimezone(UTC).replace(second=0, microsecond=0)
     where = "tenant = {{tenant:String}} AND {time} >= {{start:DateTime64(3, 'UTC')}}"
     params: dict[str, Any] = {"tenant": tenant, "start": start.replace(tzinfo=None)}
     if kind is not None:
@@ -104,7 +104,7 @@ def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | N
 
 def _levels(values: list[float] | None) -> dict[str, float | None]:
     values = values or [math.nan] * len(_LEVELS)
-    return {name: _number(v) for name, v in zip(_LEVELS, values)}
+    return {name: _number(v) for name, v in zip(_LEVELS, values, strict=False)}
 
 
 def _number(value: Any) -> float | None:

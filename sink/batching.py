@@ -9,7 +9,7 @@ every batch is a contiguous offset range per partition, which its intent names),
 from __future__ import annotations
 
 import time
-from typing import Container
+from collections.abc import Container
 
 from confluent_kafka import Message
 

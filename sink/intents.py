@@ -13,8 +13,8 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -34,7 +34,7 @@ class Ranges:
     spans: tuple[tuple[int, int, int], ...]  # (partition, first, last), by partition
 
     @classmethod
-    def of(cls, messages: Iterable[Message]) -> "Ranges":
+    def of(cls, messages: Iterable[Message]) -> Ranges:
         bounds: dict[int, list[int]] = {}
         for message in messages:
             span = bounds.setdefault(message.partition(), [message.offset(), message.offset()])
@@ -45,7 +45,7 @@ class Ranges:
         return ",".join(f"{p}:{a}-{b}" for p, a, b in self.spans)
 
     @classmethod
-    def parse(cls, text: str) -> "Ranges | None":
+    def parse(cls, text: str) -> Ranges | None:
         try:
             spans = []
             for item in text.split(","):

@@ -56,7 +56,7 @@ def run_direct(url: str, sql: str, limits: QueryLimits, database: str | None = N
         client.close()
 
 
-def analyst_login(settings: "Settings") -> AnalystLogin | None:
+def analyst_login(settings: Settings) -> AnalystLogin | None:
     """The ClickHouse user for analysts' SQL (``JOBSTREAM_SQL_CLICKHOUSE_USER``/``_PASSWORD``), if set."""
     if not settings.sql_clickhouse_user:
         return None
@@ -113,7 +113,7 @@ def render(result: QueryResult, fmt: str) -> str:
     """The result as ``table`` (rich), ``csv`` (header first) or ``json`` (an array of objects)."""
     rows = [[jsonable(v) for v in row] for row in result.rows]
     if fmt == "json":
-        return orjson.dumps([dict(zip(result.columns, row)) for row in rows], option=orjson.OPT_INDENT_2).decode()
+        return orjson.dumps([dict(zip(result.columns, row, strict=False)) for row in rows], option=orjson.OPT_INDENT_2).decode()
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -125,7 +125,7 @@ def render(result: QueryResult, fmt: str) -> str:
         from rich.table import Table
 
         table = Table(show_lines=False)
-        for name, type_name in zip(result.columns, result.types):
+        for name, type_name in zip(result.columns, result.types, strict=False):
             numeric = type_name.removeprefix("Nullable(").startswith(("Int", "UInt", "Float", "Decimal"))
             table.add_column(name, justify="right" if numeric else "left", overflow="fold")
         for row in rows:
@@ -145,7 +145,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def limits_from(settings: "Settings") -> QueryLimits:
+def limits_from(settings: Settings) -> QueryLimits:
     """The analyst query limits configured by ``JOBSTREAM_SQL_MAX_*``."""
     return QueryLimits(max_rows=settings.sql_max_rows, max_bytes=settings.sql_max_bytes,
                        max_seconds=settings.sql_max_execution_s)

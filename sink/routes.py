@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
@@ -22,8 +22,8 @@ from edge.auth import KeyRing, current_tenant
 from edge.problems import Problem, problem_responses
 from sink import analytics
 from sink.query import limits_from, result_body
-from store.sql_guard import Refused, short_error
 from store.clickhouse import ClickHouseStore, StoreClosed
+from store.sql_guard import Refused, short_error
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ async def stats(request: Request, tenant: str = Depends(current_tenant),
                 ) -> dict[str, Any]:
     """Throughput, outcomes, failure rate, latency and batch-size quantiles of the caller's jobs."""
     store: ClickHouseStore = request.app.state.store
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         start = analytics.parse_since(since, now)
     except analytics.BadWindow as exc:
@@ -115,7 +115,7 @@ async def stats(request: Request, tenant: str = Depends(current_tenant),
         raise Problem(503, "ClickHouse unavailable", str(exc)) from None
 
 
-def _problem(exc: DatabaseError, limits) -> Problem:  # type: ignore[no-untyped-def]
+def _problem(exc: DatabaseError, limits) -> Problem:
     """ClickHouse's refusal as a problem: its code and a short first line (no echoed file or URL bodies)."""
     code = getattr(exc, "code", None)
     message = short_error(exc)

@@ -7,9 +7,9 @@ materialized views; ``JobTimes`` remembers those times for jobs in flight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
 import orjson
 from confluent_kafka import Message

@@ -83,7 +83,7 @@ class Sink:
         self.stats = SinkStats()
 
     # --- life -------------------------------------------------------------------------------
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         self._store.apply_events_ttl(self._settings.events_ttl_days)
         self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from sse_gateway.reasons import CloseReason
 from sse_gateway.fanout import Fanout
+from sse_gateway.reasons import CloseReason
 from sse_gateway.sse import control_frame
 from sse_gateway.subscriptions import Subscription
 from store.clickhouse import ClickHouseStore

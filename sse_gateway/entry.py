@@ -34,14 +34,14 @@ class Entry:
         self._tenant_frame: bytes | None = None
 
     @classmethod
-    def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> "Entry":
+    def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> Entry:
         """Raises ValueError for a record that is not a job event."""
         e = wire.decode_event(value)  # e.raw is one line, as an SSE data line must be
         return cls(partition, offset, timestamp_ms, e.job_id, e.tenant, e.seq, e.type.value, e.kind, e.raw,
                    e.model() if parse_model else None)
 
     @classmethod
-    def from_event(cls, event: JobEvent, partition: int, offset: int) -> "Entry":
+    def from_event(cls, event: JobEvent, partition: int, offset: int) -> Entry:
         return cls(partition, offset, int(event.ts.timestamp() * 1000), event.job_id, event.tenant, event.seq,
                    event.type.value, event.kind, wire.dumps(event), event)
 
@@ -53,7 +53,7 @@ class Entry:
                 self.kind, self.raw, received)
 
     @classmethod
-    def from_row(cls, row: tuple) -> "Entry":
+    def from_row(cls, row: tuple) -> Entry:
         return cls(*row[:9])
 
     @property

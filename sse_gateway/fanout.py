@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from sse_gateway.reasons import CloseReason
 from sse_gateway import positions
 from sse_gateway.entry import Entry
 from sse_gateway.offsets import TopicOffsets
+from sse_gateway.reasons import CloseReason
 from sse_gateway.subscriptions import Subscription, Subscriptions
 from sse_gateway.tail import KafkaTail
 from sse_gateway.visibility import Visibility
@@ -52,7 +52,7 @@ class Fanout:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- life ---------------------------------------------------------------------------
-    def start(self) -> "Fanout":
+    def start(self) -> Fanout:
         self._loop = asyncio.get_running_loop()
         self.start_low, starts = self._tail.seek(self._settings.sse_recent_window_s)
         self.partitions = self._offsets.partitions = len(starts)
@@ -122,7 +122,7 @@ class Fanout:
         except Exception:  # noqa: BLE001 - no answer from Kafka: we cannot be sure, say so
             logger.warning("could not read the watermarks of %s", self.topic, exc_info=True)
             return False
-        while any(n < h for n, h in zip(self.next_offsets, high)):
+        while any(n < h for n, h in zip(self.next_offsets, high, strict=False)):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return False

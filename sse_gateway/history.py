@@ -7,20 +7,20 @@ where it sits in ``jobs.events`` and meets the gateway's recent window exactly.
 from __future__ import annotations
 
 import asyncio
-from datetime import timezone
+from datetime import UTC
 
 import orjson
 
-from store.schema import FIRST_OF_SEQ, visible_events
-from store.clickhouse import ClickHouseStore
 from sse_gateway.entry import Entry
-from streams.events import JobEvent
+from store.clickhouse import ClickHouseStore
+from store.schema import FIRST_OF_SEQ, visible_events
+from streams.events import EventType, JobEvent
 
 
-def _entry(tenant: str, job_id: str, seq: int, type_: str, kind: str, ts, data: str, version: int,  # type: ignore[no-untyped-def]
+def _entry(tenant: str, job_id: str, seq: int, type_: str, kind: str, ts, data: str, version: int,
            partition: int, offset: int) -> Entry:
-    event = JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=type_, kind=kind,
-                     ts=ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc), data=orjson.loads(data),
+    event = JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=EventType(type_), kind=kind,
+                     ts=ts if ts.tzinfo else ts.replace(tzinfo=UTC), data=orjson.loads(data),
                      schema_version=version)
     return Entry.from_event(event, partition, offset)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from edge.problems import Problem
-from store.clickhouse import ClickHouseStore
 from sse_gateway.client_stream import ClientStream
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
@@ -22,6 +21,7 @@ from sse_gateway.history import ajob_history
 from sse_gateway.reasons import ResetReason
 from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
+from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
 from streams.settings import Settings
 
@@ -140,7 +140,7 @@ class JobStream(ClientStream):
         while True:
             items = await self.sub.wait()
             chunk = []
-            terminal = False
+            ended = False
             for entry in items:
                 if entry.seq > last_sent and entry.tenant == self.tenant:
                     last_sent = entry.seq
@@ -148,11 +148,11 @@ class JobStream(ClientStream):
                         continue
                     chunk.append(entry.job_frame())
                     if entry.terminal:
-                        terminal = True
+                        ended = True
                         break
             if chunk:
                 yield self._first(b"".join(chunk))
-            if terminal:
+            if ended:
                 return
             if self.sub.closed:
                 if goodbye := self._goodbye(self.sub):

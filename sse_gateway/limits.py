@@ -21,7 +21,7 @@ class Slot:
 
     __slots__ = ("_limits", "tenant", "_released")
 
-    def __init__(self, limits: "ConnectionLimits", tenant: str) -> None:
+    def __init__(self, limits: ConnectionLimits, tenant: str) -> None:
         self._limits = limits
         self.tenant = tenant
         self._released = False

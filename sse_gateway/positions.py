@@ -9,7 +9,7 @@ plain Kafka offsets, so any gateway (or a restarted one) understands it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from streams.errors import JobstreamError
 
@@ -44,4 +44,4 @@ def parse(text: str, partitions: int) -> list[int]:
 
 def at_least(a: Sequence[int], b: Sequence[int]) -> list[int]:
     """Element-wise maximum."""
-    return [max(x, y) for x, y in zip(a, b)]
+    return [max(x, y) for x, y in zip(a, b, strict=False)]

@@ -9,7 +9,7 @@ Streams take the API key or a stream token, and ``Last-Event-ID`` as a header or
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -200,7 +200,7 @@ async def stream_token(request: Request, body: StreamTokenRequest | None = None,
     settings: Settings = request.app.state.settings
     base = (settings.public_url or "").rstrip("/")
     path = f"/v1/jobs/{quote(body.job_id, safe='')}/events" if body.job_id else "/v1/events"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return StreamToken(token=token, tenant=tenant, job_id=body.job_id,
-                       expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
+                       expires_at=datetime.fromtimestamp(expires_at, UTC),
                        expires_in_s=max(0.0, expires_at - now.timestamp()), events=f"{base}{path}?token={token}")

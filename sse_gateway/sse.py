@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 from starlette.responses import Response
@@ -43,15 +43,15 @@ class SendWatchdog:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._sending: dict["EventStreamResponse", float] = {}
+        self._sending: dict[EventStreamResponse, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def begin(self, response: "EventStreamResponse") -> None:
+    def begin(self, response: EventStreamResponse) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._sending[response] = time.monotonic()
 
-    def end(self, response: "EventStreamResponse") -> None:
+    def end(self, response: EventStreamResponse) -> None:
         self._sending.pop(response, None)
 
     async def _run(self) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
-from sse_gateway.reasons import CloseReason
 from sse_gateway.entry import Entry
+from sse_gateway.reasons import CloseReason
 
 logger = logging.getLogger(__name__)
 

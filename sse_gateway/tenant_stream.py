@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from typing import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 
-from store.clickhouse import ClickHouseStore
 from sse_gateway import positions
 from sse_gateway.client_stream import ClientStream
 from sse_gateway.entry import Entry
@@ -21,6 +20,7 @@ from sse_gateway.fanout import Fanout
 from sse_gateway.history import afirst_offsets, atenant_history
 from sse_gateway.reasons import ResetReason
 from sse_gateway.sse import control_frame
+from store.clickhouse import ClickHouseStore
 from streams.events import EventType, JobStatus, next_status
 from streams.settings import Settings
 
@@ -71,7 +71,7 @@ class TenantStream(ClientStream):
         cursor = list(self._start)
         if self.resume is not None:
             # ClickHouse serves what the window no longer holds: [v[p], W[p]) per partition
-            need = {p: (v, w) for p, (v, w) in enumerate(zip(self.resume, self._window_start)) if v < w}
+            need = {p: (v, w) for p, (v, w) in enumerate(zip(self.resume, self._window_start, strict=False)) if v < w}
             reason = await self._unavailable()
             if reason is None and need:
                 give_up = loop.time() + s.sse_history_wait_s
@@ -110,7 +110,7 @@ class TenantStream(ClientStream):
                     yield self._first(b"".join(chunk))
                 cursor = positions.at_least(cursor, self._start)
         # Say where the stream stands now (an id-only frame: no event fires, Last-Event-ID moves).
-        ahead = any(c > p for c, p in zip(cursor, self._start))  # resumed past where this gateway is
+        ahead = any(c > p for c, p in zip(cursor, self._start, strict=False))  # resumed past where this gateway is
         yield self._first(b"id: %s\n\n" % positions.encode(cursor).encode())
         while True:  # the fanout's ticker wakes us for heartbeats and ends us at the maximum lifetime
             items = await self.sub.wait()

@@ -19,9 +19,9 @@ import secrets
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import orjson
 
@@ -71,7 +71,7 @@ class StreamTokens:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "StreamTokens":
+    def from_settings(cls, settings: Settings) -> StreamTokens:
         if settings.stream_token_secret is not None:
             secret = settings.stream_token_secret.get_secret_value().encode()
         else:

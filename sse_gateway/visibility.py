@@ -30,7 +30,7 @@ class _Marks:
         self.finished = False  # a terminal event came
 
 
-def _data(entry: "Entry") -> dict:
+def _data(entry: Entry) -> dict:
     if entry.event is not None:
         return entry.event.data
     try:
@@ -54,7 +54,7 @@ class Visibility:
         self.capacity = capacity
         self._marks: OrderedDict[str, _Marks] = OrderedDict()
 
-    def admit(self, entry: "Entry") -> bool:
+    def admit(self, entry: Entry) -> bool:
         if entry.type == "queued":
             return True
         marks = self._marks.get(entry.job_id)
@@ -89,7 +89,7 @@ class Visibility:
         return len(self._marks)
 
 
-def shown_seqs(entries: list["Entry"]) -> set[int]:
+def shown_seqs(entries: list[Entry]) -> set[int]:
     """The seqs of one job's known events that its stream shows (``entries``: one per seq, any order)."""
     visibility = Visibility()
     return {e.seq for e in sorted(entries, key=lambda e: (e.partition, e.offset)) if visibility.admit(e)}

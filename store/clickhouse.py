@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import clickhouse_connect
 import orjson
@@ -128,7 +129,7 @@ class ClickHouseStore:
                 admin.close()
         self.open()
 
-    def open(self) -> "ClickHouseStore":
+    def open(self) -> ClickHouseStore:
         """Connect (again, after ``close()``) and bring the schema up to date."""
         with self._lock:
             if self._client is None:
@@ -268,4 +269,4 @@ def _shape(client: Any, checked: str) -> tuple[list[str], list[str]]:
 
 def _utc(ts: datetime) -> datetime:
     """ClickHouse returns naive datetimes for DateTime64(3, 'UTC') columns; say they are UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -219,7 +219,7 @@ _RESULT_COLUMNS = ("tenant, job_id, calc_version, kind, result, finished_at, att
 
 # What version 2/3 databases already hold, first run (earliest finish) per job, below any event's rank:
 # rows whose events are still in job_events are replaced by the event-derived ones.
-_TERMINALS_FROM_OLD_TABLES = f"""
+_TERMINALS_FROM_OLD_TABLES = """
     INSERT INTO job_outcomes_store
     SELECT o.tenant, o.job_id, o.kind, o.status, o.calc_version, o.error_type, o.attempts, r.result,
         o.submitted_at, o.started_at, o.finished_at, o.queue_wait_s, o.run_s, o.total_s, 0, 0, 0

@@ -10,8 +10,9 @@ stay the second line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from streams.errors import JobstreamError
 
@@ -66,7 +67,7 @@ class Node:
     kind: str
     text: str
     claimed: int
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka
@@ -26,7 +26,7 @@ def docker_available(timeout_s: float = 2.0) -> bool:
     try:
         import docker
 
-        client = docker.from_env(timeout=timeout_s)
+        client = docker.from_env(timeout=timeout_s)  # type: ignore[attr-defined]  # mypy finds our docker/ folder
         try:
             return bool(client.ping())
         finally:

@@ -9,7 +9,7 @@ job's records stay ordered in one partition.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_job_id() -> str:
@@ -153,7 +153,7 @@ class JobView(BaseModel):
     replay_of: str | None = None  #: for a replayed job, the job it re-runs
 
     @classmethod
-    def fold(cls, events: list[JobEvent]) -> "JobView | None":
+    def fold(cls, events: list[JobEvent]) -> JobView | None:
         """Fold events (any order, duplicates allowed) into a view; None if there are none."""
         view: JobView | None = None
         seen: set[int] = set()

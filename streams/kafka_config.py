@@ -12,7 +12,6 @@ from typing import Any
 
 from streams.settings import Settings
 
-
 # librdkafka's own log lines go through Python logging instead of raw stderr.
 RDKAFKA_LOGGER = logging.getLogger("rdkafka")
 

@@ -45,7 +45,7 @@ def consumer_lag(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> lis
             partitions = partitions_of(consumer, topic, timeout_s)
             committed = committed_offsets(consumer, topic, partitions, timeout_s)
             marks = watermarks(consumer, topic, partitions, timeout_s)
-            return [PartitionLag(p, c, *marks[p]) for p, c in zip(partitions, committed)]
+            return [PartitionLag(p, c, *marks[p]) for p, c in zip(partitions, committed, strict=False)]
     raise AssertionError("unreachable")  # tenacity either returned or re-raised
 
 

@@ -154,7 +154,7 @@ class LocalKafka:
             f"-Dkafka.logs.dir={self.data_dir}", "-cp", classpath, main, *args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> "LocalKafka":
+    def start(self, timeout_s: float = 90.0) -> LocalKafka:
         classpath = provision()
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
@@ -209,7 +209,7 @@ class LocalKafka:
         """Block until the broker exits (foreground use); returns its exit code."""
         return self._process.wait() if self._process is not None else None
 
-    def __enter__(self) -> "LocalKafka":
+    def __enter__(self) -> LocalKafka:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -21,8 +21,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -44,7 +44,7 @@ class ProduceError(JobstreamError, RuntimeError):
     what really happened — records may land after the caller stopped waiting.
     """
 
-    def __init__(self, message: str, outcome: "asyncio.Future[Outcome] | None" = None) -> None:
+    def __init__(self, message: str, outcome: asyncio.Future[Outcome] | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome
 
@@ -108,7 +108,7 @@ class AsyncProducer:
         while not self._stop.is_set():
             self._producer.poll(IDLE_POLL_S)
 
-    def _watch(self, loop: asyncio.AbstractEventLoop, send: "_Send") -> None:
+    def _watch(self, loop: asyncio.AbstractEventLoop, send: _Send) -> None:
         """Have ``send`` polled for and failed at its deadline (unless it is already done)."""
         if send.future.done():
             return

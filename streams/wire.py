@@ -10,7 +10,7 @@ Kafka may be malformed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -126,7 +126,7 @@ def decode_event(raw: bytes | None) -> WireEvent:
             if parsed is not None and parsed.tzinfo is not None and 1900 < parsed.year < 2299:
                 return _new_wire_event(WireEvent, (type_, job_id, tenant, seq, kind, parsed, data, version, raw))
     event = JobEvent.model_validate(d)  # a ValidationError is a ValueError
-    ts = event.ts if event.ts.tzinfo is not None else event.ts.replace(tzinfo=timezone.utc)
+    ts = event.ts if event.ts.tzinfo is not None else event.ts.replace(tzinfo=UTC)
     return WireEvent(event.type, event.job_id, event.tenant, event.seq, event.kind, ts, event.data,
                      event.schema_version, encode_event(event.job_id, event.tenant, event.seq, event.type,
                                                         event.kind, event.data, ts, event.schema_version))
@@ -161,13 +161,15 @@ class Prepared:
 
 
 def build(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int, timeout_s: float | None,
-          **replay: str | None) -> Prepared:
+          calc_version: str | None = None, replay_of: str | None = None, replay_id: str | None = None) -> Prepared:
     """A job's two records from fields already validated: a submission, or a replay re-emitting a
-    past request (``replay`` = ``calc_version``, ``replay_of``, ``replay_id``, on both records).
+    past request (``calc_version``, ``replay_of``, ``replay_id``, on both records).
     Raises TypeError for an integer past 64 bits."""
     now = utcnow()
-    request = encode_request(job_id, tenant, kind, params, priority, timeout_s, now, **replay)
-    data = {"priority": priority, "timeout_s": timeout_s, **replay}
+    replay = ({"calc_version": calc_version, "replay_of": replay_of, "replay_id": replay_id}
+              if replay_id is not None else {})  # a replay names all three; a submission none
+    request = encode_request(job_id, tenant, kind, params, priority, timeout_s, now, calc_version, replay_of, replay_id)
+    data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, **replay}
     queued = encode_event(job_id, tenant, 0, _QUEUED, kind, data, now)
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 

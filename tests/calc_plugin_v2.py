@@ -5,7 +5,7 @@ A separate module, so a worker can run with version 1 alone (the buggy past) and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from calculations.registry import Progress, calculation
 from tests.calc_plugin import SquareParams

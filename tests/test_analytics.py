@@ -8,8 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -22,19 +22,19 @@ from pydantic import SecretStr
 from bench.histories import job_history
 from jobstream.server import create_app
 from sink import analytics
-from store import schema
 from sink.query import render
 from sink.rows import JobTimes, build_rows
-from store.sql_guard import Refused
+from store import schema
 from store.clickhouse import EVENT_COLUMNS, ClickHouseStore, QueryLimits, QueryResult, connect
+from store.sql_guard import Refused
 from streams.events import EventType, JobEvent, JobView, utcnow
 from streams.settings import Settings
 from streams.wire import dumps
 from tests.support import ROOT
-from tests.support.servers import Server
-from tests.support.waiting import wait_until
 from tests.support.readme import readme_queries
 from tests.support.reruns import run_twice
+from tests.support.servers import Server
+from tests.support.waiting import wait_until
 
 ADMIN = "analyst-key-0123456789"
 ALICE = "alice-key-0123456789x"
@@ -208,7 +208,7 @@ def test_rollups_and_the_stats_headline_match_numpy(store: ClickHouseStore):
     assert stats["throughput_per_s"] == pytest.approx(12 / stats["window_s"])
     waits = np.array(queue_waits + [1.0, 1.0])
     assert stats["latency_s"]["queue_wait"] == pytest.approx(
-        dict(zip(["p50", "p90", "p99"], np.percentile(waits, [50, 90, 99]))))
+        dict(zip(["p50", "p90", "p99"], np.percentile(waits, [50, 90, 99]), strict=False)))
     assert stats["latency_s"]["end_to_end"]["p50"] == pytest.approx(np.percentile(waits + np.array([2.0] * 10 + [0.5] * 2), 50))
     sizes = np.array([4] * 10 + [16] * 2)
     assert stats["batch_size"] == pytest.approx({"avg": sizes.mean(), "p50": 4.0, "p90": np.percentile(sizes, 90),
@@ -228,10 +228,10 @@ def test_rollups_and_the_stats_headline_match_numpy(store: ClickHouseStore):
 
 
 def test_parse_since_takes_durations_and_times():
-    now = datetime(2026, 1, 2, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     assert analytics.parse_since("15m", now) == now - timedelta(minutes=15)
     assert analytics.parse_since(None, now) == now - timedelta(hours=1)
-    assert analytics.parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert analytics.parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(analytics.BadWindow):
         analytics.parse_since("yesterday", now)
 

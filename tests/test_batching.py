@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from processors.batching import HIGH_PRIORITY, BatchPolicy, Batcher, Plan
+from processors.batching import HIGH_PRIORITY, Batcher, BatchPolicy, Plan
 
 
 class Clock:

@@ -13,20 +13,21 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from streams.settings import Settings
 from tests.support import ROOT
-from tests.support.waiting import wait_until
 from tests.support.service_process import ServiceProcess, service_env
-from tests.support.workers import PLUGIN, Worker, isolated
 from tests.support.sse import Reader
+from tests.support.waiting import wait_until
+from tests.support.workers import PLUGIN, Worker, isolated
 
 pytestmark = pytest.mark.kafka
 

@@ -7,10 +7,9 @@ runs the same in a real browser against the real stack.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest

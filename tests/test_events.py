@@ -5,7 +5,14 @@ from datetime import timedelta
 import pytest
 
 from streams.events import (
-    EventType, InvalidTransition, JobEvent, JobRequested, JobStatus, JobView, next_status, utcnow,
+    EventType,
+    InvalidTransition,
+    JobEvent,
+    JobRequested,
+    JobStatus,
+    JobView,
+    next_status,
+    utcnow,
 )
 from streams.wire import decode_request, dumps, load_event
 

@@ -4,8 +4,8 @@ auth and tenants, bad input, Kafka outages and backpressure."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ingest_api.backpressure import LagMonitor, retry_after_s
 from edge.problems import validation_errors
+from ingest_api.backpressure import LagMonitor, retry_after_s
 from ingest_api.submit import JobSubmission
 from processors.executor import run_batch
 from streams.settings import Settings

@@ -25,9 +25,9 @@ from streams.kafka_config import KafkaConnection
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.support.kafka import requests_for
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
-from tests.support.kafka import requests_for
 
 pytestmark = pytest.mark.kafka
 
@@ -72,15 +72,15 @@ def test_paused_broker_answers_in_time_honestly_and_a_keyed_retry_makes_one_job(
         assert len(unknown) + len(refused) == len(answers), [a[1].text for a in answers]
         assert len(unknown) == BOUND and len(refused) == len(answers) - BOUND
         assert any(key is None for key, _, _ in unknown)
-        for key, response, elapsed in answers:
+        for _key, response, elapsed in answers:
             assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
             assert int(response.headers["retry-after"]) >= 1
             assert elapsed < TIMEOUT_S + 1.5, f"answered after {elapsed:.1f}s"
-        for key, response, elapsed in refused:
+        for _key, response, elapsed in refused:
             # at once: not after waiting for Kafka, which the in-flight ones do for TIMEOUT_S
             assert elapsed < TIMEOUT_S, f"past the bound but answered after {elapsed:.1f}s"
             assert "job_id" not in response.json()
-        for key, response, elapsed in unknown:
+        for key, response, _elapsed in unknown:
             problem = response.json()
             assert "unknown" in problem["detail"]
             if key is not None:

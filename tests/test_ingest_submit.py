@@ -6,27 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from streams import wire
-from jobstream.server import create_app
-from store.clickhouse import ClickHouseStore
 from ingest_api.routes import Accepted, BatchAccepted
 from ingest_api.submit import InvalidSubmission, JobSubmission, prepare
-from streams import topics
+from jobstream.server import create_app
+from store.clickhouse import ClickHouseStore
+from streams import topics, wire
 from streams.events import EventType, JobEvent, JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer, Outgoing, ProduceError
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import decode_request, load_event
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
-from streams.wire import decode_request, load_event
 
 JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 
@@ -39,7 +38,7 @@ SUBMISSIONS: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("raw", SUBMISSIONS)
-@pytest.mark.parametrize("ts", [None, datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)])
+@pytest.mark.parametrize("ts", [None, datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)])
 def test_records_are_byte_for_byte_what_the_models_write(raw: dict[str, Any], ts: datetime | None,
                                                          monkeypatch: pytest.MonkeyPatch):
     if ts is not None:  # a whole second: pydantic then writes no fraction, and neither may we

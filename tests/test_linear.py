@@ -86,7 +86,7 @@ def test_a_mixed_batch_matches_lstsq_job_by_job():
     ]
     results = run(*jobs)
     assert len(results) == len(jobs)
-    for result, (x, y, intercept) in zip(results, jobs):
+    for result, (x, y, intercept) in zip(results, jobs, strict=False):
         assert_matches(result, x, y, intercept)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import orjson
@@ -31,11 +31,11 @@ from streams.control import cancel_record
 from streams.events import JobEvent, JobRequested, JobStatus, JobView, new_job_id
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
+from streams.wire import dumps, load_event
 from tests.support.analytics_checks import assert_each_job_counted_once
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
 from tests.support.workers import Worker, isolated
-from streams.wire import dumps, load_event
 
 pytestmark = pytest.mark.kafka
 

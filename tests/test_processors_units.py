@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +22,7 @@ registry.load_plugins([PLUGIN, "tests.calc_plugin_v2"])
 
 # --- seqs -------------------------------------------------------------------------------
 def test_seqs_increase_per_job_and_a_later_rerun_never_reuses_them():
-    submitted = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    submitted = datetime(2026, 1, 1, tzinfo=UTC)
     first = SeqClock()
     run1 = [first.next("j", submitted, submitted + timedelta(milliseconds=ms)) for ms in (5, 5, 5, 300, 2000)]
     assert run1 == sorted(set(run1)) and run1[0] >= 1
@@ -34,7 +34,7 @@ def test_seqs_increase_per_job_and_a_later_rerun_never_reuses_them():
 
 
 def test_a_rerun_after_a_crash_folds_into_one_terminal_state():
-    submitted = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    submitted = datetime(2026, 1, 1, tzinfo=UTC)
 
     def event(seq: int, type_: EventType, **data) -> JobEvent:
         return JobEvent(job_id="j", seq=seq, type=type_, kind="k", data=data, ts=submitted)

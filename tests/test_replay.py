@@ -9,9 +9,9 @@ to a worker that has both (as a deployment would).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import orjson
@@ -19,9 +19,9 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from calculations import registry
 from jobstream.cli import app as cli_app
 from jobstream.client import watch_job
-from calculations import registry
 from replay.models import Replay, ReplayState, replayed_job_id
 from replay.select import RequestScanner
 from store.clickhouse import ClickHouseStore
@@ -122,8 +122,8 @@ class ReplayStack:
 
 def tick() -> datetime:
     """A boundary strictly between what was produced before and what is produced after (ms stamps)."""
-    mark = datetime.now(timezone.utc)
-    wait_until(lambda: datetime.now(timezone.utc) - mark > timedelta(milliseconds=5), 1, 0.001, message="clock")
+    mark = datetime.now(UTC)
+    wait_until(lambda: datetime.now(UTC) - mark > timedelta(milliseconds=5), 1, 0.001, message="clock")
     return mark
 
 
@@ -200,7 +200,7 @@ def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_a
     by_original = {row["original_job_id"]: row for row in page["jobs"]}
     assert set(by_original) == set(originals)
     assert {j: by_original[j]["outcome"] for j in originals} == dict(zip(originals, [
-        "equal", "equal", "changed", "changed", "changed"]))
+        "equal", "equal", "changed", "changed", "changed"], strict=False))
     six = by_original[originals[2]]
     assert (six["original_result"], six["replay_result"]) == ({"y": 37.0}, {"y": 36.0})
     assert (six["original_version"], six["replay_version"]) == ("1", "2")
@@ -248,7 +248,7 @@ def test_stop_and_resume_emit_every_job_exactly_once_even_after_a_lost_checkpoin
     # recorded position says nothing was emitted. Resuming must still not emit anything twice.
     book = rs.server.server.config.app.state.replays
     replayer = rs.server.server.config.app.state.replayer
-    rewound = planned.model_copy(update={"state": ReplayState.STOPPED, "updated_at": datetime.now(timezone.utc)})
+    rewound = planned.model_copy(update={"state": ReplayState.STOPPED, "updated_at": datetime.now(UTC)})
     replayer._record(rewound)
     assert book.get(replay_id).emitted == 0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -11,7 +11,7 @@ from replay.models import ReplaySelection, replayed_job_id
 from replay.select import Filter, Found, chunks
 from streams.events import JobRequested
 
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def found(job_id: str, *, tenant: str = "acme", kind: str = "stats.describe", at_s: float = 0.0,

@@ -6,8 +6,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -15,8 +15,8 @@ import pytest
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.support.waiting import wait_until
 from tests.support.service_process import ServiceProcess, alive, descendants, service_env
+from tests.support.waiting import wait_until
 from tests.support.workers import PLUGIN, Worker, isolated
 
 pytestmark = pytest.mark.kafka

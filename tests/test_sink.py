@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
@@ -30,12 +30,12 @@ from streams.events import JobView, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 from tests.support import ROOT
-from tests.support.waiting import wait_until
 from tests.support.analytics_checks import assert_each_job_counted_once, ms
 from tests.support.kafka import produce
 from tests.support.reruns import run_twice
-from streams.wire import dumps
+from tests.support.waiting import wait_until
 
 
 # --- pure logic ------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
     assert counts(store, tenant)["events"] == 2 * sum(len(a) + len(b) for a, b in runs)  # the raw log keeps both
 
     views = {first[0].job_id: JobView.fold(store.job_events(tenant, first[0].job_id)) for first, _ in runs}
-    for (first, second), view in zip(runs, views.values()):
+    for (first, second), view in zip(runs, views.values(), strict=False):
         assert view is not None
         first_terminal = next((e for e in first if e.terminal), second[-1] if second else None)
         assert (view.status.value, ms(view.finished_at)) == (first_terminal.type.value, ms(first_terminal.ts))

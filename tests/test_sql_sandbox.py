@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from store import sql_guard
-from store.sql_guard import Refused
-from store.clickhouse import ClickHouseStore
 from sink.routes import refusal_status
+from store import sql_guard
+from store.clickhouse import ClickHouseStore
+from store.sql_guard import Refused
 from tests.support.readme import readme_queries
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
-from tests.support.waiting import wait_until
 from tests.support.kafka import EventProducer
 from tests.support.sse import TERMINAL_SEQ, Reader, app_state, bearer, event, gateway, keys, new_job
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -14,9 +14,9 @@ from jobstream.client import EventStream, StreamError, StreamEvent, watch_job
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 from tests.support import ROOT
-from tests.support.waiting import wait_until
 from tests.support.kafka import EventProducer
 from tests.support.sse import TERMINAL_SEQ, event, gateway, new_job
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 

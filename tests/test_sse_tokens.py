@@ -11,8 +11,8 @@ import pytest
 
 from sse_gateway import positions
 from sse_gateway.entry import Entry
-from sse_gateway.subscriptions import Subscription
 from sse_gateway.limits import ConnectionLimits, TooManyStreams
+from sse_gateway.subscriptions import Subscription
 from sse_gateway.tenant_stream import EventFilter
 from sse_gateway.tokens import SECRET_FILE, InvalidToken, SecretFileError, StreamTokens, load_or_create_secret
 from streams.events import JobStatus

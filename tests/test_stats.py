@@ -29,7 +29,7 @@ def test_a_mixed_batch_matches_numpy_job_by_job():
     samples = [rng.normal(size=n) for n in (1, 5, 5, 1000, 5)]  # equal lengths are stacked together
     params = [DescribeParams(values=s.tolist()) for s in samples]
     results = CALC.fn(params, lambda i, f: None)
-    for result, sample in zip(results, samples):
+    for result, sample in zip(results, samples, strict=False):
         assert_matches(result, sample)
 
 

@@ -4,7 +4,7 @@ takes the canonical form as is, normalises other valid events, and refuses anyth
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -19,7 +19,7 @@ def model_bytes(record: BaseModel) -> bytes:
     return orjson.dumps(record.model_dump(mode="json"))
 
 
-TIMES = [datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 11, 23, 10, 29, 1, 123456, tzinfo=timezone.utc)]
+TIMES = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 11, 23, 10, 29, 1, 123456, tzinfo=UTC)]
 
 
 @pytest.mark.parametrize("ts", TIMES)

@@ -5,7 +5,7 @@ Shared by the sink's deterministic re-run test and the processors' kill -9 test.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
@@ -22,7 +22,7 @@ def ms(ts: datetime | None) -> datetime | None:
     """A time as ClickHouse's DateTime64(3) returns it (naive UTC, milliseconds)."""
     if ts is None:
         return None
-    ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    ts = ts.astimezone(UTC).replace(tzinfo=None)
     return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
 
 
@@ -40,7 +40,7 @@ def api_timings(view: JobView) -> tuple:
 def assert_same(got: tuple, want: tuple, job_id: str) -> None:
     """Times exactly (to the millisecond), durations to float precision."""
     assert len(got) == len(want), job_id
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert g == (pytest.approx(w) if isinstance(w, float) else w), (job_id, got, want)
 
 
@@ -85,5 +85,5 @@ def assert_each_job_counted_once(store: ClickHouseStore, tenant: str, views: dic
     for name, index in (("queue_wait", 4), ("run", 5), ("end_to_end", 6)):
         values = [w[index] for w in want.values()]
         assert stats["latency_s"][name] == pytest.approx(dict(zip(["p50", "p90", "p99"],
-                                                                   np.percentile(values, LEVELS)))), name
+                                                                   np.percentile(values, LEVELS), strict=False))), name
 

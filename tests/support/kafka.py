@@ -9,9 +9,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams import topics
 from streams.events import JobEvent
-from streams.wire import decode_request, dumps
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
+from streams.wire import decode_request, dumps
 
 
 class EventProducer:

@@ -17,7 +17,7 @@ class Server:
                                                     timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.thread.start()
         wait_until(lambda: self.server.started, 60, message="uvicorn to start")
         return self

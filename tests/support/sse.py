@@ -6,8 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -51,7 +52,7 @@ class Reader:
         self._response: httpx.Response | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Reader":
+    def start(self) -> Reader:
         self._thread.start()
         wait_until(lambda: self.status is not None or self.done.is_set(), 30, message=f"response to {self.path}")
         return self

@@ -29,7 +29,7 @@ class Worker:
         self.log = log or settings.data_dir / f"worker-{index}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(worker_command(self.index), env=worker_env(self.settings),
