@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Self
+from typing import Any, NoReturn, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
@@ -239,7 +240,7 @@ class Sink(KafkaReader):
         retrying = Retrying(retry=retry_if_exception_type(Exception),
                             stop=lambda state: self._stop.is_set() and state.attempt_number >= 3,
                             wait=_jittered(wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s)),
-                            sleep=self._stop.wait, after=failed, before_sleep=waiting,
+                            sleep=self._wait, after=failed, before_sleep=waiting,
                             retry_error_callback=_stopping)
         for attempt in retrying:
             with attempt:
@@ -252,6 +253,10 @@ class Sink(KafkaReader):
         self.stats.batches_written += 1
         self.stats.last_write_at = time.time()
         return len(rows.lines)
+
+    def _wait(self, delay_s: float) -> None:
+        """Sleep between insert retries; cut short by ``stop()``."""
+        self._stop.wait(delay_s)
 
     def _pause(self) -> None:
         try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Self
+from collections.abc import Callable
+from typing import Self
 
 from confluent_kafka import Message, TopicPartition
 
