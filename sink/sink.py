@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
 from sink.batching import Pending
-from sink.group import GROUP_ID, instance_id, transient
+from sink.group import GROUP_ID, instance_id
 from sink.intents import Ranges, commit_offsets, read_exactly, unfinished
 from sink.rows import BatchRows, JobTimes, build_rows
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
+from streams.reader import KafkaReader, transient
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class SinkStats:
     last_write_at: float | None = None  #: time.time() of the last successful write
 
 
-class Sink:
+class Sink(KafkaReader):
     """Runs on its own thread; ``stop()`` writes and commits the batch in hand (if ClickHouse answers).
 
     Two threads, one batch in flight: while a batch's insert runs (chDB and the
@@ -62,16 +64,13 @@ class Sink:
 
     def __init__(self, kafka: KafkaConnection, store: ClickHouseStore, settings: Settings,
                  consumer_overrides: dict[str, Any] | None = None) -> None:
+        self._group = settings.topic(GROUP_ID)
+        membership = {"group.instance.id": member} if (member := instance_id(settings)) else {}
+        super().__init__(kafka, settings.topic(topics.EVENTS), group_id=self._group,
+                         name="clickhouse-sink", **{**membership, **(consumer_overrides or {})})
         self._kafka = kafka
         self._store = store
         self._settings = settings
-        self._topic = settings.topic(topics.EVENTS)
-        self._group = settings.topic(GROUP_ID)
-        membership = {"group.instance.id": member} if (member := instance_id(settings)) else {}
-        self._consumer = Consumer(kafka.consumer_config(self._group,
-                                                  **{**membership, **(consumer_overrides or {})}))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="clickhouse-sink", daemon=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
         self._inflight: tuple[Ranges, list[Message], Future[int]] | None = None
         self._times = JobTimes(settings.sink_job_times_cache)
@@ -82,34 +81,38 @@ class Sink:
         self._written: dict[int, int] = {}  # per partition: the last offset known to be in ClickHouse
         self.stats = SinkStats()
 
-    # --- life -------------------------------------------------------------------------------
-    def start(self) -> Sink:
+    # --- life (the loop itself is KafkaReader's) ----------------------------------------------
+    def start(self) -> Self:
         self._store.apply_events_ttl(self._settings.events_ttl_days)
-        self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop consuming; the batch in hand is written and committed first (``finish``), on the sink's thread."""
+        super().stop(timeout_s=timeout_s)
         self._writer.shutdown(wait=True)
-        self._consumer.close()
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
+    def attach(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._round()
-            except SinkStopping:
-                break
-            except Exception:  # never let the thread die silently: drop the batch, re-read it, go on
-                logger.exception("sink round failed; re-reading the batch in hand")
-                self._rewind(self._pending.messages + self._inbox)
-                self._stop.wait(1.0)
+    def round(self) -> None:
+        self._inbox.extend(self.consumer.consume(self._settings.sink_batch_max_size, timeout=self._poll_timeout()))
+        self._admit()
+        if self._inflight is not None and self._inflight[2].done():
+            self._settle()  # commit promptly: the gateway reads the sink's committed offsets
+        if self._pending.due():
+            self._flush()
+
+    def round_failed(self, exc: Exception) -> None:
+        """Stopping: end the loop. Else drop the batch in hand, re-read it, go on after a pause."""
+        if isinstance(exc, SinkStopping):
+            self._stop.set()
+            return
+        self._rewind(self._pending.messages + self._inbox)
+        super().round_failed(exc)
+
+    def finish(self) -> None:
+        """Write and commit what is in hand before the consumer closes."""
         try:
             self._settle()
             if self._pending or self._inbox:
@@ -121,14 +124,6 @@ class Sink:
             logger.warning("sink stopped with %d events unwritten; they will be redelivered", len(self._pending))
         except Exception:
             logger.exception("sink could not write its last batch; it will be redelivered")
-
-    def _round(self) -> None:
-        self._inbox.extend(self._consumer.consume(self._settings.sink_batch_max_size, timeout=self._poll_timeout()))
-        self._admit()
-        if self._inflight is not None and self._inflight[2].done():
-            self._settle()  # commit promptly: the gateway reads the sink's committed offsets
-        if self._pending.due():
-            self._flush()
 
     def _poll_timeout(self) -> float:
         timeout = self._pending.poll_timeout()
@@ -211,51 +206,58 @@ class Sink:
                 if self.stats.retrying:
                     self._pause()
                     paused = True
-                    self._inbox.extend(self._consumer.consume(100, timeout=0.5))
+                    self._inbox.extend(self.consumer.consume(100, timeout=0.5))
             except BaseException:
                 self._inflight = None
                 self._rewind(batch)
                 raise
         self._inflight = None
         if paused:
-            self._consumer.resume(self._consumer.assignment())
+            self.consumer.resume(self.consumer.assignment())
         for p, _, last in ranges.spans:
             if p in self._assigned:
                 self._written[p] = max(self._written.get(p, -1), last)
         self._commit(ranges, intent=False)
 
     def _insert(self, ranges: Ranges, rows: BatchRows) -> int:
-        """On the writer thread: insert a batch, retrying with backoff until ClickHouse takes it."""
-        token = ranges.token(self._topic)
-        attempt = 0
-        while True:
-            try:
+        """On the writer thread: insert a batch, retrying with backoff until ClickHouse takes it
+        (when stopping: three attempts, then ``SinkStopping``)."""
+        token = ranges.token(self.topic)
+
+        def failed(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats.insert_failures += 1
+            self.stats.retrying = True
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+        def waiting(state: RetryCallState) -> None:
+            logger.warning("ClickHouse insert failed (attempt %d, retry in %.1fs, %d events waiting): %s",
+                           state.attempt_number, state.upcoming_sleep, len(rows.lines), self.stats.last_error)
+
+        retrying = Retrying(retry=retry_if_exception_type(Exception),
+                            stop=lambda state: self._stop.is_set() and state.attempt_number >= 3,
+                            wait=_jittered(wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s)),
+                            sleep=self._wait, after=failed, before_sleep=waiting,
+                            retry_error_callback=_stopping)
+        for attempt in retrying:
+            with attempt:
                 looked_up = self._store.job_times(rows.missing_times())
                 self._store.insert_json("job_events", rows.body(looked_up), token)
-                break
-            except Exception as exc:
-                attempt += 1
-                self.stats.insert_failures += 1
-                self.stats.retrying = True
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                if self._stop.is_set() and attempt >= 3:
-                    raise SinkStopping() from exc
-                delay = min(self._settings.sink_retry_max_s, 0.2 * 2 ** min(attempt - 1, 16))
-                delay *= random.uniform(0.8, 1.2)
-                logger.warning("ClickHouse insert failed (attempt %d, retry in %.1fs, %d events waiting): %s",
-                               attempt, delay, len(rows.lines), self.stats.last_error)
-                self._stop.wait(delay)
-        if attempt:
-            logger.info("ClickHouse insert succeeded after %d failed attempts", attempt)
+        if (failures := attempt.retry_state.attempt_number - 1):
+            logger.info("ClickHouse insert succeeded after %d failed attempts", failures)
         self.stats.retrying = False
         self.stats.events_written += len(rows.lines)
         self.stats.batches_written += 1
         self.stats.last_write_at = time.time()
         return len(rows.lines)
 
+    def _wait(self, delay_s: float) -> None:
+        """Sleep between insert retries; cut short by ``stop()``."""
+        self._stop.wait(delay_s)
+
     def _pause(self) -> None:
         try:
-            self._consumer.pause(self._consumer.assignment())
+            self.consumer.pause(self.consumer.assignment())
         except KafkaException as exc:
             logger.debug("pause failed: %s", exc)
 
@@ -267,8 +269,8 @@ class Sink:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._inbox.extend(self._consumer.consume(100, timeout=min(remaining, 0.5)))
-        self._consumer.resume(self._consumer.assignment())
+            self._inbox.extend(self.consumer.consume(100, timeout=min(remaining, 0.5)))
+        self.consumer.resume(self.consumer.assignment())
 
     def _commit(self, ranges: Ranges, *, intent: bool) -> bool:
         """Commit the intent (offsets unchanged, ranges as metadata) or the done batch (offsets after it).
@@ -276,21 +278,19 @@ class Sink:
         Only partitions still assigned are committed. Transient Kafka errors are
         retried; False when the partitions were lost (the new owner takes over).
         """
-        offsets = commit_offsets(self._topic, ranges, self._assigned, intent=intent)
+        offsets = commit_offsets(self.topic, ranges, self._assigned, intent=intent)
         if not offsets:
             return not intent
-        attempt = 0
-        while True:
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-                return True
-            except KafkaException as exc:
-                attempt += 1
-                if not transient(exc) or self._stop.is_set() or (not intent and attempt >= 5):
-                    logger.warning("sink %s commit of %s failed: %s", "intent" if intent else "offset",
-                                   ranges.describe(), exc)
-                    return False
-                self._wait_paused(min(self._settings.sink_retry_max_s, 0.1 * 2 ** attempt))
+        retrying = Retrying(retry=retry_if_exception(transient),
+                            stop=lambda state: self._stop.is_set() or (not intent and state.attempt_number >= 5),
+                            wait=wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s),
+                            sleep=self._wait_paused, reraise=True)
+        try:
+            retrying(self.consumer.commit, offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            logger.warning("sink %s commit of %s failed: %s", "intent" if intent else "offset", ranges.describe(), exc)
+            return False
 
     def _rewind(self, messages: list[Message]) -> None:
         """Forget messages not written and seek back to them, so they are read again."""
@@ -304,7 +304,7 @@ class Sink:
         for p, offset in firsts.items():
             if p in self._assigned:
                 try:
-                    self._consumer.seek(TopicPartition(self._topic, p, offset))
+                    self.consumer.seek(TopicPartition(self.topic, p, offset))
                 except KafkaException as exc:
                     logger.warning("sink could not seek partition %d back to %d: %s", p, offset, exc)
 
@@ -313,14 +313,14 @@ class Sink:
         """Write again, exactly as cut before, every batch a previous owner began but did not finish."""
         self._settle()
         partitions = sorted(self._unchecked)
-        committed = self._consumer.committed([TopicPartition(self._topic, p) for p in partitions], timeout=30)
+        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=30)
         self._unchecked -= set(partitions)
         for tp in committed:
             if tp.offset >= 0 and tp.partition in self._assigned:
                 self._written[tp.partition] = max(self._written.get(tp.partition, -1), tp.offset - 1)
         for ranges in unfinished(committed):
             logger.warning("sink replaying unfinished batch %s", ranges.describe())
-            batch = read_exactly(self._kafka, self._group, self._topic, ranges, self._stop)
+            batch = read_exactly(self._kafka, self._group, self.topic, ranges, self._stop)
             rows = build_rows(batch, self._times, self._undecodable)
             self._inflight = (ranges, [], self._writer.submit(self._insert, ranges, rows))
             self._settle()
@@ -328,4 +328,14 @@ class Sink:
 
     def _undecodable(self, message: Message) -> None:
         self.stats.undecodable += 1
-        logger.error("skipping undecodable event at %s[%d]@%d", self._topic, message.partition(), message.offset())
+        logger.error("skipping undecodable event at %s[%d]@%d", self.topic, message.partition(), message.offset())
+
+
+def _jittered(wait: Callable[[RetryCallState], float], spread: float = 0.2) -> Callable[[RetryCallState], float]:
+    """``wait``'s delay, ±``spread`` at random: sinks failing together do not retry in step."""
+    return lambda state: wait(state) * random.uniform(1 - spread, 1 + spread)
+
+
+def _stopping(state: RetryCallState) -> NoReturn:
+    """The sink stops while an insert still fails: give the batch up, it will be redelivered."""
+    raise SinkStopping() from (state.outcome.exception() if state.outcome else None)

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams import topics
 from streams.kafka_config import KafkaConnection
+from streams.lag import committed_offsets
 from streams.settings import Settings
 
 
@@ -51,8 +52,7 @@ class TopicOffsets:
             return value
 
     def _read_committed(self) -> list[int]:
-        tps = self._consumer.committed([TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=10)
-        return [tp.offset if tp.offset >= 0 and tp.error is None else -1 for tp in sorted(tps, key=lambda t: t.partition)]
+        return committed_offsets(self._consumer, self.topic, list(range(self.partitions)))
 
     def _read_watermarks(self) -> list[tuple[int, int]]:
         return [self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)

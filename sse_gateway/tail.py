@@ -1,4 +1,4 @@
-"""The gateway's Kafka tail: a thread reading ``jobs.events`` and handing batches to the event loop.
+"""The gateway's Kafka tail: a ``KafkaReader`` of ``jobs.events`` handing batches to the event loop.
 
 Assigned partitions, no consumer group: every gateway sees every event, several run side by
 side. Each batch is handed to the loop and the thread waits until it was dispatched, so a
@@ -7,17 +7,17 @@ busy loop slows the tail instead of piling up callbacks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from sse_gateway.entry import Entry
 from streams import topics
 from streams.kafka_config import KafkaConnection
+from streams.reader import KafkaReader, partitions_of
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,86 +28,68 @@ CONSUME_BATCH = 500
 OnBatch = Callable[[list[Entry], dict[int, int]], None]
 
 
-class KafkaTail:
+class KafkaTail(KafkaReader):
     """``seek()`` where to begin, then ``start()`` reading; ``stop()`` from any thread."""
 
+    chunk_size = CONSUME_BATCH
+
     def __init__(self, kafka: KafkaConnection, settings: Settings, on_batch: OnBatch) -> None:
-        self.topic = settings.topic(topics.EVENTS)
+        super().__init__(kafka, settings.topic(topics.EVENTS), group_id="jobstream-sse-gateway",
+                         name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})
         self._on_batch = on_batch
-        self._consumer = Consumer(kafka.consumer_config("jobstream-sse-gateway",
-                                                  **{"enable.partition.eof": False, "fetch.wait.max.ms": 100}))
         self._parse_model = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sse-fanout", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._since_s = 0.0
+        self._found: dict[int, int] = {}  # partition -> the first offset of the window (-1: none)
+        self._lows: list[int] = []
+        self._starts: list[int] = []
+        self._attached = False
 
     def seek(self, since_s: float) -> tuple[list[int], list[int]]:
         """Begin at the first record of the last ``since_s`` seconds (0: at the end) in every
         partition; returns the topic's first offset and where the tail begins, per partition."""
-        metadata = self._consumer.list_topics(self.topic, timeout=10)
-        partitions = len(metadata.topics[self.topic].partitions)
-        since_ms = int((time.time() - since_s) * 1000)
-        wanted = [TopicPartition(self.topic, p, since_ms) for p in range(partitions)]
-        found = self._consumer.offsets_for_times(wanted, timeout=10)
-        lows, starts = [], []
-        for tp in found:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=10)
-            lows.append(low)
-            starts.append(high if tp.offset < 0 or since_s == 0 else tp.offset)
-        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in enumerate(starts)])
-        return lows, starts
+        self._since_s = since_s
+        self.attach()
+        return list(self._lows), list(self._starts)
 
-    def start(self, parse_model: bool) -> None:
+    def start(self, parse_model: bool = False) -> Self:
         """Start reading (call on the loop that gets the batches); ``parse_model``: entries carry a JobEvent."""
-        self._loop = asyncio.get_running_loop()
         self._parse_model = parse_model
-        self._thread.start()
+        return super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close()
+    def attach(self) -> None:
+        """Ask where the window begins (offsets for times), then assign there (once: ``seek`` or ``start``)."""
+        if self._attached:
+            return
+        since_ms = int((time.time() - self._since_s) * 1000)
+        wanted = [TopicPartition(self.topic, p, since_ms) for p in partitions_of(self.consumer, self.topic)]
+        self._found = {tp.partition: tp.offset for tp in self.consumer.offsets_for_times(wanted, timeout=10)}
+        self._lows, self._starts = [], []
+        super().attach()
+        self._attached = True
 
-    def _run(self) -> None:
-        assert self._loop is not None
+    def start_offset(self, partition: int, low: int, high: int) -> int:
+        found = self._found[partition]
+        start = high if found < 0 or self._since_s == 0 else found
+        self._lows.append(low)
+        self._starts.append(start)
+        return start
+
+    def handle(self, messages: list[Message]) -> None:
+        """Decode the batch and wait until the loop dispatched it; the loop gone or stopping: end."""
         parse_model = self._parse_model
-        while not self._stop.is_set():
-            # consume(n, timeout) waits for n messages or the timeout: take what is there now, else
-            # wait for one and take what came with it — so latency is not the timeout
-            messages = self._consumer.consume(CONSUME_BATCH, timeout=0)
-            if not messages:
-                messages = self._consumer.consume(1, timeout=0.2)
-                if messages:
-                    messages += self._consumer.consume(CONSUME_BATCH - 1, timeout=0)
-            entries = []
-            for message in messages:
-                if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        logger.warning("fanout consumer error: %s", message.error())
-                    continue
-                try:
-                    entries.append(Entry.from_kafka(message.partition(), message.offset(), message.timestamp()[1],
-                                                    message.value(), parse_model))
-                except ValueError as exc:
-                    logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(),
-                                 message.offset(), exc)
-            last_offsets = messages_positions(messages)
-            if not last_offsets:
-                continue
-            done = threading.Event()
+        entries = []
+        for message in messages:
             try:
-                self._loop.call_soon_threadsafe(self._hand_over, entries, last_offsets, done)
-            except RuntimeError:  # the loop is closed: we are shutting down
-                return
-            while not done.wait(0.5):
-                if self._stop.is_set() or self._loop.is_closed():
-                    return
+                entries.append(Entry.from_kafka(message.partition(), message.offset(), message.timestamp()[1],
+                                                message.value(), parse_model))
+            except ValueError as exc:
+                logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(),
+                             message.offset(), exc)
+        if not self.to_loop(self._on_batch, entries, messages_positions(messages), wait=True):
+            self._stop.set()
 
-    def _hand_over(self, entries: list[Entry], last_offsets: dict[int, int], done: threading.Event) -> None:
-        try:
-            self._on_batch(entries, last_offsets)
-        finally:
-            done.set()
+    def on_loaded(self) -> None:
+        """The recent window is read: nothing to announce (the fanout logs where it began)."""
 
 
 def messages_positions(messages: list) -> dict[int, int]:

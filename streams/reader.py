@@ -1,7 +1,7 @@
 """The background Kafka reader: one consumer, read in chunks on its own thread until stopped.
 
 Every long-lived consumer in jobstream is this loop (topic mirrors, the workers' control tail,
-the API's lag monitor; the SSE fanout and the sink are shaped to fit it too), so starting,
+the API's lag monitor, the SSE gateway's tail, the sink), so starting,
 stopping, assignment, error handling, "caught up" and the hop to an event loop live here once.
 """
 
@@ -75,25 +75,10 @@ class KafkaReader:
     tried again after ``error_pause_s`` (``round_failed``); consumer errors other than partition
     EOF go to ``on_error`` (logged). ``to_loop`` hands work to the event loop ``start()`` was called on.
 
-    How the two remaining hand-written loops adopt it (the lead, after the sink/gateway split):
-
-    - ``Fanout``: ``super().__init__(kafka, topic, group_id="jobstream-sse-gateway",
-      name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})`` and
-      ``chunk_size = CONSUME_BATCH``. ``attach`` asks offsets-for-times of the recent window, then
-      calls ``super().attach()``, whose ``start_offset(p, low, high)`` returns them (and notes
-      ``start_low``). ``handle`` decodes the entries and calls ``self.to_loop(self._dispatch,
-      entries, last_offsets, wait=True)`` (``_dispatch`` loses its ``done`` event; False: the loop
-      is gone or we stop). Its ``_run``, thread, stop event and read trick (now ``read()``) go;
-      ``stop`` closes the subscriptions on the loop, then ``super().stop()``. ``wait_caught_up``
-      stays: it waits for the watermarks of *now*, not of start-up.
-    - ``Sink``: ``super().__init__(kafka, topic, group_id=self._group,
-      name="clickhouse-sink", **overrides)``. ``attach`` subscribes with ``on_assign``/
-      ``on_revoke``/``on_lost``; ``round`` is its ``_round`` (own batch size and timeout; ``_admit``
-      keeps its error handling, fatal included); ``round_failed`` returns at once on
-      ``SinkStopping``, else rewinds the batch in hand and calls ``super().round_failed(exc)``;
-      ``finish`` is the settle-and-flush after its loop; ``stop`` is ``super().stop(timeout_s=60)``
-      then the writer's shutdown (the consumer closes on the reader's thread). ``transient`` is
-      this module's.
+    Two readers that own more of the loop: the SSE gateway's ``KafkaTail`` (``attach`` asks
+    offsets-for-times of the recent window; ``handle`` hands each chunk to the loop with
+    ``to_loop(..., wait=True)``) and the ``Sink`` (``attach`` subscribes to its group; ``round``,
+    ``round_failed`` and ``finish`` are its batch, rewind and last-flush steps).
     """
 
     chunk_size: int = 1000  #: records taken from the consumer at once
