@@ -48,8 +48,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def jobstream_process(args: list[str], env: dict[str, str], port: int, timeout_s: float = 120,
-                      root: Path = ROOT) -> Iterator[str]:
+def jobstream_process(
+    args: list[str], env: dict[str, str], port: int, timeout_s: float = 120, root: Path = ROOT
+) -> Iterator[str]:
     """Run ``jobstream <args>`` as its own process until the block ends; yields its base URL."""
     with jobstream_service(args, env, port, timeout_s, root) as service:
         yield service.url
@@ -65,14 +66,26 @@ def code_env(root: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def jobstream_service(args: list[str], env: dict[str, str], port: int, timeout_s: float = 120,
-                      root: Path = ROOT) -> Iterator[Service]:
+def jobstream_service(
+    args: list[str], env: dict[str, str], port: int, timeout_s: float = 120, root: Path = ROOT
+) -> Iterator[Service]:
     """Like ``jobstream_process``, but yields the process id too (for ``cpu_seconds``)."""
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
-        full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, "CLICKHOUSE_URL": f"chdb://{tmp}/clickhouse",
-                    "JOBSTREAM_PORT": str(port), **code_env(root), **env}
-        process = subprocess.Popen([sys.executable, "-m", "jobstream.cli", *args], env=full_env, cwd=root,
-                                   stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "log", "wb"))
+        full_env = {
+            **os.environ,
+            "JOBSTREAM_DATA_DIR": tmp,
+            "CLICKHOUSE_URL": f"chdb://{tmp}/clickhouse",
+            "JOBSTREAM_PORT": str(port),
+            **code_env(root),
+            **env,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobstream.cli", *args],
+            env=full_env,
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "log", "wb"),
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
         try:

@@ -8,9 +8,17 @@ from datetime import datetime, timedelta
 from streams.events import EventType, JobEvent, new_job_id, utcnow
 
 
-def job_history(tenant: str, *, kind: str = "stats.describe", outcome: str = "succeeded",
-                start: datetime | None = None, queue_s: float = 1.0, run_s: float = 2.0,
-                batch_size: int = 8, attempt: int = 1) -> list[JobEvent]:
+def job_history(
+    tenant: str,
+    *,
+    kind: str = "stats.describe",
+    outcome: str = "succeeded",
+    start: datetime | None = None,
+    queue_s: float = 1.0,
+    run_s: float = 2.0,
+    batch_size: int = 8,
+    attempt: int = 1,
+) -> list[JobEvent]:
     """Four events of one job: queued at ``start``, running ``queue_s`` later, done ``run_s`` after that."""
     job_id = new_job_id()
     t0 = start or utcnow()

@@ -56,9 +56,14 @@ from streams.topics import ensure_topics
 from streams.wire import dumps
 
 SUBMIT_CHUNK = 500
-MONTECARLO = {"weights": [0.5, 0.3, 0.2], "mu": [0.0005, 0.0003, 0.0002],
-              "cov": [[0.0004, 0.0001, 0.0], [0.0001, 0.0003, 0.0], [0.0, 0.0, 0.0002]],
-              "horizon_days": 10, "paths": 50_000, "confidence": 0.99}
+MONTECARLO = {
+    "weights": [0.5, 0.3, 0.2],
+    "mu": [0.0005, 0.0003, 0.0002],
+    "cov": [[0.0004, 0.0001, 0.0], [0.0001, 0.0003, 0.0], [0.0, 0.0, 0.0002]],
+    "horizon_days": 10,
+    "paths": 50_000,
+    "confidence": 0.99,
+}
 CONFIGS = {"1": "batching off (BATCH_MAX_SIZE=1)", "64": "adaptive (BATCH_MAX_SIZE=64)"}
 _PROGRESS = b'"type":"progress"'
 _RUNNING = b'"type":"running"'
@@ -131,15 +136,19 @@ class Result:
     failed: int = 0
     cpu_us: tuple[float, ...] | None = None  #: CPU per job: worker, calculation processes, worker's loop, broker
 
-
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
 
     def row(self) -> dict[str, float]:
         pct = percentiles_ms(self.latencies)
-        return {"jobs/s": self.rate, **pct, "mean batch": float(np.mean(self.batch_sizes or [0])),
-                "max batch": float(max(self.batch_sizes or [0])), "failed": self.failed}
+        return {
+            "jobs/s": self.rate,
+            **pct,
+            "mean batch": float(np.mean(self.batch_sizes or [0])),
+            "max batch": float(max(self.batch_sizes or [0])),
+            "failed": self.failed,
+        }
 
 
 def _cpu_s(pid: int, thread: int | None = None) -> float:
@@ -195,8 +204,14 @@ def _result(name: str, terminals: Terminals, submitted: dict[str, float], second
     ids = list(submitted)
     if seconds is None:  # a burst: until its last terminal event
         seconds = max(terminals.seen[j] for j in ids) - min(submitted.values())
-    return Result(name, len(ids), seconds, [terminals.seen[j] - submitted[j] for j in ids],
-                  [terminals.batch_sizes.get(j, 0) for j in ids], sum(j in terminals.failed for j in ids))
+    return Result(
+        name,
+        len(ids),
+        seconds,
+        [terminals.seen[j] - submitted[j] for j in ids],
+        [terminals.batch_sizes.get(j, 0) for j in ids],
+        sum(j in terminals.failed for j in ids),
+    )
 
 
 # --- submitting over Kafka (the processors alone) ---------------------------------------------------
@@ -246,8 +261,13 @@ def worker_process(env: dict[str, str], root: Path = ROOT) -> Iterator[subproces
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
         full_env = {**os.environ, "JOBSTREAM_DATA_DIR": tmp, **code_env(root), **env}
         with open(Path(tmp) / "log", "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "jobstream.cli", "worker", "--log-level", "warning"],
-                                       env=full_env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jobstream.cli", "worker", "--log-level", "warning"],
+                env=full_env,
+                cwd=root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             yield process
         except Exception:
@@ -266,8 +286,11 @@ def profiled(pid: int | None, prefix: str | None, name: str) -> Iterator[None]:
         return
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = f"{prefix}-{name.replace(' ', '_')}.txt"
-    process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil",
-                                "--nonblocking", "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil", "--nonblocking", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -275,8 +298,15 @@ def profiled(pid: int | None, prefix: str | None, name: str) -> Iterator[None]:
         process.wait(timeout=30)
 
 
-def run_via_kafka(bootstrap: str, settings: Settings, env: dict[str, str], terminals: Terminals,
-                  args: argparse.Namespace, tag: str, root: Path) -> list[Result]:
+def run_via_kafka(
+    bootstrap: str,
+    settings: Settings,
+    env: dict[str, str],
+    terminals: Terminals,
+    args: argparse.Namespace,
+    tag: str,
+    root: Path,
+) -> list[Result]:
     submitter = KafkaSubmitter(bootstrap, settings)
 
     def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
@@ -289,8 +319,10 @@ def run_via_kafka(bootstrap: str, settings: Settings, env: dict[str, str], termi
 
     with worker_process(env, root) as worker:
         burst([small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)], "warm-up")
-        results = [burst([small_job(i) for i in range(args.small)], "stats.describe burst", worker.pid),
-                   burst([montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", worker.pid)]
+        results = [
+            burst([small_job(i) for i in range(args.small)], "stats.describe burst", worker.pid),
+            burst([montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", worker.pid),
+        ]
         for rate in args.rates:
             submitted = submitter.paced([small_job(i) for i in range(int(rate * args.seconds))], rate)
             terminals.wait(list(submitted), 300)
@@ -304,7 +336,7 @@ def http_burst(url: str, terminals: Terminals, jobs: list[dict], name: str, time
     with httpx.Client(base_url=url, timeout=120) as client:
         for start in range(0, len(jobs), SUBMIT_CHUNK):
             t0 = time.monotonic()
-            response = client.post("/v1/jobs:batch", json={"jobs": jobs[start:start + SUBMIT_CHUNK]})
+            response = client.post("/v1/jobs:batch", json={"jobs": jobs[start : start + SUBMIT_CHUNK]})
             if response.status_code != 202 or response.json()["rejected"]:
                 raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
             submitted.update({item["job_id"]: t0 for item in response.json()["jobs"]})
@@ -315,6 +347,7 @@ def http_burst(url: str, terminals: Terminals, jobs: list[dict], name: str, time
 async def http_steady(url: str, terminals: Terminals, rate: float, seconds: float, timeout_s: float) -> Result:
     submitted: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def one(i: int) -> None:
             t0 = time.monotonic()
             response = await client.post("/v1/jobs", json=small_job(i))
@@ -333,14 +366,17 @@ async def http_steady(url: str, terminals: Terminals, rate: float, seconds: floa
 
 
 def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namespace, root: Path) -> list[Result]:
-    with jobstream_process(["up", "--log-level", "warning"], {**env, "JOBSTREAM_WORKERS": "1"}, free_port(),
-                           root=root) as url:
-        http_burst(url, terminals, [small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)],
-                   "warm-up", 300)
+    with jobstream_process(
+        ["up", "--log-level", "warning"], {**env, "JOBSTREAM_WORKERS": "1"}, free_port(), root=root
+    ) as url:
+        http_burst(
+            url, terminals, [small_job(i) for i in range(50)] + [montecarlo_job(i) for i in range(10)], "warm-up", 300
+        )
         return [
             http_burst(url, terminals, [small_job(i) for i in range(args.small)], "stats.describe burst", 900),
-            http_burst(url, terminals, [montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst",
-                       900),
+            http_burst(
+                url, terminals, [montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", 900
+            ),
             *(asyncio.run(http_steady(url, terminals, rate, args.seconds, 300)) for rate in args.rates),
         ]
 
@@ -349,8 +385,12 @@ def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace, ro
     prefix = f"pb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
     ensure_topics(KafkaConnection.from_settings(settings), settings)
-    env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix, "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
-           "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9)}
+    env = {
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "JOBSTREAM_TOPIC_PREFIX": prefix,
+        "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
+        "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+    }
     terminals = Terminals(bootstrap, settings)
     try:
         if args.via == "api":
@@ -364,17 +404,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=4000, help="stats.describe jobs in the burst")
     parser.add_argument("--montecarlo", type=int, default=1000, help="montecarlo.var jobs in the burst")
-    parser.add_argument("--rates", type=lambda v: [float(r) for r in v.split(",")], default=[40.0, 400.0],
-                        help="jobs/s of the steady phases, comma-separated")
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(r) for r in v.split(",")],
+        default=[40.0, 400.0],
+        help="jobs/s of the steady phases, comma-separated",
+    )
     parser.add_argument("--seconds", type=float, default=10, help="length of the steady phase")
-    parser.add_argument("--via", choices=("kafka", "api"), default="kafka",
-                        help="kafka: requests produced straight to the worker (default); api: the whole pipeline")
-    parser.add_argument("--configs", type=lambda v: v.split(","), default=list(CONFIGS),
-                        help="JOBSTREAM_BATCH_MAX_SIZE values to compare, comma-separated (default 1,64)")
-    parser.add_argument("--profile", help="sample the worker with py-spy during each burst into this file prefix "
-                        "(--via kafka only; needs py-spy, not a project dependency)")
-    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of the previous "
-                        "commit): each configuration runs its worker first, then this checkout's, in one run")
+    parser.add_argument(
+        "--via",
+        choices=("kafka", "api"),
+        default="kafka",
+        help="kafka: requests produced straight to the worker (default); api: the whole pipeline",
+    )
+    parser.add_argument(
+        "--configs",
+        type=lambda v: v.split(","),
+        default=list(CONFIGS),
+        help="JOBSTREAM_BATCH_MAX_SIZE values to compare, comma-separated (default 1,64)",
+    )
+    parser.add_argument(
+        "--profile",
+        help="sample the worker with py-spy during each burst into this file prefix "
+        "(--via kafka only; needs py-spy, not a project dependency)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of the previous "
+        "commit): each configuration runs its worker first, then this checkout's, in one run",
+    )
     args = parser.parse_args()
     results: dict[str, list[Result]] = {}
     labels: dict[str, str] = {}
@@ -388,17 +447,28 @@ def main() -> None:
                 results[key] = run_config(bootstrap, size, args, root)
                 load.append(os.getloadavg()[0])
     print(f"via {args.via}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
-    print("| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "
-          "| CPU µs/job: worker (its loop) | calculations | broker |")
+    print(
+        "| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "
+        "| CPU µs/job: worker (its loop) | calculations | broker |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, rows in results.items():
         for result in rows:
             row = result.row()
-            cpu = ([f"{result.cpu_us[0]:,.0f} ({result.cpu_us[2]:,.0f})", f"{result.cpu_us[1]:,.0f}",
-                    f"{result.cpu_us[3]:,.0f}"] if result.cpu_us else ["", "", ""])
-            print(f"| {result.name} | {labels[key]} | {row['jobs/s']:,.0f} | "
-                  f"{row['p50_ms']:,.0f} | {row['p99_ms']:,.0f} | {row['mean batch']:.1f} | {row['max batch']:.0f} | "
-                  f"{row['failed']:.0f} | {cpu[0]} | {cpu[1]} | {cpu[2]} |")
+            cpu = (
+                [
+                    f"{result.cpu_us[0]:,.0f} ({result.cpu_us[2]:,.0f})",
+                    f"{result.cpu_us[1]:,.0f}",
+                    f"{result.cpu_us[3]:,.0f}",
+                ]
+                if result.cpu_us
+                else ["", "", ""]
+            )
+            print(
+                f"| {result.name} | {labels[key]} | {row['jobs/s']:,.0f} | "
+                f"{row['p50_ms']:,.0f} | {row['p99_ms']:,.0f} | {row['mean batch']:.1f} | {row['max batch']:.0f} | "
+                f"{row['failed']:.0f} | {cpu[0]} | {cpu[1]} | {cpu[2]} |"
+            )
     if len(results) < 2:
         return
     keys = list(results)
@@ -407,10 +477,14 @@ def main() -> None:
         base, other = ({r.name: r for r in results[k]} for k in (first, second))
         for workload in ("stats.describe burst", "montecarlo.var burst"):
             speedup = other[workload].rate / base[workload].rate
-            p99 = (percentiles_ms(other[workload].latencies)["p99_ms"],
-                   percentiles_ms(base[workload].latencies)["p99_ms"])
-            print(f"{workload}: {labels[second]} vs {labels[first]}: {speedup:.2f}x the throughput; "
-                  f"p99 {p99[0]:,.0f} ms vs {p99[1]:,.0f} ms")
+            p99 = (
+                percentiles_ms(other[workload].latencies)["p99_ms"],
+                percentiles_ms(base[workload].latencies)["p99_ms"],
+            )
+            print(
+                f"{workload}: {labels[second]} vs {labels[first]}: {speedup:.2f}x the throughput; "
+                f"p99 {p99[0]:,.0f} ms vs {p99[1]:,.0f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ async def production(url: str, rate: float, seconds: float, extra_rate: float = 
     100 ms: the same load as a replay, as ordinary traffic); returns job id -> submit time."""
     submitted: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def one(i: int) -> None:
             t0 = time.monotonic()
             response = await client.post("/v1/jobs", json=small_job(i))
@@ -61,8 +62,11 @@ async def production(url: str, rate: float, seconds: float, extra_rate: float = 
 
 def drained(replay: dict) -> bool:
     outcomes = replay.get("outcomes") or {}
-    return (replay["state"] in ("stopped", "completed") and outcomes.get("pending") == 0
-            and sum(outcomes.values()) == replay["emitted"])
+    return (
+        replay["state"] in ("stopped", "completed")
+        and outcomes.get("pending") == 0
+        and sum(outcomes.values()) == replay["emitted"]
+    )
 
 
 def main() -> None:
@@ -77,12 +81,19 @@ def main() -> None:
         prefix = f"rb{uuid.uuid4().hex[:6]}."
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
         ensure_topics(KafkaConnection.from_settings(settings), settings)
-        env = {"KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix, "JOBSTREAM_WORKERS": "1",
-               "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9), "JOBSTREAM_REPLAY_MAX_RATE": "100000"}
+        env = {
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "JOBSTREAM_TOPIC_PREFIX": prefix,
+            "JOBSTREAM_WORKERS": "1",
+            "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+            "JOBSTREAM_REPLAY_MAX_RATE": "100000",
+        }
         finished = Terminals(bootstrap, settings)
         try:
-            with jobstream_process(["up", "--log-level", "warning"], env, free_port()) as url, \
-                    httpx.Client(base_url=url, timeout=120) as client:
+            with (
+                jobstream_process(["up", "--log-level", "warning"], env, free_port()) as url,
+                httpx.Client(base_url=url, timeout=120) as client,
+            ):
                 since = datetime.now(UTC)
                 ids: list[str] = []
                 for start in range(0, args.history, 500):
@@ -97,8 +108,9 @@ def main() -> None:
                         body = {"since": since.isoformat(), "until": until.isoformat(), "rate": replay_rate}
                         replay_id = client.post("/v1/replays", json=body).json()["replay_id"]
                     started = time.monotonic()
-                    submitted = asyncio.run(production(url, args.rate, args.seconds,
-                                                       replay_rate if extra == "traffic" else 0.0))
+                    submitted = asyncio.run(
+                        production(url, args.rate, args.seconds, replay_rate if extra == "traffic" else 0.0)
+                    )
                     emitted = 0
                     if replay_id:
                         emitted = client.get(f"/v1/replays/{replay_id}").json()["emitted"]
@@ -111,20 +123,25 @@ def main() -> None:
                     rows.append((extra, replay_rate, achieved, pct, len(submitted)))
                     if replay_id:  # let every replayed job finish (and reach ClickHouse) before the next phase
                         deadline = time.monotonic() + 600
-                        while not drained(client.get(f"/v1/replays/{replay_id}").json()) \
-                                and time.monotonic() < deadline:
+                        while (
+                            not drained(client.get(f"/v1/replays/{replay_id}").json()) and time.monotonic() < deadline
+                        ):
                             time.sleep(0.2)  # polling a bench's own stack
         finally:
             finished.close()
-    print(f"production: {args.rate:g} jobs/s of stats.describe for {args.seconds:g} s per phase; "
-          f"history {args.history} jobs")
+    print(
+        f"production: {args.rate:g} jobs/s of stats.describe for {args.seconds:g} s per phase; "
+        f"history {args.history} jobs"
+    )
     print("| extra load | extra jobs/s | production jobs | p50 ms | p99 ms | p99 vs nothing extra |")
     print("|---|---:|---:|---:|---:|---:|")
     base = rows[0][3]["p99_ms"]
     labels = {"none": "nothing extra", "replay": "a replay", "traffic": "the same rate of ordinary submits"}
     for extra, _asked, achieved, pct, n in rows:
-        print(f"| {labels[extra]} | {achieved:.0f} | {n} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | "
-              f"{pct['p99_ms'] / base:.2f}x |")
+        print(
+            f"| {labels[extra]} | {achieved:.0f} | {n} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | "
+            f"{pct['p99_ms'] / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

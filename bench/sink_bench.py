@@ -105,18 +105,25 @@ def throughput(bootstrap: str, settings: Settings, store: ClickHouseStore, event
     rows = store.query("SELECT count() FROM job_events WHERE tenant = 'throughput'")[0][0]
     if rows != events + first:
         raise RuntimeError(f"expected {events + first} rows, found {rows}")
-    return {"events": events, "seconds": elapsed, "events_per_s": events / elapsed, "fill_s": fill_s,
-            "batches": stats.batches_written - 1, "avg_batch": events / max(stats.batches_written - 1, 1)}
+    return {
+        "events": events,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "fill_s": fill_s,
+        "batches": stats.batches_written - 1,
+        "avg_batch": events / max(stats.batches_written - 1, 1),
+    }
 
 
 def lag(bootstrap: str, settings: Settings, store: ClickHouseStore, rate: int, seconds: float) -> dict[str, float]:
     sink = Sink(KafkaConnection.from_settings(settings), store, settings).start()
-    while group_lag(KafkaConnection.from_settings(settings), settings) > 0:  # the sink is assigned and caught up before we measure
+    while (
+        group_lag(KafkaConnection.from_settings(settings), settings) > 0
+    ):  # the sink is assigned and caught up before we measure
         time.sleep(0.05)
     spawn = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = spawn.Queue()
-    producer = spawn.Process(target=paced, args=(bootstrap, settings, rate, seconds,
-                                                                                 out))
+    producer = spawn.Process(target=paced, args=(bootstrap, settings, rate, seconds, out))
     probes: list[tuple[float, dict[int, int]]] = []
     producer.start()
     probe = "SELECT kafka_partition, max(kafka_offset) FROM job_events WHERE tenant = 'lag' GROUP BY kafka_partition"
@@ -137,8 +144,13 @@ def lag(bootstrap: str, settings: Settings, store: ClickHouseStore, rate: int, s
         first = np.searchsorted(visible, np.array([o for o, _ in mine]), side="left")
         lags += [max(0.0, times[i] - a) for i, (_, a) in zip(first, mine, strict=False)]
     values = np.asarray(lags) * 1000
-    return {"events": len(lags), "rate": len(lags) / seconds, "p50_ms": float(np.percentile(values, 50)),
-            "p99_ms": float(np.percentile(values, 99)), "max_ms": float(values.max())}
+    return {
+        "events": len(lags),
+        "rate": len(lags) / seconds,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
 
 
 def _all_seen(acks: list[tuple[int, int, float]], seen: dict[int, int]) -> bool:
@@ -165,12 +177,18 @@ def main() -> None:
         latency = lag(bootstrap, second, store, args.rate, args.seconds)  # first: no merge backlog from phase 1
         result = throughput(bootstrap, first, store, args.events)
         store.close()
-    print(f"sink batch max size {args.batch_size}, max wait {base.sink_batch_max_wait_ms} ms, "
-          f"{base.events_partitions} partitions, chDB")
-    print(f"throughput: {result['events']:,} events in {result['seconds']:.1f} s = {result['events_per_s']:,.0f} "
-          f"events/s ({result['batches']} batches, {result['avg_batch']:,.0f} events each)")
-    print(f"lag at {latency['rate']:,.0f} events/s for {args.seconds:.0f} s ({latency['events']:,} events): "
-          f"p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms, max {latency['max_ms']:.0f} ms")
+    print(
+        f"sink batch max size {args.batch_size}, max wait {base.sink_batch_max_wait_ms} ms, "
+        f"{base.events_partitions} partitions, chDB"
+    )
+    print(
+        f"throughput: {result['events']:,} events in {result['seconds']:.1f} s = {result['events_per_s']:,.0f} "
+        f"events/s ({result['batches']} batches, {result['avg_batch']:,.0f} events each)"
+    )
+    print(
+        f"lag at {latency['rate']:,.0f} events/s for {args.seconds:.0f} s ({latency['events']:,} events): "
+        f"p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms, max {latency['max_ms']:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

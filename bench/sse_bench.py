@@ -62,12 +62,22 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(self.tmp.name) / "gateway.log"
-        full_env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": prefix,
-                    "JOBSTREAM_DATA_DIR": self.tmp.name, "CLICKHOUSE_URL": f"chdb://{self.tmp.name}/ch",
-                    "JOBSTREAM_PORT": str(self.port), **env}
+        full_env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "JOBSTREAM_TOPIC_PREFIX": prefix,
+            "JOBSTREAM_DATA_DIR": self.tmp.name,
+            "CLICKHOUSE_URL": f"chdb://{self.tmp.name}/ch",
+            "JOBSTREAM_PORT": str(self.port),
+            **env,
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", RESPONSES[response], "serve", "--role", "gateway", "--log-level", "warning"],
-            env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+            env=full_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "wb"),
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -143,7 +153,7 @@ class SSEProtocol(asyncio.Protocol):
         if cut < 0:
             self.buffer = data
             return
-        self.buffer, data = data[cut + 2:], data[:cut + 2]
+        self.buffer, data = data[cut + 2 :], data[: cut + 2]
         n = data.count(b"\ndata: ")
         if n:
             client.events += n
@@ -151,7 +161,7 @@ class SSEProtocol(asyncio.Protocol):
                 start = 0
                 while (i := data.find(b'"t0":', start)) >= 0:
                     end = data.find(b"}", i)
-                    t0 = float(data[i + 5:end])
+                    t0 = float(data[i + 5 : end])
                     client.latencies.append(now - t0)
                     client.sent_at.append(t0)
                     start = end
@@ -170,9 +180,9 @@ async def run_client(host: str, port: int, client: Client, measure: bool) -> Non
     transport = None
     try:
         transport, protocol = await asyncio.get_running_loop().create_connection(
-            lambda: SSEProtocol(client, measure), host, port)
-        transport.write(b"GET %s HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
-                        % client.path.encode())
+            lambda: SSEProtocol(client, measure), host, port
+        )
+        transport.write(b"GET %s HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n" % client.path.encode())
         await protocol.done
     except OSError as exc:
         client.error = f"{type(exc).__name__}: {exc}"
@@ -188,7 +198,7 @@ async def open_clients(url: str, paths: list[str], measure: bool, wave: int = 50
     clients = [Client(p) for p in paths]
     tasks = []
     for i in range(0, len(clients), wave):
-        batch = clients[i:i + wave]
+        batch = clients[i : i + wave]
         tasks += [asyncio.create_task(run_client(host, int(port), c, measure)) for c in batch]
         await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in batch)), 120)
     return clients, tasks
@@ -204,17 +214,33 @@ async def close_clients(tasks: list) -> None:
 class EventSource:
     def __init__(self, bootstrap: str, settings: Settings) -> None:
         self.topic = settings.topic(topics.EVENTS)
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1,
-                                  "enable.idempotence": False, "compression.type": "lz4"})
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 1,
+                "acks": 1,
+                "enable.idempotence": False,
+                "compression.type": "lz4",
+            }
+        )
         self.seq: dict[str, int] = {}
 
     def send(self, job_id: str, type_: str = "progress") -> None:
         seq = self.seq.get(job_id, -1) + 1
         self.seq[job_id] = seq
         t0 = time.time()
-        value = orjson.dumps({"schema_version": 1, "job_id": job_id, "tenant": "default", "seq": seq,
-                              "type": type_, "kind": "bench.sse", "ts": "2026-01-01T00:00:00Z",
-                              "data": {"progress": seq / (seq + 1), "t0": t0}})  # rising: streams hide the rest
+        value = orjson.dumps(
+            {
+                "schema_version": 1,
+                "job_id": job_id,
+                "tenant": "default",
+                "seq": seq,
+                "type": type_,
+                "kind": "bench.sse",
+                "ts": "2026-01-01T00:00:00Z",
+                "data": {"progress": seq / (seq + 1), "t0": t0},
+            }
+        )  # rising: streams hide the rest
         self.producer.produce(self.topic, key=job_id.encode(), value=value, timestamp=int(t0 * 1000))
         self.producer.poll(0)
 
@@ -275,17 +301,33 @@ async def hold(gw: Gateway, source: EventSource, count: int, heartbeat_s: float)
     alive = sum(not c.closed for c in clients)
     await close_clients(tasks)
     errors = {c.error for c in clients if c.error and "Cancelled" not in c.error}
-    return {"asked": count, "opened": opened, "alive_at_end": alive, "connect_s": round(connect_s, 1),
-            "rss_before_mib": round(rss0, 1), "rss_with_streams_mib": round(rss1, 1),
-            "kib_per_stream": round((rss1 - rss0) * 1024 / max(opened, 1), 1),
-            "streams_with_heartbeats": with_beats, "idle_cpu_pct": round(idle_cpu * 100, 1),
-            "broadcast_delivered": f"{received}/{5 * opened}", "broadcast_latency": stats_ms(latencies),
-            "broadcast_p99_ms": p99_ms(latencies),
-            "errors": sorted(errors)[:3], "connect_cpu_s": round(gw.cpu_s() - cpu0, 1)}
+    return {
+        "asked": count,
+        "opened": opened,
+        "alive_at_end": alive,
+        "connect_s": round(connect_s, 1),
+        "rss_before_mib": round(rss0, 1),
+        "rss_with_streams_mib": round(rss1, 1),
+        "kib_per_stream": round((rss1 - rss0) * 1024 / max(opened, 1), 1),
+        "streams_with_heartbeats": with_beats,
+        "idle_cpu_pct": round(idle_cpu * 100, 1),
+        "broadcast_delivered": f"{received}/{5 * opened}",
+        "broadcast_latency": stats_ms(latencies),
+        "broadcast_p99_ms": p99_ms(latencies),
+        "errors": sorted(errors)[:3],
+        "connect_cpu_s": round(gw.cpu_s() - cpu0, 1),
+    }
 
 
-async def fan(gw: Gateway, source: EventSource, paths: list[str], jobs: list[str], rate: float,
-              seconds: float, profile: str | None = None) -> dict:
+async def fan(
+    gw: Gateway,
+    source: EventSource,
+    paths: list[str],
+    jobs: list[str],
+    rate: float,
+    seconds: float,
+    profile: str | None = None,
+) -> dict:
     clients, tasks = await open_clients(gw.url, paths, measure=True)
     opened = sum(c.status == 200 for c in clients)
     subscribers_per_event = opened / len(jobs) if len(jobs) > 1 else opened
@@ -295,9 +337,24 @@ async def fan(gw: Gateway, source: EventSource, paths: list[str], jobs: list[str
     cpu0, rusage0 = gw.cpu_s(), resource.getrusage(resource.RUSAGE_SELF)
     spy = None
     if profile:
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.process.pid), "--duration", str(int(seconds)),
-                                "--format", "raw", "--rate", "250", "-o", f"{profile}-{len(paths)}-{rate:g}.txt"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(gw.process.pid),
+                "--duration",
+                str(int(seconds)),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "-o",
+                f"{profile}-{len(paths)}-{rate:g}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     t0 = time.monotonic()
     sent = await asyncio.to_thread(source.paced, jobs, rate, seconds)
     expected = int(sent * subscribers_per_event)
@@ -318,16 +375,26 @@ async def fan(gw: Gateway, source: EventSource, paths: list[str], jobs: list[str
     await close_clients(tasks)
     if spy is not None:
         spy.wait(60)
-    return {"clients": opened, "events_per_s_in": rate, "deliveries_expected": expected,
-            "delivered": delivered, "deliveries_per_s": round(delivered / seconds),
-            "drain_s": round(elapsed - seconds, 2), "latency": stats_ms(latencies), "p99_ms": p99_ms(latencies),
-            "first_receipt_latency": stats_ms(list(first.values())),
-            "clients_dropped": dropped, "gateway_cpu_pct": round(gw_cpu * 100), "client_cpu_pct": round(client_cpu * 100)}
+    return {
+        "clients": opened,
+        "events_per_s_in": rate,
+        "deliveries_expected": expected,
+        "delivered": delivered,
+        "deliveries_per_s": round(delivered / seconds),
+        "drain_s": round(elapsed - seconds, 2),
+        "latency": stats_ms(latencies),
+        "p99_ms": p99_ms(latencies),
+        "first_receipt_latency": stats_ms(list(first.values())),
+        "clients_dropped": dropped,
+        "gateway_cpu_pct": round(gw_cpu * 100),
+        "client_cpu_pct": round(client_cpu * 100),
+    }
 
 
 async def main_async(args: argparse.Namespace, bootstrap: str) -> None:
-    runs = {f"{i + 1}. {response}": await run_gateway(args, bootstrap, response)
-            for i, response in enumerate(args.response)}
+    runs = {
+        f"{i + 1}. {response}": await run_gateway(args, bootstrap, response) for i, response in enumerate(args.response)
+    }
     print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
     if len(runs) > 1:
         print(side_by_side(runs))
@@ -336,11 +403,15 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> None:
 def side_by_side(runs: dict[str, dict]) -> str:
     """The figures the response choice is judged on, one column per run (a markdown table)."""
     first = next(iter(runs.values()))
-    rows = [("hold: KiB per idle stream", lambda r: r.get("hold", {}).get("kib_per_stream")),
-            ("hold: one event to all, p99 ms", lambda r: r.get("hold", {}).get("broadcast_p99_ms"))]
+    rows = [
+        ("hold: KiB per idle stream", lambda r: r.get("hold", {}).get("kib_per_stream")),
+        ("hold: one event to all, p99 ms", lambda r: r.get("hold", {}).get("broadcast_p99_ms")),
+    ]
     for phase in (k for k in first if k != "hold"):
-        rows += [(f"{phase}: deliveries/s", lambda r, p=phase: r.get(p, {}).get("deliveries_per_s")),
-                 (f"{phase}: p99 ms", lambda r, p=phase: r.get(p, {}).get("p99_ms"))]
+        rows += [
+            (f"{phase}: deliveries/s", lambda r, p=phase: r.get(p, {}).get("deliveries_per_s")),
+            (f"{phase}: p99 ms", lambda r, p=phase: r.get(p, {}).get("p99_ms")),
+        ]
     lines = ["| figure | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     lines += [f"| {name} | " + " | ".join(str(get(r)) for r in runs.values()) + " |" for name, get in rows]
     return "\n".join(lines)
@@ -352,11 +423,19 @@ async def run_gateway(args: argparse.Namespace, bootstrap: str, response: str) -
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, events_partitions=6)
     ensure_topics(KafkaConnection.from_settings(settings), settings)
     limit = str(max(args.hold, args.fan) + 100)
-    gw = Gateway(bootstrap, prefix, {
-        "JOBSTREAM_SSE_MAX_CONNECTIONS": limit, "JOBSTREAM_SSE_MAX_CONNECTIONS_PER_TENANT": limit,
-        "JOBSTREAM_SSE_HEARTBEAT_S": str(args.heartbeat_s), "JOBSTREAM_SSE_RECENT_WINDOW_S": "3600",
-        "JOBSTREAM_SSE_RECENT_MAX_EVENTS": "200000", "JOBSTREAM_SSE_QUEUE_SIZE": "1000",
-    }, response)
+    gw = Gateway(
+        bootstrap,
+        prefix,
+        {
+            "JOBSTREAM_SSE_MAX_CONNECTIONS": limit,
+            "JOBSTREAM_SSE_MAX_CONNECTIONS_PER_TENANT": limit,
+            "JOBSTREAM_SSE_HEARTBEAT_S": str(args.heartbeat_s),
+            "JOBSTREAM_SSE_RECENT_WINDOW_S": "3600",
+            "JOBSTREAM_SSE_RECENT_MAX_EVENTS": "200000",
+            "JOBSTREAM_SSE_QUEUE_SIZE": "1000",
+        },
+        response,
+    )
     print(f"--- response: {response}", flush=True)
     source = EventSource(bootstrap, settings)
     results: dict[str, object] = {}
@@ -366,8 +445,9 @@ async def run_gateway(args: argparse.Namespace, bootstrap: str, response: str) -
             print("hold:", orjson.dumps(results["hold"]).decode(), flush=True)
         for rate in args.rates:
             key = f"tenant stream, {args.fan} clients, {rate:g} events/s"
-            results[key] = await fan(gw, source, ["/v1/events"] * args.fan, ["tenant-fan"], rate, args.seconds,
-                                 args.profile)
+            results[key] = await fan(
+                gw, source, ["/v1/events"] * args.fan, ["tenant-fan"], rate, args.seconds, args.profile
+            )
             print(f"{key}:", orjson.dumps(results[key]).decode(), flush=True)
         for rate in args.job_rates:
             jobs = [f"job-{uuid.uuid4().hex[:12]}" for _ in range(args.fan)]
@@ -375,8 +455,9 @@ async def run_gateway(args: argparse.Namespace, bootstrap: str, response: str) -
                 source.send(job, "queued")
             source.producer.flush(30)
             key = f"per-job streams, {args.fan} clients on {len(jobs)} jobs, {rate:g} events/s"
-            results[key] = await fan(gw, source, [f"/v1/jobs/{j}/events" for j in jobs], jobs, rate, args.seconds,
-                                 args.profile)
+            results[key] = await fan(
+                gw, source, [f"/v1/jobs/{j}/events" for j in jobs], jobs, rate, args.seconds, args.profile
+            )
             print(f"{key}:", orjson.dumps(results[key]).decode(), flush=True)
     finally:
         gw.stop()
@@ -395,16 +476,31 @@ def main() -> None:
     parser.add_argument("--hold", type=int, default=10_000, help="streams to hold (0: skip)")
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     parser.add_argument("--fan", type=int, default=1000, help="clients in the fan-out phases")
-    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x], default=[10, 20, 50, 80],
-                        help="events/s to the tenant stream (each reaches every client)")
-    parser.add_argument("--job-rates", type=lambda s: [float(x) for x in s.split(",") if x],
-                        default=[1000, 5000], help="events/s spread over per-job streams")
+    parser.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",") if x],
+        default=[10, 20, 50, 80],
+        help="events/s to the tenant stream (each reaches every client)",
+    )
+    parser.add_argument(
+        "--job-rates",
+        type=lambda s: [float(x) for x in s.split(",") if x],
+        default=[1000, 5000],
+        help="events/s spread over per-job streams",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--response", type=responses, default=["lean"],
-                        help="gateway responses to run, in order, comma-separated: lean (the product's), "
-                        "sse-starlette (needs sse-starlette installed); repeat one to interleave runs")
-    parser.add_argument("--profile", help="sample the gateway with py-spy during each fan-out phase into this "
-                        "file prefix (needs py-spy; not a project dependency)")
+    parser.add_argument(
+        "--response",
+        type=responses,
+        default=["lean"],
+        help="gateway responses to run, in order, comma-separated: lean (the product's), "
+        "sse-starlette (needs sse-starlette installed); repeat one to interleave runs",
+    )
+    parser.add_argument(
+        "--profile",
+        help="sample the gateway with py-spy during each fan-out phase into this "
+        "file prefix (needs py-spy; not a project dependency)",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gateway inherits it

@@ -23,13 +23,20 @@ class StarletteEventStream(EventSourceResponse):
     """The lean response's contract (``on_disconnect``, ``on_close`` once on every exit, frames closed)
     on sse-starlette; its own keep-alive ping is off because the frames carry heartbeats."""
 
-    def __init__(self, frames: AsyncIterator[bytes], *, watchdog: SendWatchdog,
-                 on_disconnect: Callable[[], None], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        watchdog: SendWatchdog,
+        on_disconnect: Callable[[], None],
+        on_close: Callable[[], None],
+    ) -> None:
         async def disconnected(_message: Message) -> None:
             on_disconnect()
 
-        super().__init__(frames, headers=HEADERS, ping=0, send_timeout=watchdog.timeout_s,
-                         client_close_handler_callable=disconnected)
+        super().__init__(
+            frames, headers=HEADERS, ping=0, send_timeout=watchdog.timeout_s, client_close_handler_callable=disconnected
+        )
         self._frames = frames
         self._on_close = on_close
 

@@ -113,10 +113,12 @@ def var(batch: Sequence[VarParams], progress: Progress) -> list[dict[str, float]
     for index, params in enumerate(batch):
         returns = simulate(params, partial(_report, progress, index, params.paths))
         cutoff = np.quantile(returns, 1 - params.confidence)
-        results.append({
-            "var": float(-cutoff),
-            "cvar": float(-returns[returns <= cutoff].mean()),
-            "mean_return": float(returns.mean()),
-            "paths": params.paths,
-        })
+        results.append(
+            {
+                "var": float(-cutoff),
+                "cvar": float(-returns[returns <= cutoff].mean()),
+                "mean_return": float(returns.mean()),
+                "paths": params.paths,
+            }
+        )
     return results

@@ -87,8 +87,9 @@ def _version_order(version: str) -> tuple[int, Any]:
         return (0, version)
 
 
-def calculation(kind: str, *, version: str, params: type[BaseModel],
-                batch_key: BatchKey | None = None) -> Callable[[BatchFn], BatchFn]:
+def calculation(
+    kind: str, *, version: str, params: type[BaseModel], batch_key: BatchKey | None = None
+) -> Callable[[BatchFn], BatchFn]:
     """Register ``fn`` as calculation ``kind`` at ``version`` taking ``params`` per job.
 
     ``batch_key(raw_params)`` (optional, must be cheap and never raise) splits a kind

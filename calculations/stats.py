@@ -85,4 +85,4 @@ def describe(batch: Sequence[DescribeParams], progress: Progress) -> list[dict[s
         stacked = np.stack([sample for _, sample in members])
         for (index, _), row in zip(members, describe_rows(stacked), strict=False):
             results[index] = row
-    return results  # type: ignore[return-value]
+    return results  # type: ignore[return-value]  # every slot is filled by the loop above

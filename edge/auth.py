@@ -81,8 +81,12 @@ def tenant_of(request: Request) -> str:
     presented = bearer(request)
     tenant = keyring.tenant_for(presented) if presented else None
     if tenant is None:
-        raise Problem(401, "Unauthorized", "send 'Authorization: Bearer <api key>'",
-                      headers={"WWW-Authenticate": 'Bearer realm="jobstream"'})
+        raise Problem(
+            401,
+            "Unauthorized",
+            "send 'Authorization: Bearer <api key>'",
+            headers={"WWW-Authenticate": 'Bearer realm="jobstream"'},
+        )
     return tenant
 
 

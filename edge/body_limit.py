@@ -64,14 +64,19 @@ class BodyLimit:
                 await self._timed_out(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
-        response = problems.problem_response(413, "Body too large", f"the limit is {self.max_bytes} bytes",
-                                             limit_bytes=self.max_bytes)
+        response = problems.problem_response(
+            413, "Body too large", f"the limit is {self.max_bytes} bytes", limit_bytes=self.max_bytes
+        )
         await response(scope, receive, send)
 
     async def _timed_out(self, scope, receive, send):
         response = problems.problem_response(
-            408, "Request timeout", f"the request body did not arrive within {self.timeout_s:g}s",
-            headers={"Connection": "close"}, timeout_s=self.timeout_s)
+            408,
+            "Request timeout",
+            f"the request body did not arrive within {self.timeout_s:g}s",
+            headers={"Connection": "close"},
+            timeout_s=self.timeout_s,
+        )
         await response(scope, receive, send)
 
 

@@ -25,14 +25,21 @@ class ProblemDetails(BaseModel):
     status: int
     detail: str | None = None
     errors: list[dict[str, str]] | None = Field(
-        default=None, description="One entry per offending field (the first JOBSTREAM_MAX_LISTED_ERRORS).")
+        default=None, description="One entry per offending field (the first JOBSTREAM_MAX_LISTED_ERRORS)."
+    )
     error_count: int | None = Field(default=None, description="How many errors there are in all.")
 
 
 _DESCRIPTIONS = {
-    400: "Malformed request (e.g. invalid JSON)", 401: "Missing or unknown API key",
-    404: "No such job (or another tenant's)", 409: "Conflict with the job's state",
-    408: "The request body did not arrive in time", 413: "Body too large", 415: "Body is not JSON", 422: "Invalid request", 429: "Too many queued jobs or streams",
+    400: "Malformed request (e.g. invalid JSON)",
+    401: "Missing or unknown API key",
+    404: "No such job (or another tenant's)",
+    409: "Conflict with the job's state",
+    408: "The request body did not arrive in time",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Invalid request",
+    429: "Too many queued jobs or streams",
     503: "Not ready, too busy, or Kafka did not acknowledge in time (see 'outcome'); retry later",
 }
 
@@ -41,8 +48,10 @@ def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, di
     """OpenAPI ``responses`` entries documenting problem+json bodies for ``statuses``."""
     schema = {"schema": ProblemDetails.model_json_schema()}
     return {
-        status: {"description": descriptions.get(f"s{status}", _DESCRIPTIONS.get(status, "Error")),
-                 "content": {PROBLEM_JSON: schema}}
+        status: {
+            "description": descriptions.get(f"s{status}", _DESCRIPTIONS.get(status, "Error")),
+            "content": {PROBLEM_JSON: schema},
+        }
         for status in statuses
     }
 
@@ -50,8 +59,9 @@ def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, di
 class Problem(Exception):
     """Raise to answer with a problem+json body."""
 
-    def __init__(self, status: int, title: str, detail: str = "", *, headers: dict[str, str] | None = None,
-                 **extensions: Any) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str = "", *, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
@@ -60,10 +70,16 @@ class Problem(Exception):
         self.extensions = extensions
 
 
-def problem_response(status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
-                     **extensions: Any) -> Response:
-    body = {"type": "about:blank", "title": title, "status": status, **({"detail": detail} if detail else {}),
-            **extensions}
+def problem_response(
+    status: int, title: str, detail: str = "", headers: dict[str, str] | None = None, **extensions: Any
+) -> Response:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        **({"detail": detail} if detail else {}),
+        **extensions,
+    }
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -72,8 +88,9 @@ MAX_LISTED_ERRORS = 20  # JOBSTREAM_MAX_LISTED_ERRORS' default
 _MAX_EXPANDED_ERRORS = 1000
 
 
-def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = (),
-                 limit: int | None = None) -> list[dict[str, str]]:
+def field_errors(
+    errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = (), limit: int | None = None
+) -> list[dict[str, str]]:
     """pydantic errors → ``[{"field": "params.values.3", "reason": "..."}]`` (the first ``limit``)."""
     out = []
     for error in errors[:limit]:
@@ -82,15 +99,15 @@ def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = 
     return out
 
 
-def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = (),
-                      limit: int = MAX_LISTED_ERRORS) -> tuple[list[dict[str, str]], int]:
+def validation_errors(
+    exc: ValidationError, prefix: tuple[str, ...] = (), limit: int = MAX_LISTED_ERRORS
+) -> tuple[list[dict[str, str]], int]:
     """The first ``limit`` field errors of ``exc`` and how many there are in all, in bounded time."""
     total = exc.error_count()
     if total > _MAX_EXPANDED_ERRORS:
         field = ".".join(prefix) or "(body)"
         return [{"field": field, "reason": f"{total} invalid values (too many to list)"}], total
-    return field_errors(exc.errors(include_url=False, include_context=False, include_input=False), prefix,
-                        limit), total
+    return field_errors(exc.errors(include_url=False, include_context=False, include_input=False), prefix, limit), total
 
 
 def install(app: FastAPI) -> None:
@@ -106,8 +123,9 @@ def install(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem_response(400, "Malformed JSON", "the request body is not valid JSON")
         limit = getattr(request.app.state.settings, "max_listed_errors", MAX_LISTED_ERRORS)
-        return problem_response(422, "Invalid request", "see 'errors'", errors=field_errors(errors, limit=limit),
-                                error_count=len(errors))
+        return problem_response(
+            422, "Invalid request", "see 'errors'", errors=field_errors(errors, limit=limit), error_count=len(errors)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

@@ -26,8 +26,12 @@ class LagMonitor(KafkaReader):
 
     def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
         # Reading the processors' committed offsets needs their group id, but never joins the group.
-        super().__init__(kafka, settings.topic(topics.REQUESTED),
-                         group_id=settings.topic(topics.PROCESSORS_GROUP), name="lag-monitor")
+        super().__init__(
+            kafka,
+            settings.topic(topics.REQUESTED),
+            group_id=settings.topic(topics.PROCESSORS_GROUP),
+            name="lag-monitor",
+        )
         self._settings = settings
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed

@@ -80,8 +80,9 @@ class IdempotencyKeys(TopicMirror):
             self._entries[record_key] = entry
             self._entries.move_to_end(record_key)
             horizon = time.time() - self._ttl_s
-            while self._entries and (len(self._entries) > self._max
-                                     or next(iter(self._entries.values())).created_at < horizon):
+            while self._entries and (
+                len(self._entries) > self._max or next(iter(self._entries.values())).created_at < horizon
+            ):
                 self._entries.popitem(last=False)
 
     def lookup(self, tenant: str, key: str) -> KeyEntry | None:
@@ -104,8 +105,9 @@ class IdempotencyKeys(TopicMirror):
         """The earlier attempt with this key whose outcome was unknown when it was answered, if any."""
         return self._pending.get(_record_key(tenant, key))
 
-    def track(self, tenant: str, key: str, entry: KeyEntry, outgoing: list[Outgoing],
-              outcome: asyncio.Future[Outcome]) -> None:
+    def track(
+        self, tenant: str, key: str, entry: KeyEntry, outgoing: list[Outgoing], outcome: asyncio.Future[Outcome]
+    ) -> None:
         """Hold the key as pending until ``outcome`` says every record landed (then it is remembered);
         if some failed, it stays pending so that a retry re-sends exactly those."""
         record_key = _record_key(tenant, key)
@@ -114,8 +116,10 @@ class IdempotencyKeys(TopicMirror):
 
         def landed(done: asyncio.Future[Outcome]) -> None:
             if done.cancelled() or not done.result().ok:
-                logger.warning("a timed-out submit failed for good; a retry with its key re-sends it",
-                               extra={"job_id": entry.job_id, "tenant": tenant})
+                logger.warning(
+                    "a timed-out submit failed for good; a retry with its key re-sends it",
+                    extra={"job_id": entry.job_id, "tenant": tenant},
+                )
                 return
             self._put(record_key, entry)
             if self._pending.get(record_key) is pending:

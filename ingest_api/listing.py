@@ -40,9 +40,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return submitted, job_id
 
 
-def list_jobs(store: ClickHouseStore, tenant: str, *, status: JobStatus | None, kind: str | None,
-              since: datetime | None, until: datetime | None, limit: int,
-              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def list_jobs(
+    store: ClickHouseStore,
+    tenant: str,
+    *,
+    status: JobStatus | None,
+    kind: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
     """One page of jobs and the cursor of the next page (None when this was the last)."""
     where = ["tenant = {tenant:String}"]
     params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1}
@@ -70,8 +78,13 @@ def list_jobs(store: ClickHouseStore, tenant: str, *, status: JobStatus | None, 
         params,
     )
     page = [
-        {"job_id": job_id, "kind": kind, "status": status_, "submitted_at": _utc(submitted),
-         "updated_at": _utc(updated)}
+        {
+            "job_id": job_id,
+            "kind": kind,
+            "status": status_,
+            "submitted_at": _utc(submitted),
+            "updated_at": _utc(updated),
+        }
         for job_id, kind, submitted, updated, status_ in rows[:limit]
     ]
     next_cursor = encode_cursor(page[-1]["submitted_at"], page[-1]["job_id"]) if len(rows) > limit else None

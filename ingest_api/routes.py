@@ -92,17 +92,24 @@ def _links_from(settings: Settings, job_id: str) -> dict[str, str]:
 async def _require_json(request: Request) -> None:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise Problem(415, "Unsupported media type", "send the body as application/json",
-                      headers={"Accept-Post": "application/json"})
+        raise Problem(
+            415,
+            "Unsupported media type",
+            "send the body as application/json",
+            headers={"Accept-Post": "application/json"},
+        )
 
 
 def _idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters (no spaces), else 400."""
     key = request.headers.get("idempotency-key")
     if key is not None and not _KEY_PATTERN.fullmatch(key):
-        raise Problem(400, "Invalid Idempotency-Key",
-                      f"an Idempotency-Key is 1 to {_MAX_KEY_LENGTH} visible ASCII characters (no spaces)",
-                      errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}])
+        raise Problem(
+            400,
+            "Invalid Idempotency-Key",
+            f"an Idempotency-Key is 1 to {_MAX_KEY_LENGTH} visible ASCII characters (no spaces)",
+            errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}],
+        )
     return key
 
 
@@ -111,15 +118,21 @@ def _admit(request: Request) -> None:
     lag: LagMonitor | None = getattr(request.app.state, "lag", None)
     if lag is not None and lag.overloaded:
         retry = lag.retry_after_s()
-        raise Problem(429, "Too many queued jobs", f"{lag.lag} jobs are waiting; retry in about {retry}s",
-                      headers={"Retry-After": str(retry)}, queued_jobs=lag.lag)
+        raise Problem(
+            429,
+            "Too many queued jobs",
+            f"{lag.lag} jobs are waiting; retry in about {retry}s",
+            headers={"Retry-After": str(retry)},
+            queued_jobs=lag.lag,
+        )
 
 
 def _retry_after(request: Request) -> str:
     lag: LagMonitor | None = getattr(request.app.state, "lag", None)
     settings: Settings = request.app.state.settings
-    return str(lag.retry_after_s(lag.lag + 1) if lag is not None
-               else min(settings.retry_after_s, settings.retry_after_max_s))
+    return str(
+        lag.retry_after_s(lag.lag + 1) if lag is not None else min(settings.retry_after_s, settings.retry_after_max_s)
+    )
 
 
 def _outage_retry_after(settings: Settings) -> str:
@@ -134,20 +147,36 @@ def _unavailable(request: Request, exc: ProduceError, job_ids: list[str], keyed:
     headers = {"Retry-After": _outage_retry_after(settings)}
     if exc.outcome is None:
         logger.warning("Kafka refused the records: %s", exc)
-        return Problem(503, "Kafka unavailable", "the job was not accepted (nothing was written); retry later",
-                       headers=headers, outcome="not_accepted")
+        return Problem(
+            503,
+            "Kafka unavailable",
+            "the job was not accepted (nothing was written); retry later",
+            headers=headers,
+            outcome="not_accepted",
+        )
     logger.warning("Kafka did not acknowledge: %s", exc, extra={"job_ids": job_ids[:10]})
     if keyed:
-        advice = ("Retry with the same Idempotency-Key: it answers with this job and never makes a second one.")
+        advice = "Retry with the same Idempotency-Key: it answers with this job and never makes a second one."
     else:
-        advice = (f"Poll links.self: it shows the job once it landed; a 404 after JOBSTREAM_DELIVERY_TIMEOUT_S "
-                  f"({settings.delivery_timeout_s:g}s) means it never will. A retry without an Idempotency-Key "
-                  f"may make a second job.")
-    detail = (f"Kafka did not acknowledge within {settings.produce_timeout_s:g}s: the outcome is unknown; the job "
-              f"may still be accepted and run. {advice}")
+        advice = (
+            f"Poll links.self: it shows the job once it landed; a 404 after JOBSTREAM_DELIVERY_TIMEOUT_S "
+            f"({settings.delivery_timeout_s:g}s) means it never will. A retry without an Idempotency-Key "
+            f"may make a second job."
+        )
+    detail = (
+        f"Kafka did not acknowledge within {settings.produce_timeout_s:g}s: the outcome is unknown; the job "
+        f"may still be accepted and run. {advice}"
+    )
     if len(job_ids) == 1:
-        return Problem(503, "Outcome unknown", detail, headers=headers, outcome="unknown", job_id=job_ids[0],
-                       links=_links(request, job_ids[0]))
+        return Problem(
+            503,
+            "Outcome unknown",
+            detail,
+            headers=headers,
+            outcome="unknown",
+            job_id=job_ids[0],
+            links=_links(request, job_ids[0]),
+        )
     return Problem(503, "Outcome unknown", detail, headers=headers, outcome="unknown", job_ids=job_ids)
 
 
@@ -157,9 +186,13 @@ def _submit_slot(request: Request) -> Iterator[None]:
     submits: SubmitSlots = request.app.state.submits
     if not submits.acquire():
         settings: Settings = request.app.state.settings
-        raise Problem(503, "Too many submits in flight",
-                      f"{submits.in_flight} submits are waiting for Kafka; the job was not accepted, retry later",
-                      headers={"Retry-After": _outage_retry_after(settings)}, outcome="not_accepted")
+        raise Problem(
+            503,
+            "Too many submits in flight",
+            f"{submits.in_flight} submits are waiting for Kafka; the job was not accepted, retry later",
+            headers={"Retry-After": _outage_retry_after(settings)},
+            outcome="not_accepted",
+        )
     try:
         yield
     finally:
@@ -179,8 +212,12 @@ def _accepted(request: Request, job_id: str, status_code: int = 202) -> Response
     """The ``Accepted`` body, serialised directly (it is built from our own fields, nothing to validate)."""
     links = _links(request, job_id)
     body = orjson.dumps({"job_id": job_id, "status": _QUEUED, "links": links})
-    return Response(body, status_code=status_code, media_type="application/json",
-                    headers={"Location": links["self"], "Retry-After": _retry_after(request)})
+    return Response(
+        body,
+        status_code=status_code,
+        media_type="application/json",
+        headers={"Location": links["self"], "Retry-After": _retry_after(request)},
+    )
 
 
 def _json_body(model: type[_Body], raw: bytes, max_errors: int = MAX_LISTED_ERRORS) -> _Body:
@@ -225,17 +262,34 @@ def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_
 # POST /v1/jobs reads its body and header itself (see ``submit``), so the OpenAPI document gets them here.
 _SUBMIT_OPENAPI = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": JobSubmission.model_json_schema()}}},
-    "parameters": [{"in": "header", "name": "idempotency-key", "required": False, "schema": {
-        "anyOf": [{"type": "string", "minLength": 1, "maxLength": _MAX_KEY_LENGTH, "pattern": _KEY_PATTERN.pattern},
-                  {"type": "null"}], "title": "Idempotency-Key"}}],
+    "parameters": [
+        {
+            "in": "header",
+            "name": "idempotency-key",
+            "required": False,
+            "schema": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": _MAX_KEY_LENGTH, "pattern": _KEY_PATTERN.pattern},
+                    {"type": "null"},
+                ],
+                "title": "Idempotency-Key",
+            },
+        }
+    ],
 }
 
 
-@router.post("/v1/jobs", status_code=202, response_model=None, openapi_extra=_SUBMIT_OPENAPI, responses={
-    202: {"model": Accepted, "description": "Accepted: Kafka acknowledged the job; poll Location"},
-    200: {"model": Accepted, "description": "Same Idempotency-Key and body as an earlier request: that job"},
-    **problem_responses(409, 429, 503, s409="Idempotency-Key reused with another body"),
-})
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=None,
+    openapi_extra=_SUBMIT_OPENAPI,
+    responses={
+        202: {"model": Accepted, "description": "Accepted: Kafka acknowledged the job; poll Location"},
+        200: {"model": Accepted, "description": "Same Idempotency-Key and body as an earlier request: that job"},
+        **problem_responses(409, 429, 503, s409="Idempotency-Key reused with another body"),
+    },
+)
 async def submit(request: Request) -> Response:
     """Accept a job: 202 once Kafka acknowledged it. With Idempotency-Key, a retry returns the same job."""
     # The API's hot path: body, header and tenant are read here rather than by FastAPI's parameter
@@ -247,8 +301,9 @@ async def submit(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     raw = await request.body()
     job_id = idempotent_job_id(tenant, idempotency_key) if idempotency_key is not None else None
-    parsed = await _off_loop(settings, len(raw), _parse_submit, raw, tenant, job_id, idempotency_key is not None,
-                             settings.max_listed_errors)
+    parsed = await _off_loop(
+        settings, len(raw), _parse_submit, raw, tenant, job_id, idempotency_key is not None, settings.max_listed_errors
+    )
     with _submit_slot(request):
         if idempotency_key is None:
             return await _submit_once(parsed, request, tenant, None)
@@ -259,8 +314,12 @@ async def submit(request: Request) -> Response:
 
 def _same_body(fingerprint: str, parsed: _Parsed) -> None:
     if fingerprint != parsed.fingerprint and not (fingerprint and parsed.body.matches(fingerprint)):
-        raise Problem(409, "Idempotency-Key reused", "this key was used with a different request body",
-                      errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}])
+        raise Problem(
+            409,
+            "Idempotency-Key reused",
+            "this key was used with a different request body",
+            errors=[{"field": "Idempotency-Key", "reason": "reused with a different body"}],
+        )
 
 
 async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None) -> Response:
@@ -306,8 +365,9 @@ async def _settle_pending(request: Request, tenant: str, key: str, pending: Pend
     try:
         outcome = await asyncio.wait_for(asyncio.shield(pending.outcome), settings.produce_timeout_s)
     except TimeoutError:
-        raise _unavailable(request, ProduceError("still no acknowledgement", pending.outcome), [job_id],
-                           keyed=True) from None
+        raise _unavailable(
+            request, ProduceError("still no acknowledgement", pending.outcome), [job_id], keyed=True
+        ) from None
     if not outcome.ok:  # some records surely failed (delivery timeout): send exactly those again
         resend = [o for o, d in zip(pending.outgoing, outcome.delivered, strict=False) if d is None]
         try:
@@ -345,8 +405,12 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Pr
     """Body → the valid jobs' records and one item per submission; raises Problem. Pure and CPU-bound."""
     body = _json_body(BatchSubmission, raw, settings.max_listed_errors)
     if len(body.jobs) > settings.batch_max_jobs:
-        raise Problem(422, "Too many jobs", f"at most {settings.batch_max_jobs} jobs per batch",
-                      errors=[{"field": "jobs", "reason": f"more than {settings.batch_max_jobs} items"}])
+        raise Problem(
+            422,
+            "Too many jobs",
+            f"at most {settings.batch_max_jobs} jobs per batch",
+            errors=[{"field": "jobs", "reason": f"more than {settings.batch_max_jobs} items"}],
+        )
     items: list[dict[str, Any]] = []  # BatchItem's fields, every one present (null when unset)
     ready = []
     for index, item in enumerate(body.jobs):
@@ -354,8 +418,9 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Pr
             job = prepare(JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors)
         except ValidationError as exc:
             errors, count = validation_errors(exc, ("jobs", str(index)), settings.max_listed_errors)
-            items.append(_batch_item(index, error=_item_problem("Invalid job", "see 'errors'", errors,
-                                                                error_count=count)))
+            items.append(
+                _batch_item(index, error=_item_problem("Invalid job", "see 'errors'", errors, error_count=count))
+            )
             continue
         except InvalidSubmission as exc:
             errors = [{**e, "field": f"jobs.{index}.{e['field']}"} for e in exc.errors]
@@ -366,17 +431,27 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Pr
     return ready, items
 
 
-_BATCH_OPENAPI = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": BatchSubmission.model_json_schema()}}}}
+_BATCH_OPENAPI = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BatchSubmission.model_json_schema()}}}
+}
 
 
-@router.post("/v1/jobs:batch", status_code=202, response_model=None, dependencies=[Depends(_require_json)],
-             openapi_extra=_BATCH_OPENAPI, responses={
-    202: {"model": BatchAccepted, "description": "At least one job accepted"},
-    422: {"model": BatchAccepted, "description": "No job valid (each item says why)", "content": {
-        PROBLEM_JSON: {"schema": ProblemDetails.model_json_schema()}}},
-    **problem_responses(429, 503),
-})
+@router.post(
+    "/v1/jobs:batch",
+    status_code=202,
+    response_model=None,
+    dependencies=[Depends(_require_json)],
+    openapi_extra=_BATCH_OPENAPI,
+    responses={
+        202: {"model": BatchAccepted, "description": "At least one job accepted"},
+        422: {
+            "model": BatchAccepted,
+            "description": "No job valid (each item says why)",
+            "content": {PROBLEM_JSON: {"schema": ProblemDetails.model_json_schema()}},
+        },
+        **problem_responses(429, 503),
+    },
+)
 async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) -> Response:
     """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
     settings: Settings = request.app.state.settings
@@ -402,8 +477,9 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
     return Response(body_bytes, status_code=202 if ready else 422, media_type="application/json", headers=headers)
 
 
-def _batch_item(index: int, job_id: str | None = None, links: dict[str, str] | None = None,
-                error: dict[str, Any] | None = None) -> dict[str, Any]:
+def _batch_item(
+    index: int, job_id: str | None = None, links: dict[str, str] | None = None, error: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"index": index, "job_id": job_id, "status": _QUEUED if job_id else None, "links": links, "error": error}
 
 
@@ -422,28 +498,55 @@ class JobPage(BaseModel):
 
 
 @router.get("/v1/jobs", response_model=JobPage)
-async def list_jobs(request: Request, tenant: str = Depends(current_tenant),
-                    status: JobStatus | None = None, kind: str | None = None,
-                    since: datetime | None = None, until: datetime | None = None,
-                    limit: int = Query(default=50, ge=1), cursor: str | None = None) -> JobPage:
+async def list_jobs(
+    request: Request,
+    tenant: str = Depends(current_tenant),
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = Query(default=50, ge=1),
+    cursor: str | None = None,
+) -> JobPage:
     """The caller's jobs, newest first; filter by status, kind and submission time."""
     settings: Settings = request.app.state.settings
     for name, value in (("since", since), ("until", until)):
         if value is not None and not 1970 <= value.year <= 2200:
-            raise Problem(422, "Invalid request", f"{name} must be between 1970 and 2200",
-                          errors=[{"field": name, "reason": "out of range (1970..2200)"}])
+            raise Problem(
+                422,
+                "Invalid request",
+                f"{name} must be between 1970 and 2200",
+                errors=[{"field": name, "reason": "out of range (1970..2200)"}],
+            )
     if limit > settings.list_max_limit:
-        raise Problem(422, "Invalid request", f"limit is at most {settings.list_max_limit}",
-                      errors=[{"field": "limit", "reason": f"at most {settings.list_max_limit}"}])
+        raise Problem(
+            422,
+            "Invalid request",
+            f"limit is at most {settings.list_max_limit}",
+            errors=[{"field": "limit", "reason": f"at most {settings.list_max_limit}"}],
+        )
     try:
         rows, next_cursor = await asyncio.to_thread(
-            listing.list_jobs, request.app.state.store, tenant, status=status, kind=kind, since=since,
-            until=until, limit=limit, cursor=cursor)
+            listing.list_jobs,
+            request.app.state.store,
+            tenant,
+            status=status,
+            kind=kind,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
     except listing.BadCursor:
-        raise Problem(400, "Bad cursor", "use the next_cursor of a previous page",
-                      errors=[{"field": "cursor", "reason": "not a cursor of this API"}]) from None
-    return JobPage(jobs=[JobSummary(**row, links=links_for(request, row["job_id"])) for row in rows],
-                   next_cursor=next_cursor)
+        raise Problem(
+            400,
+            "Bad cursor",
+            "use the next_cursor of a previous page",
+            errors=[{"field": "cursor", "reason": "not a cursor of this API"}],
+        ) from None
+    return JobPage(
+        jobs=[JobSummary(**row, links=links_for(request, row["job_id"])) for row in rows], next_cursor=next_cursor
+    )
 
 
 async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
@@ -462,11 +565,14 @@ async def status(job_id: str, request: Request, response: Response, tenant: str 
     return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links_for(request, job_id))
 
 
-@router.get("/v1/jobs/{job_id}/result", responses={
-    200: {"description": "The result", "content": {"application/json": {"schema": {"type": "object"}}}},
-    202: {"description": "Not finished yet: poll Location after Retry-After"},
-    **problem_responses(404, 409, s409="The job failed or was cancelled"),
-})
+@router.get(
+    "/v1/jobs/{job_id}/result",
+    responses={
+        200: {"description": "The result", "content": {"application/json": {"schema": {"type": "object"}}}},
+        202: {"description": "Not finished yet: poll Location after Retry-After"},
+        **problem_responses(404, 409, s409="The job failed or was cancelled"),
+    },
+)
 async def result(job_id: str, request: Request, tenant: str = Depends(current_tenant)) -> Any:
     view = await load_view(request, tenant, job_id)
     if view.status is JobStatus.SUCCEEDED:
@@ -477,41 +583,60 @@ async def result(job_id: str, request: Request, tenant: str = Depends(current_te
     return Response(status_code=202, headers={"Location": links.self, "Retry-After": _retry_after(request)})
 
 
-@router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut,
-                responses=problem_responses(404, 409, 503, s409="The job already finished"))
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 503, s409="The job already finished"),
+)
 async def cancel(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> JobOut:
     """Ask the processors to cancel the job: a queued job never starts, a running one stops at its next
     progress point. The job ends ``cancelled`` (watch its events or poll its status)."""
     view = await load_view(request, tenant, job_id)
     if view.status.terminal:
-        raise Problem(409, f"Job already {view.status.value}", "a finished job cannot be cancelled",
-                      status_now=view.status.value)
+        raise Problem(
+            409, f"Job already {view.status.value}", "a finished job cannot be cancelled", status_now=view.status.value
+        )
     try:
         await request.app.state.producer.send_many([cancel_record(request.app.state.settings, job_id, tenant)])
     except ProduceError as exc:
         logger.warning("Kafka did not acknowledge a cancel: %s", exc, extra={"job_id": job_id})
         unknown = exc.outcome is not None
-        raise Problem(503, "Outcome unknown" if unknown else "Kafka unavailable",
-                      "the cancel may still be recorded; cancelling again is safe" if unknown
-                      else "the cancel was not recorded; retry later",
-                      headers={"Retry-After": _outage_retry_after(request.app.state.settings)},
-                      outcome="unknown" if unknown else "not_accepted") from None
+        raise Problem(
+            503,
+            "Outcome unknown" if unknown else "Kafka unavailable",
+            "the cancel may still be recorded; cancelling again is safe"
+            if unknown
+            else "the cancel was not recorded; retry later",
+            headers={"Retry-After": _outage_retry_after(request.app.state.settings)},
+            outcome="unknown" if unknown else "not_accepted",
+        ) from None
     links = links_for(request, job_id)
     response.headers["Location"] = links.self
     response.headers["Retry-After"] = _retry_after(request)
     return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links)
 
 
-router.add_api_route("/v1/jobs/{job_id}:cancel", cancel, methods=["POST"], status_code=202, response_model=JobOut,
-                     responses=problem_responses(404, 409, 503, s409="The job already finished"),
-                     summary="Cancel (for clients that cannot send DELETE)")
+router.add_api_route(
+    "/v1/jobs/{job_id}:cancel",
+    cancel,
+    methods=["POST"],
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 503, s409="The job already finished"),
+    summary="Cancel (for clients that cannot send DELETE)",
+)
 
 
 @router.get("/v1/kinds")
 async def kinds() -> list[dict[str, Any]]:
     return [
-        {"kind": c.kind, "version": c.version, "versions": registry.versions(c.kind), "description": c.description,
-         "params": c.params.model_json_schema()}
+        {
+            "kind": c.kind,
+            "version": c.version,
+            "versions": registry.versions(c.kind),
+            "description": c.description,
+            "params": c.params.model_json_schema(),
+        }
         for c in registry.kinds()
     ]
-

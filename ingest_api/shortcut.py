@@ -20,7 +20,12 @@ class SubmitShortcut:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/jobs" or scope["method"] != "POST" or scope.get("root_path"):
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/v1/jobs"
+            or scope["method"] != "POST"
+            or scope.get("root_path")
+        ):
             return await self.app(scope, receive, send)
         try:
             response = await submit(Request(scope, receive))

@@ -35,8 +35,9 @@ class JobSubmission(BaseModel):
     params: dict[str, Any] = Field(description="The calculation's parameters.")
     # strict: a JSON number only (true, "1" and 1.5 are not a priority; an integer is a fine timeout_s)
     priority: int = Field(default=0, ge=0, le=9, strict=True, description="Higher runs first (0..9).")
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400, strict=True,
-                                    description="Give up after this long running.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=86_400, strict=True, description="Give up after this long running."
+    )
 
     def fingerprint(self) -> str:
         """A hash of the submission's content (key order and defaults do not matter), to tell a
@@ -75,17 +76,21 @@ def idempotent_job_id(tenant: str, key: str) -> str:
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x00{key}").hex
 
 
-def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None,
-            max_errors: int = MAX_LISTED_ERRORS) -> Prepared:
+def prepare(
+    submission: JobSubmission, tenant: str, job_id: str | None = None, max_errors: int = MAX_LISTED_ERRORS
+) -> Prepared:
     """Validate params against the calculation and build the request + its queued event
     (an invalid one lists its first ``max_errors`` errors and counts them all)."""
     kind, params = submission.kind, submission.params
     try:
         calc = registry.get(kind)
     except registry.UnknownKind:
-        raise InvalidSubmission("Unknown kind", f"no calculation named {kind!r}",
-                                [{"field": "kind", "reason": "unknown kind"}],
-                                known_kinds=[c.kind for c in registry.kinds()]) from None
+        raise InvalidSubmission(
+            "Unknown kind",
+            f"no calculation named {kind!r}",
+            [{"field": "kind", "reason": "unknown kind"}],
+            known_kinds=[c.kind for c in registry.kinds()],
+        ) from None
     try:
         calc.validate(params)
     except ValidationError as exc:
@@ -97,8 +102,9 @@ def prepare(submission: JobSubmission, tenant: str, job_id: str | None = None,
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
 
 
-async def publish(producer: AsyncProducer, settings: Settings, jobs: list[Prepared],
-                  extra: list[Outgoing] | None = None) -> None:
+async def publish(
+    producer: AsyncProducer, settings: Settings, jobs: list[Prepared], extra: list[Outgoing] | None = None
+) -> None:
     """Produce every job's records (and ``extra``) in one go; returns once Kafka acked all."""
     outgoing = [record for job in jobs for record in records(job, settings)]
     await producer.send_many(outgoing + (extra or []))

@@ -18,7 +18,9 @@ import typer
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="jobstream: heavy calculations behind HTTP, on Kafka.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="jobstream: heavy calculations behind HTTP, on Kafka."
+)
 logger = logging.getLogger("jobstream")
 
 
@@ -28,7 +30,9 @@ def _settings(**overrides: Any) -> Settings:
 
 def _logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -63,7 +67,10 @@ def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> 
     from jobstream.server import create_app
 
     uvicorn.run(
-        create_app(settings, roles, kafka=connection), host=settings.host, port=settings.port, log_level="warning",
+        create_app(settings, roles, kafka=connection),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
         timeout_graceful_shutdown=5,
     )
 
@@ -75,8 +82,10 @@ def _start_worker(settings: Settings, connection: KafkaConnection, index: int) -
     from streams.lifeline import die_with_parent
 
     return subprocess.Popen(
-        worker_command(index, parent_pid=os.getpid()), env=worker_env(settings, connection),
-        start_new_session=True, preexec_fn=die_with_parent,
+        worker_command(index, parent_pid=os.getpid()),
+        env=worker_env(settings, connection),
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -173,27 +182,39 @@ def serve(
 def worker(
     index: int = typer.Option(0, help="Worker number (keeps each worker's local state apart)."),
     batch_max_size: int | None = typer.Option(
-        None, help="Most jobs in one batch; 1 turns batching off (env JOBSTREAM_BATCH_MAX_SIZE)."),
+        None, help="Most jobs in one batch; 1 turns batching off (env JOBSTREAM_BATCH_MAX_SIZE)."
+    ),
     batch_max_wait_ms: int | None = typer.Option(
-        None, help="Longest wait to fill a batch (env JOBSTREAM_BATCH_MAX_WAIT_MS)."),
+        None, help="Longest wait to fill a batch (env JOBSTREAM_BATCH_MAX_WAIT_MS)."
+    ),
     latency_target_ms: int | None = typer.Option(
-        None, help="Latency batches aim for (env JOBSTREAM_LATENCY_TARGET_MS)."),
+        None, help="Latency batches aim for (env JOBSTREAM_LATENCY_TARGET_MS)."
+    ),
     concurrency: int | None = typer.Option(
-        None, help="Calculation processes = batches run at once; 0: one per core (env JOBSTREAM_CALC_PROCESSES)."),
+        None, help="Calculation processes = batches run at once; 0: one per core (env JOBSTREAM_CALC_PROCESSES)."
+    ),
     parent_pid: int | None = typer.Option(
-        None, help="Exit when this process dies (after at most JOBSTREAM_WORKER_ORPHAN_GRACE_S of graceful "
-                   "stop); `jobstream up` passes its own pid."),
+        None,
+        help="Exit when this process dies (after at most JOBSTREAM_WORKER_ORPHAN_GRACE_S of graceful "
+        "stop); `jobstream up` passes its own pid.",
+    ),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
     from processors.app import run_worker
 
     _logging(log_level)
-    settings = _settings(batch_max_size=batch_max_size, batch_max_wait_ms=batch_max_wait_ms,
-                         latency_target_ms=latency_target_ms, calc_processes=concurrency)
+    settings = _settings(
+        batch_max_size=batch_max_size,
+        batch_max_wait_ms=batch_max_wait_ms,
+        latency_target_ms=latency_target_ms,
+        calc_processes=concurrency,
+    )
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    run_worker(settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid)
+    run_worker(
+        settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid
+    )
 
 
 @app.command()
@@ -226,9 +247,11 @@ def submit(
     priority: int | None = typer.Option(None, help="0..9, higher runs first."),
     timeout_s: float | None = typer.Option(None, help="Give up after this long running."),
     idempotency_key: str | None = typer.Option(
-        None, help="Reuse to make a repeated command return the same job (default: a new UUID per command)."),
-    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
-                                      help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."),
+        None, help="Reuse to make a repeated command return the same job (default: a new UUID per command)."
+    ),
+    url: str | None = typer.Option(
+        None, envvar="JOBSTREAM_URL", help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."
+    ),
     api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
 ) -> None:
     """Submit a job and print its id and links as JSON. Always sends an Idempotency-Key and reuses it on
@@ -245,8 +268,15 @@ def submit(
     except orjson.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
     try:
-        accepted = submit_job(base_url(url), kind, parsed, priority=priority, timeout_s=timeout_s,
-                              idempotency_key=idempotency_key, api_key=api_key)
+        accepted = submit_job(
+            base_url(url),
+            kind,
+            parsed,
+            priority=priority,
+            timeout_s=timeout_s,
+            idempotency_key=idempotency_key,
+            api_key=api_key,
+        )
     except SubmitError as exc:
         typer.echo(f"not submitted: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -256,8 +286,9 @@ def submit(
 @app.command()
 def watch(
     job_id: str = typer.Argument(..., help="The job to watch."),
-    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
-                                      help="Base URL of the API/gateway (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."),
+    url: str | None = typer.Option(
+        None, envvar="JOBSTREAM_URL", help="Base URL of the API/gateway (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."
+    ),
     api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
     last_event_id: str | None = typer.Option(None, help="Resume after this event id (seq)."),
     as_json: bool = typer.Option(False, "--json", help="Print each event as one JSON line."),
@@ -294,10 +325,15 @@ def watch(
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="One read-only SQL statement, e.g. \"SELECT status, count() FROM jobs GROUP BY status\"."),
+    query: str = typer.Argument(
+        ..., help='One read-only SQL statement, e.g. "SELECT status, count() FROM jobs GROUP BY status".'
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="Output: table, csv or json."),
-    url: str | None = typer.Option(None, envvar="JOBSTREAM_URL",
-                                      help="Ask this jobstream service (embedded chDB); default http://JOBSTREAM_HOST:JOBSTREAM_PORT."),
+    url: str | None = typer.Option(
+        None,
+        envvar="JOBSTREAM_URL",
+        help="Ask this jobstream service (embedded chDB); default http://JOBSTREAM_HOST:JOBSTREAM_PORT.",
+    ),
     api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer) of an SQL tenant."),
 ) -> None:
     """Run SQL on the results store: straight to a ClickHouse server (CLICKHOUSE_URL=http…), or through the
@@ -311,7 +347,9 @@ def sql(
         if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
             result = run_direct(settings.clickhouse_url, query, limits_from(settings), login=analyst_login(settings))
         else:
-            result = run_remote(base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30)
+            result = run_remote(
+                base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30
+            )
     except QueryFailed as exc:
         typer.echo(f"query failed: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -55,9 +55,16 @@ class StreamEvent:
 class EventStream:
     """Iterates one stream across reconnects. ``last_event_id`` always holds the resume point."""
 
-    def __init__(self, client: httpx.Client, path: str, params: dict[str, Any] | None = None,
-                 last_event_id: str | None = None, ends_on_terminal: bool = True,
-                 max_attempts: int | None = 10, retry_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        path: str,
+        params: dict[str, Any] | None = None,
+        last_event_id: str | None = None,
+        ends_on_terminal: bool = True,
+        max_attempts: int | None = 10,
+        retry_ms: int = 2000,
+    ) -> None:
         self.client = client
         self.path = path
         self.params = {k: v for k, v in (params or {}).items() if v not in (None, [], ())}
@@ -142,29 +149,51 @@ def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> 
     return client if client is not None else api_client(base_url, api_key)
 
 
-def watch_job(base_url: str, job_id: str, *, api_key: str | None = None, token: str | None = None,
-              last_event_id: str | None = None, client: httpx.Client | None = None,
-              max_attempts: int | None = 10) -> Iterator[StreamEvent]:
+def watch_job(
+    base_url: str,
+    job_id: str,
+    *,
+    api_key: str | None = None,
+    token: str | None = None,
+    last_event_id: str | None = None,
+    client: httpx.Client | None = None,
+    max_attempts: int | None = 10,
+) -> Iterator[StreamEvent]:
     """A job's events from the start (or after ``last_event_id``) to its terminal event."""
     http = _client(base_url, api_key, client)
     try:
-        yield from EventStream(http, f"/v1/jobs/{job_id}/events", {"token": token}, last_event_id,
-                               ends_on_terminal=True, max_attempts=max_attempts)
+        yield from EventStream(
+            http,
+            f"/v1/jobs/{job_id}/events",
+            {"token": token},
+            last_event_id,
+            ends_on_terminal=True,
+            max_attempts=max_attempts,
+        )
     finally:
         if client is None:
             http.close()
 
 
-def watch_events(base_url: str, *, kind: Sequence[str] = (), status: Sequence[str] = (),
-                 job_id: Sequence[str] = (), api_key: str | None = None, token: str | None = None,
-                 last_event_id: str | None = None, client: httpx.Client | None = None,
-                 max_attempts: int | None = None) -> Iterator[StreamEvent]:
+def watch_events(
+    base_url: str,
+    *,
+    kind: Sequence[str] = (),
+    status: Sequence[str] = (),
+    job_id: Sequence[str] = (),
+    api_key: str | None = None,
+    token: str | None = None,
+    last_event_id: str | None = None,
+    client: httpx.Client | None = None,
+    max_attempts: int | None = None,
+) -> Iterator[StreamEvent]:
     """Every event of the caller's jobs (filtered), forever."""
     http = _client(base_url, api_key, client)
     params = {"kind": list(kind), "status": list(status), "job_id": list(job_id), "token": token}
     try:
-        yield from EventStream(http, "/v1/events", params, last_event_id, ends_on_terminal=False,
-                               max_attempts=max_attempts)
+        yield from EventStream(
+            http, "/v1/events", params, last_event_id, ends_on_terminal=False, max_attempts=max_attempts
+        )
     finally:
         if client is None:
             http.close()
@@ -192,9 +221,18 @@ class _SubmitAgain(JobstreamError):
 MAX_SUBMIT_WAIT_S = 30.0  # the longest pause between two attempts, whatever Retry-After says
 
 
-def submit_job(base_url: str, kind: str, params: dict[str, Any], *, priority: int | None = None,
-               timeout_s: float | None = None, idempotency_key: str | None = None, api_key: str | None = None,
-               client: httpx.Client | None = None, max_attempts: int = 5) -> dict[str, Any]:
+def submit_job(
+    base_url: str,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    priority: int | None = None,
+    timeout_s: float | None = None,
+    idempotency_key: str | None = None,
+    api_key: str | None = None,
+    client: httpx.Client | None = None,
+    max_attempts: int = 5,
+) -> dict[str, Any]:
     """Submit one job and return the ``Accepted`` body (``job_id``, ``status``, ``links``).
 
     Always sends an ``Idempotency-Key`` (``idempotency_key``, else a new UUID) and reuses it on
@@ -225,11 +263,15 @@ def submit_job(base_url: str, kind: str, params: dict[str, Any], *, priority: in
 
     def wait(state: Any) -> float:
         exc = state.outcome.exception()
-        return exc.after_s if isinstance(exc, _SubmitAgain) else min(2.0 ** state.attempt_number, MAX_SUBMIT_WAIT_S)
+        return exc.after_s if isinstance(exc, _SubmitAgain) else min(2.0**state.attempt_number, MAX_SUBMIT_WAIT_S)
 
     try:
-        for tried in Retrying(retry=retry_if_exception_type((httpx.TransportError, _SubmitAgain)),
-                              stop=stop_after_attempt(max_attempts), wait=wait, reraise=True):
+        for tried in Retrying(
+            retry=retry_if_exception_type((httpx.TransportError, _SubmitAgain)),
+            stop=stop_after_attempt(max_attempts),
+            wait=wait,
+            reraise=True,
+        ):
             with tried:
                 return attempt()
     except _SubmitAgain as exc:

@@ -24,8 +24,9 @@ from jobstream.client import api_client
 replay_app = typer.Typer(help="Re-run past jobs (e.g. after a calculation fix) and compare the results.")
 console = Console()
 
-URL = typer.Option(None, "--url", envvar="JOBSTREAM_URL",
-                   help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT).")
+URL = typer.Option(
+    None, "--url", envvar="JOBSTREAM_URL", help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."
+)
 API_KEY = typer.Option(None, "--api-key", envvar="JOBSTREAM_API_KEY", help="API key (Bearer); selects the tenant.")
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -75,8 +76,10 @@ def _versions(pairs: list[str]) -> dict[str, str]:
 
 
 def print_plan(replay: dict[str, Any]) -> None:
-    console.print(f"replay [bold]{replay['replay_id']}[/bold]: {replay['total']} jobs, "
-                  f"{replay['rate']:g} jobs/s, state {replay['state']}")
+    console.print(
+        f"replay [bold]{replay['replay_id']}[/bold]: {replay['total']} jobs, "
+        f"{replay['rate']:g} jobs/s, state {replay['state']}"
+    )
     kinds = Table("kind", "jobs", "runs version", title="by calculation")
     for kind, count in sorted(replay["by_kind"].items()):
         kinds.add_row(kind, str(count), replay["versions"].get(kind, "?"))
@@ -91,8 +94,14 @@ def follow(client: httpx.Client, replay: dict[str, Any]) -> dict[str, Any]:
     """A progress bar until the replay ends; Ctrl-C stops it (resumable)."""
     replay_id = replay["replay_id"]
     try:
-        with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("emitted"),
-                      TimeRemainingColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("emitted"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
             task = bar.add_task("replay", total=replay["total"], completed=replay["emitted"])
             while replay["state"] == "running":
                 time.sleep(0.5)  # polling interval of a progress display, not synchronisation
@@ -103,10 +112,14 @@ def follow(client: httpx.Client, replay: dict[str, Any]) -> dict[str, Any]:
         console.print(f"stopping; resume with: jobstream replay resume {replay_id}")
         raise typer.Exit(130) from None
     if replay["state"] == "failed":
-        console.print(f"[red]replay failed[/red]: {replay.get('error')}; resume with: jobstream replay resume {replay_id}")
+        console.print(
+            f"[red]replay failed[/red]: {replay.get('error')}; resume with: jobstream replay resume {replay_id}"
+        )
         raise typer.Exit(1)
-    console.print(f"replay {replay_id} {replay['state']}: {replay['emitted']} of {replay['total']} jobs emitted; "
-                  f"compare with: jobstream replay diff {replay_id}")
+    console.print(
+        f"replay {replay_id} {replay['state']}: {replay['emitted']} of {replay['total']} jobs emitted; "
+        f"compare with: jobstream replay diff {replay_id}"
+    )
     return replay
 
 
@@ -127,11 +140,24 @@ def start(
     """Select past job requests and re-run them as new jobs (dry run unless --yes); or a subcommand."""
     if ctx.invoked_subcommand is not None:
         return
-    body = {"since": parse_time(since), "until": parse_time(until), "kinds": kind, "job_ids": job_id,
-            "statuses": status, "calc_versions": _versions(calc_version), "rate": rate, "dry_run": not yes}
+    body = {
+        "since": parse_time(since),
+        "until": parse_time(until),
+        "kinds": kind,
+        "job_ids": job_id,
+        "statuses": status,
+        "calc_versions": _versions(calc_version),
+        "rate": rate,
+        "dry_run": not yes,
+    }
     with _client(url, api_key) as client:
-        replay = _ok(client.post("/v1/replays", content=orjson.dumps({k: v for k, v in body.items() if v is not None}),
-                                 headers={"Content-Type": "application/json"}))
+        replay = _ok(
+            client.post(
+                "/v1/replays",
+                content=orjson.dumps({k: v for k, v in body.items() if v is not None}),
+                headers={"Content-Type": "application/json"},
+            )
+        )
         print_plan(replay)
         if not yes:
             console.print("dry run: nothing was emitted; add --yes to run it")
@@ -184,9 +210,14 @@ def diff(
     console.print("  ".join(f"{name} {count}" for name, count in page["outcomes"].items()))
     table = Table("original job", "replay job", "outcome", "versions", "original result", "replayed result")
     for row in page["jobs"]:
-        table.add_row(row["original_job_id"], row["replay_job_id"], row["outcome"],
-                      f"{row['original_version'] or '-'} → {row['replay_version']}",
-                      _short(row["original_result"]), _short(row["replay_result"] or row["replay_error"]))
+        table.add_row(
+            row["original_job_id"],
+            row["replay_job_id"],
+            row["outcome"],
+            f"{row['original_version'] or '-'} → {row['replay_version']}",
+            _short(row["original_result"]),
+            _short(row["replay_result"] or row["replay_error"]),
+        )
     console.print(table)
 
 

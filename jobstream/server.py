@@ -46,8 +46,13 @@ logger = logging.getLogger(__name__)
 ROLES = frozenset({"api", "gateway", "sink"})
 
 
-def create_app(settings: Settings, roles: Iterable[str] = ROLES, *, kafka: KafkaConnection | None = None,
-               store: ClickHouseStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    roles: Iterable[str] = ROLES,
+    *,
+    kafka: KafkaConnection | None = None,
+    store: ClickHouseStore | None = None,
+) -> FastAPI:
     """The FastAPI app for ``roles``, against ``kafka`` (default: the settings' cluster); pass ``store``
     to share one ClickHouse client (chDB)."""
     kafka = kafka or KafkaConnection.from_settings(settings)
@@ -60,8 +65,9 @@ def create_app(settings: Settings, roles: Iterable[str] = ROLES, *, kafka: Kafka
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(topics.ensure_topics, kafka, settings)
         own_store = store is None
-        app.state.store = store or await asyncio.to_thread(ClickHouseStore, settings.clickhouse_url,
-                                                           analyst=analyst_login(settings))
+        app.state.store = store or await asyncio.to_thread(
+            ClickHouseStore, settings.clickhouse_url, analyst=analyst_login(settings)
+        )
         started: list = []
         try:
             if "api" in roles:
@@ -146,8 +152,11 @@ def _telemetry() -> TelemetryConfig:
     def configured(provider: object) -> bool:
         return "Proxy" not in type(provider).__name__
 
-    return {"tracing": configured(trace.get_tracer_provider()), "metrics": configured(metrics.get_meter_provider()),
-            "logs": configured(_logs.get_logger_provider())}
+    return {
+        "tracing": configured(trace.get_tracer_provider()),
+        "metrics": configured(metrics.get_meter_provider()),
+        "logs": configured(_logs.get_logger_provider()),
+    }
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[JobEvent], None], event: JobEvent) -> None:
@@ -159,6 +168,11 @@ def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Repla
     loop = asyncio.get_running_loop()
     store: ClickHouseStore = app.state.store
     recent: RecentJobs = app.state.recent
-    return Replayer(kafka, settings, app.state.replays, limits=ReplayLimits.from_settings(settings),
-                    statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
-                    on_emit=lambda queued: _call_soon(loop, recent.add, queued))
+    return Replayer(
+        kafka,
+        settings,
+        app.state.replays,
+        limits=ReplayLimits.from_settings(settings),
+        statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
+        on_emit=lambda queued: _call_soon(loop, recent.add, queued),
+    )

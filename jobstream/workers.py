@@ -14,8 +14,9 @@ from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 
-def worker_env(settings: Settings, kafka: KafkaConnection | None = None,
-               base: Mapping[str, str] | None = None) -> dict[str, str]:
+def worker_env(
+    settings: Settings, kafka: KafkaConnection | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a worker running with ``settings`` against ``kafka`` (default: the
     settings' cluster): ``base`` (default: this process's environment) with every setting over it."""
     env = {**(os.environ if base is None else base), **settings.env()}

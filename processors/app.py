@@ -68,8 +68,12 @@ class WorkerRuntime:
         self._producer = AsyncProducer(self.kafka, settings, poll_on_loop=False)  # sends are mostly chunks
         self._outbox = outbox = Outbox(self._producer, settings, settings.topic(topics.EVENTS)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
-        self.pool = CalcPool(settings.calc_processes, plugins=plugin_modules(settings),
-                             grace_s=settings.timeout_grace_s, on_progress=self._on_progress)
+        self.pool = CalcPool(
+            settings.calc_processes,
+            plugins=plugin_modules(settings),
+            grace_s=settings.timeout_grace_s,
+            on_progress=self._on_progress,
+        )
         await self.pool.start()
         self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters).start()
         self.control = ControlTail(self.kafka, settings, self.runner.on_cancel).start()
@@ -134,16 +138,19 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
         runner = await runtime.start()
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream.noack is not on StreamT
             message = event.message
-            await runner.submit(event.value, event.ack, Source(message.topic, message.partition, message.offset),
-                                forget=functools.partial(app.consumer.unacked.discard, message))
+            await runner.submit(
+                event.value,
+                event.ack,
+                Source(message.topic, message.partition, message.offset),
+                forget=functools.partial(app.consumer.unacked.discard, message),
+            )
             del event, message
 
     # sent after Faust waited for running batches; Faust's signal typing rejects a coroutine receiver
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # see the line above
     async def _stop_runtime(app: faust.App, **kwargs: Any) -> None:
         await runtime.stop()
 
-    app.jobstream_runtime = runtime  # type: ignore[attr-defined]
     return app
 
 
@@ -159,8 +166,14 @@ def _use_uvloop() -> bool:
     return True
 
 
-def run_worker(settings: Settings, kafka: KafkaConnection, *, worker_index: int = 0, loglevel: str = "info",
-               parent_pid: int | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    kafka: KafkaConnection,
+    *,
+    worker_index: int = 0,
+    loglevel: str = "info",
+    parent_pid: int | None = None,
+) -> None:
     """Run one worker until SIGTERM/SIGINT (blocks; Faust owns the event loop).
 
     With ``parent_pid`` the worker also stops when that process is gone, and exits at most

@@ -50,8 +50,16 @@ class BatchPolicy:
             return self.max_size
         return max(1, min(self.max_size, math.floor(self.latency_target_s / 2 / cost_per_job_s)))
 
-    def plan(self, *, waiting: int, oldest_wait_s: float, arrival_rate: float, cost_per_job_s: float | None,
-             top_priority: int = 0, idle_slots: int = 1) -> Plan:
+    def plan(
+        self,
+        *,
+        waiting: int,
+        oldest_wait_s: float,
+        arrival_rate: float,
+        cost_per_job_s: float | None,
+        top_priority: int = 0,
+        idle_slots: int = 1,
+    ) -> Plan:
         """Decide for the best group of ready jobs: take ``size`` of them after ``wait_s`` more seconds.
 
         ``idle_slots`` counts the calculation processes free right now, the one this batch would take
@@ -128,8 +136,12 @@ class _Group(Generic[T]):
 class Batcher(Generic[T]):
     """The jobs a worker holds but has not started, and the batches they form."""
 
-    def __init__(self, policy: BatchPolicy, clock: Callable[[], float] = time.monotonic,
-                 idle_slots: Callable[[], int] = lambda: 1) -> None:
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        idle_slots: Callable[[], int] = lambda: 1,
+    ) -> None:
         self.policy = policy
         self._clock = clock
         self._idle_slots = idle_slots
@@ -147,8 +159,16 @@ class Batcher(Generic[T]):
         return self._size
 
     # --- input ---------------------------------------------------------------
-    def add(self, item: T, group: Hashable, priority: int = 0, delay_s: float = 0.0, *, count_arrival: bool = True,
-            arrived: float | None = None) -> None:
+    def add(
+        self,
+        item: T,
+        group: Hashable,
+        priority: int = 0,
+        delay_s: float = 0.0,
+        *,
+        count_arrival: bool = True,
+        arrived: float | None = None,
+    ) -> None:
         """Queue a job; ``delay_s`` keeps it back (retry backoff). Retries keep their first ``arrived``."""
         now = self._clock()
         if count_arrival:
@@ -229,16 +249,21 @@ class Batcher(Generic[T]):
         best: _Entry[T] | None = None
         for group in list(self._groups.values()):
             candidate = group.best()
-            if candidate is not None and (best is None or (-candidate.priority, candidate.arrived)
-                                          < (-best.priority, best.arrived)):
+            if candidate is not None and (
+                best is None or (-candidate.priority, candidate.arrived) < (-best.priority, best.arrived)
+            ):
                 best = candidate
         next_ready = self._delayed[0][0] - now if self._delayed else None
         if best is None:
             return next_ready
         group = self._groups[best.group]
         plan = self.policy.plan(
-            waiting=group.size, oldest_wait_s=now - group.oldest_arrival(), arrival_rate=self.arrival_rate(),
-            cost_per_job_s=self._cost.get(best.group), top_priority=best.priority, idle_slots=self._idle_slots(),
+            waiting=group.size,
+            oldest_wait_s=now - group.oldest_arrival(),
+            arrival_rate=self.arrival_rate(),
+            cost_per_job_s=self._cost.get(best.group),
+            top_priority=best.priority,
+            idle_slots=self._idle_slots(),
         )
         self.last_plan = plan
         if plan.wait_s <= 0:

@@ -52,8 +52,12 @@ class ControlTail(KafkaReader):
 
     def __init__(self, kafka: KafkaConnection, settings: Settings, on_cancel: Callable[[CancelCommand], None]) -> None:
         # A group id is required by the client, but this consumer never joins or commits.
-        super().__init__(kafka, settings.topic(topics.CONTROL),
-                         group_id=settings.topic(f"jobstream-control-{uuid.uuid4().hex}"), name="control-tail")
+        super().__init__(
+            kafka,
+            settings.topic(topics.CONTROL),
+            group_id=settings.topic(f"jobstream-control-{uuid.uuid4().hex}"),
+            name="control-tail",
+        )
         self._on_cancel = on_cancel
         self.seen = 0
 

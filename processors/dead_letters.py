@@ -34,19 +34,29 @@ class Source:
     offset: int
 
 
-def record(original: bytes, *, reason: str, error: str, job_id: str | None = None, tenant: str | None = None,
-           source: Source | None = None) -> bytes:
+def record(
+    original: bytes,
+    *,
+    reason: str,
+    error: str,
+    job_id: str | None = None,
+    tenant: str | None = None,
+    source: Source | None = None,
+) -> bytes:
     """The dead-letter value: reason, error, job and source, and the original bytes (base64)."""
-    return orjson.dumps({
-        "reason": reason,
-        "error": error[:4000],
-        "job_id": job_id,
-        "tenant": tenant,
-        "source": None if source is None else {"topic": source.topic, "partition": source.partition,
-                                               "offset": source.offset},
-        "ts": utcnow().isoformat(),
-        "original": base64.b64encode(original).decode(),
-    })
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "error": error[:4000],
+            "job_id": job_id,
+            "tenant": tenant,
+            "source": None
+            if source is None
+            else {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+            "ts": utcnow().isoformat(),
+            "original": base64.b64encode(original).decode(),
+        }
+    )
 
 
 def load(value: bytes) -> dict[str, Any]:
@@ -62,13 +72,25 @@ class DeadLetters:
         self._topic = topic
         self.sent = 0
 
-    async def send(self, original: bytes, *, reason: str, error: str, job_id: str | None = None,
-                   tenant: str | None = None, source: Source | None = None, key: bytes | None = None) -> None:
+    async def send(
+        self,
+        original: bytes,
+        *,
+        reason: str,
+        error: str,
+        job_id: str | None = None,
+        tenant: str | None = None,
+        source: Source | None = None,
+        key: bytes | None = None,
+    ) -> None:
         """Produce the record and wait for Kafka's ack (retrying: the source is acked only after)."""
         value = record(original, reason=reason, error=error, job_id=job_id, tenant=tenant, source=source)
         outgoing = Outgoing(self._topic, key or (job_id or "").encode(), value)
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ProduceError),
-                                           wait=wait_exponential(multiplier=0.2, max=5.0), before_sleep=_log_retry):
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(ProduceError),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            before_sleep=_log_retry,
+        ):
             with attempt:
                 await self._producer.send_many([outgoing])
         self.sent += 1
@@ -77,5 +99,6 @@ class DeadLetters:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    logger.warning("dead letter not acknowledged (%s); again in %.1fs", exc,
-                   state.next_action.sleep if state.next_action else 0.0)
+    logger.warning(
+        "dead letter not acknowledged (%s); again in %.1fs", exc, state.next_action.sleep if state.next_action else 0.0
+    )

@@ -108,8 +108,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_batch(kind: str, job_ids: Sequence[str], params: Sequence[dict[str, Any]],
-              control: Control | None = None) -> list[Outcome]:
+def run_batch(
+    kind: str, job_ids: Sequence[str], params: Sequence[dict[str, Any]], control: Control | None = None
+) -> list[Outcome]:
     """In-process convenience (tests, tools): ``run_jobs`` on ids and params, without time limits."""
     return run_jobs(kind, [JobSpec(j, p) for j, p in zip(job_ids, params, strict=False)], control or NoControl())
 
@@ -120,8 +121,10 @@ def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control, version: str 
     try:
         calc = registry.get(kind, version)
     except registry.UnknownKind:
-        return [Outcome(j.job_id, OutcomeStatus.FAILED, error=error("unknown_kind", f"no calculation {kind!r}"))
-                for j in jobs]
+        return [
+            Outcome(j.job_id, OutcomeStatus.FAILED, error=error("unknown_kind", f"no calculation {kind!r}"))
+            for j in jobs
+        ]
     except registry.UnknownVersion as exc:
         return [Outcome(j.job_id, OutcomeStatus.FAILED, error=error("unknown_version", str(exc))) for j in jobs]
     outcomes: dict[int, Outcome] = {}
@@ -130,16 +133,18 @@ def run_jobs(kind: str, jobs: Sequence[JobSpec], control: Control, version: str 
         try:
             valid.append((index, calc.validate(job.params)))
         except ValidationError as exc:
-            outcomes[index] = Outcome(job.job_id, OutcomeStatus.FAILED, error=error("invalid_params", str(exc)),
-                                      calc_version=calc.version)
+            outcomes[index] = Outcome(
+                job.job_id, OutcomeStatus.FAILED, error=error("invalid_params", str(exc)), calc_version=calc.version
+            )
     if valid:
         for index, outcome in _run_valid(calc, [jobs[i] for i, _ in valid], [p for _, p in valid], control).items():
             outcomes[valid[index][0]] = outcome
     return [outcomes[i] for i in range(len(jobs))]
 
 
-def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any],
-               control: Control) -> dict[int, Outcome]:
+def _run_valid(
+    calc: registry.Calculation, jobs: list[JobSpec], params: list[Any], control: Control
+) -> dict[int, Outcome]:
     started = time.monotonic()
     deadlines = [started + j.timeout_s if j.timeout_s is not None else None for j in jobs]
     earliest = min((d for d in deadlines if d is not None), default=None)
@@ -172,8 +177,10 @@ def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any
     def one(index: int | None, status: OutcomeStatus, exc: BaseException, type_: str) -> dict[int, Outcome] | None:
         if index is None or not 0 <= index < len(ids):
             return None
-        return {i: outcome(status, i, exc, type_) if i == index else outcome(OutcomeStatus.NOT_RUN, i)
-                for i in range(len(ids))}
+        return {
+            i: outcome(status, i, exc, type_) if i == index else outcome(OutcomeStatus.NOT_RUN, i)
+            for i in range(len(ids))
+        }
 
     try:
         results = calc.fn(params, progress)
@@ -181,37 +188,52 @@ def _run_valid(calc: registry.Calculation, jobs: list[JobSpec], params: list[Any
             raise RuntimeError(f"{calc.kind} returned {len(results)} results for {len(params)} jobs")
     except _Stop as stop:
         if stop.status == OutcomeStatus.CANCELLED:
-            return one(stop.index, OutcomeStatus.CANCELLED, RuntimeError("cancelled at a progress point"),
-                       "cancelled") or {}
+            return (
+                one(stop.index, OutcomeStatus.CANCELLED, RuntimeError("cancelled at a progress point"), "cancelled")
+                or {}
+            )
         return one(stop.index, OutcomeStatus.TIMED_OUT, TimeoutError("timeout_s exceeded"), "timeout") or {}
     except registry.CalculationError as exc:
         if len(ids) == 1:
             return all_(OutcomeStatus.FAILED, exc, "calculation_error")
-        return (one(exc.index, OutcomeStatus.FAILED, exc, "calculation_error")
-                or all_(OutcomeStatus.SPLIT, exc, "calculation_error"))
+        return one(exc.index, OutcomeStatus.FAILED, exc, "calculation_error") or all_(
+            OutcomeStatus.SPLIT, exc, "calculation_error"
+        )
     except registry.TransientError as exc:
-        return (one(exc.index, OutcomeStatus.TRANSIENT, exc, "transient_error")
-                or all_(OutcomeStatus.TRANSIENT, exc, "transient_error"))
+        return one(exc.index, OutcomeStatus.TRANSIENT, exc, "transient_error") or all_(
+            OutcomeStatus.TRANSIENT, exc, "transient_error"
+        )
     except Exception as exc:  # a bug or a resource problem: isolate the job, then retry it
         logger.warning("%s batch of %d raised %s", calc.kind, len(ids), _describe(exc))
         if len(ids) == 1:
-            return {0: Outcome(ids[0], OutcomeStatus.TRANSIENT, error=error("internal_error", _describe(exc) + "\n"
-                                                                + traceback.format_exc(limit=5)),
-                               calc_version=calc.version)}
+            return {
+                0: Outcome(
+                    ids[0],
+                    OutcomeStatus.TRANSIENT,
+                    error=error("internal_error", _describe(exc) + "\n" + traceback.format_exc(limit=5)),
+                    calc_version=calc.version,
+                )
+            }
         return all_(OutcomeStatus.SPLIT, exc, "internal_error")
     done: dict[int, Outcome] = {}
     for index, result in enumerate(results):
         if not _all_finite(result):  # JSON has no inf/nan: it would read as a success with nulls
-            done[index] = Outcome(ids[index], OutcomeStatus.FAILED, error=error(
-                "calculation_error", "the result is not finite (inf or nan: the input overflows the calculation)"),
-                calc_version=calc.version)
+            done[index] = Outcome(
+                ids[index],
+                OutcomeStatus.FAILED,
+                error=error(
+                    "calculation_error", "the result is not finite (inf or nan: the input overflows the calculation)"
+                ),
+                calc_version=calc.version,
+            )
             continue
         try:  # results must survive JSON: numpy scalars/arrays become plain numbers and lists
             plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
             done[index] = Outcome(ids[index], OutcomeStatus.SUCCEEDED, result=plain, calc_version=calc.version)
         except TypeError as exc:
-            done[index] = Outcome(ids[index], OutcomeStatus.FAILED, error=error("bad_result", _describe(exc)),
-                                  calc_version=calc.version)
+            done[index] = Outcome(
+                ids[index], OutcomeStatus.FAILED, error=error("bad_result", _describe(exc)), calc_version=calc.version
+            )
     return done
 
 
@@ -278,6 +300,5 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
         if message[0] == "run":
             _, call_id, kind, version, jobs = message  # jobs and outcomes travel as plain tuples (cheaper)
             outcomes = run_jobs(kind, [JobSpec(*fields) for fields in jobs], _PipeControl(conn), version)
-            conn.send(("done", call_id, [(o.job_id, o.status, o.result, o.error, o.calc_version)
-                                         for o in outcomes]))
+            conn.send(("done", call_id, [(o.job_id, o.status, o.result, o.error, o.calc_version) for o in outcomes]))
         # a "cancel" read here came after its batch ended: nothing to stop

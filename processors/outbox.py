@@ -36,8 +36,13 @@ ACK_SLACK_S = 5.0  # a chunk waits produce_timeout_s + this: librdkafka's own ti
 def _log_resend(count: int) -> Callable[[RetryCallState], None]:
     def log(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        logger.warning("Kafka did not acknowledge %d events (%s); sending them again in %.1fs",
-                       count, exc, state.next_action.sleep if state.next_action else 0.0)
+        logger.warning(
+            "Kafka did not acknowledge %d events (%s); sending them again in %.1fs",
+            count,
+            exc,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
     return log
 
 
@@ -67,8 +72,13 @@ class Outbox:
             await asyncio.sleep(0.1)
         self._task.cancel()
 
-    def emit(self, request: JobRequested, type_: EventType, data: dict[str, Any],
-             on_delivered: Callable[[], Any] | None = None) -> None:
+    def emit(
+        self,
+        request: JobRequested,
+        type_: EventType,
+        data: dict[str, Any],
+        on_delivered: Callable[[], Any] | None = None,
+    ) -> None:
         """Number the event (terminal events get ``TERMINAL_SEQ``) and queue it; ``on_delivered`` is called
         on the loop once Kafka acknowledged it. Events are sent in the order they were emitted."""
         terminal = type_ in TERMINAL_EVENTS
@@ -83,9 +93,20 @@ class Outbox:
         if len(value) > self._max_bytes:  # it could never be delivered: say so instead of retrying forever
             logger.error("%s event of %s is %d bytes, over the message limit", type_.value, job_id, len(value))
             value = encode_event(
-                job_id, request.tenant, seq, EventType.FAILED if terminal else EventType.PROGRESS, request.kind,
-                {"error": {"type": "result_too_large", "message": f"the {type_.value} event would be "
-                           f"{len(value)} bytes; the limit is JOBSTREAM_MAX_MESSAGE_BYTES"}} if terminal else {},
+                job_id,
+                request.tenant,
+                seq,
+                EventType.FAILED if terminal else EventType.PROGRESS,
+                request.kind,
+                {
+                    "error": {
+                        "type": "result_too_large",
+                        "message": f"the {type_.value} event would be "
+                        f"{len(value)} bytes; the limit is JOBSTREAM_MAX_MESSAGE_BYTES",
+                    }
+                }
+                if terminal
+                else {},
                 now,
             )
         self._queue.append((job_id.encode(), value, on_delivered))
@@ -104,9 +125,11 @@ class Outbox:
 
     async def _send(self, chunk: list[tuple[bytes, bytes, Callable[[], Any] | None]]) -> None:
         records = [(key, value) for key, value, _ in chunk]
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ProduceError),
-                                           wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
-                                           before_sleep=_log_resend(len(records))):
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(ProduceError),
+            wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
+            before_sleep=_log_resend(len(records)),
+        ):
             with attempt:
                 await self._producer.send_batch(self._topic, records, self._wait_s)
         self.sent += len(records)

@@ -68,8 +68,14 @@ class _Slot:
 class CalcPool:
     """``size`` calculation processes; ``acquire`` a free slot, ``run`` a batch on it, ``release`` it."""
 
-    def __init__(self, size: int, *, plugins: Sequence[str] = (), grace_s: float = 5.0,
-                 on_progress: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        plugins: Sequence[str] = (),
+        grace_s: float = 5.0,
+        on_progress: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.size = size or os.cpu_count() or 1
         self._plugins = list(plugins)
         self._grace_s = grace_s
@@ -88,8 +94,9 @@ class CalcPool:
         for slot in self._slots:
             self._spawn(slot)
             self._free.put_nowait(slot)
-        await asyncio.gather(*(asyncio.wait_for(asyncio.shield(s.ready), READY_TIMEOUT_S)
-                               for s in self._slots if s.ready))
+        await asyncio.gather(
+            *(asyncio.wait_for(asyncio.shield(s.ready), READY_TIMEOUT_S) for s in self._slots if s.ready)
+        )
         self._watchdog = asyncio.ensure_future(self._watch())
         logger.info("calculation pool ready", extra={"processes": self.size})
         return self
@@ -109,8 +116,14 @@ class CalcPool:
     def release(self, slot: _Slot) -> None:
         self._free.put_nowait(slot)
 
-    async def run(self, slot: _Slot, kind: str, jobs: Sequence[JobSpec],
-                  deadlines: dict[str, float] | None = None, version: str | None = None) -> list[Outcome]:
+    async def run(
+        self,
+        slot: _Slot,
+        kind: str,
+        jobs: Sequence[JobSpec],
+        deadlines: dict[str, float] | None = None,
+        version: str | None = None,
+    ) -> list[Outcome]:
         """Run one batch of ``kind`` (at ``version``; None: current) on ``slot``;
         raises ``ProcessDied`` if its process dies meanwhile."""
         assert self._loop is not None
@@ -122,8 +135,9 @@ class CalcPool:
             conn = slot.conn
             try:
                 # plain tuples on the wire: pickling a dataclass per job costs more than the job's numbers
-                payload = ForkingPickler.dumps(("run", call.id, kind, version,
-                                                [(j.job_id, j.params, j.timeout_s) for j in jobs]))
+                payload = ForkingPickler.dumps(
+                    ("run", call.id, kind, version, [(j.job_id, j.params, j.timeout_s) for j in jobs])
+                )
                 if len(payload) <= INLINE_SEND_BYTES:
                     conn.send_bytes(payload)
                 else:
@@ -173,14 +187,19 @@ class CalcPool:
     def _spawn(self, slot: _Slot) -> None:
         assert self._loop is not None
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=child_main, args=(child, self._plugins, os.getpid()),
-                                    name=f"jobstream-calc-{slot.index}", daemon=True)
+        process = self._ctx.Process(
+            target=child_main,
+            args=(child, self._plugins, os.getpid()),
+            name=f"jobstream-calc-{slot.index}",
+            daemon=True,
+        )
         process.start()
         child.close()
         slot.generation += 1
         slot.process, slot.conn, slot.ready = process, parent, self._loop.create_future()
-        threading.Thread(target=self._read, args=(slot, parent, slot.generation),
-                         name=f"calc-reader-{slot.index}", daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(slot, parent, slot.generation), name=f"calc-reader-{slot.index}", daemon=True
+        ).start()
 
     def _read(self, slot: _Slot, conn: Any, generation: int) -> None:
         """Reader thread: forwards one process's messages to the loop until its pipe closes."""
@@ -227,8 +246,12 @@ class CalcPool:
             if call is not None and not call.future.done():
                 call.future.set_exception(ProcessDied(exitcode, set()))
             return
-        logger.warning("calculation process %d died with exit code %s", process.pid, exitcode,
-                       extra={"jobs": [j.job_id for j in call.jobs] if call else []})
+        logger.warning(
+            "calculation process %d died with exit code %s",
+            process.pid,
+            exitcode,
+            extra={"jobs": [j.job_id for j in call.jobs] if call else []},
+        )
         self.restarts += 1
         try:
             slot.conn.close()
@@ -237,9 +260,8 @@ class CalcPool:
         if slot.ready is not None and not slot.ready.done():
             # It died while starting (a plugin that does not import, no memory): do not spin; back off.
             slot.early_deaths += 1
-            delay = min(30.0, 0.5 * 2 ** slot.early_deaths)
-            logger.error("calculation process died while starting (exit code %s); retrying in %.1fs",
-                         exitcode, delay)
+            delay = min(30.0, 0.5 * 2**slot.early_deaths)
+            logger.error("calculation process died while starting (exit code %s); retrying in %.1fs", exitcode, delay)
             assert self._loop is not None
             self._loop.call_later(delay, self._respawn, slot, slot.generation)
         else:
@@ -271,8 +293,9 @@ class CalcPool:
                     continue
                 late = {job_id for job_id, limit in call.deadlines.items() if now > limit + self._grace_s}
                 if late and slot.process is not None and slot.process.is_alive():
-                    logger.warning("killing calculation process %d: jobs %s are past their timeout",
-                                   slot.process.pid, sorted(late))
+                    logger.warning(
+                        "killing calculation process %d: jobs %s are past their timeout", slot.process.pid, sorted(late)
+                    )
                     call.timed_out = late
                     slot.process.kill()
 

@@ -86,8 +86,13 @@ class RunnerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
-        return cls(BatchPolicy.from_settings(settings), RetryPolicy.from_settings(settings),
-                   settings.worker_max_pending, settings.crash_max, settings.cancel_memory)
+        return cls(
+            BatchPolicy.from_settings(settings),
+            RetryPolicy.from_settings(settings),
+            settings.worker_max_pending,
+            settings.crash_max,
+            settings.cancel_memory,
+        )
 
 
 class Runner:
@@ -207,8 +212,11 @@ class Runner:
             if job.started_at is None:
                 job.started_at = now
             if job.announced_attempt != job.attempt:
-                self._outbox.emit(job.request, EventType.RUNNING,
-                                  {"attempt": job.attempt, "batch_size": len(jobs), "worker": self.name})
+                self._outbox.emit(
+                    job.request,
+                    EventType.RUNNING,
+                    {"attempt": job.attempt, "batch_size": len(jobs), "worker": self.name},
+                )
                 if job.announced_attempt == 0:
                     self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 0.0})
                 job.announced_attempt = job.attempt
@@ -217,8 +225,7 @@ class Runner:
         deadlines = {job.job_id: job.deadline for job in jobs if job.deadline is not None}
         started = time.monotonic()
         try:
-            outcomes = await self._pool.run(slot, kind, specs, deadlines,
-                                            version=jobs[0].request.calc_version)
+            outcomes = await self._pool.run(slot, kind, specs, deadlines, version=jobs[0].request.calc_version)
         except ProcessDied as died:
             await self._after_death(slot, group, jobs, died)
             return
@@ -243,8 +250,9 @@ class Runner:
     def _settle(self, job: Job, outcome: Outcome) -> None:
         attempt = {"attempt": job.attempt}
         if outcome.status == OutcomeStatus.SUCCEEDED:
-            self._finish(job, EventType.SUCCEEDED,
-                         {"result": outcome.result, "calc_version": outcome.calc_version, **attempt})
+            self._finish(
+                job, EventType.SUCCEEDED, {"result": outcome.result, "calc_version": outcome.calc_version, **attempt}
+            )
         elif outcome.status == OutcomeStatus.CANCELLED:
             self._finish(job, EventType.CANCELLED, {"error": outcome.error, **attempt})
         elif outcome.status == OutcomeStatus.TRANSIENT:
@@ -255,8 +263,11 @@ class Runner:
     async def _after_death(self, slot: Any, group: Hashable, jobs: list[Job], died: ProcessDied) -> None:
         late = [job for job in jobs if job.job_id in died.timed_out]
         for job in late:
-            self._finish(job, EventType.FAILED, {**_error("timeout", "killed: timeout_s passed without a progress "
-                                                          "point"), "attempt": job.attempt})
+            self._finish(
+                job,
+                EventType.FAILED,
+                {**_error("timeout", "killed: timeout_s passed without a progress point"), "attempt": job.attempt},
+            )
         rest = [job for job in jobs if job.job_id not in died.timed_out]
         if late or not rest:
             if rest:
@@ -271,11 +282,17 @@ class Runner:
         message = f"the calculation process died (exit code {died.exitcode}), crash {job.crashes}"
         if job.crashes >= self._config.crash_max:
             await self._dead_letters.send(
-                job.raw, reason=CRASHED, error=message, job_id=job.job_id, tenant=job.request.tenant,
-                source=job.source, key=job.job_id.encode(),
+                job.raw,
+                reason=CRASHED,
+                error=message,
+                job_id=job.job_id,
+                tenant=job.request.tenant,
+                source=job.source,
+                key=job.job_id.encode(),
             )
-            self._finish(job, EventType.FAILED, {**_error("crashed", message + "; dead-lettered"),
-                                                 "attempt": job.attempt})
+            self._finish(
+                job, EventType.FAILED, {**_error("crashed", message + "; dead-lettered"), "attempt": job.attempt}
+            )
         else:
             self._retry_or_fail(job, {"type": "crashed", "message": message})
 
@@ -286,15 +303,19 @@ class Runner:
             self._finish(job, EventType.FAILED, {"error": error, "attempt": job.attempt, "retries_exhausted": True})
             return
         if deadline is not None and time.monotonic() + delay >= deadline:
-            self._finish(job, EventType.FAILED, {**_error("timeout", "no time left for another attempt"),
-                                                 "attempt": job.attempt, "last_error": error})
+            self._finish(
+                job,
+                EventType.FAILED,
+                {**_error("timeout", "no time left for another attempt"), "attempt": job.attempt, "last_error": error},
+            )
             return
-        self._outbox.emit(job.request, EventType.RETRYING,
-                          {"attempt": job.attempt, "next_attempt": job.attempt + 1, "delay_s": round(delay, 3),
-                           "error": error})
+        self._outbox.emit(
+            job.request,
+            EventType.RETRYING,
+            {"attempt": job.attempt, "next_attempt": job.attempt + 1, "delay_s": round(delay, 3), "error": error},
+        )
         job.attempt += 1
-        self.batcher.add(job, job.group, job.request.priority, delay_s=delay, count_arrival=False,
-                         arrived=job.arrived)
+        self.batcher.add(job, job.group, job.request.priority, delay_s=delay, count_arrival=False, arrived=job.arrived)
 
     def _stopped_before_start(self, job: Job) -> bool:
         """Cancelled or out of time while it waited: settle it without running it."""
@@ -333,15 +354,20 @@ class Runner:
 
     async def _undecodable(self, raw: bytes, ack: Ack, source: Source | None, exc: Exception) -> None:
         job_id, tenant, kind = _salvage_ids(raw)
-        await self._dead_letters.send(raw, reason=UNDECODABLE, error=str(exc), job_id=job_id, tenant=tenant,
-                                      source=source)
+        await self._dead_letters.send(
+            raw, reason=UNDECODABLE, error=str(exc), job_id=job_id, tenant=tenant, source=source
+        )
         if job_id is not None:
-            request = JobRequested.model_construct(job_id=job_id, tenant=tenant or "default", kind=kind,
-                                                   params={}, seq=0, ts=utcnow())
+            request = JobRequested.model_construct(
+                job_id=job_id, tenant=tenant or "default", kind=kind, params={}, seq=0, ts=utcnow()
+            )
             delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._outbox.emit(request, EventType.FAILED,
-                              _error("undecodable", f"the request could not be decoded: {exc}"),
-                              on_delivered=lambda: None if delivered.done() else delivered.set_result(None))
+            self._outbox.emit(
+                request,
+                EventType.FAILED,
+                _error("undecodable", f"the request could not be decoded: {exc}"),
+                on_delivered=lambda: None if delivered.done() else delivered.set_result(None),
+            )
             await delivered
         ack()
 

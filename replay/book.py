@@ -69,10 +69,12 @@ class ReplayBook(TopicMirror):
 
 
 def replay_record(settings: Settings, replay: Replay) -> Outgoing:
-    return Outgoing(settings.topic(topics.REPLAYS), replay.replay_id.encode(), orjson.dumps(replay.model_dump(mode="json")))
+    return Outgoing(
+        settings.topic(topics.REPLAYS), replay.replay_id.encode(), orjson.dumps(replay.model_dump(mode="json"))
+    )
 
 
 def stop_record(settings: Settings, replay_id: str, stop: bool = True) -> Outgoing:
     """A stop request (``stop=False``: the tombstone that clears it)."""
     value = orjson.dumps({"stop": True}) if stop else None
-    return Outgoing(settings.topic(topics.REPLAYS), replay_id.encode() + _STOP, value)  # type: ignore[arg-type]
+    return Outgoing(settings.topic(topics.REPLAYS), replay_id.encode() + _STOP, value)  # type: ignore[arg-type]  # None is a tombstone: Kafka's way to delete a key

@@ -48,7 +48,7 @@ def statuses(store: ClickHouseStore, tenant: str, job_ids: list[str]) -> dict[st
     for start in range(0, len(job_ids), 10_000):
         rows = store.query(
             "SELECT job_id, status FROM jobs WHERE tenant = {tenant:String} AND job_id IN {ids:Array(String)}",
-            {"tenant": tenant, "ids": job_ids[start:start + 10_000]},
+            {"tenant": tenant, "ids": job_ids[start : start + 10_000]},
         )
         found.update(dict(rows))
     return found
@@ -60,14 +60,25 @@ def summary(store: ClickHouseStore, tenant: str, replay_id: str) -> dict[str, in
     return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
 
 
-def rows(store: ClickHouseStore, tenant: str, replay_id: str, outcome: str | None = None,
-         limit: int = 1000, offset: int = 0) -> list[DiffRow]:
-    found = store.query(DIFF_SQL, {"tenant": tenant, "replay_id": replay_id, "outcome": outcome or "",
-                                   "limit": limit, "offset": offset})
+def rows(
+    store: ClickHouseStore, tenant: str, replay_id: str, outcome: str | None = None, limit: int = 1000, offset: int = 0
+) -> list[DiffRow]:
+    found = store.query(
+        DIFF_SQL, {"tenant": tenant, "replay_id": replay_id, "outcome": outcome or "", "limit": limit, "offset": offset}
+    )
     return [
-        DiffRow(original_job_id=o, replay_job_id=r, original_status=os_, replay_status=rs, original_version=ov,
-                replay_version=rv, original_result=_json(ores), replay_result=_json(rres), outcome=out,
-                replay_error=err)
+        DiffRow(
+            original_job_id=o,
+            replay_job_id=r,
+            original_status=os_,
+            replay_status=rs,
+            original_version=ov,
+            replay_version=rv,
+            original_result=_json(ores),
+            replay_result=_json(rres),
+            outcome=out,
+            replay_error=err,
+        )
         for o, r, os_, rs, ov, rv, ores, rres, out, err in found
     ]
 

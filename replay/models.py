@@ -33,10 +33,12 @@ class ReplaySelection(BaseModel):
     until: datetime | None = Field(default=None, description="Requests before this time (exclusive).")
     kinds: list[str] = Field(default_factory=list, description="Only these calculation kinds.")
     job_ids: list[str] = Field(default_factory=list, max_length=10_000, description="Only these jobs.")
-    statuses: list[JobStatus] = Field(default_factory=list,
-                                      description="Only jobs whose current status is one of these (from ClickHouse).")
+    statuses: list[JobStatus] = Field(
+        default_factory=list, description="Only jobs whose current status is one of these (from ClickHouse)."
+    )
     calc_versions: dict[str, str] = Field(
-        default_factory=dict, description="kind → version to run; unnamed kinds run their current version.")
+        default_factory=dict, description="kind → version to run; unnamed kinds run their current version."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplaySelection:
@@ -48,7 +50,9 @@ class ReplaySelection(BaseModel):
 class ReplayRequest(ReplaySelection):
     """``POST /v1/replays``: a selection, how fast to emit it, and whether to only plan it."""
 
-    rate: float | None = Field(default=None, gt=0, description="Jobs per second (default JOBSTREAM_REPLAY_DEFAULT_RATE).")
+    rate: float | None = Field(
+        default=None, gt=0, description="Jobs per second (default JOBSTREAM_REPLAY_DEFAULT_RATE)."
+    )
     dry_run: bool = Field(default=False, description="Only plan: emit nothing.")
 
 

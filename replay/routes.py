@@ -85,12 +85,18 @@ def _find(request: Request, tenant: str, replay_id: str) -> Replay:
     return replay
 
 
-@router.post("/v1/replays", response_model=ReplayOut, status_code=202, responses={
-    200: {"model": ReplayOut, "description": "Dry run: the plan; nothing was emitted"},
-    **problem_responses(409),
-})
-async def start_replay(body: ReplayRequest, request: Request, response: Response,
-                       tenant: str = Depends(current_tenant)) -> ReplayOut:
+@router.post(
+    "/v1/replays",
+    response_model=ReplayOut,
+    status_code=202,
+    responses={
+        200: {"model": ReplayOut, "description": "Dry run: the plan; nothing was emitted"},
+        **problem_responses(409),
+    },
+)
+async def start_replay(
+    body: ReplayRequest, request: Request, response: Response, tenant: str = Depends(current_tenant)
+) -> ReplayOut:
     """Select past requests of the caller's jobs and re-run them as new jobs (or, with ``dry_run``, plan only)."""
     replayer: Replayer = request.app.state.replayer
     selection = ReplaySelection(**body.model_dump(exclude={"rate", "dry_run"}))
@@ -125,9 +131,14 @@ async def get_replay(replay_id: str, request: Request, tenant: str = Depends(cur
 
 
 @router.get("/v1/replays/{replay_id}/diff", response_model=DiffPage, responses=problem_responses(404))
-async def replay_diff(replay_id: str, request: Request, tenant: str = Depends(current_tenant),
-                      outcome: Literal["equal", "changed", "failed", "pending"] | None = None,
-                      limit: int = Query(default=100, ge=1, le=10_000), offset: int = Query(default=0, ge=0)) -> DiffPage:
+async def replay_diff(
+    replay_id: str,
+    request: Request,
+    tenant: str = Depends(current_tenant),
+    outcome: Literal["equal", "changed", "failed", "pending"] | None = None,
+    limit: int = Query(default=100, ge=1, le=10_000),
+    offset: int = Query(default=0, ge=0),
+) -> DiffPage:
     """Original vs replayed result per job (the ``replay_diff`` view), filtered by outcome."""
     _find(request, tenant, replay_id)
     store = request.app.state.store
@@ -136,8 +147,9 @@ async def replay_diff(replay_id: str, request: Request, tenant: str = Depends(cu
     return DiffPage(replay_id=replay_id, outcomes=outcomes, jobs=rows)
 
 
-@router.post("/v1/replays/{replay_id}:stop", response_model=ReplayOut, status_code=202,
-             responses=problem_responses(404, 409))
+@router.post(
+    "/v1/replays/{replay_id}:stop", response_model=ReplayOut, status_code=202, responses=problem_responses(404, 409)
+)
 async def stop_replay(replay_id: str, request: Request, tenant: str = Depends(current_tenant)) -> ReplayOut:
     """Stop at the next job; the position is recorded and ``:resume`` carries on without duplicates."""
     replay = _find(request, tenant, replay_id)
@@ -148,8 +160,9 @@ async def stop_replay(replay_id: str, request: Request, tenant: str = Depends(cu
     return _out(request, replay)
 
 
-@router.post("/v1/replays/{replay_id}:resume", response_model=ReplayOut, status_code=202,
-             responses=problem_responses(404, 409))
+@router.post(
+    "/v1/replays/{replay_id}:resume", response_model=ReplayOut, status_code=202, responses=problem_responses(404, 409)
+)
 async def resume_replay(replay_id: str, request: Request, tenant: str = Depends(current_tenant)) -> ReplayOut:
     """Carry on a stopped (or orphaned, or failed) replay from its last checkpoint."""
     replay = _find(request, tenant, replay_id)
@@ -161,8 +174,12 @@ async def resume_replay(replay_id: str, request: Request, tenant: str = Depends(
     return _out(request, replay)
 
 
-@router.post("/v1/jobs/{job_id}:rerun", response_model=Rerun, status_code=202,
-             responses=problem_responses(404, 410, s410="The job's request is no longer in Kafka (retention)"))
+@router.post(
+    "/v1/jobs/{job_id}:rerun",
+    response_model=Rerun,
+    status_code=202,
+    responses=problem_responses(404, 410, s410="The job's request is no longer in Kafka (retention)"),
+)
 async def rerun(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> Rerun:
     """Run one job again (say, a failed one) with the current calculation version, as a new job.
 
@@ -184,7 +201,16 @@ async def rerun(job_id: str, request: Request, response: Response, tenant: str =
     new_id = replayed_job_id(replay.replay_id, job_id)
     path = f"{_base(request)}/v1/jobs/{new_id}"
     response.headers["Location"] = path
-    return Rerun(job_id=new_id, replay_of=job_id, replay_id=replay.replay_id, status=JobStatus.QUEUED,
-                 calc_version=replay.versions[view.kind],
-                 links={"self": path, "events": f"{path}/events", "result": f"{path}/result",
-                        "replay": f"{_base(request)}/v1/replays/{replay.replay_id}"})
+    return Rerun(
+        job_id=new_id,
+        replay_of=job_id,
+        replay_id=replay.replay_id,
+        status=JobStatus.QUEUED,
+        calc_version=replay.versions[view.kind],
+        links={
+            "self": path,
+            "events": f"{path}/events",
+            "result": f"{path}/result",
+            "replay": f"{_base(request)}/v1/replays/{replay.replay_id}",
+        },
+    )

@@ -48,8 +48,12 @@ class ReplayLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplayLimits:
-        return cls(settings.replay_default_rate, settings.replay_max_rate, settings.replay_max_jobs,
-                   settings.replay_checkpoint_jobs)
+        return cls(
+            settings.replay_default_rate,
+            settings.replay_max_rate,
+            settings.replay_max_jobs,
+            settings.replay_checkpoint_jobs,
+        )
 
 
 @dataclass
@@ -61,8 +65,16 @@ class _Run:
 class Replayer:
     """Plans, runs, stops and resumes this process's replays, recording each in ``jobs.replays``."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, book: ReplayBook, *, limits: ReplayLimits,
-                 statuses: StatusLookup | None = None, on_emit: Callable[[JobEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        settings: Settings,
+        book: ReplayBook,
+        *,
+        limits: ReplayLimits,
+        statuses: StatusLookup | None = None,
+        on_emit: Callable[[JobEvent], None] | None = None,
+    ) -> None:
         """``settings`` for topic names; ``statuses`` answers the status filter (ClickHouse);
         ``on_emit`` sees each replayed job's queued event once Kafka has it (the API remembers it for
         read-your-writes). Both run on replay threads."""
@@ -79,8 +91,14 @@ class Replayer:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
 
     # --- planning -------------------------------------------------------------------------
-    def plan(self, tenant: str, selection: ReplaySelection, rate: float | None = None, dry_run: bool = False,
-             replay_id: str | None = None) -> Replay:
+    def plan(
+        self,
+        tenant: str,
+        selection: ReplaySelection,
+        rate: float | None = None,
+        dry_run: bool = False,
+        replay_id: str | None = None,
+    ) -> Replay:
         """Resolve the selection to offsets and count what it picks; record it (``planned`` for a dry run)."""
         limits = self._limits
         rate = rate or limits.default_rate
@@ -102,17 +120,29 @@ class Replayer:
                     by_kind[found.request.kind] = by_kind.get(found.request.kind, 0) + 1
                     total += 1
                 if total > limits.max_jobs:
-                    raise ReplayRefused("Too many jobs", f"the selection picks more than {limits.max_jobs} jobs; "
-                                        "narrow it", "since")
+                    raise ReplayRefused(
+                        "Too many jobs", f"the selection picks more than {limits.max_jobs} jobs; narrow it", "since"
+                    )
             ends = scanner.ends()
-        versions = {kind: self._calculation(kind, selection.calc_versions.get(kind), "kinds").version
-                    for kind in sorted(by_kind)}
+        versions = {
+            kind: self._calculation(kind, selection.calc_versions.get(kind), "kinds").version
+            for kind in sorted(by_kind)
+        }
         now = utcnow()
         replay = Replay(
-            replay_id=replay_id or new_job_id(), tenant=tenant, selection=selection, rate=rate,
-            state=ReplayState.PLANNED if dry_run else ReplayState.RUNNING, versions=versions,
-            partitions=ranges, total=total, by_kind=by_kind, created_at=now, updated_at=now,
-            owner=None if dry_run else self.owner, emitted_after=ends,
+            replay_id=replay_id or new_job_id(),
+            tenant=tenant,
+            selection=selection,
+            rate=rate,
+            state=ReplayState.PLANNED if dry_run else ReplayState.RUNNING,
+            versions=versions,
+            partitions=ranges,
+            total=total,
+            by_kind=by_kind,
+            created_at=now,
+            updated_at=now,
+            owner=None if dry_run else self.owner,
+            emitted_after=ends,
         )
         self._record(replay)
         return replay
@@ -130,8 +160,12 @@ class Replayer:
     def start(self, replay: Replay, already: set[str] | None = None, wait: bool = False) -> None:
         """Run ``replay`` (state ``running``) on a thread of this process; ``wait``: until it ends."""
         stop = threading.Event()
-        thread = threading.Thread(target=self._run_safely, args=(replay, already or set(), stop),
-                                  name=f"replay-{replay.replay_id[:8]}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_safely,
+            args=(replay, already or set(), stop),
+            name=f"replay-{replay.replay_id[:8]}",
+            daemon=True,
+        )
         with self._lock:
             self._runs[replay.replay_id] = _Run(thread, stop)
         thread.start()
@@ -169,10 +203,15 @@ class Replayer:
         self._send([stop_record(self._settings, replay.replay_id, stop=False)])
         self._book.clear_stop(replay.replay_id)
         already = self._emitted_since_checkpoint(replay)
-        replay = replay.model_copy(update={
-            "state": ReplayState.RUNNING, "owner": self.owner, "error": None, "updated_at": utcnow(),
-            "emitted": replay.emitted + len(already),
-        })
+        replay = replay.model_copy(
+            update={
+                "state": ReplayState.RUNNING,
+                "owner": self.owner,
+                "error": None,
+                "updated_at": utcnow(),
+                "emitted": replay.emitted + len(already),
+            }
+        )
         self._record(replay)
         self.start(replay, already)
         return replay
@@ -181,10 +220,17 @@ class Replayer:
         """Ids this replay emitted after its last checkpoint (they are in jobs.requested past it)."""
         with RequestScanner(self._kafka, self._settings) as scanner:
             ends = scanner.ends()
-            ranges = [PartitionRange(partition=p, start=replay.emitted_after.get(p, 0), end=end,
-                                     position=replay.emitted_after.get(p, 0)) for p, end in ends.items()]
-            return {f.request.replay_of for f in scanner.scan(ranges)  # type: ignore[misc]
-                    if f.request.replay_id == replay.replay_id}
+            ranges = [
+                PartitionRange(
+                    partition=p, start=replay.emitted_after.get(p, 0), end=end, position=replay.emitted_after.get(p, 0)
+                )
+                for p, end in ends.items()
+            ]
+            return {
+                f.request.replay_of
+                for f in scanner.scan(ranges)
+                if f.request.replay_id == replay.replay_id and f.request.replay_of is not None
+            }
 
     def _run_safely(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
         try:
@@ -192,8 +238,11 @@ class Replayer:
         except Exception as exc:  # recorded, so an operator sees it and can resume
             logger.exception("replay %s failed", replay.replay_id)
             latest = self._book.get(replay.replay_id) or replay
-            self._record(latest.model_copy(update={"state": ReplayState.FAILED, "error": str(exc)[:2000],
-                                                   "updated_at": utcnow()}))
+            self._record(
+                latest.model_copy(
+                    update={"state": ReplayState.FAILED, "error": str(exc)[:2000], "updated_at": utcnow()}
+                )
+            )
 
     def _run(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
         settings = self._settings
@@ -213,11 +262,16 @@ class Replayer:
             nonlocal replay, last_checkpoint, since_checkpoint
             self._flush()
             now = utcnow()
-            replay = replay.model_copy(update={
-                "state": state, "partitions": [r.model_copy() for r in ranges], "emitted": emitted,
-                "updated_at": now, "emitted_after": scanner.ends(),
-                "finished_at": now if state is ReplayState.COMPLETED else None,
-            })
+            replay = replay.model_copy(
+                update={
+                    "state": state,
+                    "partitions": [r.model_copy() for r in ranges],
+                    "emitted": emitted,
+                    "updated_at": now,
+                    "emitted_after": scanner.ends(),
+                    "finished_at": now if state is ReplayState.COMPLETED else None,
+                }
+            )
             self._record(replay)
             last_checkpoint, since_checkpoint = time.monotonic(), 0
             return replay
@@ -242,7 +296,8 @@ class Replayer:
                         since_checkpoint += 1
                     by_partition[found.partition].position = found.offset + 1
                     if since_checkpoint >= self._limits.checkpoint_jobs or (
-                            time.monotonic() - last_checkpoint >= HEARTBEAT_S):
+                        time.monotonic() - last_checkpoint >= HEARTBEAT_S
+                    ):
                         checkpoint(ReplayState.RUNNING, scanner)
             for r in ranges:
                 r.position = r.end
@@ -252,9 +307,15 @@ class Replayer:
     def _emit(self, replay: Replay, original: JobRequested) -> None:
         """The original request again, as a new job (the ingest API's record builder, so both are alike)."""
         job = wire.build(
-            replayed_job_id(replay.replay_id, original.job_id), original.tenant, original.kind, original.params,
-            original.priority, original.timeout_s, calc_version=replay.versions[original.kind],
-            replay_of=original.job_id, replay_id=replay.replay_id,
+            replayed_job_id(replay.replay_id, original.job_id),
+            original.tenant,
+            original.kind,
+            original.params,
+            original.priority,
+            original.timeout_s,
+            calc_version=replay.versions[original.kind],
+            replay_of=original.job_id,
+            replay_id=replay.replay_id,
         )
         request, queued = wire.records(job, self._settings)
         on_delivery = self._delivered

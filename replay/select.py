@@ -66,8 +66,10 @@ class RequestScanner:
 
     def ends(self) -> dict[int, int]:
         """Each partition's end offset now (where the next record will land)."""
-        return {p: high for p, (_, high) in watermarks(self._consumer, self.topic, self.partitions(),
-                                                       self._timeout_s).items()}
+        return {
+            p: high
+            for p, (_, high) in watermarks(self._consumer, self.topic, self.partitions(), self._timeout_s).items()
+        }
 
     def ranges(self, since: datetime | None, until: datetime | None) -> list[PartitionRange]:
         """Per partition, the offsets ``[start, end)`` holding requests stamped in ``[since, until)``."""
@@ -82,8 +84,9 @@ class RequestScanner:
     def _offset_at(self, partition: int, ts: datetime, high: int) -> int:
         if _ms(ts) <= 0:  # before 1970: everything is later (and -1/-2 mean latest/earliest to Kafka)
             return 0
-        (found,) = self._consumer.offsets_for_times([TopicPartition(self.topic, partition, _ms(ts))],
-                                                    timeout=self._timeout_s)
+        (found,) = self._consumer.offsets_for_times(
+            [TopicPartition(self.topic, partition, _ms(ts))], timeout=self._timeout_s
+        )
         return found.offset if found.offset >= 0 else high  # -1: no record that late
 
     def scan(self, ranges: Iterable[PartitionRange]) -> Iterator[Found]:

@@ -58,8 +58,9 @@ def parse_since(value: str | None, now: datetime, default: str = "1h") -> dateti
     return since
 
 
-def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | None = None,
-             now: datetime | None = None) -> dict[str, Any]:
+def headline(
+    store: ClickHouseStore, tenant: str, since: datetime, kind: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Throughput, outcome counts, failure rate, latency and batch-size quantiles of one tenant."""
     now = now or datetime.now(UTC)
     start = since.astimezone(UTC).replace(second=0, microsecond=0)
@@ -69,17 +70,24 @@ def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | N
         where += " AND kind = {{kind:String}}"
         params["kind"] = kind
 
-    counts = dict(store.query(
-        f"SELECT status, count() FROM job_outcomes WHERE {where.format(time='finished_at')} GROUP BY status",
-        params))
+    counts = dict(
+        store.query(
+            f"SELECT status, count() FROM job_outcomes WHERE {where.format(time='finished_at')} GROUP BY status", params
+        )
+    )
     ((queue_wait, run, total),) = store.query(
         f"SELECT quantiles({QUANTILES})(queue_wait_s), quantiles({QUANTILES})(run_s), "
-        f"quantiles({QUANTILES})(total_s) FROM job_outcomes WHERE {where.format(time='finished_at')}", params)
+        f"quantiles({QUANTILES})(total_s) FROM job_outcomes WHERE {where.format(time='finished_at')}",
+        params,
+    )
     ((submitted,),) = store.query(
-        f"SELECT uniqExact(job_id) FROM job_events WHERE type = 'queued' AND {where.format(time='ts')}", params)
+        f"SELECT uniqExact(job_id) FROM job_events WHERE type = 'queued' AND {where.format(time='ts')}", params
+    )
     ((size_avg, size_q, size_max, sized_jobs),) = store.query(
         f"SELECT avg(batch_size), quantiles({QUANTILES})(batch_size), max(batch_size), count() "
-        f"FROM ({FIRST_RUNS_OF_TENANT}) WHERE batch_size > 0 AND {where.format(time='started_at')}", params)
+        f"FROM ({FIRST_RUNS_OF_TENANT}) WHERE batch_size > 0 AND {where.format(time='started_at')}",
+        params,
+    )
 
     finished = int(sum(counts.values()))
     window_s = max((now - start).total_seconds(), 1.0)
@@ -97,8 +105,11 @@ def headline(store: ClickHouseStore, tenant: str, since: datetime, kind: str | N
         "throughput_per_s": finished / window_s,
         "failure_rate": counts.get("failed", 0) / finished if finished else None,
         "latency_s": {"queue_wait": _levels(queue_wait), "run": _levels(run), "end_to_end": _levels(total)},
-        "batch_size": {"avg": _number(size_avg) if sized_jobs else None, **_levels(size_q if sized_jobs else None),
-                       "max": int(size_max) if sized_jobs else None},
+        "batch_size": {
+            "avg": _number(size_avg) if sized_jobs else None,
+            **_levels(size_q if sized_jobs else None),
+            "max": int(size_max) if sized_jobs else None,
+        },
     }
 
 

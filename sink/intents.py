@@ -68,8 +68,11 @@ def commit_offsets(topic: str, ranges: Ranges, partitions: set[int], *, intent: 
     """What to commit for ``ranges`` on the ``partitions`` still owned: the intent (offsets unchanged,
     ranges as metadata) or the done batch (offsets after it, metadata cleared)."""
     metadata = INTENT_PREFIX + ranges.describe() if intent else ""
-    return [TopicPartition(topic, p, a if intent else b + 1, metadata=metadata)
-            for p, a, b in ranges.spans if p in partitions]
+    return [
+        TopicPartition(topic, p, a if intent else b + 1, metadata=metadata)
+        for p, a, b in ranges.spans
+        if p in partitions
+    ]
 
 
 def unfinished(committed: list[TopicPartition]) -> list[Ranges]:
@@ -89,8 +92,9 @@ def unfinished(committed: list[TopicPartition]) -> list[Ranges]:
     return list(intents.values())
 
 
-def read_exactly(kafka: KafkaConnection, group: str, topic: str, ranges: Ranges,
-                 stop: threading.Event) -> list[Message]:
+def read_exactly(
+    kafka: KafkaConnection, group: str, topic: str, ranges: Ranges, stop: threading.Event
+) -> list[Message]:
     """The messages of ``ranges`` from Kafka, in (partition, offset) order, read by a consumer
     outside the sink's group (``<group>.replay``)."""
     reader = Consumer(kafka.consumer_config(f"{group}.replay", **{"enable.partition.eof": True}))

@@ -36,8 +36,9 @@ class QueryFailed(JobstreamError, RuntimeError):
     """The query was refused or failed; the message says why (ClickHouse's words where it spoke)."""
 
 
-def run_direct(url: str, sql: str, limits: QueryLimits, database: str | None = None,
-               login: AnalystLogin | None = None) -> QueryResult:
+def run_direct(
+    url: str, sql: str, limits: QueryLimits, database: str | None = None, login: AnalystLogin | None = None
+) -> QueryResult:
     """Run on a ClickHouse server: vetted by ``sql_guard``, then on a read-only session of its own, as ``login``."""
     if url.startswith("chdb://"):
         raise ValueError("embedded chDB belongs to the running service: ask it (POST /v1/sql) instead")
@@ -61,8 +62,9 @@ def analyst_login(settings: Settings) -> AnalystLogin | None:
     if not settings.sql_clickhouse_user:
         return None
     if settings.clickhouse_url.startswith("chdb://"):
-        raise ValueError("JOBSTREAM_SQL_CLICKHOUSE_USER needs a ClickHouse server (CLICKHOUSE_URL=http…); "
-                         "embedded chDB has no users")
+        raise ValueError(
+            "JOBSTREAM_SQL_CLICKHOUSE_USER needs a ClickHouse server (CLICKHOUSE_URL=http…); embedded chDB has no users"
+        )
     password = settings.sql_clickhouse_password.get_secret_value() if settings.sql_clickhouse_password else ""
     return AnalystLogin(settings.sql_clickhouse_user, password)
 
@@ -73,8 +75,9 @@ def run_remote(base_url: str, sql: str, api_key: str | None = None, timeout_s: f
     try:
         response = httpx.post(f"{base_url.rstrip('/')}/v1/sql", json={"sql": sql}, headers=headers, timeout=timeout_s)
     except httpx.TransportError as exc:
-        raise QueryFailed(f"cannot reach the jobstream service at {base_url} ({exc}); is `jobstream up` running?") \
-            from exc
+        raise QueryFailed(
+            f"cannot reach the jobstream service at {base_url} ({exc}); is `jobstream up` running?"
+        ) from exc
     if response.status_code != 200:
         try:
             problem = response.json()
@@ -105,15 +108,23 @@ def jsonable(value: Any) -> Any:
 
 def result_body(result: QueryResult) -> bytes:
     """The JSON body of ``POST /v1/sql``."""
-    return orjson.dumps({"columns": result.columns, "types": result.types,
-                         "rows": [[jsonable(v) for v in row] for row in result.rows], "row_count": len(result.rows)})
+    return orjson.dumps(
+        {
+            "columns": result.columns,
+            "types": result.types,
+            "rows": [[jsonable(v) for v in row] for row in result.rows],
+            "row_count": len(result.rows),
+        }
+    )
 
 
 def render(result: QueryResult, fmt: str) -> str:
     """The result as ``table`` (rich), ``csv`` (header first) or ``json`` (an array of objects)."""
     rows = [[jsonable(v) for v in row] for row in result.rows]
     if fmt == "json":
-        return orjson.dumps([dict(zip(result.columns, row, strict=False)) for row in rows], option=orjson.OPT_INDENT_2).decode()
+        return orjson.dumps(
+            [dict(zip(result.columns, row, strict=False)) for row in rows], option=orjson.OPT_INDENT_2
+        ).decode()
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -133,7 +144,7 @@ def render(result: QueryResult, fmt: str) -> str:
         console = Console(file=io.StringIO(), width=200, force_terminal=False, color_system=None)
         console.print(table)
         console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
-        return console.file.getvalue().rstrip("\n")  # type: ignore[attr-defined]
+        return console.file.getvalue().rstrip("\n")  # type: ignore[attr-defined]  # our StringIO; rich types it as IO[str]
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
@@ -147,5 +158,6 @@ def _text(value: Any) -> str:
 
 def limits_from(settings: Settings) -> QueryLimits:
     """The analyst query limits configured by ``JOBSTREAM_SQL_MAX_*``."""
-    return QueryLimits(max_rows=settings.sql_max_rows, max_bytes=settings.sql_max_bytes,
-                       max_seconds=settings.sql_max_execution_s)
+    return QueryLimits(
+        max_rows=settings.sql_max_rows, max_bytes=settings.sql_max_bytes, max_seconds=settings.sql_max_execution_s
+    )

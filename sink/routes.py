@@ -37,8 +37,11 @@ _READONLY, _TIMEOUT, _TOO_BIG = 164, 159, 396
 class SqlQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sql: str = Field(min_length=1, description="One read-only statement (SELECT, SHOW, DESCRIBE, EXPLAIN, …).",
-                     examples=["SELECT kind, count() FROM jobs GROUP BY kind"])
+    sql: str = Field(
+        min_length=1,
+        description="One read-only statement (SELECT, SHOW, DESCRIBE, EXPLAIN, …).",
+        examples=["SELECT kind, count() FROM jobs GROUP BY kind"],
+    )
 
 
 class SqlResult(BaseModel):
@@ -57,8 +60,12 @@ def sql_caller(request: Request, tenant: str = Depends(current_tenant)) -> str:
     keyring: KeyRing = request.app.state.keyring
     settings: Settings = request.app.state.settings
     if keyring.enabled and tenant not in sql_tenants(settings):
-        raise Problem(403, "SQL not allowed", f"tenant {tenant!r} may not run SQL; JOBSTREAM_SQL_TENANTS names "
-                                              "the tenants that may (queries see every tenant's data)")
+        raise Problem(
+            403,
+            "SQL not allowed",
+            f"tenant {tenant!r} may not run SQL; JOBSTREAM_SQL_TENANTS names "
+            "the tenants that may (queries see every tenant's data)",
+        )
     return tenant
 
 
@@ -67,12 +74,23 @@ def refusal_status(exc: Refused) -> int:
     return 403 if exc.rule == "statement" else 400
 
 
-@router.post("/v1/sql", response_model=SqlResult, responses={
-    **problem_responses(400, 401, 403, 422, 503, s400="Refused by a rule of the sandbox (`rule` names it), or "
-                                                      "ClickHouse refused the query (its error code, short message)",
-                        s403="Not an SQL tenant, or a statement that would write or act on the server",
-                        s422="Result or run time over the limits"),
-})
+@router.post(
+    "/v1/sql",
+    response_model=SqlResult,
+    responses={
+        **problem_responses(
+            400,
+            401,
+            403,
+            422,
+            503,
+            s400="Refused by a rule of the sandbox (`rule` names it), or "
+            "ClickHouse refused the query (its error code, short message)",
+            s403="Not an SQL tenant, or a statement that would write or act on the server",
+            s422="Result or run time over the limits",
+        ),
+    },
+)
 async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_caller)) -> Response:
     """Run one read-only SQL statement on ClickHouse and return its rows (``jobstream sql`` uses this)."""
     settings: Settings = request.app.state.settings
@@ -94,11 +112,12 @@ async def run_sql(body: SqlQuery, request: Request, tenant: str = Depends(sql_ca
 
 
 @router.get("/v1/stats", responses={**problem_responses(401, 422, 503)})
-async def stats(request: Request, tenant: str = Depends(current_tenant),
-                since: str | None = Query(default=None, description="Window start: 15m, 1h, 7d or ISO 8601 "
-                                                                    "(default 1h)."),
-                kind: str | None = Query(default=None, min_length=1, description="Only this calculation.")
-                ) -> dict[str, Any]:
+async def stats(
+    request: Request,
+    tenant: str = Depends(current_tenant),
+    since: str | None = Query(default=None, description="Window start: 15m, 1h, 7d or ISO 8601 (default 1h)."),
+    kind: str | None = Query(default=None, min_length=1, description="Only this calculation."),
+) -> dict[str, Any]:
     """Throughput, outcomes, failure rate, latency and batch-size quantiles of the caller's jobs."""
     store: ClickHouseStore = request.app.state.store
     now = datetime.now(UTC)
@@ -107,8 +126,12 @@ async def stats(request: Request, tenant: str = Depends(current_tenant),
     except analytics.BadWindow as exc:
         raise Problem(422, "Invalid request", str(exc), errors=[{"field": "since", "reason": str(exc)}]) from None
     if start >= now:
-        raise Problem(422, "Invalid request", "since must be in the past",
-                      errors=[{"field": "since", "reason": "not in the past"}])
+        raise Problem(
+            422,
+            "Invalid request",
+            "since must be in the past",
+            errors=[{"field": "since", "reason": "not in the past"}],
+        )
     try:
         return await asyncio.to_thread(analytics.headline, store, tenant, start, kind, now)
     except (OperationalError, StoreClosed) as exc:
@@ -120,8 +143,13 @@ def _problem(exc: DatabaseError, limits) -> Problem:
     code = getattr(exc, "code", None)
     message = short_error(exc)
     if code == _READONLY:
-        return Problem(403, "Read-only", f"only read-only statements may run here: {message}", rule="readonly",
-                       clickhouse_code=code)
+        return Problem(
+            403,
+            "Read-only",
+            f"only read-only statements may run here: {message}",
+            rule="readonly",
+            clickhouse_code=code,
+        )
     if code == _TOO_BIG:
         return Problem(422, "Result too large", message, max_rows=limits.max_rows, max_bytes=limits.max_bytes)
     if code == _TIMEOUT:

@@ -82,7 +82,10 @@ class BatchRows:
             seen_submitted, seen_started = seen or (None, None)
             found_submitted, found_started = looked_up.get(key, (None, None))
             lines[index] = b'{"submitted_at":%s,"started_at":%s,%s' % (
-                _json_time(seen_submitted or found_submitted), _json_time(seen_started or found_started), tail)
+                _json_time(seen_submitted or found_submitted),
+                _json_time(seen_started or found_started),
+                tail,
+            )
         return b"\n".join(lines)
 
 

@@ -62,12 +62,22 @@ class Sink(KafkaReader):
     previous insert finished and its offsets were committed.
     """
 
-    def __init__(self, kafka: KafkaConnection, store: ClickHouseStore, settings: Settings,
-                 consumer_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        store: ClickHouseStore,
+        settings: Settings,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
         self._group = settings.topic(GROUP_ID)
         membership = {"group.instance.id": member} if (member := instance_id(settings)) else {}
-        super().__init__(kafka, settings.topic(topics.EVENTS), group_id=self._group,
-                         name="clickhouse-sink", **{**membership, **(consumer_overrides or {})})
+        super().__init__(
+            kafka,
+            settings.topic(topics.EVENTS),
+            group_id=self._group,
+            name="clickhouse-sink",
+            **{**membership, **(consumer_overrides or {})},
+        )
         self._kafka = kafka
         self._store = store
         self._settings = settings
@@ -92,8 +102,9 @@ class Sink(KafkaReader):
         self._writer.shutdown(wait=True)
 
     def attach(self) -> None:
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
 
     def round(self) -> None:
         self._inbox.extend(self.consumer.consume(self._settings.sink_batch_max_size, timeout=self._poll_timeout()))
@@ -156,8 +167,12 @@ class Sink(KafkaReader):
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._FATAL:  # e.g. fenced: another sink joined with our instance id
-                    logger.error("sink consumer failed for good, the sink stops: %s; does another sink share "
-                                 "JOBSTREAM_SINK_INSTANCE_ID %r?", error, instance_id(self._settings))
+                    logger.error(
+                        "sink consumer failed for good, the sink stops: %s; does another sink share "
+                        "JOBSTREAM_SINK_INSTANCE_ID %r?",
+                        error,
+                        instance_id(self._settings),
+                    )
                     self._stop.set()
                 elif error.code() != KafkaError._PARTITION_EOF:
                     logger.warning("sink consumer error: %s", error)
@@ -231,19 +246,28 @@ class Sink(KafkaReader):
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
 
         def waiting(state: RetryCallState) -> None:
-            logger.warning("ClickHouse insert failed (attempt %d, retry in %.1fs, %d events waiting): %s",
-                           state.attempt_number, state.upcoming_sleep, len(rows.lines), self.stats.last_error)
+            logger.warning(
+                "ClickHouse insert failed (attempt %d, retry in %.1fs, %d events waiting): %s",
+                state.attempt_number,
+                state.upcoming_sleep,
+                len(rows.lines),
+                self.stats.last_error,
+            )
 
-        retrying = Retrying(retry=retry_if_exception_type(Exception),
-                            stop=lambda state: self._stop.is_set() and state.attempt_number >= 3,
-                            wait=_jittered(wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s)),
-                            sleep=self._wait, after=failed, before_sleep=waiting,
-                            retry_error_callback=_stopping)
+        retrying = Retrying(
+            retry=retry_if_exception_type(Exception),
+            stop=lambda state: self._stop.is_set() and state.attempt_number >= 3,
+            wait=_jittered(wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s)),
+            sleep=self._wait,
+            after=failed,
+            before_sleep=waiting,
+            retry_error_callback=_stopping,
+        )
         for attempt in retrying:
             with attempt:
                 looked_up = self._store.job_times(rows.missing_times())
                 self._store.insert_json("job_events", rows.body(looked_up), token)
-        if (failures := attempt.retry_state.attempt_number - 1):
+        if failures := attempt.retry_state.attempt_number - 1:
             logger.info("ClickHouse insert succeeded after %d failed attempts", failures)
         self.stats.retrying = False
         self.stats.events_written += len(rows.lines)
@@ -281,10 +305,13 @@ class Sink(KafkaReader):
         offsets = commit_offsets(self.topic, ranges, self._assigned, intent=intent)
         if not offsets:
             return not intent
-        retrying = Retrying(retry=retry_if_exception(transient),
-                            stop=lambda state: self._stop.is_set() or (not intent and state.attempt_number >= 5),
-                            wait=wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s),
-                            sleep=self._wait_paused, reraise=True)
+        retrying = Retrying(
+            retry=retry_if_exception(transient),
+            stop=lambda state: self._stop.is_set() or (not intent and state.attempt_number >= 5),
+            wait=wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s),
+            sleep=self._wait_paused,
+            reraise=True,
+        )
         try:
             retrying(self.consumer.commit, offsets=offsets, asynchronous=False)
             return True

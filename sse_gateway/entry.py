@@ -14,11 +14,35 @@ _TERMINAL = frozenset(t.value for t in TERMINAL_EVENTS)
 class Entry:
     """One event of ``jobs.events`` with its Kafka position and its SSE frames, built once for all clients."""
 
-    __slots__ = ("partition", "offset", "timestamp_ms", "job_id", "tenant", "seq", "type", "kind", "raw",
-                 "event", "position", "_job_frame", "_tenant_frame")
+    __slots__ = (
+        "partition",
+        "offset",
+        "timestamp_ms",
+        "job_id",
+        "tenant",
+        "seq",
+        "type",
+        "kind",
+        "raw",
+        "event",
+        "position",
+        "_job_frame",
+        "_tenant_frame",
+    )
 
-    def __init__(self, partition: int, offset: int, timestamp_ms: int, job_id: str, tenant: str, seq: int,
-                 type_: str, kind: str, raw: bytes, event: JobEvent | None = None) -> None:
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        job_id: str,
+        tenant: str,
+        seq: int,
+        type_: str,
+        kind: str,
+        raw: bytes,
+        event: JobEvent | None = None,
+    ) -> None:
         self.partition = partition
         self.offset = offset
         self.timestamp_ms = timestamp_ms
@@ -37,20 +61,50 @@ class Entry:
     def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> Entry:
         """Raises ValueError for a record that is not a job event."""
         e = wire.decode_event(value)  # e.raw is one line, as an SSE data line must be
-        return cls(partition, offset, timestamp_ms, e.job_id, e.tenant, e.seq, e.type.value, e.kind, e.raw,
-                   e.model() if parse_model else None)
+        return cls(
+            partition,
+            offset,
+            timestamp_ms,
+            e.job_id,
+            e.tenant,
+            e.seq,
+            e.type.value,
+            e.kind,
+            e.raw,
+            e.model() if parse_model else None,
+        )
 
     @classmethod
     def from_event(cls, event: JobEvent, partition: int, offset: int) -> Entry:
-        return cls(partition, offset, int(event.ts.timestamp() * 1000), event.job_id, event.tenant, event.seq,
-                   event.type.value, event.kind, wire.dumps(event), event)
+        return cls(
+            partition,
+            offset,
+            int(event.ts.timestamp() * 1000),
+            event.job_id,
+            event.tenant,
+            event.seq,
+            event.type.value,
+            event.kind,
+            wire.dumps(event),
+            event,
+        )
 
     def row(self, received: float) -> tuple:
         """The compact form kept in the recent window: a tuple of atomic values, which CPython's
         collector stops tracking — tens of thousands of window objects would otherwise make every
         full collection pause the loop for hundreds of milliseconds."""
-        return (self.partition, self.offset, self.timestamp_ms, self.job_id, self.tenant, self.seq, self.type,
-                self.kind, self.raw, received)
+        return (
+            self.partition,
+            self.offset,
+            self.timestamp_ms,
+            self.job_id,
+            self.tenant,
+            self.seq,
+            self.type,
+            self.kind,
+            self.raw,
+            received,
+        )
 
     @classmethod
     def from_row(cls, row: tuple) -> Entry:
@@ -71,8 +125,14 @@ class Entry:
         tail's position right after this event, shared by every client."""
         if position is not None:
             return b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                positions.encode(position).encode(), self.type.encode(), self.raw)
+                positions.encode(position).encode(),
+                self.type.encode(),
+                self.raw,
+            )
         if self._tenant_frame is None:
             self._tenant_frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                positions.encode(self.position or ()).encode(), self.type.encode(), self.raw)
+                positions.encode(self.position or ()).encode(),
+                self.type.encode(),
+                self.raw,
+            )
         return self._tenant_frame

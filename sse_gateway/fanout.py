@@ -32,16 +32,20 @@ logger = logging.getLogger(__name__)
 class Fanout:
     """The gateway's Kafka tail, recent window and subscriptions (all touched on the event loop only)."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings,
-                 observers: list[Callable[[JobEvent], None]] | None = None) -> None:
+    def __init__(
+        self, kafka: KafkaConnection, settings: Settings, observers: list[Callable[[JobEvent], None]] | None = None
+    ) -> None:
         self._settings = settings
         self._observers = observers or []
         self.topic = settings.topic(topics.EVENTS)
         self._tail = KafkaTail(kafka, settings, self._dispatch)
         self._offsets = TopicOffsets(kafka, settings)
         self._window = RecentWindow(settings.sse_recent_window_s, settings.sse_recent_max_events)
-        self._subs = Subscriptions(queue_size=settings.sse_queue_size, heartbeat_s=settings.sse_heartbeat_s,
-                                   max_stream_s=settings.sse_max_stream_s)
+        self._subs = Subscriptions(
+            queue_size=settings.sse_queue_size,
+            heartbeat_s=settings.sse_heartbeat_s,
+            max_stream_s=settings.sse_max_stream_s,
+        )
         self.partitions = 0
         self.next_offsets: list[int] = []  # per partition: the next offset the tail will dispatch
         self.start_low: list[int] = []  # per partition: the topic's first offset when we started

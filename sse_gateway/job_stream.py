@@ -46,8 +46,9 @@ def merge_by_seq(*sources: list[Entry]) -> list[Entry]:
 class JobStream(ClientStream):
     """One client's stream of one job: ``open()`` (may answer 404/503/204), then ``frames()``."""
 
-    def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str, job_id: str,
-                 last: int) -> None:
+    def __init__(
+        self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str, job_id: str, last: int
+    ) -> None:
         super().__init__(fanout, store, settings, tenant)
         self.job_id = job_id
         self.last = last
@@ -72,8 +73,12 @@ class JobStream(ClientStream):
             if not self._known:
                 if all(self._covered(p, committed) for p in range(self.fanout.partitions)):
                     raise Problem(404, "Job not found", f"no job {self.job_id!r}")
-                raise Problem(503, "History not available yet", "the sink is behind; retry shortly",
-                              headers={"Retry-After": str(self.settings.retry_after_s)})
+                raise Problem(
+                    503,
+                    "History not available yet",
+                    "the sink is behind; retry shortly",
+                    headers={"Retry-After": str(self.settings.retry_after_s)},
+                )
             self._partition = self._known[0].partition
             self._committed = committed
             terminal = next((e for e in self._known if e.terminal), None)
@@ -163,7 +168,12 @@ class JobStream(ClientStream):
 
     def _reset(self, reason: ResetReason, detail: str) -> bytes:
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
-        return control_frame("reset", {
-            "reason": reason, "detail": detail, "job_id": self.job_id,
-            "action": f"reload the job from GET /v1/jobs/{self.job_id}; live events follow",
-        })
+        return control_frame(
+            "reset",
+            {
+                "reason": reason,
+                "detail": detail,
+                "job_id": self.job_id,
+                "action": f"reload the job from GET /v1/jobs/{self.job_id}; live events follow",
+            },
+        )

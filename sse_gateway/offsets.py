@@ -55,5 +55,7 @@ class TopicOffsets:
         return committed_offsets(self._consumer, self.topic, list(range(self.partitions)))
 
     def _read_watermarks(self) -> list[tuple[int, int]]:
-        return [self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-                for p in range(self.partitions)]
+        return [
+            self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+            for p in range(self.partitions)
+        ]

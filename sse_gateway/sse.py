@@ -71,8 +71,14 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes], *, watchdog: SendWatchdog,
-                 on_disconnect: Callable[[], None], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        watchdog: SendWatchdog,
+        on_disconnect: Callable[[], None],
+        on_close: Callable[[], None],
+    ) -> None:
         self.frames = frames
         self.watchdog = watchdog
         self.on_disconnect = on_disconnect
@@ -132,7 +138,7 @@ class EventStreamResponse(Response):
             if watcher is not None:
                 watcher.cancel()
             try:
-                await self.frames.aclose()  # type: ignore[attr-defined]
+                await self.frames.aclose()  # type: ignore[attr-defined]  # an async generator; typed as AsyncIterator
             finally:
                 self.on_close()
 

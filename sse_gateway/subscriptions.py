@@ -27,11 +27,22 @@ class Subscription:
     for all clients instead of one per wait, which at thousands of clients is most of the CPU.
     """
 
-    __slots__ = ("key", "accepts", "maxsize", "items", "closed", "reason", "beat", "deadline", "waiting_since",
-                 "_waiter")
+    __slots__ = (
+        "key",
+        "accepts",
+        "maxsize",
+        "items",
+        "closed",
+        "reason",
+        "beat",
+        "deadline",
+        "waiting_since",
+        "_waiter",
+    )
 
-    def __init__(self, key: str, maxsize: int, accepts: Callable[[Entry], bool] | None = None,
-                 deadline: float = float("inf")) -> None:
+    def __init__(
+        self, key: str, maxsize: int, accepts: Callable[[Entry], bool] | None = None, deadline: float = float("inf")
+    ) -> None:
         self.key = key
         self.accepts = accepts
         self.maxsize = maxsize

@@ -34,8 +34,13 @@ class KafkaTail(KafkaReader):
     chunk_size = CONSUME_BATCH
 
     def __init__(self, kafka: KafkaConnection, settings: Settings, on_batch: OnBatch) -> None:
-        super().__init__(kafka, settings.topic(topics.EVENTS), group_id="jobstream-sse-gateway",
-                         name="sse-fanout", **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})
+        super().__init__(
+            kafka,
+            settings.topic(topics.EVENTS),
+            group_id="jobstream-sse-gateway",
+            name="sse-fanout",
+            **{"enable.partition.eof": False, "fetch.wait.max.ms": 100},
+        )
         self._on_batch = on_batch
         self._parse_model = False
         self._since_s = 0.0
@@ -80,11 +85,13 @@ class KafkaTail(KafkaReader):
         entries = []
         for message in messages:
             try:
-                entries.append(Entry.from_kafka(message.partition(), message.offset(), message.timestamp()[1],
-                                                message.value(), parse_model))
+                entries.append(
+                    Entry.from_kafka(
+                        message.partition(), message.offset(), message.timestamp()[1], message.value(), parse_model
+                    )
+                )
             except ValueError as exc:
-                logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(),
-                             message.offset(), exc)
+                logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(), message.offset(), exc)
         if not self.to_loop(self._on_batch, entries, messages_positions(messages), wait=True):
             self._stop.set()
 

@@ -32,8 +32,9 @@ REPLAY_CHUNK = 500
 class EventFilter:
     """Which events a multi-job stream wants: by kind, by the status an event moves a job to, by job."""
 
-    def __init__(self, kinds: Iterable[str] = (), statuses: Iterable[JobStatus] = (),
-                 job_ids: Iterable[str] = ()) -> None:
+    def __init__(
+        self, kinds: Iterable[str] = (), statuses: Iterable[JobStatus] = (), job_ids: Iterable[str] = ()
+    ) -> None:
         self.kinds = frozenset(kinds)
         statuses = frozenset(statuses)
         self.types = frozenset(t.value for t in EventType if next_status(None, t) in statuses)
@@ -44,15 +45,25 @@ class EventFilter:
         return bool(self.kinds or self.types or self.job_ids)
 
     def __call__(self, entry: Entry) -> bool:
-        return ((not self.kinds or entry.kind in self.kinds) and (not self.types or entry.type in self.types)
-                and (not self.job_ids or entry.job_id in self.job_ids))
+        return (
+            (not self.kinds or entry.kind in self.kinds)
+            and (not self.types or entry.type in self.types)
+            and (not self.job_ids or entry.job_id in self.job_ids)
+        )
 
 
 class TenantStream(ClientStream):
     """One client's stream of a tenant's events: ``open()``, then ``frames()``."""
 
-    def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str,
-                 accepts: EventFilter, resume: list[int] | None) -> None:
+    def __init__(
+        self,
+        fanout: Fanout,
+        store: ClickHouseStore,
+        settings: Settings,
+        tenant: str,
+        accepts: EventFilter,
+        resume: list[int] | None,
+    ) -> None:
         super().__init__(fanout, store, settings, tenant)
         self.accepts = accepts
         self.resume = resume
@@ -61,8 +72,9 @@ class TenantStream(ClientStream):
         self.sub = self.fanout.subscribe_tenant(self.tenant, self.accepts if self.accepts.active else None)
         self._start = self.fanout.position()
         self._window_start = list(self.fanout.window_start)
-        self._window = (self.fanout.tenant_window(self.tenant, self.accepts, self.resume)
-                        if self.resume is not None else [])
+        self._window = (
+            self.fanout.tenant_window(self.tenant, self.accepts, self.resume) if self.resume is not None else []
+        )
 
     async def frames(self) -> AsyncIterator[bytes]:
         assert self.sub is not None
@@ -88,15 +100,29 @@ class TenantStream(ClientStream):
                     reason = ResetReason.POSITION_EXPIRED  # ClickHouse no longer holds it (retention)
             if reason is None and need:
                 limit = s.sse_resume_max_events
-                stored = await atenant_history(self.store, self.tenant, need, sorted(self.accepts.kinds),
-                                               sorted(self.accepts.types), sorted(self.accepts.job_ids), limit + 1)
+                stored = await atenant_history(
+                    self.store,
+                    self.tenant,
+                    need,
+                    sorted(self.accepts.kinds),
+                    sorted(self.accepts.types),
+                    sorted(self.accepts.job_ids),
+                    limit + 1,
+                )
                 if len(stored) > limit:
                     reason = ResetReason.TOO_FAR_BEHIND
             if reason is not None:
                 logger.info("SSE reset for a tenant stream: %s", reason, extra={"tenant": self.tenant})
-                yield self._first(control_frame("reset", {
-                    "reason": reason, "detail": "the events since Last-Event-ID cannot all be replayed",
-                    "action": "reload from GET /v1/jobs; live events follow"}))
+                yield self._first(
+                    control_frame(
+                        "reset",
+                        {
+                            "reason": reason,
+                            "detail": "the events since Last-Event-ID cannot all be replayed",
+                            "action": "reload from GET /v1/jobs; live events follow",
+                        },
+                    )
+                )
             else:
                 cursor = list(self.resume)
                 chunk: list[bytes] = []

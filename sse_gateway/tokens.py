@@ -157,8 +157,10 @@ def _read_secret(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise SecretFileError(f"the stream token key file {path} is not a regular file")
         if st.st_mode & 0o077:
-            raise SecretFileError(f"the stream token key file {path} is open to group or others "
-                                  f"(mode {stat.S_IMODE(st.st_mode):04o}); `chmod 600` it or remove it")
+            raise SecretFileError(
+                f"the stream token key file {path} is open to group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); `chmod 600` it or remove it"
+            )
         if st.st_uid != os.geteuid():
             raise SecretFileError(f"the stream token key file {path} belongs to another user (uid {st.st_uid})")
         text = f.read(4096)
@@ -167,6 +169,8 @@ def _read_secret(path: Path) -> bytes:
     except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) < 16:
-        raise SecretFileError(f"the stream token key file {path} does not hold a hex key of 16+ bytes; remove it "
-                              "to have a new one made (tokens issued before stop working)")
+        raise SecretFileError(
+            f"the stream token key file {path} does not hold a hex key of 16+ bytes; remove it "
+            "to have a new one made (tokens issued before stop working)"
+        )
     return key

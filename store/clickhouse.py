@@ -28,7 +28,16 @@ from streams.events import JobEvent
 logger = logging.getLogger(__name__)
 
 EVENT_COLUMNS = [
-    "tenant", "job_id", "seq", "type", "kind", "ts", "data", "schema_version", "kafka_partition", "kafka_offset",
+    "tenant",
+    "job_id",
+    "seq",
+    "type",
+    "kind",
+    "ts",
+    "data",
+    "schema_version",
+    "kafka_partition",
+    "kafka_offset",
 ]
 
 # A redelivered batch's token was seen: ClickHouse drops the block. Dependent
@@ -83,8 +92,9 @@ class QueryResult:
     rows: list[tuple]
 
 
-def connect(url: str, database: str | None = None, settings: dict[str, Any] | None = None,
-            login: AnalystLogin | None = None):
+def connect(
+    url: str, database: str | None = None, settings: dict[str, Any] | None = None, login: AnalystLogin | None = None
+):
     """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port`` (as ``login``'s user if given)."""
     extra: dict[str, Any] = {}
     if database:
@@ -93,8 +103,10 @@ def connect(url: str, database: str | None = None, settings: dict[str, Any] | No
         extra["settings"] = settings
     if login is not None:
         if url.startswith("chdb://"):
-            raise ValueError("an analyst ClickHouse user needs a ClickHouse server (CLICKHOUSE_URL=http…); "
-                             "embedded chDB has no users")
+            raise ValueError(
+                "an analyst ClickHouse user needs a ClickHouse server (CLICKHOUSE_URL=http…); "
+                "embedded chDB has no users"
+            )
         extra.update(username=login.username, password=login.password)
     if url.startswith("chdb://"):
         path = Path(url.removeprefix("chdb://")).expanduser().resolve()
@@ -170,18 +182,28 @@ class ClickHouseStore:
         if not rows:
             return
         with self._lock:
-            self._live().insert(table, rows, column_names=list(columns),
-                                settings={**_INSERT_SETTINGS, "insert_deduplication_token": dedup_token})
+            self._live().insert(
+                table,
+                rows,
+                column_names=list(columns),
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": dedup_token},
+            )
 
     def insert_json(self, table: str, lines: bytes, dedup_token: str) -> None:
         """Insert JSONEachRow ``lines`` (ClickHouse parses them); a retry with the same token is dropped."""
         if not lines:
             return
         with self._lock:
-            self._live().raw_insert(table, insert_block=lines, fmt="JSONEachRow", settings={
-                **_INSERT_SETTINGS, **_JSON_SETTINGS, "insert_deduplication_token": dedup_token})
+            self._live().raw_insert(
+                table,
+                insert_block=lines,
+                fmt="JSONEachRow",
+                settings={**_INSERT_SETTINGS, **_JSON_SETTINGS, "insert_deduplication_token": dedup_token},
+            )
 
-    def job_times(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime | None, datetime | None]]:
+    def job_times(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[datetime | None, datetime | None]]:
         """(submitted_at, started_at) of jobs already in the store, for timing their outcomes."""
         if not keys:
             return {}
@@ -210,8 +232,16 @@ class ClickHouseStore:
             {"tenant": tenant, "job_id": job_id, "after": after_seq},
         )
         return [
-            JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=type_, kind=kind, ts=_utc(ts),
-                     data=orjson.loads(data), schema_version=version)
+            JobEvent(
+                job_id=job_id,
+                tenant=tenant,
+                seq=seq,
+                type=type_,
+                kind=kind,
+                ts=_utc(ts),
+                data=orjson.loads(data),
+                schema_version=version,
+            )
             for seq, (type_, kind, ts, data, version, _, _) in result
         ]
 
@@ -242,8 +272,9 @@ class ClickHouseStore:
             self._check_open()
             client = self._readonly.get(limits)
             if client is None:
-                client = self._readonly[limits] = connect(self.url, self.database, settings=limits.settings(),
-                                                          login=self.analyst)
+                client = self._readonly[limits] = connect(
+                    self.url, self.database, settings=limits.settings(), login=self.analyst
+                )
             result = client.query(checked)
             columns, types = list(result.column_names), [t.name for t in result.column_types]
             if not columns:  # chDB sends no header for an empty result: ask for the shape

@@ -33,9 +33,11 @@ def _ms(column: str) -> str:
 
 
 def _durations(submitted: str, started: str, finished: str) -> str:
-    return (f"({_ms(started)} - {_ms(submitted)}) / 1000 AS queue_wait_s, "
-            f"({_ms(finished)} - {_ms(started)}) / 1000 AS run_s, "
-            f"({_ms(finished)} - {_ms(submitted)}) / 1000 AS total_s")
+    return (
+        f"({_ms(started)} - {_ms(submitted)}) / 1000 AS queue_wait_s, "
+        f"({_ms(finished)} - {_ms(started)}) / 1000 AS run_s, "
+        f"({_ms(finished)} - {_ms(submitted)}) / 1000 AS total_s"
+    )
 
 
 _ATTEMPTS = "toUInt16(if(JSONHas(data, 'attempt'), JSONExtractUInt(data, 'attempt'), 1))"
@@ -45,7 +47,7 @@ _ATTEMPTS = "toUInt16(if(JSONHas(data, 'attempt'), JSONExtractUInt(data, 'attemp
 _RESULTS_SELECT = f"""
     SELECT tenant, job_id, JSONExtractString(data, 'calc_version') AS calc_version, kind,
         JSONExtractRaw(data, 'result') AS result, ts AS finished_at, {_ATTEMPTS} AS attempts,
-        submitted_at, started_at, {_durations('submitted_at', 'started_at', 'ts')}
+        submitted_at, started_at, {_durations("submitted_at", "started_at", "ts")}
     FROM job_events
     WHERE type = 'succeeded'
 """
@@ -53,7 +55,7 @@ _RESULTS_SELECT = f"""
 _OUTCOMES_SELECT = f"""
     SELECT tenant, job_id, kind, type AS status, JSONExtractString(data, 'calc_version') AS calc_version,
         JSONExtractString(data, 'error', 'type') AS error_type, {_ATTEMPTS} AS attempts,
-        submitted_at, started_at, ts AS finished_at, {_durations('submitted_at', 'started_at', 'ts')}
+        submitted_at, started_at, ts AS finished_at, {_durations("submitted_at", "started_at", "ts")}
     FROM job_events
     WHERE type IN {TERMINAL_TYPES}
 """
@@ -108,9 +110,9 @@ _OUTCOME_STATS_SELECT = f"""
 _OUTCOMES_BACKFILL = f"""
     INSERT INTO job_outcomes
     SELECT tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, finished_at,
-        ({_ms('started_at')} - {_ms('submitted_at')}) / 1000,
-        ({_ms('finished_at')} - {_ms('started_at')}) / 1000,
-        ({_ms('finished_at')} - {_ms('submitted_at')}) / 1000
+        ({_ms("started_at")} - {_ms("submitted_at")}) / 1000,
+        ({_ms("finished_at")} - {_ms("started_at")}) / 1000,
+        ({_ms("finished_at")} - {_ms("submitted_at")}) / 1000
     FROM (
         SELECT tenant, job_id, any(kind) AS kind,
             argMinIf(type, seq, type IN {TERMINAL_TYPES}) AS status,
@@ -180,23 +182,25 @@ _REPLAY_DIFF_SELECT = f"""
 # to reach Kafka is the one the API and SSE show. ``first_wins`` ranks a job's terminal events so
 # that the lowest seq, then the lowest Kafka offset (one job = one partition), is the highest value:
 # ReplacingMergeTree keeps it, argMax picks it. Offsets past 2**32 saturate (then ties: either).
-FIRST_WINS = ("bitOr(bitShiftLeft(toUInt64(2147483647 - least(seq, 2147483647)), 32), "
-              "toUInt64(4294967295 - least(kafka_offset, 4294967295)))")
-_STATUS_RANK_V4 = (f"if(type IN {TERMINAL_TYPES}, bitOr(toUInt64(9223372036854775808), {FIRST_WINS}), "
-                   "toUInt64(seq))")
+FIRST_WINS = (
+    "bitOr(bitShiftLeft(toUInt64(2147483647 - least(seq, 2147483647)), 32), "
+    "toUInt64(4294967295 - least(kafka_offset, 4294967295)))"
+)
+_STATUS_RANK_V4 = f"if(type IN {TERMINAL_TYPES}, bitOr(toUInt64(9223372036854775808), {FIRST_WINS}), toUInt64(seq))"
 
-_STORE_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, result, submitted_at, started_at, "
-                  "finished_at, queue_wait_s, run_s, total_s, kafka_partition, kafka_offset, first_wins")
+_STORE_COLUMNS = (
+    "tenant, job_id, kind, status, calc_version, error_type, attempts, result, submitted_at, started_at, "
+    "finished_at, queue_wait_s, run_s, total_s, kafka_partition, kafka_offset, first_wins"
+)
 
 
 # Every terminal event, keyed by job: the store behind the views job_outcomes and job_results.
-def _terminals_select(submitted: str = "submitted_at", started: str = "started_at",
-                      source: str = "job_events") -> str:
+def _terminals_select(submitted: str = "submitted_at", started: str = "started_at", source: str = "job_events") -> str:
     return f"""
     SELECT tenant, job_id, kind, type AS status, JSONExtractString(data, 'calc_version') AS calc_version,
         JSONExtractString(data, 'error', 'type') AS error_type, {_ATTEMPTS} AS attempts,
         if(type = 'succeeded', JSONExtractRaw(data, 'result'), '') AS result,
-        {submitted}, {started}, ts AS finished_at, {_durations(submitted, started, 'ts')},
+        {submitted}, {started}, ts AS finished_at, {_durations(submitted, started, "ts")},
         kafka_partition, kafka_offset, {FIRST_WINS} AS first_wins
     FROM {source}
     WHERE type IN {TERMINAL_TYPES}
@@ -207,15 +211,21 @@ _TERMINALS_SELECT = _terminals_select()
 
 # The backfill: events stored before version 2 carry no times of their own; take their job's.
 _TERMINALS_BACKFILL = f"INSERT INTO job_outcomes_store ({_STORE_COLUMNS}) " + _terminals_select(
-    "ifNull(submitted_at, job_submitted_at)", "ifNull(started_at, job_started_at)",
+    "ifNull(submitted_at, job_submitted_at)",
+    "ifNull(started_at, job_started_at)",
     "job_events LEFT JOIN (SELECT tenant, job_id, min(if(type = 'queued', ts, NULL)) AS job_submitted_at, "
     "min(if(type = 'running', ts, NULL)) AS job_started_at FROM job_events GROUP BY tenant, job_id) AS times "
-    "USING (tenant, job_id)")
+    "USING (tenant, job_id)",
+)
 
-_OUTCOME_COLUMNS = ("tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, "
-                    "finished_at, queue_wait_s, run_s, total_s")
-_RESULT_COLUMNS = ("tenant, job_id, calc_version, kind, result, finished_at, attempts, submitted_at, started_at, "
-                   "queue_wait_s, run_s, total_s")
+_OUTCOME_COLUMNS = (
+    "tenant, job_id, kind, status, calc_version, error_type, attempts, submitted_at, started_at, "
+    "finished_at, queue_wait_s, run_s, total_s"
+)
+_RESULT_COLUMNS = (
+    "tenant, job_id, calc_version, kind, result, finished_at, attempts, submitted_at, started_at, "
+    "queue_wait_s, run_s, total_s"
+)
 
 # What version 2/3 databases already hold, first run (earliest finish) per job, below any event's rank:
 # rows whose events are still in job_events are replaced by the event-derived ones.
@@ -239,13 +249,15 @@ _FIRST_RUNS = f"""
 """
 
 # The same for one tenant, for GET /v1/stats (a query parameter `tenant`).
-FIRST_RUNS_OF_TENANT = _FIRST_RUNS.replace("WHERE type = 'running'",
-                                           "WHERE type = 'running' AND tenant = {tenant:String}")
+FIRST_RUNS_OF_TENANT = _FIRST_RUNS.replace(
+    "WHERE type = 'running'", "WHERE type = 'running' AND tenant = {tenant:String}"
+)
 
 # Of the rows stored for one (job, seq), the first to reach Kafka: (type, kind, ts, data, schema_version,
 # kafka_partition, kafka_offset). A re-run's terminal event shares the first run's seq.
-FIRST_OF_SEQ = ("argMin((type, kind, ts, data, schema_version, kafka_partition, kafka_offset), "
-                "(kafka_offset, kafka_partition))")
+FIRST_OF_SEQ = (
+    "argMin((type, kind, ts, data, schema_version, kafka_partition, kafka_offset), (kafka_offset, kafka_partition))"
+)
 
 
 def visible_events(where: str = "1") -> str:
@@ -387,9 +399,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 attempts_ AS attempts, submitted_at_ AS submitted_at, started_at_ AS started_at,
                 finished_at_ AS finished_at, updated_at_ AS updated_at, calc_version_ AS calc_version,
                 error_type_ AS error_type,
-                ({_ms('started_at_')} - {_ms('submitted_at_')}) / 1000 AS queue_wait_s,
-                ({_ms('finished_at_')} - {_ms('started_at_')}) / 1000 AS run_s,
-                ({_ms('finished_at_')} - {_ms('submitted_at_')}) / 1000 AS total_s
+                ({_ms("started_at_")} - {_ms("submitted_at_")}) / 1000 AS queue_wait_s,
+                ({_ms("finished_at_")} - {_ms("started_at_")}) / 1000 AS run_s,
+                ({_ms("finished_at_")} - {_ms("submitted_at_")}) / 1000 AS total_s
             FROM (
                 SELECT tenant, job_id, any(kind) AS kind_, argMaxMerge(status) AS status_,
                     max(last_seq) AS last_seq_, max(progress) AS progress_, max(attempts) AS attempts_,

@@ -21,36 +21,75 @@ logger = logging.getLogger(__name__)
 #: Table functions that only compute (no files, URLs, other databases or processes).
 #: Anything else in a FROM/JOIN — file, url, s3, remote, mysql, executable, input, merge,
 #: view, dictionary, … — is refused, as is a table function's name used as a function.
-ALLOWED_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "values",
-})
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "generate_series",
+        "generateseries",
+        "values",
+    }
+)
 
 #: Functions (lower case) that read files, dictionaries, other tables or the host, or just wait.
-REFUSED_FUNCTIONS = frozenset({
-    "file", "joinget", "joingetornull", "catboostevaluate", "modelevaluate", "naivebayesclassifier",
-    "hascolumnintable", "generateserialid", "getclienthttpheader", "sleep", "sleepeachrow",
-    "addresstoline", "addresstolinewithinlines", "addresstosymbol", "demangle",
-    "filesystemavailable", "filesystemcapacity", "filesystemunreserved",
-})
+REFUSED_FUNCTIONS = frozenset(
+    {
+        "file",
+        "joinget",
+        "joingetornull",
+        "catboostevaluate",
+        "modelevaluate",
+        "naivebayesclassifier",
+        "hascolumnintable",
+        "generateserialid",
+        "getclienthttpheader",
+        "sleep",
+        "sleepeachrow",
+        "addresstoline",
+        "addresstolinewithinlines",
+        "addresstosymbol",
+        "demangle",
+        "filesystemavailable",
+        "filesystemcapacity",
+        "filesystemunreserved",
+    }
+)
 #: Prefixes (lower case) of refused functions: every dictGet*/dictHas/…, and internal ``__`` ones.
 REFUSED_FUNCTION_PREFIXES = ("dict", "__")
 
 #: Databases no query may name (beyond these, any database but jobstream's own is refused in FROM).
 FOREIGN_DATABASES = frozenset({"system", "information_schema"})
 
-_IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin",
-                           "globalnotnullin"})
+_IN_FUNCTIONS = frozenset(
+    {"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin", "globalnotnullin"}
+)
 
 #: Statements that may run, by the node ClickHouse's parser makes of them.
 ALLOWED_STATEMENTS = "SELECT (WITH, JOIN, UNION, subqueries), DESCRIBE, SHOW TABLES, SHOW CREATE, EXISTS, EXPLAIN"
 
 # What the refusal of a statement kind calls it.
 _STATEMENT_NAMES = {
-    "InsertQuery": "INSERT", "CreateQuery": "CREATE", "DropQuery": "DROP", "TruncateQuery": "TRUNCATE",
-    "AlterQuery": "ALTER", "KillQueryQuery": "KILL", "SYSTEM": "SYSTEM", "Set": "SET", "UseQuery": "USE",
-    "OptimizeQuery": "OPTIMIZE", "RenameQuery": "RENAME", "DeleteQuery": "DELETE", "UndropQuery": "UNDROP",
-    "ShowProcesslistQuery": "SHOW PROCESSLIST", "ShowColumns": "SHOW COLUMNS", "WatchQuery": "WATCH",
-    "CheckQuery": "CHECK", "BackupQuery": "BACKUP/RESTORE", "ShowDatabases": "SHOW DATABASES",
+    "InsertQuery": "INSERT",
+    "CreateQuery": "CREATE",
+    "DropQuery": "DROP",
+    "TruncateQuery": "TRUNCATE",
+    "AlterQuery": "ALTER",
+    "KillQueryQuery": "KILL",
+    "SYSTEM": "SYSTEM",
+    "Set": "SET",
+    "UseQuery": "USE",
+    "OptimizeQuery": "OPTIMIZE",
+    "RenameQuery": "RENAME",
+    "DeleteQuery": "DELETE",
+    "UndropQuery": "UNDROP",
+    "ShowProcesslistQuery": "SHOW PROCESSLIST",
+    "ShowColumns": "SHOW COLUMNS",
+    "WatchQuery": "WATCH",
+    "CheckQuery": "CHECK",
+    "BackupQuery": "BACKUP/RESTORE",
+    "ShowDatabases": "SHOW DATABASES",
 }
 
 _SHOW_TARGETS = frozenset({"ShowCreateTableQuery", "ShowCreateViewQuery", "ExistsTableQuery"})
@@ -139,14 +178,17 @@ def check(tree: Node, *, database: str, views: frozenset[str] = frozenset()) -> 
             return Refusal("unparsable", "DESCRIBE of something other than a table or a subquery")
     elif kind == "Explain":
         first = 1 if tree.children and tree.children[0].kind == "Set" else 0  # EXPLAIN's own options
-        body, output = tree.children[first:first + 1], tree.children[first + 1:]
+        body, output = tree.children[first : first + 1], tree.children[first + 1 :]
         if not body or body[0].kind != "SelectWithUnionQuery":
             return Refusal("statement", f"only EXPLAIN of a SELECT may run here ({ALLOWED_STATEMENTS})")
     elif kind == "ShowTables":
         for child in tree.children:
             if child.kind == "Identifier":
-                return Refusal("database", f"SHOW TABLES lists this database only, with no clauses: database "
-                                           f"'{child.name}' (or FORMAT {child.name}) is not allowed")
+                return Refusal(
+                    "database",
+                    f"SHOW TABLES lists this database only, with no clauses: database "
+                    f"'{child.name}' (or FORMAT {child.name}) is not allowed",
+                )
         body, output = [], tree.children
     elif kind in _SHOW_TARGETS:
         parts = tree.text.split(" ")
@@ -154,8 +196,9 @@ def check(tree: Node, *, database: str, views: frozenset[str] = frozenset()) -> 
             return Refusal("unparsable", "the statement could not be analysed")
         db, _table = parts[1], parts[2]
         if db and db != database:
-            return Refusal("database", f"tables of database '{db}' are not allowed here, only this "
-                                       f"database's ('{database}')")
+            return Refusal(
+                "database", f"tables of database '{db}' are not allowed here, only this database's ('{database}')"
+            )
         named = 2 if db else 1
         body, output = tree.children[:named], tree.children[named:]
     else:
@@ -215,24 +258,28 @@ def _node(node: Node, parent: Node | None, database: str, views: frozenset[str])
             return _table_function(node, views)
         lower = node.name.lower()
         if lower in REFUSED_FUNCTIONS or lower.startswith(REFUSED_FUNCTION_PREFIXES):
-            return Refusal("function", f"function '{node.name}' is not allowed: it reaches files, "
-                                       "dictionaries, other tables or the host")
+            return Refusal(
+                "function",
+                f"function '{node.name}' is not allowed: it reaches files, dictionaries, other tables or the host",
+            )
     if node.kind == "TableIdentifier":
         return _table_name(node.name, database)
     if node.kind == "Identifier" and "." in node.name:
         first = node.name.split(".", 1)[0]
         if first.lower() in FOREIGN_DATABASES:
-            return Refusal("database", f"database '{first}' is not allowed: only this database's tables "
-                                       f"('{database}')")
+            return Refusal("database", f"database '{first}' is not allowed: only this database's tables ('{database}')")
     return None
 
 
 def _table_function(node: Node, views: frozenset[str]) -> Refusal | None:
     if node.name.lower() in ALLOWED_TABLE_FUNCTIONS or node.name in views:
         return None
-    return Refusal("table_function", f"table function '{node.name}' is not allowed (allowed: "
-                                     f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}, and this database's "
-                                     "parameterised views)")
+    return Refusal(
+        "table_function",
+        f"table function '{node.name}' is not allowed (allowed: "
+        f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}, and this database's "
+        "parameterised views)",
+    )
 
 
 def _table_name(name: str, database: str) -> Refusal | None:
@@ -259,7 +306,9 @@ def vet(parser: Any, sql: str) -> str:
     try:
         canonical, database, views = parser.query(
             "SELECT formatQuery({sql:String}), currentDatabase(), (SELECT groupArray(name) FROM system.tables "
-            "WHERE database = currentDatabase() AND engine = 'View')", parameters={"sql": sql}).result_rows[0]
+            "WHERE database = currentDatabase() AND engine = 'View')",
+            parameters={"sql": sql},
+        ).result_rows[0]
     except DatabaseError as exc:
         message = short_error(exc)
         if getattr(exc, "code", None) == _SYNTAX_ERROR and "Multi-statements" in str(exc):
@@ -271,15 +320,16 @@ def vet(parser: Any, sql: str) -> str:
         dump = parser.raw_query(f"EXPLAIN AST {canonical}").decode(errors="replace")
     except DatabaseError as exc:
         if getattr(exc, "code", None) in (_UNKNOWN_SETTING, _READONLY):  # EXPLAIN applies a SETTINGS clause
-            raise Refused(Refusal("settings", "a SETTINGS clause is not allowed: the service sets the "
-                                              "query's limits")) from None
-        raise Refused(Refusal("unparsable", f"the statement could not be analysed: {short_error(exc)}")) \
-            from None
+            raise Refused(
+                Refusal("settings", "a SETTINGS clause is not allowed: the service sets the query's limits")
+            ) from None
+        raise Refused(Refusal("unparsable", f"the statement could not be analysed: {short_error(exc)}")) from None
     try:
         tree = parse_tree(dump.split("\n"))
     except Unparsable:
-        raise Refused(Refusal("unparsable", "the statement could not be analysed (is there a line break "
-                                            "in a name?)")) from None
+        raise Refused(
+            Refusal("unparsable", "the statement could not be analysed (is there a line break in a name?)")
+        ) from None
     refusal = check(tree, database=database, views=frozenset(views))
     if refusal:
         raise Refused(refusal)
@@ -296,4 +346,4 @@ def short_error(exc: BaseException, limit: int = 240) -> str:
     for cut in (" In scope ", ". Expected ", " (version "):
         line = line.split(cut, 1)[0]
     line = line.strip()
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

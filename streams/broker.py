@@ -36,7 +36,9 @@ def docker_available(timeout_s: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def kafka_broker(settings: Settings, data_dir: Path | None = None, port: int | None = None) -> Iterator[KafkaConnection]:
+def kafka_broker(
+    settings: Settings, data_dir: Path | None = None, port: int | None = None
+) -> Iterator[KafkaConnection]:
     """Yield the connection to a real broker, starting (and later stopping) one if needed."""
     if settings.kafka_bootstrap:
         logger.info("using Kafka at %s (KAFKA_BOOTSTRAP)", settings.kafka_bootstrap)

@@ -169,7 +169,10 @@ def event_to_view(view: JobView | None, event: JobEvent) -> JobView:
     """Apply one event to a view (tolerant: an out-of-machine event is ignored)."""
     if view is None:
         view = JobView(
-            job_id=event.job_id, tenant=event.tenant, kind=event.kind, status=JobStatus.QUEUED,
+            job_id=event.job_id,
+            tenant=event.tenant,
+            kind=event.kind,
+            status=JobStatus.QUEUED,
             submitted_at=event.ts,
         )
     try:

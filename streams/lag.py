@@ -31,16 +31,18 @@ class PartitionLag:
 
 def committed_offsets(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0) -> list[int]:
     """The committed offset of ``consumer``'s group per partition, in ``partitions`` order (-1: none)."""
-    found = {tp.partition: tp for tp in consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                                           timeout=timeout_s)}
+    found = {
+        tp.partition: tp for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+    }
     return [found[p].offset if found[p].offset >= 0 and found[p].error is None else -1 for p in partitions]
 
 
 def consumer_lag(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[PartitionLag]:
     """Per partition of ``topic``, where ``consumer``'s group stands; transient broker errors (a
     coordinator still loading, say) are retried until ``timeout_s``."""
-    for attempt in Retrying(retry=retry_if_exception(transient), stop=stop_after_delay(timeout_s),
-                            wait=wait_fixed(0.1), reraise=True):
+    for attempt in Retrying(
+        retry=retry_if_exception(transient), stop=stop_after_delay(timeout_s), wait=wait_fixed(0.1), reraise=True
+    ):
         with attempt:
             partitions = partitions_of(consumer, topic, timeout_s)
             committed = committed_offsets(consumer, topic, partitions, timeout_s)

@@ -52,9 +52,18 @@ def provision(pom: Path = POM) -> str:
     cache.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath",
-         "-Dmdep.includeScope=runtime", f"-Dmdep.outputFile={cache}"],
-        capture_output=True, text=True,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:build-classpath",
+            "-Dmdep.includeScope=runtime",
+            f"-Dmdep.outputFile={cache}",
+        ],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0 or not cache.exists():
         raise LocalKafkaError(f"mvn could not resolve the Kafka classpath:\n{result.stdout}\n{result.stderr}")
@@ -149,9 +158,17 @@ class LocalKafka:
         if java is None:
             raise LocalKafkaError("Java 17+ is needed for the local Kafka broker; install it or set KAFKA_BOOTSTRAP")
         return [
-            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.data_dir}", "-cp", classpath, main, *args,
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            classpath,
+            main,
+            *args,
         ]
 
     def start(self, timeout_s: float = 90.0) -> LocalKafka:
@@ -160,9 +177,19 @@ class LocalKafka:
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = new_cluster_id()
             fmt = subprocess.run(
-                self._java(classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
-                           "--standalone", "--ignore-formatted"),
-                capture_output=True, text=True,
+                self._java(
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    "--standalone",
+                    "--ignore-formatted",
+                ),
+                capture_output=True,
+                text=True,
             )
             if fmt.returncode != 0:
                 raise LocalKafkaError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
@@ -170,7 +197,9 @@ class LocalKafka:
         stdout = open(self.data_dir / "broker.stdout", "ab")
         self._process = subprocess.Popen(
             self._java(classpath, "kafka.Kafka", str(config)),
-            stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         stdout.close()
         self._wait_ready(started + timeout_s)

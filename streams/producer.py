@@ -79,8 +79,14 @@ class Outcome:
 class AsyncProducer:
     """Idempotent producer; a send resolves once Kafka acknowledged every message of it."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, delivery_timeout_s: float | None = None, *,
-                 poll_on_loop: bool = True) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        settings: Settings,
+        delivery_timeout_s: float | None = None,
+        *,
+        poll_on_loop: bool = True,
+    ) -> None:
         # With ``delivery_timeout_s`` (the ingest API: JOBSTREAM_DELIVERY_TIMEOUT_S) librdkafka keeps
         # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
         # is still delivered (idempotent: once) when the broker answers again, and
@@ -92,8 +98,9 @@ class AsyncProducer:
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
         self._stop = threading.Event()
         self._poll_on_loop = poll_on_loop
-        self._thread = threading.Thread(target=self._poll_while_idle if poll_on_loop else self._poll_always,
-                                        name="kafka-producer-poll", daemon=True)
+        self._thread = threading.Thread(
+            target=self._poll_while_idle if poll_on_loop else self._poll_always, name="kafka-producer-poll", daemon=True
+        )
         self._thread.start()
 
     def _poll_while_idle(self) -> None:
@@ -129,8 +136,9 @@ class AsyncProducer:
         index = 0
         try:
             for index, message in enumerate(messages):
-                self._producer.produce(message.topic, key=message.key, value=message.value,
-                                       on_delivery=send.reporter(index))
+                self._producer.produce(
+                    message.topic, key=message.key, value=message.value, on_delivery=send.reporter(index)
+                )
         except Exception as exc:  # BufferError (queue full), KafkaException (too large, unknown topic...)
             reason = "producer queue is full" if isinstance(exc, BufferError) else str(exc)
             send.future.cancel()
@@ -150,8 +158,9 @@ class AsyncProducer:
         if not records:
             return
         loop = asyncio.get_running_loop()
-        send = _Send(loop, len(records), self._timeout_s if wait_s is None else wait_s, self._report_lock,
-                     keep_reports=False)
+        send = _Send(
+            loop, len(records), self._timeout_s if wait_s is None else wait_s, self._report_lock, keep_reports=False
+        )
         messages = [{"key": key, "value": value} for key, value in records]
         try:
             self._producer.produce_batch(topic, messages, on_delivery=send.on_delivery)
@@ -220,11 +229,23 @@ class _LoopPoller:
 class _Send:
     """The delivery reports of one ``send_many`` or ``send_batch``: settled on its loop once all are in."""
 
-    __slots__ = ("loop", "future", "outcome", "deadline", "wait_s", "timer", "_thread", "_left", "_results",
-                 "_error", "_lock")
+    __slots__ = (
+        "loop",
+        "future",
+        "outcome",
+        "deadline",
+        "wait_s",
+        "timer",
+        "_thread",
+        "_left",
+        "_results",
+        "_error",
+        "_lock",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, wait_s: float, lock: threading.Lock,
-                 keep_reports: bool) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, size: int, wait_s: float, lock: threading.Lock, keep_reports: bool
+    ) -> None:
         self.loop = loop
         self.future: asyncio.Future[list[Delivered]] = loop.create_future()  # settled by the deadline at the latest
         self.outcome: asyncio.Future[Outcome] = loop.create_future()  # settled once every report is in
@@ -287,9 +308,10 @@ class _Send:
         if self._error is not None:
             self.future.set_exception(ProduceError(self._error, self.outcome))
         else:
-            self.future.set_result(self._results)  # type: ignore[arg-type]
+            self.future.set_result(self._results)  # type: ignore[arg-type]  # filled for every index by now (None only before its report)
 
     def expire(self) -> None:
         if not self.future.done():
-            self.future.set_exception(ProduceError(
-                f"no acknowledgement from Kafka within {self.wait_s}s", self.outcome))
+            self.future.set_exception(
+                ProduceError(f"no acknowledgement from Kafka within {self.wait_s}s", self.outcome)
+            )

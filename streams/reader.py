@@ -21,11 +21,18 @@ from streams.kafka_config import KafkaConnection
 logger = logging.getLogger(__name__)
 
 # Broker answers worth waiting out (librdkafka does not always flag them retriable).
-_TRANSIENT = frozenset({
-    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._WAIT_COORD,
-    KafkaError._ALL_BROKERS_DOWN,
-})
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -41,17 +48,21 @@ def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> li
     return sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
 
 
-def watermarks(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0,
-               retry_for_s: float = 0.0) -> dict[int, tuple[int, int]]:
+def watermarks(
+    consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0, retry_for_s: float = 0.0
+) -> dict[int, tuple[int, int]]:
     """``(low, high)`` per partition, asked of the broker now; ``high`` is where the next record lands.
 
     ``retry_for_s``: keep asking that long (a just-created topic may not have leaders yet).
     """
-    for attempt in Retrying(stop=stop_after_delay(retry_for_s), wait=wait_exponential(multiplier=0.1, max=2),
-                            reraise=True):
+    for attempt in Retrying(
+        stop=stop_after_delay(retry_for_s), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
+    ):
         with attempt:
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-                    for p in partitions}
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+                for p in partitions
+            }
     raise AssertionError("unreachable")  # tenacity either returned or re-raised
 
 
@@ -86,8 +97,7 @@ class KafkaReader:
     error_pause_s: float = 1.0  #: wait after a failed round before the next
     attach_on_thread: bool = False  #: True: attach on the reader's thread (retried), so ``start()`` never blocks
 
-    def __init__(self, kafka: KafkaConnection, topic: str, *, group_id: str, name: str,
-                 **config: Any) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, *, group_id: str, name: str, **config: Any) -> None:
         """``group_id``: needed by the client even when the reader never joins the group or commits
         (then it only names whose committed offsets ``committed()`` reads). ``config``: librdkafka
         settings over ``kafka.consumer_config``'s."""
@@ -197,8 +207,13 @@ class KafkaReader:
             try:
                 self.handle_message(message)
             except Exception:  # one bad record must not stop the reader
-                logger.exception("%s: could not handle the record at %s[%d]@%d", self.name, message.topic(),
-                                 message.partition(), message.offset())
+                logger.exception(
+                    "%s: could not handle the record at %s[%d]@%d",
+                    self.name,
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                )
 
     def handle_message(self, message: Message) -> None:
         raise NotImplementedError

@@ -17,9 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """jobstream configuration; env vars are ``JOBSTREAM_<FIELD>`` unless noted."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="JOBSTREAM_", frozen=True, extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="JOBSTREAM_", frozen=True, extra="ignore", populate_by_name=True)
 
     # --- where things are -------------------------------------------------
     kafka_bootstrap: str | None = Field(
@@ -35,13 +33,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".jobstream"), description="Local state: broker logs, chDB.")
     host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
-    public_url: str | None = Field(
-        default=None, description="Base URL put in links; unset means root-relative links."
-    )
+    public_url: str | None = Field(default=None, description="Base URL put in links; unset means root-relative links.")
 
     # --- Kafka topics -----------------------------------------------------
     topic_prefix: str = Field(default="", description="Prefix for every topic (isolates test runs).")
-    requested_partitions: int = Field(default=6, ge=1, le=1000, description="Partitions of jobs.requested (max worker parallelism).")
+    requested_partitions: int = Field(
+        default=6, ge=1, le=1000, description="Partitions of jobs.requested (max worker parallelism)."
+    )
     events_partitions: int = Field(default=6, ge=1, le=1000, description="Partitions of jobs.events.")
     replication_factor: int = Field(default=1, ge=1, le=16, description="Replication of topics we create.")
     max_message_bytes: int = Field(
@@ -53,7 +51,9 @@ class Settings(BaseSettings):
     local_kafka_heap: str = Field(default="768m", description="JVM heap of the local broker.")
 
     # --- auth ----------------------------------------------------------------
-    api_keys: SecretStr | None = Field(default=None, description="'tenant=key,...' pairs; unset: no auth, loopback only.")
+    api_keys: SecretStr | None = Field(
+        default=None, description="'tenant=key,...' pairs; unset: no auth, loopback only."
+    )
     api_keys_file: Path | None = Field(default=None, description="File of 'tenant=key' lines (# comments).")
 
     # --- ingest API -------------------------------------------------------
@@ -67,16 +67,24 @@ class Settings(BaseSettings):
     lag_check_s: float = Field(default=1.0, gt=0, description="How often the API measures processor lag.")
     list_max_limit: int = Field(default=1000, ge=1, description="Largest page of GET /v1/jobs.")
     max_submits_in_flight: int = Field(
-        default=1024, ge=1, description="Submits waiting for Kafka at once per API process; past it 503 at once.")
+        default=1024, ge=1, description="Submits waiting for Kafka at once per API process; past it 503 at once."
+    )
     delivery_timeout_s: float = Field(
-        default=300.0, gt=0, description="How long the producer keeps trying to deliver a record (librdkafka "
-        "message.timeout.ms); a 503 'outcome unknown' record may still land within it.")
+        default=300.0,
+        gt=0,
+        description="How long the producer keeps trying to deliver a record (librdkafka "
+        "message.timeout.ms); a 503 'outcome unknown' record may still land within it.",
+    )
     retry_after_max_s: int = Field(default=30, ge=1, description="Largest Retry-After on 202s, reads and 429s.")
     max_listed_errors: int = Field(default=20, ge=1, le=10_000, description="Most field errors one 422 lists.")
     offload_body_bytes: int = Field(
-        default=256 * 1024, ge=0, description="Submit bodies larger than this are parsed and validated off the event loop.")
+        default=256 * 1024,
+        ge=0,
+        description="Submit bodies larger than this are parsed and validated off the event loop.",
+    )
     body_timeout_s: float = Field(
-        default=10.0, gt=0, description="Longest wait for the next part of a request body; 408 past it.")
+        default=10.0, gt=0, description="Longest wait for the next part of a request body; 408 past it."
+    )
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")
@@ -99,40 +107,58 @@ class Settings(BaseSettings):
     )
     plugins: str = Field(default="", description="Extra calculation modules workers import, comma-separated.")
     worker_orphan_grace_s: float = Field(
-        default=2.0, gt=0, le=60, description="Graceful stop of a worker whose `jobstream up` died, before it exits.")
+        default=2.0, gt=0, le=60, description="Graceful stop of a worker whose `jobstream up` died, before it exits."
+    )
 
     # --- SSE gateway ------------------------------------------------------
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")
     sse_retry_ms: int = Field(default=2000, ge=0, description="`retry:` hint sent to SSE clients.")
     sse_queue_size: int = Field(default=1000, ge=1, description="Events buffered per SSE client before disconnect.")
-    sse_history_poll_s: float = Field(default=1.0, gt=0, description="How often a stream re-reads history to close gaps.")
+    sse_history_poll_s: float = Field(
+        default=1.0, gt=0, description="How often a stream re-reads history to close gaps."
+    )
     sse_max_stream_s: float = Field(default=3600.0, gt=0, description="Longest life of one SSE connection.")
     sse_send_timeout_s: float = Field(
-        default=30.0, gt=0, description="Longest wait for one write to an SSE client; past it the client is dropped.")
+        default=30.0, gt=0, description="Longest wait for one write to an SSE client; past it the client is dropped."
+    )
     sse_recent_window_s: float = Field(
-        default=10.0, ge=0, description="Seconds of recent events each gateway keeps in memory (the history seam).")
+        default=10.0, ge=0, description="Seconds of recent events each gateway keeps in memory (the history seam)."
+    )
     sse_recent_max_events: int = Field(
-        default=100_000, ge=0, description="Most events in the gateway's recent window (memory bound).")
+        default=100_000, ge=0, description="Most events in the gateway's recent window (memory bound)."
+    )
     sse_history_wait_s: float = Field(
-        default=30.0, ge=0, description="Longest wait for the sink to cover a stream's history before `reset`.")
+        default=30.0, ge=0, description="Longest wait for the sink to cover a stream's history before `reset`."
+    )
     sse_catchup_wait_s: float = Field(
-        default=5.0, ge=0, description="Longest wait for the gateway's tail to reach the end before a 404.")
+        default=5.0, ge=0, description="Longest wait for the gateway's tail to reach the end before a 404."
+    )
     sse_resume_max_events: int = Field(
-        default=100_000, ge=1, description="Most events a /v1/events resume replays; further behind gets `reset`.")
+        default=100_000, ge=1, description="Most events a /v1/events resume replays; further behind gets `reset`."
+    )
     sse_max_connections: int = Field(default=10_000, ge=1, description="Most SSE streams per gateway process (429).")
     sse_max_connections_per_tenant: int = Field(
-        default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429).")
+        default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429)."
+    )
     sse_rerun_memory_jobs: int = Field(
-        default=100_000, ge=1, description="Jobs whose shown events a gateway remembers to hide re-runs from /v1/events.")
+        default=100_000,
+        ge=1,
+        description="Jobs whose shown events a gateway remembers to hide re-runs from /v1/events.",
+    )
     stream_token_secret: SecretStr | None = Field(
-        default=None, description="HMAC key of stream tokens; unset: random per process (set it for >1 process).")
+        default=None, description="HMAC key of stream tokens; unset: random per process (set it for >1 process)."
+    )
     stream_token_ttl_s: float = Field(default=300.0, gt=0, le=86_400, description="Longest life of a stream token.")
     stream_token_secret_file: Path | None = Field(
-        default=None, description="Where the generated stream token key is kept (0600) when no secret is set; "
-        "unset: <data dir>/stream-token.secret.")
+        default=None,
+        description="Where the generated stream token key is kept (0600) when no secret is set; "
+        "unset: <data dir>/stream-token.secret.",
+    )
     cors_origins: str = Field(
-        default="", description="Browser origins (scheme://host[:port], comma-separated) allowed to call the API "
-        "and open streams cross-origin; empty: CORS off. `*` is refused.")
+        default="",
+        description="Browser origins (scheme://host[:port], comma-separated) allowed to call the API "
+        "and open streams cross-origin; empty: CORS off. `*` is refused.",
+    )
     cors_max_age_s: int = Field(default=600, ge=0, le=86_400, description="How long browsers may cache a preflight.")
 
     @field_validator("cors_origins")
@@ -145,8 +171,16 @@ class Settings(BaseSettings):
                 raise ValueError("'*' is not allowed: list each origin (scheme://host[:port])")
             parts = urlsplit(origin)
             # .port raises ValueError past 65535
-            if (parts.port == 0 or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
-                    or parts.fragment or parts.username is not None or origin != f"{parts.scheme}://{parts.netloc}"):
+            if (
+                parts.port == 0
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
                 raise ValueError(f"{origin!r} is not an origin; expected scheme://host[:port] without a path")
         return value
 
@@ -156,9 +190,12 @@ class Settings(BaseSettings):
 
     # --- sink ---------------------------------------------------------------
     sink_batch_max_size: int = Field(
-        default=50_000, ge=1, description="Most events per ClickHouse insert (large inserts are cheap per row).")
+        default=50_000, ge=1, description="Most events per ClickHouse insert (large inserts are cheap per row)."
+    )
     sink_batch_max_wait_ms: int = Field(default=200, ge=1, description="Longest wait to fill a sink batch.")
-    sink_retry_max_s: float = Field(default=10.0, gt=0, description="Longest backoff between the sink's ClickHouse retries.")
+    sink_retry_max_s: float = Field(
+        default=10.0, gt=0, description="Longest backoff between the sink's ClickHouse retries."
+    )
     sink_job_times_cache: int = Field(
         default=100_000, ge=0, description="Jobs in flight whose submit/start times the sink keeps to time outcomes."
     )
@@ -166,29 +203,38 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Days job_events rows are kept (0: forever); applied at sink start-up."
     )
     sink_instance_id: str | None = Field(
-        default=None, max_length=200, description="The sink's Kafka group.instance.id (static membership: a restart "
-        "resumes at once); unset: host name + data dir; empty: dynamic membership.")
+        default=None,
+        max_length=200,
+        description="The sink's Kafka group.instance.id (static membership: a restart "
+        "resumes at once); unset: host name + data dir; empty: dynamic membership.",
+    )
 
     # --- replay -------------------------------------------------------------
     replay_default_rate: float = Field(default=100.0, gt=0, description="Jobs/s a replay emits unless told otherwise.")
     replay_max_rate: float = Field(default=10_000.0, gt=0, description="Highest --rate a replay may ask for.")
     replay_max_jobs: int = Field(default=1_000_000, ge=1, description="Most jobs one replay may select.")
     replay_checkpoint_jobs: int = Field(
-        default=200, ge=1, le=100_000, description="A replay records its position after every this many jobs.")
+        default=200, ge=1, le=100_000, description="A replay records its position after every this many jobs."
+    )
 
     # --- SQL for analysts -----------------------------------------------------
     sql_tenants: str = Field(
         default="", description="Tenants (comma-separated) allowed to use POST /v1/sql when API keys are set."
     )
     sql_max_rows: int = Field(default=10_000, ge=1, description="Most rows one analyst query may return.")
-    sql_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Most bytes one analyst query may return.")
+    sql_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Most bytes one analyst query may return."
+    )
     sql_max_execution_s: float = Field(default=30.0, gt=0, description="Longest run of one analyst query.")
     sql_clickhouse_user: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="ClickHouse server user that analysts' SQL runs as (SELECT on jobstream's database only; "
-                    "docker/clickhouse/analyst.sh). Unset: CLICKHOUSE_URL's user. Not for chDB.")
+        "docker/clickhouse/analyst.sh). Unset: CLICKHOUSE_URL's user. Not for chDB.",
+    )
     sql_clickhouse_password: SecretStr | None = Field(
-        default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER.")
+        default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER."
+    )
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""

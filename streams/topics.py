@@ -41,9 +41,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic(REQUESTED), settings.requested_partitions, common),
         TopicSpec(settings.topic(EVENTS), settings.events_partitions, common),
         TopicSpec(settings.topic(DEAD_LETTERS), 1, common),
-        TopicSpec(settings.topic(IDEMPOTENCY), 3, {
-            "cleanup.policy": "compact,delete", "retention.ms": str(int(settings.idempotency_ttl_s * 1000)),
-        }),
+        TopicSpec(
+            settings.topic(IDEMPOTENCY),
+            3,
+            {
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(int(settings.idempotency_ttl_s * 1000)),
+            },
+        ),
         TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
         TopicSpec(settings.topic(REPLAYS), 1, {"cleanup.policy": "compact"}),
     ]
@@ -58,7 +63,9 @@ def ensure_topics(kafka: KafkaConnection, settings: Settings, timeout_s: float =
         return
     futures = admin.create_topics(
         [
-            NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor, config=s.config)
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor, config=s.config
+            )
             for s in wanted
         ],
         request_timeout=timeout_s,

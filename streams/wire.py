@@ -25,40 +25,105 @@ _OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.1
 
 
 # --- encoders ---------------------------------------------------------------------------------
-def encode_request(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int,
-                   timeout_s: float | None, ts: datetime, calc_version: str | None = None,
-                   replay_of: str | None = None, replay_id: str | None = None, *, seq: int = 0,
-                   schema_version: int = SCHEMA_VERSION) -> bytes:
+def encode_request(
+    job_id: str,
+    tenant: str,
+    kind: str,
+    params: dict[str, Any],
+    priority: int,
+    timeout_s: float | None,
+    ts: datetime,
+    calc_version: str | None = None,
+    replay_of: str | None = None,
+    replay_id: str | None = None,
+    *,
+    seq: int = 0,
+    schema_version: int = SCHEMA_VERSION,
+) -> bytes:
     """A ``JobRequested`` as bytes. Raises TypeError for what JSON cannot hold (an integer past 64 bits)."""
-    return orjson.dumps({"schema_version": schema_version, "job_id": job_id, "tenant": tenant, "seq": seq, "ts": ts,
-                         "type": "requested", "kind": kind, "params": params, "priority": priority,
-                         "timeout_s": timeout_s, "calc_version": calc_version, "replay_of": replay_of,
-                         "replay_id": replay_id}, option=_OPTIONS)
+    return orjson.dumps(
+        {
+            "schema_version": schema_version,
+            "job_id": job_id,
+            "tenant": tenant,
+            "seq": seq,
+            "ts": ts,
+            "type": "requested",
+            "kind": kind,
+            "params": params,
+            "priority": priority,
+            "timeout_s": timeout_s,
+            "calc_version": calc_version,
+            "replay_of": replay_of,
+            "replay_id": replay_id,
+        },
+        option=_OPTIONS,
+    )
 
 
-def encode_event(job_id: str, tenant: str, seq: int, type_: EventType, kind: str, data: dict[str, Any],
-                 ts: datetime, schema_version: int = SCHEMA_VERSION) -> bytes:
+def encode_event(
+    job_id: str,
+    tenant: str,
+    seq: int,
+    type_: EventType,
+    kind: str,
+    data: dict[str, Any],
+    ts: datetime,
+    schema_version: int = SCHEMA_VERSION,
+) -> bytes:
     """A ``JobEvent`` as bytes. ``data`` must be JSON-ready (str keys; results are, see ``processors.executor``)."""
-    return orjson.dumps({"schema_version": schema_version, "job_id": job_id, "tenant": tenant, "seq": seq,
-                         "ts": ts, "type": type_.value, "kind": kind, "data": data}, option=_OPTIONS)
+    return orjson.dumps(
+        {
+            "schema_version": schema_version,
+            "job_id": job_id,
+            "tenant": tenant,
+            "seq": seq,
+            "ts": ts,
+            "type": type_.value,
+            "kind": kind,
+            "data": data,
+        },
+        option=_OPTIONS,
+    )
 
 
 def dumps(record: JobEvent | JobRequested) -> bytes:
     """A record model as bytes, through the encoders above (tests pin: what ``model_dump`` writes)."""
     if isinstance(record, JobEvent):
-        return encode_event(record.job_id, record.tenant, record.seq, record.type, record.kind, record.data,
-                            record.ts, record.schema_version)
-    return encode_request(record.job_id, record.tenant, record.kind, record.params, record.priority,
-                          record.timeout_s, record.ts, record.calc_version, record.replay_of, record.replay_id,
-                          seq=record.seq, schema_version=record.schema_version)
+        return encode_event(
+            record.job_id,
+            record.tenant,
+            record.seq,
+            record.type,
+            record.kind,
+            record.data,
+            record.ts,
+            record.schema_version,
+        )
+    return encode_request(
+        record.job_id,
+        record.tenant,
+        record.kind,
+        record.params,
+        record.priority,
+        record.timeout_s,
+        record.ts,
+        record.calc_version,
+        record.replay_of,
+        record.replay_id,
+        seq=record.seq,
+        schema_version=record.schema_version,
+    )
 
 
 def _check_fields(model: type[BaseModel], encoded: bytes) -> None:
     """Stop the import when a model's fields and its encoder's differ: a field added to the schema must
     be on the wire too (and a default made per instance must be filled in per record)."""
     if list(orjson.loads(encoded)) != list(model.model_fields):
-        raise RuntimeError(f"{model.__name__}'s fields {list(model.model_fields)} differ from what streams/wire.py "
-                           f"writes: {list(orjson.loads(encoded))}")
+        raise RuntimeError(
+            f"{model.__name__}'s fields {list(model.model_fields)} differ from what streams/wire.py "
+            f"writes: {list(orjson.loads(encoded))}"
+        )
 
 
 _check_fields(JobRequested, encode_request("", "", "", {}, 0, None, utcnow()))
@@ -88,8 +153,16 @@ class WireEvent(NamedTuple):
 
     def model(self) -> JobEvent:
         """The event as a model (built unvalidated: ``decode_event`` validated it)."""
-        return JobEvent.model_construct(schema_version=self.schema_version, job_id=self.job_id, tenant=self.tenant,
-                                        seq=self.seq, ts=self.ts, type=self.type, kind=self.kind, data=self.data)
+        return JobEvent.model_construct(
+            schema_version=self.schema_version,
+            job_id=self.job_id,
+            tenant=self.tenant,
+            seq=self.seq,
+            ts=self.ts,
+            type=self.type,
+            kind=self.kind,
+            data=self.data,
+        )
 
 
 _TYPES = {t.value: t for t in EventType}
@@ -114,11 +187,27 @@ def decode_event(raw: bytes | None) -> WireEvent:
     if type(d) is dict and raw[:1] == b"{" and b"\n" not in raw and b"\r" not in raw and _INJECTED.isdisjoint(d):
         name = d.get("type")
         type_ = _TYPES.get(name) if type(name) is str else None
-        seq, version, ts, job_id, tenant, kind, data = (d.get("seq"), d.get("schema_version"), d.get("ts"),
-                                                        d.get("job_id"), d.get("tenant"), d.get("kind"), d.get("data"))
-        if (type_ is not None and type(seq) is int and 0 <= seq <= _MAX_U32 and type(version) is int
-                and 0 <= version <= 65535 and type(job_id) is str and type(tenant) is str and type(kind) is str
-                and type(data) is dict and type(ts) is str):
+        seq, version, ts, job_id, tenant, kind, data = (
+            d.get("seq"),
+            d.get("schema_version"),
+            d.get("ts"),
+            d.get("job_id"),
+            d.get("tenant"),
+            d.get("kind"),
+            d.get("data"),
+        )
+        if (
+            type_ is not None
+            and type(seq) is int
+            and 0 <= seq <= _MAX_U32
+            and type(version) is int
+            and 0 <= version <= 65535
+            and type(job_id) is str
+            and type(tenant) is str
+            and type(kind) is str
+            and type(data) is dict
+            and type(ts) is str
+        ):
             try:
                 parsed = datetime.fromisoformat(ts)
             except ValueError:
@@ -127,9 +216,19 @@ def decode_event(raw: bytes | None) -> WireEvent:
                 return _new_wire_event(WireEvent, (type_, job_id, tenant, seq, kind, parsed, data, version, raw))
     event = JobEvent.model_validate(d)  # a ValidationError is a ValueError
     ts = event.ts if event.ts.tzinfo is not None else event.ts.replace(tzinfo=UTC)
-    return WireEvent(event.type, event.job_id, event.tenant, event.seq, event.kind, ts, event.data,
-                     event.schema_version, encode_event(event.job_id, event.tenant, event.seq, event.type,
-                                                        event.kind, event.data, ts, event.schema_version))
+    return WireEvent(
+        event.type,
+        event.job_id,
+        event.tenant,
+        event.seq,
+        event.kind,
+        ts,
+        event.data,
+        event.schema_version,
+        encode_event(
+            event.job_id, event.tenant, event.seq, event.type, event.kind, event.data, ts, event.schema_version
+        ),
+    )
 
 
 def load_event(raw: bytes) -> JobEvent:
@@ -156,18 +255,29 @@ class Prepared:
     @property
     def queued(self) -> JobEvent:
         """The queued event as a model, for RecentJobs (built unvalidated: the fields are ours)."""
-        return JobEvent.model_construct(job_id=self.job_id, tenant=self.tenant, seq=0, ts=self.ts, type=_QUEUED,
-                                        kind=self.kind, data=self.data)
+        return JobEvent.model_construct(
+            job_id=self.job_id, tenant=self.tenant, seq=0, ts=self.ts, type=_QUEUED, kind=self.kind, data=self.data
+        )
 
 
-def build(job_id: str, tenant: str, kind: str, params: dict[str, Any], priority: int, timeout_s: float | None,
-          calc_version: str | None = None, replay_of: str | None = None, replay_id: str | None = None) -> Prepared:
+def build(
+    job_id: str,
+    tenant: str,
+    kind: str,
+    params: dict[str, Any],
+    priority: int,
+    timeout_s: float | None,
+    calc_version: str | None = None,
+    replay_of: str | None = None,
+    replay_id: str | None = None,
+) -> Prepared:
     """A job's two records from fields already validated: a submission, or a replay re-emitting a
     past request (``calc_version``, ``replay_of``, ``replay_id``, on both records).
     Raises TypeError for an integer past 64 bits."""
     now = utcnow()
-    replay = ({"calc_version": calc_version, "replay_of": replay_of, "replay_id": replay_id}
-              if replay_id is not None else {})  # a replay names all three; a submission none
+    replay = (
+        {"calc_version": calc_version, "replay_of": replay_of, "replay_id": replay_id} if replay_id is not None else {}
+    )  # a replay names all three; a submission none
     request = encode_request(job_id, tenant, kind, params, priority, timeout_s, now, calc_version, replay_of, replay_id)
     data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, **replay}
     queued = encode_event(job_id, tenant, 0, _QUEUED, kind, data, now)

@@ -64,7 +64,6 @@ def work(batch: Sequence[WorkParams], progress: Progress) -> list[dict]:
     return results
 
 
-
 class SquareParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

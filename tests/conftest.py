@@ -64,12 +64,19 @@ def store(clickhouse_url: str) -> Iterator[ClickHouseStore]:
 @pytest.fixture(scope="session")
 def settings(session_dir: Path, kafka_bootstrap: str, clickhouse_url: str) -> Settings:
     return Settings(
-        kafka_bootstrap=kafka_bootstrap, clickhouse_url=clickhouse_url, data_dir=session_dir / "data",
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.", requested_partitions=4, events_partitions=4,
-        batch_max_wait_ms=20, sink_batch_max_wait_ms=50, calc_processes=2,
+        kafka_bootstrap=kafka_bootstrap,
+        clickhouse_url=clickhouse_url,
+        data_dir=session_dir / "data",
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        requested_partitions=4,
+        events_partitions=4,
+        batch_max_wait_ms=20,
+        sink_batch_max_wait_ms=50,
+        calc_processes=2,
         # The fuzzer starts replays on the shared stack: keep them small and slow (tests/test_replay.py
         # raises these for its own stack).
-        replay_max_rate=20.0, replay_max_jobs=50,
+        replay_max_rate=20.0,
+        replay_max_jobs=50,
     )
 
 

@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     try:
         while time.monotonic() < deadline:
-            if sink.stats.events_written >= args.min_events and group_lag(KafkaConnection.from_settings(settings), settings) == 0:
+            if (
+                sink.stats.events_written >= args.min_events
+                and group_lag(KafkaConnection.from_settings(settings), settings) == 0
+            ):
                 break
             time.sleep(0.2)  # a child's own progress poll, not a test's synchronisation
         else:
@@ -77,17 +80,24 @@ def count(args: argparse.Namespace) -> None:
     store = ClickHouseStore(settings.clickhouse_url, database=args.database)
     t = {"t": args.tenant}
     one = lambda sql: store.query(sql, t)[0][0]  # noqa: E731
-    sys.stdout.write(orjson.dumps({
-        "events": one("SELECT count() FROM job_events WHERE tenant = {t:String}"),
-        "distinct_events": one("SELECT uniqExact(job_id, seq) FROM job_events WHERE tenant = {t:String}"),
-        "results": one("SELECT count() FROM job_results WHERE tenant = {t:String}"),
-        "outcomes": one("SELECT count() FROM job_outcomes WHERE tenant = {t:String}"),
-        "timed_outcomes": one("SELECT count() FROM job_outcomes WHERE tenant = {t:String} AND total_s IS NOT NULL"),
-        "jobs": one("SELECT count() FROM jobs WHERE tenant = {t:String}"),
-        "jobs_succeeded": one("SELECT count() FROM jobs WHERE tenant = {t:String} AND status = 'succeeded'"),
-        "counted_events": one("SELECT sum(events) FROM event_counts WHERE tenant = {t:String}"),
-        "counted_outcomes": one("SELECT sum(jobs) FROM outcome_stats WHERE tenant = {t:String}"),
-    }).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "events": one("SELECT count() FROM job_events WHERE tenant = {t:String}"),
+                "distinct_events": one("SELECT uniqExact(job_id, seq) FROM job_events WHERE tenant = {t:String}"),
+                "results": one("SELECT count() FROM job_results WHERE tenant = {t:String}"),
+                "outcomes": one("SELECT count() FROM job_outcomes WHERE tenant = {t:String}"),
+                "timed_outcomes": one(
+                    "SELECT count() FROM job_outcomes WHERE tenant = {t:String} AND total_s IS NOT NULL"
+                ),
+                "jobs": one("SELECT count() FROM jobs WHERE tenant = {t:String}"),
+                "jobs_succeeded": one("SELECT count() FROM jobs WHERE tenant = {t:String} AND status = 'succeeded'"),
+                "counted_events": one("SELECT sum(events) FROM event_counts WHERE tenant = {t:String}"),
+                "counted_outcomes": one("SELECT sum(jobs) FROM outcome_stats WHERE tenant = {t:String}"),
+            }
+        ).decode()
+        + "\n"
+    )
     store.close()
 
 

@@ -42,8 +42,11 @@ ALICE = "alice-key-0123456789x"
 
 def write(store: ClickHouseStore, events: list[JobEvent]) -> None:
     """What the sink writes for these events (same row building, one token per call)."""
-    rows = build_rows([Message(topic="t", partition=0, offset=i, value=dumps(e)) for i, e in enumerate(events)],
-                      JobTimes(1000), lambda m: None)
+    rows = build_rows(
+        [Message(topic="t", partition=0, offset=i, value=dumps(e)) for i, e in enumerate(events)],
+        JobTimes(1000),
+        lambda m: None,
+    )
     store.insert_json("job_events", rows.body(store.job_times(rows.missing_times())), uuid.uuid4().hex)
 
 
@@ -72,9 +75,14 @@ def test_migrations_run_once_and_upgrade_version_1_data_with_a_backfill(clickhou
         assert schema.migrate(client, target=1) == [1]
         # Version 1 data: events only (no state, outcomes or rollups yet).
         events = job_history("old", queue_s=2.0, run_s=3.0) + job_history("old", outcome="failed")
-        client.insert("job_events", [[e.tenant, e.job_id, e.seq, e.type.value, e.kind, e.ts,
-                                      orjson.dumps(e.data).decode(), 1, 0, i] for i, e in enumerate(events)],
-                      column_names=EVENT_COLUMNS)
+        client.insert(
+            "job_events",
+            [
+                [e.tenant, e.job_id, e.seq, e.type.value, e.kind, e.ts, orjson.dumps(e.data).decode(), 1, 0, i]
+                for i, e in enumerate(events)
+            ],
+            column_names=EVENT_COLUMNS,
+        )
 
         assert schema.migrate(client) == [v for v, _, _ in schema.MIGRATIONS if v > 1]
         assert schema.migrate(client) == []  # a restart applies nothing
@@ -105,21 +113,30 @@ def test_version_3_data_with_a_job_run_twice_migrates_to_one_row_per_job(clickho
         gone = job_history("v3", queue_s=4.0)  # its events will be removed (retention) before the upgrade
         times = JobTimes(100)  # what the sink saw, across its batches
         for offset, e in enumerate([*first, *second, *gone]):
-            rows = build_rows([Message(topic="t", partition=0, offset=offset, value=dumps(e))], times,
-                              lambda m: None)
-            client.raw_insert("job_events", insert_block=rows.body({}), fmt="JSONEachRow",
-                              settings={"input_format_json_read_objects_as_strings": 1,
-                                        "date_time_input_format": "best_effort"})
+            rows = build_rows([Message(topic="t", partition=0, offset=offset, value=dumps(e))], times, lambda m: None)
+            client.raw_insert(
+                "job_events",
+                insert_block=rows.body({}),
+                fmt="JSONEachRow",
+                settings={"input_format_json_read_objects_as_strings": 1, "date_time_input_format": "best_effort"},
+            )
         assert one(client, "SELECT count() FROM job_outcomes") == 3  # version 3 counts the re-run
-        client.command("ALTER TABLE job_events DELETE WHERE job_id = {j:String}", parameters={"j": gone[0].job_id},
-                       settings={"mutations_sync": 2})
+        client.command(
+            "ALTER TABLE job_events DELETE WHERE job_id = {j:String}",
+            parameters={"j": gone[0].job_id},
+            settings={"mutations_sync": 2},
+        )
 
         assert schema.migrate(client) == [4]
         rows = client.query("SELECT job_id, queue_wait_s, run_s FROM job_outcomes ORDER BY queue_wait_s").result_rows
         assert rows == [(first[0].job_id, 1.0, 2.0), (gone[0].job_id, 4.0, 2.0)]
         results = client.query("SELECT job_id, result FROM job_results ORDER BY job_id").result_rows
-        assert sorted(results) == sorted([(first[0].job_id, orjson.dumps(first[-1].data["result"]).decode()),
-                                          (gone[0].job_id, orjson.dumps(gone[-1].data["result"]).decode())])
+        assert sorted(results) == sorted(
+            [
+                (first[0].job_id, orjson.dumps(first[-1].data["result"]).decode()),
+                (gone[0].job_id, orjson.dumps(gone[-1].data["result"]).decode()),
+            ]
+        )
         assert one(client, "SELECT sum(jobs) FROM outcome_stats") == 2
     finally:
         client.close()
@@ -146,15 +163,17 @@ def test_events_ttl_is_a_setting_applied_idempotently_at_start(clickhouse_url: s
         store.close()
 
 
-def test_a_retried_batch_completes_views_a_first_attempt_missed_and_doubles_nothing(clickhouse_url: str,
-                                                                                    database: str):
+def test_a_retried_batch_completes_views_a_first_attempt_missed_and_doubles_nothing(clickhouse_url: str, database: str):
     """The partly-written insert (a crash inside ClickHouse's insert): the table and some views got the
     block, others not. The retry with the same token writes only what is missing, everywhere."""
     store = ClickHouseStore(clickhouse_url, database=database)
     try:
         events = [e for _ in range(3) for e in job_history("partial")]
-        rows = build_rows([Message(topic="t", partition=0, offset=i, value=dumps(e)) for i, e in enumerate(events)],
-                          JobTimes(100), lambda m: None)
+        rows = build_rows(
+            [Message(topic="t", partition=0, offset=i, value=dumps(e)) for i, e in enumerate(events)],
+            JobTimes(100),
+            lambda m: None,
+        )
         body = rows.body({})
         store.query("DETACH TABLE job_outcomes_store_mv")  # this view misses the first attempt...
         store.insert_json("job_events", body, "jobs.events/0:0-11")
@@ -163,8 +182,9 @@ def test_a_retried_batch_completes_views_a_first_attempt_missed_and_doubles_noth
         store.query("ATTACH TABLE job_outcomes_store_mv")
         for _ in range(2):  # ...the retry, and a redelivery after it
             store.insert_json("job_events", body, "jobs.events/0:0-11")
-        assert [one(store, f"SELECT count() FROM {table}") for table in ("job_events", "job_results", "job_outcomes")] \
-            == [12, 3, 3]
+        assert [
+            one(store, f"SELECT count() FROM {table}") for table in ("job_events", "job_results", "job_outcomes")
+        ] == [12, 3, 3]
         assert one(store, "SELECT sum(jobs) FROM outcome_stats") == 3  # the view's own view caught up too
         assert one(store, "SELECT sum(events) FROM event_counts") == 12
         assert one(store, "SELECT count() FROM jobs WHERE status = 'succeeded'") == 3
@@ -176,13 +196,21 @@ def test_jobs_view_gives_the_latest_state_without_final(store: ClickHouseStore):
     """Each event in its own insert (its own part, unmerged): the view still folds them like JobView."""
     tenant = f"state-{uuid.uuid4().hex[:8]}"
     events = job_history(tenant, outcome="cancelled", attempt=2)
-    late = events[-1].model_copy(update={"seq": 4, "type": EventType.SUCCEEDED, "ts": events[-1].ts + timedelta(1),
-                                         "data": {"result": 1, "calc_version": "1", "attempt": 2}})
+    late = events[-1].model_copy(
+        update={
+            "seq": 4,
+            "type": EventType.SUCCEEDED,
+            "ts": events[-1].ts + timedelta(1),
+            "data": {"result": 1, "calc_version": "1", "attempt": 2},
+        }
+    )
     for event in [*events, late][::-1]:  # even out of order
         write(store, [event])
     ((status, progress, attempts, last_seq, error_type, submitted, started, finished),) = store.query(
         "SELECT status, progress, attempts, last_seq, error_type, submitted_at, started_at, finished_at FROM jobs "
-        "WHERE tenant = {t:String} AND job_id = {j:String}", {"t": tenant, "j": events[0].job_id})
+        "WHERE tenant = {t:String} AND job_id = {j:String}",
+        {"t": tenant, "j": events[0].job_id},
+    )
     folded = JobView.fold([*events, late])
     assert folded is not None
     assert status == folded.status.value == "cancelled"  # the first terminal event wins
@@ -195,10 +223,16 @@ def test_rollups_and_the_stats_headline_match_numpy(store: ClickHouseStore):
     tenant = f"stats-{uuid.uuid4().hex[:8]}"
     start = utcnow() - timedelta(minutes=20)
     queue_waits = [0.5 * i for i in range(1, 11)]
-    events = [e for i, q in enumerate(queue_waits)
-              for e in job_history(tenant, start=start + timedelta(minutes=i), queue_s=q, run_s=2.0, batch_size=4)]
-    events += [e for _ in range(2) for e in job_history(tenant, outcome="failed", start=start, queue_s=1.0,
-                                                          run_s=0.5, batch_size=16)]
+    events = [
+        e
+        for i, q in enumerate(queue_waits)
+        for e in job_history(tenant, start=start + timedelta(minutes=i), queue_s=q, run_s=2.0, batch_size=4)
+    ]
+    events += [
+        e
+        for _ in range(2)
+        for e in job_history(tenant, outcome="failed", start=start, queue_s=1.0, run_s=0.5, batch_size=16)
+    ]
     events += job_history(tenant, kind="linear.fit", start=start, queue_s=9.0, run_s=9.0, batch_size=1)
     write(store, events)
 
@@ -208,22 +242,29 @@ def test_rollups_and_the_stats_headline_match_numpy(store: ClickHouseStore):
     assert stats["throughput_per_s"] == pytest.approx(12 / stats["window_s"])
     waits = np.array(queue_waits + [1.0, 1.0])
     assert stats["latency_s"]["queue_wait"] == pytest.approx(
-        dict(zip(["p50", "p90", "p99"], np.percentile(waits, [50, 90, 99]), strict=False)))
-    assert stats["latency_s"]["end_to_end"]["p50"] == pytest.approx(np.percentile(waits + np.array([2.0] * 10 + [0.5] * 2), 50))
+        dict(zip(["p50", "p90", "p99"], np.percentile(waits, [50, 90, 99]), strict=False))
+    )
+    assert stats["latency_s"]["end_to_end"]["p50"] == pytest.approx(
+        np.percentile(waits + np.array([2.0] * 10 + [0.5] * 2), 50)
+    )
     sizes = np.array([4] * 10 + [16] * 2)
-    assert stats["batch_size"] == pytest.approx({"avg": sizes.mean(), "p50": 4.0, "p90": np.percentile(sizes, 90),
-                                                 "p99": np.percentile(sizes, 99), "max": 16})
+    assert stats["batch_size"] == pytest.approx(
+        {"avg": sizes.mean(), "p50": 4.0, "p90": np.percentile(sizes, 90), "p99": np.percentile(sizes, 99), "max": 16}
+    )
 
     everything = analytics.headline(store, tenant, utcnow() - timedelta(hours=1))
     assert everything["finished"] == 13 and everything["latency_s"]["run"]["p99"] > 2.0
     later = analytics.headline(store, tenant, utcnow() - timedelta(minutes=5))
     assert later["finished"] == 0 and later["failure_rate"] is None and later["latency_s"]["run"]["p50"] is None
 
-    per_minute = store.query("SELECT sum(events) FROM event_counts WHERE tenant = {t:String} AND type = 'queued'",
-                             {"t": tenant})
+    per_minute = store.query(
+        "SELECT sum(events) FROM event_counts WHERE tenant = {t:String} AND type = 'queued'", {"t": tenant}
+    )
     assert per_minute == [(13,)]
-    rates = store.query("SELECT sum(finished), sum(failed) FROM failure_rates WHERE tenant = {t:String} "
-                        "AND kind = 'stats.describe'", {"t": tenant})
+    rates = store.query(
+        "SELECT sum(finished), sum(failed) FROM failure_rates WHERE tenant = {t:String} AND kind = 'stats.describe'",
+        {"t": tenant},
+    )
     assert rates == [(12, 2)]
 
 
@@ -236,8 +277,18 @@ def test_parse_since_takes_durations_and_times():
         analytics.parse_since("yesterday", now)
 
 
-@pytest.mark.parametrize("since", ["99999999d", "9" * 30 + "d", "1" * 400 + "s", "0001-01-01",
-                                   "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize(
+    "since",
+    [
+        "99999999d",
+        "9" * 30 + "d",
+        "1" * 400 + "s",
+        "0001-01-01",
+        "1969-12-31T23:59:59Z",
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+    ],
+)
 def test_parse_since_refuses_windows_out_of_range(since: str):
     with pytest.raises(analytics.BadWindow) as refused:
         analytics.parse_since(since, utcnow())
@@ -246,8 +297,9 @@ def test_parse_since_refuses_windows_out_of_range(since: str):
 
 def test_the_readmes_example_queries_run_read_only(store: ClickHouseStore):
     start = utcnow() - timedelta(minutes=10)
-    write(store, [e for outcome in ("succeeded", "failed") for e in job_history("readme", outcome=outcome,
-                                                                                start=start)])
+    write(
+        store, [e for outcome in ("succeeded", "failed") for e in job_history("readme", outcome=outcome, start=start)]
+    )
     queries = readme_queries()
     assert len(queries) >= 9
     for sql in queries:
@@ -256,17 +308,20 @@ def test_the_readmes_example_queries_run_read_only(store: ClickHouseStore):
 
 
 # --- read-only SQL ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("sql", [
-    "INSERT INTO job_events (tenant, job_id) VALUES ('x', 'y')",
-    "DROP TABLE job_results",
-    "TRUNCATE TABLE job_events",
-    "CREATE TABLE evil (a UInt8) ENGINE = Memory",
-    "ALTER TABLE job_events DELETE WHERE 1",
-    "SELECT count() FROM job_events SETTINGS readonly = 0",
-    "SELECT count() FROM job_events SETTINGS max_result_rows = 0",
-    "SET readonly = 0",
-    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO job_events (tenant, job_id) VALUES ('x', 'y')",
+        "DROP TABLE job_results",
+        "TRUNCATE TABLE job_events",
+        "CREATE TABLE evil (a UInt8) ENGINE = Memory",
+        "ALTER TABLE job_events DELETE WHERE 1",
+        "SELECT count() FROM job_events SETTINGS readonly = 0",
+        "SELECT count() FROM job_events SETTINGS max_result_rows = 0",
+        "SET readonly = 0",
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    ],
+)
 def test_clickhouse_itself_refuses_anything_but_reading(store: ClickHouseStore, sql: str):
     """The sandbox refuses these first (tests/test_sql_sandbox.py); ClickHouse's session is the second line."""
     with pytest.raises(Refused):
@@ -293,11 +348,16 @@ def test_query_limits_are_enforced_by_clickhouse(store: ClickHouseStore):
 
 
 def test_results_render_as_table_csv_and_json():
-    result = QueryResult(["kind", "n", "at"], ["String", "UInt64", "DateTime"],
-                         [("stats.describe", 3, datetime(2026, 1, 1, 12, 0)), ("a,b", None, None)])
+    result = QueryResult(
+        ["kind", "n", "at"],
+        ["String", "UInt64", "DateTime"],
+        [("stats.describe", 3, datetime(2026, 1, 1, 12, 0)), ("a,b", None, None)],
+    )
     assert render(result, "csv") == 'kind,n,at\nstats.describe,3,2026-01-01T12:00:00\n"a,b",,'
-    assert orjson.loads(render(result, "json")) == [{"kind": "stats.describe", "n": 3, "at": "2026-01-01T12:00:00"},
-                                                    {"kind": "a,b", "n": None, "at": None}]
+    assert orjson.loads(render(result, "json")) == [
+        {"kind": "stats.describe", "n": 3, "at": "2026-01-01T12:00:00"},
+        {"kind": "a,b", "n": None, "at": None},
+    ]
     table = render(result, "table")
     assert "stats.describe" in table and "2 rows" in table
     with pytest.raises(ValueError):
@@ -308,8 +368,9 @@ def test_results_render_as_table_csv_and_json():
 @pytest.fixture(scope="module")
 def analysts(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Server]:
     """An API on the stack's topics with API keys; only the 'analysts' tenant may run SQL."""
-    keyed = settings.model_copy(update={"api_keys": SecretStr(f"analysts={ADMIN},alice={ALICE}"),
-                                        "sql_tenants": "analysts", "sql_max_rows": 50})
+    keyed = settings.model_copy(
+        update={"api_keys": SecretStr(f"analysts={ADMIN},alice={ALICE}"), "sql_tenants": "analysts", "sql_max_rows": 50}
+    )
     server = Server(create_app(keyed, {"api"}, store=store)).start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="keyed API ready")
     yield server
@@ -336,8 +397,9 @@ def test_sql_endpoint_needs_an_sql_tenant_and_only_reads(analysts: Server, store
     assert (empty["columns"], empty["rows"]) == (["one"], [])
 
     before = one(store, "SELECT count() FROM job_events")
-    write_attempt = httpx.post(url, json={"sql": "INSERT INTO job_events (tenant, job_id) VALUES ('x', 'y')"},
-                               headers=bearer(ADMIN))
+    write_attempt = httpx.post(
+        url, json={"sql": "INSERT INTO job_events (tenant, job_id) VALUES ('x', 'y')"}, headers=bearer(ADMIN)
+    )
     assert write_attempt.status_code == 403 and write_attempt.json()["title"] == "Read-only"
     assert one(store, "SELECT count() FROM job_events") >= before
     assert one(store, "SELECT count() FROM job_events WHERE tenant = 'x' AND job_id = 'y'") == 0
@@ -353,11 +415,13 @@ def test_stats_show_the_callers_tenant_only(analysts: Server, store: ClickHouseS
     start = utcnow() - timedelta(minutes=3)
     write(store, [e for _ in range(3) for e in job_history("alice", start=start, kind="demo.alice")])
     write(store, [e for _ in range(5) for e in job_history("analysts", start=start, kind="demo.alice")])
-    alice = httpx.get(f"{analysts.url}/v1/stats", params={"since": "10m", "kind": "demo.alice"},
-                      headers=bearer(ALICE)).json()
+    alice = httpx.get(
+        f"{analysts.url}/v1/stats", params={"since": "10m", "kind": "demo.alice"}, headers=bearer(ALICE)
+    ).json()
     assert alice["tenant"] == "alice" and alice["finished"] == 3 and alice["latency_s"]["run"]["p50"] == 2.0
-    other = httpx.get(f"{analysts.url}/v1/stats", params={"since": "10m", "kind": "demo.alice"},
-                      headers=bearer(ADMIN)).json()
+    other = httpx.get(
+        f"{analysts.url}/v1/stats", params={"since": "10m", "kind": "demo.alice"}, headers=bearer(ADMIN)
+    ).json()
     assert other["finished"] == 5
     assert httpx.get(f"{analysts.url}/v1/stats").status_code == 401
     bad = httpx.get(f"{analysts.url}/v1/stats", params={"since": "soon"}, headers=bearer(ALICE))
@@ -367,16 +431,24 @@ def test_stats_show_the_callers_tenant_only(analysts: Server, store: ClickHouseS
 @pytest.mark.kafka
 def test_jobstream_sql_prints_csv_json_and_table_through_the_service(analysts: Server):
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "jobstream.cli", "sql", *args, "--url", analysts.url],
-                              cwd=ROOT, text=True, capture_output=True, timeout=120,
-                              env={"PATH": "/usr/bin:/bin", "JOBSTREAM_API_KEY": ADMIN})
+        return subprocess.run(
+            [sys.executable, "-m", "jobstream.cli", "sql", *args, "--url", analysts.url],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "JOBSTREAM_API_KEY": ADMIN},
+        )
 
     query = "SELECT number AS n, toString(number * 2) AS twice FROM numbers(3)"
     csv_out = cli(query, "--format", "csv")
     assert csv_out.returncode == 0, csv_out.stderr
     assert csv_out.stdout.strip() == "n,twice\n0,0\n1,2\n2,4"
     assert orjson.loads(cli(query, "--format", "json").stdout) == [
-        {"n": 0, "twice": "0"}, {"n": 1, "twice": "2"}, {"n": 2, "twice": "4"}]
+        {"n": 0, "twice": "0"},
+        {"n": 1, "twice": "2"},
+        {"n": 2, "twice": "4"},
+    ]
     assert "3 rows" in cli(query).stdout
     refused = cli("DROP TABLE job_events")
     assert refused.returncode == 1 and "Read-only" in refused.stderr
@@ -384,11 +456,21 @@ def test_jobstream_sql_prints_csv_json_and_table_through_the_service(analysts: S
 
 @pytest.mark.kafka
 def test_a_real_job_shows_up_in_stats_and_sql(client: httpx.Client):
-    job_ids = [client.post("/v1/jobs", json={"kind": "stats.describe", "params": {"values": [1, 2, 3]}}).json()["job_id"]
-               for _ in range(3)]
+    job_ids = [
+        client.post("/v1/jobs", json={"kind": "stats.describe", "params": {"values": [1, 2, 3]}}).json()["job_id"]
+        for _ in range(3)
+    ]
     sql = {"sql": f"SELECT job_id, status, queue_wait_s >= 0, run_s >= 0 FROM jobs WHERE job_id IN {tuple(job_ids)}"}
-    rows = wait_until(lambda: (r := client.post("/v1/sql", json=sql).json()["rows"]) and len(r) == 3
-                      and all(row[1] == "succeeded" for row in r) and r, 90, message="jobs succeeded in ClickHouse")
+    rows = wait_until(
+        lambda: (
+            (r := client.post("/v1/sql", json=sql).json()["rows"])
+            and len(r) == 3
+            and all(row[1] == "succeeded" for row in r)
+            and r
+        ),
+        90,
+        message="jobs succeeded in ClickHouse",
+    )
     assert all(row[2:] == [1, 1] for row in rows)
     # job_results is written right after job_events (same batch, next insert); the run time is always known
     # (running and succeeded come from one producer, in order). The API's queued event may land after them, so
@@ -402,8 +484,16 @@ def test_a_real_job_shows_up_in_stats_and_sql(client: httpx.Client):
     assert stats["batch_size"]["max"] >= 1
 
 
-BAD_TIMES = ["99999999d", "9" * 30 + "d", "0001-01-01", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59-14:00",
-             "9" * 30, "soon", ""]
+BAD_TIMES = [
+    "99999999d",
+    "9" * 30 + "d",
+    "0001-01-01",
+    "1969-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-14:00",
+    "9" * 30,
+    "soon",
+    "",
+]
 
 
 @pytest.mark.kafka

@@ -184,5 +184,6 @@ def test_arrival_rate_decays_when_arrivals_stop():
 def test_with_another_process_free_a_job_never_waits():
     plan = POLICY.plan(waiting=1, oldest_wait_s=0.0, arrival_rate=1000.0, cost_per_job_s=0.0001, idle_slots=2)
     assert plan.wait_s == 0.0
-    assert POLICY.plan(waiting=1, oldest_wait_s=0.0, arrival_rate=1000.0, cost_per_job_s=0.0001,
-                       idle_slots=1).wait_s > 0
+    assert (
+        POLICY.plan(waiting=1, oldest_wait_s=0.0, arrival_rate=1000.0, cost_per_job_s=0.0001, idle_slots=1).wait_s > 0
+    )

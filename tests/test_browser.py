@@ -32,8 +32,13 @@ from tests.support.workers import PLUGIN, Worker, isolated
 pytestmark = pytest.mark.kafka
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 KEY = f"key-{uuid.uuid4().hex}"
 
 
@@ -124,14 +129,24 @@ def worker(scoped: Settings) -> Iterator[Worker]:
 
 
 @pytest.fixture(scope="module")
-def service(scoped: Settings, worker: Worker, page_server: PageServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, str]]:
+def service(
+    scoped: Settings, worker: Worker, page_server: PageServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServiceProcess, str]]:
     """API + gateway + sink in a process of their own (restartable), CORS open to the page's origin."""
     home = tmp_path_factory.mktemp("browser-service")
     tenant = f"web-{uuid.uuid4().hex[:6]}"
-    serve = ServiceProcess(["serve", "--log-level", "warning"], service_env(
-        scoped.kafka_bootstrap or "", scoped.topic_prefix, home, plugins=PLUGIN, api_keys=f"{tenant}={KEY}",
-        cors_origins=page_server.origin), home / "serve.log").start()
+    serve = ServiceProcess(
+        ["serve", "--log-level", "warning"],
+        service_env(
+            scoped.kafka_bootstrap or "",
+            scoped.topic_prefix,
+            home,
+            plugins=PLUGIN,
+            api_keys=f"{tenant}={KEY}",
+            cors_origins=page_server.origin,
+        ),
+        home / "serve.log",
+    ).start()
     yield serve, tenant
     serve.stop()
 
@@ -149,8 +164,12 @@ def browser() -> Iterator[Any]:
 
 
 def submit(base: str) -> str:
-    answer = httpx.post(f"{base}/v1/jobs", json={"kind": "test.work", "params": {"sleep_s": 12, "steps": 12}},
-                        headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    answer = httpx.post(
+        f"{base}/v1/jobs",
+        json={"kind": "test.work", "params": {"sleep_s": 12, "steps": 12}},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
     assert answer.status_code == 202, answer.text
     return answer.json()["job_id"]
 
@@ -162,8 +181,9 @@ def history(base: str, job_id: str) -> list[list[str]]:
     return [[e.id, e.event] for e in reader.events]
 
 
-def follow_across_a_restart(service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any,
-                            tmp_path: Path, ttl_s: float) -> tuple[list[list[str]], list[list[str]], list[str]]:
+def follow_across_a_restart(
+    service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path, ttl_s: float
+) -> tuple[list[list[str]], list[list[str]], list[str]]:
     """Open the page on a running job, kill -9 and restart the API mid-stream; what the page saw."""
     serve, _ = service
     job = submit(serve.url)
@@ -176,8 +196,12 @@ def follow_across_a_restart(service: tuple[ServiceProcess, str], page_server: Pa
         if ttl_s < 60:  # restart only once the token has expired: the reconnect must be refused
             wait_until(lambda: time.time() > expires + 0.5, ttl_s + 5, 0.1, message="the token to expire")
         serve.start()
-        wait_until(lambda: page.evaluate("window.done"), 90, 0.2,
-                   message=f"the terminal event on the page (seen {page.evaluate('window.seen')})")
+        wait_until(
+            lambda: page.evaluate("window.done"),
+            90,
+            0.2,
+            message=f"the terminal event on the page (seen {page.evaluate('window.seen')})",
+        )
         seen = page.evaluate("window.seen")
         page.screenshot(path=str(tmp_path / f"follow-job-ttl{ttl_s:g}.png"), full_page=True)
         return seen, history(serve.url, job), page.evaluate("window.tokens")
@@ -186,7 +210,8 @@ def follow_across_a_restart(service: tuple[ServiceProcess, str], page_server: Pa
 
 
 def test_a_page_on_another_origin_follows_a_job_across_a_restart_with_its_token(
-        service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path):
+    service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path
+):
     seen, expected, tokens = follow_across_a_restart(service, page_server, browser, tmp_path, ttl_s=300)
     assert seen == expected and expected[-1][1] == "succeeded"
     assert [t for _, t in seen].count("progress") >= 3
@@ -195,7 +220,8 @@ def test_a_page_on_another_origin_follows_a_job_across_a_restart_with_its_token(
 
 
 def test_a_page_whose_token_expired_meanwhile_gets_a_new_one_and_resumes(
-        service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path):
+    service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path
+):
     seen, expected, tokens = follow_across_a_restart(service, page_server, browser, tmp_path, ttl_s=2)
     assert seen == expected and expected[-1][1] == "succeeded"  # nothing lost, nothing twice
     assert len(tokens) == 2  # the reconnect was refused (401), the page fetched a new token and resumed

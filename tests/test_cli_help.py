@@ -8,12 +8,15 @@ from typer.testing import CliRunner
 from jobstream.cli import app
 
 
-@pytest.mark.parametrize("command, expected", [
-    (["up"], ["env JOBSTREAM_HOST, default 127.0.0.1", "env JOBSTREAM_WORKERS"]),
-    (["worker"], ["env JOBSTREAM_BATCH_MAX_SIZE"]),
-    (["watch"], ["default http://JOBSTREAM_HOST:JOBSTREAM_PORT"]),
-    (["replay"], ["default: JOBSTREAM_REPLAY_DEFAULT_RATE", "dry run"]),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["up"], ["env JOBSTREAM_HOST, default 127.0.0.1", "env JOBSTREAM_WORKERS"]),
+        (["worker"], ["env JOBSTREAM_BATCH_MAX_SIZE"]),
+        (["watch"], ["default http://JOBSTREAM_HOST:JOBSTREAM_PORT"]),
+        (["replay"], ["default: JOBSTREAM_REPLAY_DEFAULT_RATE", "dry run"]),
+    ],
+)
 def test_help_names_the_environment_variable_and_default(command: list[str], expected: list[str]):
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
     assert result.exit_code == 0, result.output

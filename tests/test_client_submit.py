@@ -21,8 +21,11 @@ def test_every_attempt_carries_the_same_generated_key():
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("idempotency-key"))
         if len(seen) < 3:
-            return httpx.Response(503, headers={"Retry-After": "0"}, json={"title": "Outcome unknown",
-                                                                           "outcome": "unknown", "job_id": "j"})
+            return httpx.Response(
+                503,
+                headers={"Retry-After": "0"},
+                json={"title": "Outcome unknown", "outcome": "unknown", "job_id": "j"},
+            )
         return httpx.Response(202, json={"job_id": "j", "status": "queued", "links": {}})
 
     with httpx.Client(base_url="http://api", transport=httpx.MockTransport(answer)) as client:
@@ -50,12 +53,14 @@ def test_submit_job_and_the_cli_against_the_stack(stack: str):
     first = submit_job(stack, "stats.describe", {"values": [1, 2]}, idempotency_key=key)
     again = submit_job(stack, "stats.describe", {"values": [1, 2]}, idempotency_key=key)
     assert first["job_id"] == again["job_id"]
-    result = CliRunner().invoke(app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack,
-                                      "--idempotency-key", key + "-cli"])
+    result = CliRunner().invoke(
+        app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli"]
+    )
     assert result.exit_code == 0, result.output
     job_id = orjson.loads(result.output)["job_id"]
-    repeated = CliRunner().invoke(app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack,
-                                        "--idempotency-key", key + "-cli"])
+    repeated = CliRunner().invoke(
+        app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli"]
+    )
     assert orjson.loads(repeated.output)["job_id"] == job_id
     refused = CliRunner().invoke(app, ["submit", "stats.describe", '{"values": ["x"]}', "--url", stack])
     assert refused.exit_code == 1 and "not submitted: 422" in refused.output

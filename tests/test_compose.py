@@ -19,7 +19,12 @@ OURS = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image
 
 def test_every_role_has_a_service():
     commands = {tuple(svc["command"]) for svc in OURS.values()}
-    assert {("serve", "--role", "api"), ("serve", "--role", "gateway"), ("serve", "--role", "sink"), ("worker",)} <= commands
+    assert {
+        ("serve", "--role", "api"),
+        ("serve", "--role", "gateway"),
+        ("serve", "--role", "sink"),
+        ("worker",),
+    } <= commands
     assert COMPOSE["services"]["processors"]["deploy"]["replicas"] >= 2
 
 
@@ -36,8 +41,13 @@ def test_service_command_parses_with_the_cli(name):
 def test_service_environment_names_are_settings(name):
     unknown = set(OURS[name]["environment"]) - Settings.env_names()
     assert not unknown, f"{name}: Settings does not read {sorted(unknown)}"
-    Settings(**{k.removeprefix("JOBSTREAM_").lower(): v for k, v in OURS[name]["environment"].items()
-                if k.startswith("JOBSTREAM_")})  # and the values validate
+    Settings(
+        **{
+            k.removeprefix("JOBSTREAM_").lower(): v
+            for k, v in OURS[name]["environment"].items()
+            if k.startswith("JOBSTREAM_")
+        }
+    )  # and the values validate
 
 
 def test_dockerfile_copies_every_package():

@@ -57,10 +57,13 @@ def client(tmp_path: Path) -> Iterator[AppClient]:
     yield app_client(tmp_path, cors_origins=f"{PAGE}, https://app.example.com")
 
 
-def preflight(client: AppClient, path: str, method: str = "POST", origin: str = PAGE,
-              headers: str = "authorization,content-type"):  # type: ignore[no-untyped-def]
-    return client.options(path, headers={"Origin": origin, "Access-Control-Request-Method": method,
-                                         "Access-Control-Request-Headers": headers})
+def preflight(
+    client: AppClient, path: str, method: str = "POST", origin: str = PAGE, headers: str = "authorization,content-type"
+):  # type: ignore[no-untyped-def]
+    return client.options(
+        path,
+        headers={"Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": headers},
+    )
 
 
 def test_the_token_route_answers_a_preflight_that_asks_for_authorization(client: AppClient):
@@ -75,8 +78,9 @@ def test_the_token_route_answers_a_preflight_that_asks_for_authorization(client:
 
 
 def test_stream_and_api_routes_carry_cors_headers_and_expose_what_pages_need(client: AppClient):
-    minted = client.post("/v1/stream-tokens", json={"job_id": "j1"},
-                         headers={"Origin": PAGE, "Authorization": f"Bearer {KEY}"})
+    minted = client.post(
+        "/v1/stream-tokens", json={"job_id": "j1"}, headers={"Origin": PAGE, "Authorization": f"Bearer {KEY}"}
+    )
     assert minted.status_code == 201 and minted.headers["access-control-allow-origin"] == PAGE
     exposed = {h.strip().lower() for h in minted.headers["access-control-expose-headers"].split(",")}
     assert {"location", "retry-after", "www-authenticate"} <= exposed
@@ -89,21 +93,36 @@ def test_stream_and_api_routes_carry_cors_headers_and_expose_what_pages_need(cli
 def test_an_origin_not_listed_gets_no_cors_headers(client: AppClient):
     answer = preflight(client, "/v1/stream-tokens", origin="http://evil.example")
     assert answer.status_code == 400 and "access-control-allow-origin" not in answer.headers
-    plain = client.post("/v1/stream-tokens", headers={"Origin": "http://evil.example",
-                                                       "Authorization": f"Bearer {KEY}"})
+    plain = client.post(
+        "/v1/stream-tokens", headers={"Origin": "http://evil.example", "Authorization": f"Bearer {KEY}"}
+    )
     assert "access-control-allow-origin" not in plain.headers
 
 
 def test_without_origins_cors_is_off(tmp_path: Path):
     client = app_client(tmp_path)
     assert preflight(client, "/v1/stream-tokens").status_code == 405
-    assert "access-control-allow-origin" not in client.post(
-        "/v1/stream-tokens", headers={"Origin": PAGE, "Authorization": f"Bearer {KEY}"}).headers
+    assert (
+        "access-control-allow-origin"
+        not in client.post("/v1/stream-tokens", headers={"Origin": PAGE, "Authorization": f"Bearer {KEY}"}).headers
+    )
 
 
-@pytest.mark.parametrize("origins", ["*", "http://a.example,*", "https://*.example.com", "http://a.example/",
-                                     "http://a.example/app", "a.example", "ftp://a.example", "http://u@a.example",
-                                     "http://a.example?x=1", "http://a.example:99999"])
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "*",
+        "http://a.example,*",
+        "https://*.example.com",
+        "http://a.example/",
+        "http://a.example/app",
+        "a.example",
+        "ftp://a.example",
+        "http://u@a.example",
+        "http://a.example?x=1",
+        "http://a.example:99999",
+    ],
+)
 def test_wildcards_and_what_is_not_an_origin_are_refused_at_start(origins: str):
     with pytest.raises(ValidationError, match="cors_origins"):
         Settings(cors_origins=origins)

@@ -18,8 +18,15 @@ from streams.wire import decode_request, dumps, load_event
 
 
 def event(seq: int, type_: EventType, **data) -> JobEvent:
-    return JobEvent(job_id="j1", tenant="t", seq=seq, type=type_, kind="stats.describe",
-                    ts=utcnow() + timedelta(milliseconds=seq), data=data)
+    return JobEvent(
+        job_id="j1",
+        tenant="t",
+        seq=seq,
+        type=type_,
+        kind="stats.describe",
+        ts=utcnow() + timedelta(milliseconds=seq),
+        data=data,
+    )
 
 
 def test_request_round_trips_through_the_wire_format():
@@ -33,25 +40,31 @@ def test_event_round_trips_and_keeps_its_type():
     assert decoded == original and decoded.type is EventType.SUCCEEDED and decoded.terminal
 
 
-@pytest.mark.parametrize("current,type_,expected", [
-    (None, EventType.QUEUED, JobStatus.QUEUED),
-    (JobStatus.QUEUED, EventType.RUNNING, JobStatus.RUNNING),
-    (JobStatus.QUEUED, EventType.CANCELLED, JobStatus.CANCELLED),
-    (JobStatus.RUNNING, EventType.PROGRESS, JobStatus.RUNNING),
-    (JobStatus.RUNNING, EventType.RETRYING, JobStatus.RUNNING),
-    (JobStatus.RUNNING, EventType.SUCCEEDED, JobStatus.SUCCEEDED),
-    (JobStatus.RUNNING, EventType.FAILED, JobStatus.FAILED),
-])
+@pytest.mark.parametrize(
+    "current,type_,expected",
+    [
+        (None, EventType.QUEUED, JobStatus.QUEUED),
+        (JobStatus.QUEUED, EventType.RUNNING, JobStatus.RUNNING),
+        (JobStatus.QUEUED, EventType.CANCELLED, JobStatus.CANCELLED),
+        (JobStatus.RUNNING, EventType.PROGRESS, JobStatus.RUNNING),
+        (JobStatus.RUNNING, EventType.RETRYING, JobStatus.RUNNING),
+        (JobStatus.RUNNING, EventType.SUCCEEDED, JobStatus.SUCCEEDED),
+        (JobStatus.RUNNING, EventType.FAILED, JobStatus.FAILED),
+    ],
+)
 def test_allowed_transitions(current, type_, expected):
     assert next_status(current, type_) is expected
 
 
-@pytest.mark.parametrize("current,type_", [
-    (JobStatus.SUCCEEDED, EventType.RUNNING),
-    (JobStatus.FAILED, EventType.SUCCEEDED),
-    (JobStatus.CANCELLED, EventType.PROGRESS),
-    (JobStatus.RUNNING, EventType.QUEUED),
-])
+@pytest.mark.parametrize(
+    "current,type_",
+    [
+        (JobStatus.SUCCEEDED, EventType.RUNNING),
+        (JobStatus.FAILED, EventType.SUCCEEDED),
+        (JobStatus.CANCELLED, EventType.PROGRESS),
+        (JobStatus.RUNNING, EventType.QUEUED),
+    ],
+)
 def test_impossible_transitions_are_refused(current, type_):
     with pytest.raises(InvalidTransition):
         next_status(current, type_)
@@ -72,11 +85,14 @@ def test_fold_orders_by_seq_dedups_and_keeps_progress_monotonic():
 
 
 def test_fold_terminal_success_carries_result_and_ignores_later_noise():
-    view = JobView.fold([
-        event(0, EventType.QUEUED), event(1, EventType.RUNNING),
-        event(2, EventType.SUCCEEDED, result={"mean": 2.0}, calc_version="1"),
-        event(3, EventType.PROGRESS, progress=0.1),  # after terminal: ignored by the state machine
-    ])
+    view = JobView.fold(
+        [
+            event(0, EventType.QUEUED),
+            event(1, EventType.RUNNING),
+            event(2, EventType.SUCCEEDED, result={"mean": 2.0}, calc_version="1"),
+            event(3, EventType.PROGRESS, progress=0.1),  # after terminal: ignored by the state machine
+        ]
+    )
     assert view is not None
     assert view.status is JobStatus.SUCCEEDED and view.result == {"mean": 2.0} and view.progress == 1.0
     assert view.finished_at is not None and view.calc_version == "1"

@@ -32,15 +32,23 @@ def modules_of(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", sorted(SERVICES))
 def test_a_service_imports_only_shared_packages(package: str):
-    crossing = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of(package)
-                for name in imports(path) if name.split(".")[0] in (SERVICES | {TOP}) - {package}}
+    crossing = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of(package)
+        for name in imports(path)
+        if name.split(".")[0] in (SERVICES | {TOP}) - {package}
+    }
     assert not crossing, sorted(crossing)
 
 
 @pytest.mark.parametrize("package", sorted(SHARED))
 def test_a_shared_package_imports_no_service(package: str):
-    upward = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of(package)
-              for name in imports(path) if name.split(".")[0] in SERVICES | {TOP}}
+    upward = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of(package)
+        for name in imports(path)
+        if name.split(".")[0] in SERVICES | {TOP}
+    }
     assert not upward, sorted(upward)
 
 
@@ -51,17 +59,26 @@ def test_every_package_is_in_a_layer():
 
 def test_bench_imports_no_tests():
     """Benches stand on the product (and bench/ helpers), never on test code."""
-    into_tests = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of("bench")
-                  for name in imports(path) if name.split(".")[0] == "tests"}
+    into_tests = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of("bench")
+        for name in imports(path)
+        if name.split(".")[0] == "tests"
+    }
     assert not into_tests, sorted(into_tests)
 
 
 def test_no_test_module_imports_another():
     """Shared test helpers live in tests/support; test modules and conftest are not libraries."""
+
     def is_test_module(name: str) -> bool:
         parts = name.split(".")
         return parts[0] == "tests" and len(parts) > 1 and (parts[1].startswith("test_") or parts[1] == "conftest")
 
-    crossing = {f"{path.relative_to(ROOT)} imports {name}" for path in modules_of("tests")
-                for name in imports(path) if is_test_module(name)}
+    crossing = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of("tests")
+        for name in imports(path)
+        if is_test_module(name)
+    }
     assert not crossing, sorted(crossing)

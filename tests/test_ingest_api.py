@@ -32,7 +32,9 @@ JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 @pytest.fixture(scope="module")
 def keyed(stack: str, settings: Settings, store: ClickHouseStore) -> Iterator[Server]:
     """A second API + gateway on the same topics (the stack's worker and sink serve it), with API keys."""
-    keyed_settings = settings.model_copy(update={"api_keys": SecretStr(f"alice={ALICE},bob={BOB}"), "max_body_bytes": 4096})
+    keyed_settings = settings.model_copy(
+        update={"api_keys": SecretStr(f"alice={ALICE},bob={BOB}"), "max_body_bytes": 4096}
+    )
     server = Server(create_app(keyed_settings, {"api", "gateway"}, store=store))
     server.start()
     wait_until(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, 60, message="keyed API ready")
@@ -61,8 +63,9 @@ def test_bad_priority_and_timeout_name_their_fields(client: httpx.Client):
     assert {e["field"] for e in response.json()["errors"]} == {"priority", "timeout_s"}
 
 
-def test_idempotency_key_returns_the_same_job_once(client: httpx.Client, settings: Settings, stack: str,
-                                                   store: ClickHouseStore):
+def test_idempotency_key_returns_the_same_job_once(
+    client: httpx.Client, settings: Settings, stack: str, store: ClickHouseStore
+):
     key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
     first = client.post("/v1/jobs", json=JOB, headers=key)
     second = client.post("/v1/jobs", json=JOB, headers=key)
@@ -116,8 +119,10 @@ def test_auth_is_required_and_tenants_are_isolated(keyed: Server):
     for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/result", f"/v1/jobs/{job_id}/events"):
         response = httpx.get(f"{url}{path}", headers=as_(BOB))
         assert response.status_code == 404, path  # as if it did not exist
-    wait_until(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=as_(ALICE)).json()["status"] == "succeeded",
-               message="alice's job")
+    wait_until(
+        lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=as_(ALICE)).json()["status"] == "succeeded",
+        message="alice's job",
+    )
     bobs = httpx.get(f"{url}/v1/jobs", headers=as_(BOB)).json()["jobs"]
     assert job_id not in {j["job_id"] for j in bobs}
 
@@ -126,10 +131,14 @@ def test_listing_is_newest_first_filtered_and_paginated(keyed: Server):
     url, headers = keyed.url, as_(BOB)
     ids = [httpx.post(f"{url}/v1/jobs", json=JOB, headers=headers).json()["job_id"] for _ in range(5)]
     for job_id in ids:
-        wait_until(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["status"] == "succeeded",
-                   message="bob's jobs")
-    wait_until(lambda: len(httpx.get(f"{url}/v1/jobs", params={"status": "succeeded"}, headers=headers)
-                           .json()["jobs"]) >= 5, message="listing catches up")
+        wait_until(
+            lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["status"] == "succeeded",
+            message="bob's jobs",
+        )
+    wait_until(
+        lambda: len(httpx.get(f"{url}/v1/jobs", params={"status": "succeeded"}, headers=headers).json()["jobs"]) >= 5,
+        message="listing catches up",
+    )
     seen, cursor = [], None
     while True:
         params = {"limit": 2, "status": "succeeded", "kind": "stats.describe", **({"cursor": cursor} if cursor else {})}
@@ -165,8 +174,9 @@ def test_kafka_down_is_503_with_retry_after_never_202(tmp_path: Path, settings: 
 
 def test_backpressure_is_429_once_processors_lag_past_the_bound(settings: Settings, store: ClickHouseStore):
     # Own topics and no worker: every accepted job stays queued, so the lag only grows.
-    local = settings.model_copy(update={"topic_prefix": f"bp{uuid.uuid4().hex[:6]}.", "max_queued_jobs": 3,
-                                        "lag_check_s": 0.1})
+    local = settings.model_copy(
+        update={"topic_prefix": f"bp{uuid.uuid4().hex[:6]}.", "max_queued_jobs": 3, "lag_check_s": 0.1}
+    )
     ensure_topics(KafkaConnection.from_settings(local), local)
     server = Server(create_app(local, {"api"}, store=store)).start()
     try:
@@ -197,9 +207,18 @@ def test_backpressure_is_429_once_processors_lag_past_the_bound(settings: Settin
 
 def test_cancelled_job_has_no_result_and_cannot_be_cancelled_again(client: httpx.Client):
     n = 20
-    slow = {"kind": "montecarlo.var", "params": {
-        "weights": [1 / n] * n, "mu": [0.0] * n, "cov": [[1e-4 if i == j else 0.0 for j in range(n)] for i in range(n)],
-        "horizon_days": 1, "paths": 10_000_000, "confidence": 0.99, "seed": 3}}
+    slow = {
+        "kind": "montecarlo.var",
+        "params": {
+            "weights": [1 / n] * n,
+            "mu": [0.0] * n,
+            "cov": [[1e-4 if i == j else 0.0 for j in range(n)] for i in range(n)],
+            "horizon_days": 1,
+            "paths": 10_000_000,
+            "confidence": 0.99,
+            "seed": 3,
+        },
+    }
     job_id = client.post("/v1/jobs", json=slow).json()["job_id"]
     cancel = client.delete(f"/v1/jobs/{job_id}")
     assert cancel.status_code == 202 and cancel.headers["location"] == f"/v1/jobs/{job_id}"

@@ -50,19 +50,38 @@ def fields_of(response: httpx.Response) -> set[str]:
 
 # --- strict types -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, field", [
-    ({"kind": "stats.describe", "params": {"values": [True, False]}}, "params.values.0"),
-    ({"kind": "stats.describe", "params": {"values": ["1"]}}, "params.values.0"),
-    ({**JOB, "priority": True}, "priority"),
-    ({**JOB, "priority": 1.0}, "priority"),
-    ({**JOB, "timeout_s": "10"}, "timeout_s"),
-    ({**JOB, "timeout_s": True}, "timeout_s"),
-    ({"kind": "stats.describe", "params": {"generate": {"distribution": "normal", "n": "10", "seed": 1}}},
-     "params.generate.n"),
-    ({"kind": "linear.fit", "params": {"x": [[1], [2]], "y": [1, 2], "intercept": 1}}, "params.intercept"),
-    ({"kind": "montecarlo.var", "params": {"weights": [1], "mu": [0], "cov": [[1]], "horizon_days": "1",
-                                           "paths": 10, "confidence": 0.9, "seed": 1}}, "params.horizon_days"),
-])
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"kind": "stats.describe", "params": {"values": [True, False]}}, "params.values.0"),
+        ({"kind": "stats.describe", "params": {"values": ["1"]}}, "params.values.0"),
+        ({**JOB, "priority": True}, "priority"),
+        ({**JOB, "priority": 1.0}, "priority"),
+        ({**JOB, "timeout_s": "10"}, "timeout_s"),
+        ({**JOB, "timeout_s": True}, "timeout_s"),
+        (
+            {"kind": "stats.describe", "params": {"generate": {"distribution": "normal", "n": "10", "seed": 1}}},
+            "params.generate.n",
+        ),
+        ({"kind": "linear.fit", "params": {"x": [[1], [2]], "y": [1, 2], "intercept": 1}}, "params.intercept"),
+        (
+            {
+                "kind": "montecarlo.var",
+                "params": {
+                    "weights": [1],
+                    "mu": [0],
+                    "cov": [[1]],
+                    "horizon_days": "1",
+                    "paths": 10,
+                    "confidence": 0.9,
+                    "seed": 1,
+                },
+            },
+            "params.horizon_days",
+        ),
+    ],
+)
 def test_lax_types_are_422_naming_the_field(client: httpx.Client, body: dict[str, Any], field: str):
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 422 and field in fields_of(response)
@@ -76,16 +95,32 @@ def test_integers_where_floats_are_expected_stay_accepted(client: httpx.Client):
     assert response.status_code == 202
 
 
-@pytest.mark.parametrize("body", [
-    {"kind": "stats.describe", "params": {"values": [1e308, 1e308]}},
-    {"kind": "linear.fit", "params": {"x": [[1e308], [-1e308], [1e307]], "y": [1e308, -1e308, 1e308]}},
-    {"kind": "montecarlo.var", "params": {"weights": [1e308], "mu": [1e308], "cov": [[1.0]], "horizon_days": 10,
-                                          "paths": 100, "confidence": 0.9, "seed": 1}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "stats.describe", "params": {"values": [1e308, 1e308]}},
+        {"kind": "linear.fit", "params": {"x": [[1e308], [-1e308], [1e307]], "y": [1e308, -1e308, 1e308]}},
+        {
+            "kind": "montecarlo.var",
+            "params": {
+                "weights": [1e308],
+                "mu": [1e308],
+                "cov": [[1.0]],
+                "horizon_days": 10,
+                "paths": 100,
+                "confidence": 0.9,
+                "seed": 1,
+            },
+        },
+    ],
+)
 def test_overflow_is_a_calculation_error_never_a_success_with_nulls(client: httpx.Client, body: dict[str, Any]):
     job_id = client.post("/v1/jobs", json=body).json()["job_id"]
-    view = wait_until(lambda: (v := client.get(f"/v1/jobs/{job_id}").json())["status"] in
-                      {"succeeded", "failed"} and v, 60, message="overflowing job done")
+    view = wait_until(
+        lambda: (v := client.get(f"/v1/jobs/{job_id}").json())["status"] in {"succeeded", "failed"} and v,
+        60,
+        message="overflowing job done",
+    )
     if view["status"] == "succeeded":  # a finite result is fine too
         assert None not in orjson.loads(orjson.dumps(view["result"])).values(), view["result"]
     else:
@@ -93,6 +128,7 @@ def test_overflow_is_a_calculation_error_never_a_success_with_nulls(client: http
 
 
 # --- huge and deep bodies -------------------------------------------------------------------------
+
 
 def stall_limit(url: str) -> float:
     """How slow a /healthz may be while a big body is handled: 0.2 s, or 4x the slowest of 20 idle
@@ -137,8 +173,9 @@ def test_a_million_bad_values_is_a_small_422_and_healthz_stays_fast(stack: str):
     assert len(body) > 4_000_000
     with httpx.Client(base_url=stack, timeout=60) as client:
         limit = stall_limit(stack)
-        response, slowest = _healthz_while(stack, lambda: client.post(
-            "/v1/jobs", content=body, headers={"content-type": "application/json"}))
+        response, slowest = _healthz_while(
+            stack, lambda: client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        )
     assert response.status_code == 422 and len(response.content) < 20_000
     problem = response.json()
     assert "params.values.0" in {e["field"] for e in problem["errors"]} and problem["error_count"] >= 1
@@ -149,9 +186,14 @@ def test_a_million_valid_values_is_accepted_without_stalling(stack: str):
     body = orjson.dumps({"kind": "stats.describe", "params": {"values": list(range(1_000_000))}})
     with httpx.Client(base_url=stack, timeout=60) as client:
         limit = stall_limit(stack)
-        response, slowest = _healthz_while(stack, lambda: client.post(
-            "/v1/jobs", content=body, headers={"content-type": "application/json",
-                                               "Idempotency-Key": f"big-{uuid.uuid4()}"}))
+        response, slowest = _healthz_while(
+            stack,
+            lambda: client.post(
+                "/v1/jobs",
+                content=body,
+                headers={"content-type": "application/json", "Idempotency-Key": f"big-{uuid.uuid4()}"},
+            ),
+        )
     assert response.status_code == 202, response.text[:500]
     assert slowest < limit, f"/healthz took {slowest:.3f}s (limit {limit:.3f}s) while a big body was validated"
 
@@ -166,11 +208,14 @@ def test_errors_listed_are_capped_with_a_count(client: httpx.Client, settings: S
     assert client.post("/v1/jobs:batch", json={"jobs": jobs}).status_code == 422
 
 
-@pytest.mark.parametrize("body", [
-    b'{"kind": "stats.describe", "params": {"values": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
-    b'{"kind": "stats.describe", "params": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}",
-    b"[" * 100_000 + b"]" * 100_000,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"kind": "stats.describe", "params": {"values": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        b'{"kind": "stats.describe", "params": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
 def test_deeply_nested_json_is_a_4xx(client: httpx.Client, body: bytes):
     for path in ("/v1/jobs", "/v1/jobs:batch"):
         response = client.post(path, content=body, headers={"content-type": "application/json"})
@@ -179,12 +224,20 @@ def test_deeply_nested_json_is_a_4xx(client: httpx.Client, body: bytes):
 
 # --- Idempotency-Key ------------------------------------------------------------------------------
 
+
 def raw_post(url: str, path: str, headers: dict[str, bytes], body: bytes) -> tuple[int, bytes]:
     """POST over a plain socket: headers an HTTP client would refuse to send (blank values) go as they are."""
     host, port = url.removeprefix("http://").split(":")
     head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers.items())
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + head + b"\r\n" + body
+    request = (
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        ).encode()
+        + head
+        + b"\r\n"
+        + body
+    )
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(request)
         answer = b""
@@ -210,11 +263,14 @@ def test_a_good_idempotency_key_is_accepted(client: httpx.Client, key: str):
 
 # --- a body that never comes -------------------------------------------------------------------------
 
+
 def test_a_body_shorter_than_its_content_length_is_408(edge: Server):
     host, port = edge.url.removeprefix("http://").split(":")
     declared, sent = 100, b'{"kind": "stats.describe"'
-    request = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n").encode() + sent
+    request = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode() + sent
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
@@ -239,44 +295,57 @@ def test_a_slow_but_steady_body_is_not_cut(edge: Server):
             time.sleep(0.4)  # each piece well within the 1 s body timeout
             yield part
 
-    response = httpx.post(f"{edge.url}/v1/jobs", content=chunks(),
-                          headers={**auth(), "content-type": "application/json"})
+    response = httpx.post(
+        f"{edge.url}/v1/jobs", content=chunks(), headers={**auth(), "content-type": "application/json"}
+    )
     assert response.status_code == 202
 
 
 # --- what is public -----------------------------------------------------------------------------------
 
+
 def test_schema_routes_are_public_and_everything_else_needs_a_key(edge: Server):
     for path in ("/v1/kinds", "/openapi.json", "/docs", "/healthz"):
         assert httpx.get(f"{edge.url}{path}").status_code == 200, path
-    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("GET", "/v1/stats"),
-                         ("POST", "/v1/stream-tokens"), ("GET", "/v1/replays")):
+    for method, path in (
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/x"),
+        ("GET", "/v1/stats"),
+        ("POST", "/v1/stream-tokens"),
+        ("GET", "/v1/replays"),
+    ):
         assert httpx.request(method, f"{edge.url}{path}", json={}).status_code == 401, path
 
 
 # --- query parameters ---------------------------------------------------------------------------------
 
+
 def _cursor(ts: str, job_id: str = "x") -> str:
     return base64.urlsafe_b64encode(orjson.dumps([ts, job_id])).decode().rstrip("=")
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"limit": "abc"}, "limit"),
-    ({"limit": "1e3"}, "limit"),
-    ({"limit": str(10**30)}, "limit"),
-    ({"limit": "-1"}, "limit"),
-    ({"limit": "0"}, "limit"),
-    ({"limit": "١٢"}, "limit"),
-    ({"status": "ünïcode"}, "status"),
-    ({"status": "SUCCEEDED"}, "status"),
-    ({"cursor": "ünïcode"}, "cursor"),
-    ({"cursor": "A" * 10_000}, "cursor"),
-    ({"cursor": _cursor("0001-01-01T00:00:00")}, "cursor"),
-    ({"cursor": _cursor("9999-12-31T23:59:59")}, "cursor"),
-    ({"cursor": base64.urlsafe_b64encode(b'["2026-01-01T00:00:00"]').decode()}, "cursor"),
-])
-def test_bad_query_parameters_of_the_listing_are_4xx_naming_them(client: httpx.Client, params: dict[str, str],
-                                                                  field: str):
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"limit": "abc"}, "limit"),
+        ({"limit": "1e3"}, "limit"),
+        ({"limit": str(10**30)}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "١٢"}, "limit"),
+        ({"status": "ünïcode"}, "status"),
+        ({"status": "SUCCEEDED"}, "status"),
+        ({"cursor": "ünïcode"}, "cursor"),
+        ({"cursor": "A" * 10_000}, "cursor"),
+        ({"cursor": _cursor("0001-01-01T00:00:00")}, "cursor"),
+        ({"cursor": _cursor("9999-12-31T23:59:59")}, "cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b'["2026-01-01T00:00:00"]').decode()}, "cursor"),
+    ],
+)
+def test_bad_query_parameters_of_the_listing_are_4xx_naming_them(
+    client: httpx.Client, params: dict[str, str], field: str
+):
     response = client.get("/v1/jobs", params=params)
     assert response.status_code in (400, 422), response.text[:300]
     assert any(f.split(".")[-1] == field for f in fields_of(response)), response.text[:300]

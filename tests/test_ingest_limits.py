@@ -13,14 +13,17 @@ from processors.executor import run_batch
 from streams.settings import Settings
 
 
-@pytest.mark.parametrize("ahead, rate, expected", [
-    (0, 0.0, 1),  # nothing measured yet: the default
-    (100, 0.0, 1),
-    (100, 50.0, 2),
-    (1, 1e-9, 30),  # an idle service: the smoothed rate decays toward 0, the hint must not grow with it
-    (10**9, 1.0, 30),
-    (1, 1000.0, 1),
-])
+@pytest.mark.parametrize(
+    "ahead, rate, expected",
+    [
+        (0, 0.0, 1),  # nothing measured yet: the default
+        (100, 0.0, 1),
+        (100, 50.0, 2),
+        (1, 1e-9, 30),  # an idle service: the smoothed rate decays toward 0, the hint must not grow with it
+        (10**9, 1.0, 30),
+        (1, 1000.0, 1),
+    ],
+)
 def test_retry_after_is_capped_and_at_least_one(ahead: int, rate: float, expected: int):
     settings = Settings(retry_after_s=1, retry_after_max_s=30)
     assert retry_after_s(ahead, rate, settings) == expected
@@ -47,11 +50,24 @@ def test_strict_submission_types():
     assert JobSubmission.model_validate({"kind": "k", "params": {}, "timeout_s": 10}).timeout_s == 10
 
 
-@pytest.mark.parametrize("kind, params", [
-    ("stats.describe", {"values": [1e308, 1e308]}),
-    ("montecarlo.var", {"weights": [1e308], "mu": [1e308], "cov": [[1.0]], "horizon_days": 10, "paths": 100,
-                        "confidence": 0.9, "seed": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("stats.describe", {"values": [1e308, 1e308]}),
+        (
+            "montecarlo.var",
+            {
+                "weights": [1e308],
+                "mu": [1e308],
+                "cov": [[1.0]],
+                "horizon_days": 10,
+                "paths": 100,
+                "confidence": 0.9,
+                "seed": 1,
+            },
+        ),
+    ],
+)
 def test_an_overflowing_result_is_a_calculation_error(kind: str, params: dict):
     outcome = run_batch(kind, ["j0", "j1"], [params, {"values": [1, 2]} if kind == "stats.describe" else params])[0]
     assert not outcome.ok and outcome.error["type"] == "calculation_error", outcome
@@ -82,7 +98,8 @@ def test_keys_stored_before_v2_fingerprints_still_match_their_body():
     import json
 
     body = JobSubmission.model_validate({"kind": "k", "params": {"x": 1}})
-    legacy = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True,
-                                       separators=(",", ":")).encode()).hexdigest()
+    legacy = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     other = JobSubmission.model_validate({"kind": "k", "params": {"x": 2}})
     assert body.matches(legacy) and not other.matches(legacy)

@@ -37,10 +37,17 @@ BOUND = 4
 
 
 def test_paused_broker_answers_in_time_honestly_and_a_keyed_retry_makes_one_job(
-        tmp_path: Path, settings: Settings, store: ClickHouseStore):
+    tmp_path: Path, settings: Settings, store: ClickHouseStore
+):
     broker = LocalKafka(tmp_path / "kafka").start()
-    local = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "produce_timeout_s": TIMEOUT_S,
-                                        "max_submits_in_flight": BOUND, "topic_prefix": "outage."})
+    local = settings.model_copy(
+        update={
+            "kafka_bootstrap": broker.bootstrap,
+            "produce_timeout_s": TIMEOUT_S,
+            "max_submits_in_flight": BOUND,
+            "topic_prefix": "outage.",
+        }
+    )
     ensure_topics(KafkaConnection.from_settings(local), local)
     server = Server(create_app(local, {"api"}, store=store)).start()
     paused = False
@@ -100,13 +107,26 @@ def test_paused_broker_answers_in_time_honestly_and_a_keyed_retry_makes_one_job(
         for key, response, _ in unknown:
             job_id = response.json()["job_id"]
             if key is not None:
-                retried = wait_until(lambda: (r := httpx.post(f"{server.url}/v1/jobs", json=JOB, timeout=30,
-                                                             headers={"Idempotency-Key": key})).status_code < 500
-                                     and r, 60, message="a retry after the broker is back")
+                retried = wait_until(
+                    lambda: (
+                        (
+                            r := httpx.post(
+                                f"{server.url}/v1/jobs", json=JOB, timeout=30, headers={"Idempotency-Key": key}
+                            )
+                        ).status_code
+                        < 500
+                        and r
+                    ),
+                    60,
+                    message="a retry after the broker is back",
+                )
                 assert retried.status_code in (200, 202) and retried.json()["job_id"] == job_id
             requested = local.topic(topics.REQUESTED)
-            wait_until(lambda: requests_for(broker.bootstrap, requested, job_id) >= 1, 60,
-                       message="the timed-out job's request on Kafka")
+            wait_until(
+                lambda: requests_for(broker.bootstrap, requested, job_id) >= 1,
+                60,
+                message="the timed-out job's request on Kafka",
+            )
             assert requests_for(broker.bootstrap, requested, job_id) == 1
     finally:
         if paused and broker.pid is not None:

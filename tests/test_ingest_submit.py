@@ -32,23 +32,41 @@ JOB = {"kind": "stats.describe", "params": {"values": [1, 2, 3]}}
 SUBMISSIONS: list[dict[str, Any]] = [
     JOB,
     {"kind": "stats.describe", "params": {"values": [1.5, -0.0, 1e300]}, "priority": 9, "timeout_s": 5},
-    {"kind": "stats.describe", "params": {"generate": {"distribution": "normal", "n": 10, "seed": 2**62}},
-     "timeout_s": 0.25},
+    {
+        "kind": "stats.describe",
+        "params": {"generate": {"distribution": "normal", "n": 10, "seed": 2**62}},
+        "timeout_s": 0.25,
+    },
 ]
 
 
 @pytest.mark.parametrize("raw", SUBMISSIONS)
 @pytest.mark.parametrize("ts", [None, datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)])
-def test_records_are_byte_for_byte_what_the_models_write(raw: dict[str, Any], ts: datetime | None,
-                                                         monkeypatch: pytest.MonkeyPatch):
+def test_records_are_byte_for_byte_what_the_models_write(
+    raw: dict[str, Any], ts: datetime | None, monkeypatch: pytest.MonkeyPatch
+):
     if ts is not None:  # a whole second: pydantic then writes no fraction, and neither may we
         monkeypatch.setattr(wire, "utcnow", lambda: ts)
     body = JobSubmission.model_validate(raw)
     job = prepare(body, "alice")
-    request = JobRequested(job_id=job.job_id, tenant="alice", ts=job.ts, kind=body.kind, params=body.params,
-                           priority=body.priority, timeout_s=body.timeout_s)
-    queued = JobEvent(job_id=job.job_id, tenant="alice", seq=0, ts=job.ts, type=EventType.QUEUED, kind=body.kind,
-                      data={"priority": body.priority, "timeout_s": body.timeout_s})
+    request = JobRequested(
+        job_id=job.job_id,
+        tenant="alice",
+        ts=job.ts,
+        kind=body.kind,
+        params=body.params,
+        priority=body.priority,
+        timeout_s=body.timeout_s,
+    )
+    queued = JobEvent(
+        job_id=job.job_id,
+        tenant="alice",
+        seq=0,
+        ts=job.ts,
+        type=EventType.QUEUED,
+        kind=body.kind,
+        data={"priority": body.priority, "timeout_s": body.timeout_s},
+    )
     assert job.request == orjson.dumps(request.model_dump(mode="json"))  # the models' own serialisation
     assert job.queued_value == orjson.dumps(queued.model_dump(mode="json"))
     assert job.queued == load_event(job.queued_value) == queued
@@ -88,17 +106,25 @@ def test_a_repeated_idempotent_submit_answers_200_with_the_same_body(client: htt
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("content, headers, status, field", [
-    (b"", {}, 422, "(body)"),
-    (b"[1, 2]", {}, 422, "(body)"),
-    (b'{"kind": "stats.describe"}', {}, 422, "params"),
-    (b'{"kind": "stats.describe", "params": {}, "color": "red"}', {}, 422, "color"),
-    (b'{"kind": ', {}, 400, None),
-    (b'{"kind": "stats.describe", "params": {"values": [1]}}', {"Idempotency-Key": "k" * 256}, 400,
-     "Idempotency-Key"),
-])
-def test_bad_submits_are_problems_naming_the_field(client: httpx.Client, content: bytes, headers: dict[str, str],
-                                                   status: int, field: str | None):
+@pytest.mark.parametrize(
+    "content, headers, status, field",
+    [
+        (b"", {}, 422, "(body)"),
+        (b"[1, 2]", {}, 422, "(body)"),
+        (b'{"kind": "stats.describe"}', {}, 422, "params"),
+        (b'{"kind": "stats.describe", "params": {}, "color": "red"}', {}, 422, "color"),
+        (b'{"kind": ', {}, 400, None),
+        (
+            b'{"kind": "stats.describe", "params": {"values": [1]}}',
+            {"Idempotency-Key": "k" * 256},
+            400,
+            "Idempotency-Key",
+        ),
+    ],
+)
+def test_bad_submits_are_problems_naming_the_field(
+    client: httpx.Client, content: bytes, headers: dict[str, str], status: int, field: str | None
+):
     response = client.post("/v1/jobs", content=content, headers={"Content-Type": "application/json", **headers})
     assert response.status_code == status and response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -116,16 +142,25 @@ def test_the_fastapi_route_answers_like_the_shortcut(client: httpx.Client, setti
     try:
         wait_until(lambda: httpx.get(f"{routed.url}/healthz").status_code == 200, 60, message="routed API ready")
         big_and_bad = b'{"kind": "stats.describe", "params": {"values": [' + b'"x",' * 100_000 + b'"x"]}}'
-        for content, extra in ((b'{"kind": "stats.describe", "params": {"values": [1]}}', {}),
-                               (b'{"kind": "nope", "params": {}}', {}), (b'{"kind": ', {}), (b"", {}),
-                               (b'{"kind": "stats.describe", "params": {"values": [true]}}', {}),
-                               (b'{"kind": "stats.describe", "params": {"values": [1]}, "priority": "1"}', {}),
-                               (big_and_bad, {}), (b'{"kind": "stats.describe", "params": {"values": [1]}}',
-                                                   {"Idempotency-Key": "a key with spaces"})):
+        for content, extra in (
+            (b'{"kind": "stats.describe", "params": {"values": [1]}}', {}),
+            (b'{"kind": "nope", "params": {}}', {}),
+            (b'{"kind": ', {}),
+            (b"", {}),
+            (b'{"kind": "stats.describe", "params": {"values": [true]}}', {}),
+            (b'{"kind": "stats.describe", "params": {"values": [1]}, "priority": "1"}', {}),
+            (big_and_bad, {}),
+            (b'{"kind": "stats.describe", "params": {"values": [1]}}', {"Idempotency-Key": "a key with spaces"}),
+        ):
             headers = {"Content-Type": "application/json", **extra}
-            short, long = client.post("/v1/jobs", content=content, headers=headers), httpx.post(
-                f"{routed.url}/v1/jobs", content=content, headers=headers)
-            assert (short.status_code, short.headers["content-type"]) == (long.status_code, long.headers["content-type"])
+            short, long = (
+                client.post("/v1/jobs", content=content, headers=headers),
+                httpx.post(f"{routed.url}/v1/jobs", content=content, headers=headers),
+            )
+            assert (short.status_code, short.headers["content-type"]) == (
+                long.status_code,
+                long.headers["content-type"],
+            )
             if short.status_code == 202:
                 assert Accepted.model_validate(long.json()).links.self.endswith(long.json()["job_id"])
             else:

@@ -32,8 +32,7 @@ def assert_matches(result: dict, x: np.ndarray, y: np.ndarray, intercept: bool) 
     assert result["coef"] == pytest.approx(solution[1:] if intercept else solution, rel=1e-9, abs=1e-10)
     assert result["intercept"] == (pytest.approx(solution[0], rel=1e-9, abs=1e-10) if intercept else 0.0)
     assert result["r2"] == pytest.approx(1 - ss_res / ss_tot, rel=1e-9, abs=1e-10)
-    assert result["residual_std"] == pytest.approx(np.sqrt(ss_res / max(len(x) - a.shape[1], 1)), rel=1e-9,
-                                                   abs=1e-10)
+    assert result["residual_std"] == pytest.approx(np.sqrt(ss_res / max(len(x) - a.shape[1], 1)), rel=1e-9, abs=1e-10)
 
 
 @pytest.mark.parametrize("intercept", [True, False])
@@ -96,17 +95,20 @@ def test_a_result_does_not_depend_on_the_batch_it_runs_in():
     assert run((*problem(100, 3, seed=9), True), (x, y, True))[1] == alone
 
 
-@pytest.mark.parametrize("params,field,message", [
-    ({"x": [[1, 2], [3]], "y": [1, 2]}, "x", "x must be rectangular: row 1 has 1 columns, row 0 has 2"),
-    ({"x": [[1], [2], [3]], "y": [1, 2]}, "y", "y has 2 values, x has 3 rows"),
-    ({"x": [], "y": []}, "x", ""),
-    ({"x": [[]], "y": [1]}, "x.0", ""),
-    ({"x": [[1.0] * 101], "y": [1]}, "x.0", ""),
-    ({"x": [[1, float("inf")]], "y": [1]}, "x.0.1", ""),
-    ({"x": [[1], [2]], "y": [1, float("nan")]}, "y.1", ""),
-    ({"x": [[1]], "y": [1], "intercept": "maybe"}, "intercept", ""),
-    ({"x": [[1]], "y": [1], "extra": True}, "extra", ""),
-])
+@pytest.mark.parametrize(
+    "params,field,message",
+    [
+        ({"x": [[1, 2], [3]], "y": [1, 2]}, "x", "x must be rectangular: row 1 has 1 columns, row 0 has 2"),
+        ({"x": [[1], [2], [3]], "y": [1, 2]}, "y", "y has 2 values, x has 3 rows"),
+        ({"x": [], "y": []}, "x", ""),
+        ({"x": [[]], "y": [1]}, "x.0", ""),
+        ({"x": [[1.0] * 101], "y": [1]}, "x.0", ""),
+        ({"x": [[1, float("inf")]], "y": [1]}, "x.0.1", ""),
+        ({"x": [[1], [2]], "y": [1, float("nan")]}, "y.1", ""),
+        ({"x": [[1]], "y": [1], "intercept": "maybe"}, "intercept", ""),
+        ({"x": [[1]], "y": [1], "extra": True}, "extra", ""),
+    ],
+)
 def test_invalid_params_name_the_field(params, field, message):
     with pytest.raises(ValidationError) as info:
         FitParams.model_validate(params)
@@ -116,7 +118,8 @@ def test_invalid_params_name_the_field(params, field, message):
 
 
 def test_run_batch_fails_only_the_invalid_job():
-    outcomes = run_batch("linear.fit", ["a", "b"], [{"x": [[0], [1], [2]], "y": [1, 3, 5]},
-                                                    {"x": [[0], [1]], "y": [1]}])
+    outcomes = run_batch(
+        "linear.fit", ["a", "b"], [{"x": [[0], [1], [2]], "y": [1, 3, 5]}, {"x": [[0], [1]], "y": [1]}]
+    )
     assert outcomes[0].ok and outcomes[0].result["coef"] == pytest.approx([2.0])
     assert not outcomes[1].ok and outcomes[1].error["type"] == "invalid_params"

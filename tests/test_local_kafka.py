@@ -60,12 +60,13 @@ def test_broker_dies_with_a_killed_parent(tmp_path: Path):
     script = textwrap.dedent(f"""
         import sys, time
         from streams.local_kafka import LocalKafka
-        broker = LocalKafka({str(tmp_path / 'kafka')!r}).start()
+        broker = LocalKafka({str(tmp_path / "kafka")!r}).start()
         print(broker.pid, flush=True)
         sys.stdin.read()  # block until killed
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         jvm = int(parent.stdout.readline())
         assert alive(jvm)

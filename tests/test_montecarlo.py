@@ -16,16 +16,18 @@ STD = NormalDist()
 
 PORTFOLIOS = {
     "one asset": dict(weights=[1.0], mu=[0.0004], cov=[[2.5e-4]]),
-    "correlated": dict(weights=[0.5, 0.3, 0.2], mu=[0.001, 0.0005, -0.0002],
-                       cov=[[1e-4, 2e-5, -1e-5], [2e-5, 4e-5, 5e-6], [-1e-5, 5e-6, 9e-5]]),
+    "correlated": dict(
+        weights=[0.5, 0.3, 0.2],
+        mu=[0.001, 0.0005, -0.0002],
+        cov=[[1e-4, 2e-5, -1e-5], [2e-5, 4e-5, 5e-6], [-1e-5, 5e-6, 9e-5]],
+    ),
     "singular cov": dict(weights=[0.6, 0.4], mu=[0.0, 0.001], cov=[[1e-4, 1e-4], [1e-4, 1e-4]]),
     "long short": dict(weights=[1.5, -0.5], mu=[0.0003, 0.0001], cov=[[4e-4, 1e-4], [1e-4, 2.5e-4]]),
 }
 
 
 def job(portfolio="correlated", **overrides) -> dict:
-    return {**PORTFOLIOS[portfolio], "horizon_days": 10, "paths": 1_000_000, "confidence": 0.99, "seed": 1,
-            **overrides}
+    return {**PORTFOLIOS[portfolio], "horizon_days": 10, "paths": 1_000_000, "confidence": 0.99, "seed": 1, **overrides}
 
 
 def run(*jobs: dict, progress=lambda i, f: None) -> list[dict]:
@@ -91,26 +93,29 @@ def test_a_tiny_horizon_and_path_count_still_work():
     assert result["var"] == result["cvar"] == -result["mean_return"]
 
 
-@pytest.mark.parametrize("overrides,field,message", [
-    ({"mu": [0.0, 0.0]}, "mu", "mu has 2 entries, weights has 3"),
-    ({"cov": [[1e-4, 0.0], [0.0, 1e-4]]}, "cov", "cov has 2 entries"),
-    ({"cov": [[1e-4, 0, 0], [0, 1e-4], [0, 0, 1e-4]]}, "cov", "square"),
-    ({"cov": [[1e-4, 1e-5, 0], [0, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "symmetric"),
-    ({"cov": [[1e-4, 2e-4, 0], [2e-4, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "positive semi-definite"),
-    ({"cov": [[-1e-4, 0, 0], [0, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "positive semi-definite"),
-    ({"confidence": 0.5}, "confidence", ""),
-    ({"confidence": 1.0}, "confidence", ""),
-    ({"confidence": 0.3}, "confidence", ""),
-    ({"paths": 10_000_001}, "paths", ""),
-    ({"paths": 0}, "paths", ""),
-    ({"horizon_days": 0}, "horizon_days", ""),
-    ({"horizon_days": 3651}, "horizon_days", ""),
-    ({"seed": -1}, "seed", ""),
-    ({"weights": [], "mu": [], "cov": []}, "weights", ""),
-    ({"weights": [1.0] * 101}, "weights", ""),
-    ({"weights": [float("nan"), 0.5, 0.5]}, "weights.0", ""),
-    ({"extra": True}, "extra", ""),
-])
+@pytest.mark.parametrize(
+    "overrides,field,message",
+    [
+        ({"mu": [0.0, 0.0]}, "mu", "mu has 2 entries, weights has 3"),
+        ({"cov": [[1e-4, 0.0], [0.0, 1e-4]]}, "cov", "cov has 2 entries"),
+        ({"cov": [[1e-4, 0, 0], [0, 1e-4], [0, 0, 1e-4]]}, "cov", "square"),
+        ({"cov": [[1e-4, 1e-5, 0], [0, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "symmetric"),
+        ({"cov": [[1e-4, 2e-4, 0], [2e-4, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "positive semi-definite"),
+        ({"cov": [[-1e-4, 0, 0], [0, 1e-4, 0], [0, 0, 1e-4]]}, "cov", "positive semi-definite"),
+        ({"confidence": 0.5}, "confidence", ""),
+        ({"confidence": 1.0}, "confidence", ""),
+        ({"confidence": 0.3}, "confidence", ""),
+        ({"paths": 10_000_001}, "paths", ""),
+        ({"paths": 0}, "paths", ""),
+        ({"horizon_days": 0}, "horizon_days", ""),
+        ({"horizon_days": 3651}, "horizon_days", ""),
+        ({"seed": -1}, "seed", ""),
+        ({"weights": [], "mu": [], "cov": []}, "weights", ""),
+        ({"weights": [1.0] * 101}, "weights", ""),
+        ({"weights": [float("nan"), 0.5, 0.5]}, "weights.0", ""),
+        ({"extra": True}, "extra", ""),
+    ],
+)
 def test_invalid_params_name_the_field(overrides, field, message):
     with pytest.raises(ValidationError) as info:
         VarParams.model_validate(job(**overrides))

@@ -36,8 +36,11 @@ def test_job_goes_queued_running_progress_succeeded_with_numpys_numbers(client: 
     body = response.json()
     job_id = body["job_id"]
     assert body["status"] == "queued"
-    assert body["links"] == {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events",
-                             "result": f"/v1/jobs/{job_id}/result"}
+    assert body["links"] == {
+        "self": f"/v1/jobs/{job_id}",
+        "events": f"/v1/jobs/{job_id}/events",
+        "result": f"/v1/jobs/{job_id}/result",
+    }
     assert response.headers["location"] == body["links"]["self"]
     assert int(response.headers["retry-after"]) >= 1
 
@@ -54,37 +57,59 @@ def test_job_goes_queued_running_progress_succeeded_with_numpys_numbers(client: 
     assert progress == sorted(progress) and progress[-1] == 1.0
 
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    want = {"count": 2000, "mean": values.mean(), "std": values.std(), "min": values.min(), "max": values.max(),
-            "p50": p50, "p90": p90, "p99": p99}
+    want = {
+        "count": 2000,
+        "mean": values.mean(),
+        "std": values.std(),
+        "min": values.min(),
+        "max": values.max(),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+    }
     result = orjson.loads(events[-1].data)["data"]["result"]
     assert result == pytest.approx(want, rel=1e-12)
 
-    status = wait_until(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"] == "succeeded" and r,
-                        message="status succeeded")
+    status = wait_until(
+        lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"] == "succeeded" and r,
+        message="status succeeded",
+    )
     assert status["progress"] == 1.0 and status["result"] == pytest.approx(want, rel=1e-12)
     assert status["submitted_at"] <= status["started_at"] <= status["finished_at"]
     assert client.get(f"/v1/jobs/{job_id}/result").json()["result"] == pytest.approx(want, rel=1e-12)
 
     # Every event and the result landed in ClickHouse, once.
-    rows = wait_until(lambda: (r := store.query(
-        "SELECT seq, type FROM job_events WHERE job_id = {j:String} ORDER BY seq", {"j": job_id}
-    )) and len(r) == len(events) and r, message="events in ClickHouse")
+    rows = wait_until(
+        lambda: (
+            (r := store.query("SELECT seq, type FROM job_events WHERE job_id = {j:String} ORDER BY seq", {"j": job_id}))
+            and len(r) == len(events)
+            and r
+        ),
+        message="events in ClickHouse",
+    )
     assert [t for _, t in rows] == types
-    (stored,) = store.query("SELECT result, calc_version, kind FROM job_results WHERE job_id = {j:String}",
-                            {"j": job_id})
+    (stored,) = store.query(
+        "SELECT result, calc_version, kind FROM job_results WHERE job_id = {j:String}", {"j": job_id}
+    )
     assert orjson.loads(stored[0]) == pytest.approx(want, rel=1e-12) and stored[1:] == ("1", "stats.describe")
 
 
 def test_many_generated_jobs_all_succeed_in_batches(client: httpx.Client):
-    job_ids = [submit(client, {"generate": {"distribution": "uniform", "n": 1000, "seed": s}}).json()["job_id"]
-               for s in range(20)]
+    job_ids = [
+        submit(client, {"generate": {"distribution": "uniform", "n": 1000, "seed": s}}).json()["job_id"]
+        for s in range(20)
+    ]
     for seed, job_id in enumerate(job_ids):
         events = stream_events(client, f"/v1/jobs/{job_id}/events")
         assert events[-1].event == "succeeded"
         sample = np.random.default_rng(seed).random(1000)
         assert orjson.loads(events[-1].data)["data"]["result"]["mean"] == pytest.approx(sample.mean(), rel=1e-12)
-    sizes = {orjson.loads(e.data)["data"]["batch_size"] for job_id in job_ids[-5:]
-             for e in stream_events(client, f"/v1/jobs/{job_id}/events") if e.event == "running"}
+    sizes = {
+        orjson.loads(e.data)["data"]["batch_size"]
+        for job_id in job_ids[-5:]
+        for e in stream_events(client, f"/v1/jobs/{job_id}/events")
+        if e.event == "running"
+    }
     assert sizes and all(s >= 1 for s in sizes)
 
 

@@ -74,10 +74,12 @@ class Kafka:
         self._thread.join(timeout=10)
         self._consumer.close()
 
-    def submit(self, kind: str, params: dict, priority: int = 0, timeout_s: float | None = None,
-               job_id: str | None = None) -> str:
-        request = JobRequested(job_id=job_id or new_job_id(), kind=kind, params=params, priority=priority,
-                               timeout_s=timeout_s)
+    def submit(
+        self, kind: str, params: dict, priority: int = 0, timeout_s: float | None = None, job_id: str | None = None
+    ) -> str:
+        request = JobRequested(
+            job_id=job_id or new_job_id(), kind=kind, params=params, priority=priority, timeout_s=timeout_s
+        )
         self.produce_raw(dumps(request), key=request.job_id.encode())
         return request.job_id
 
@@ -113,8 +115,9 @@ class Kafka:
             wait_until(done, timeout_s, 0.1, message=f"{len(job_ids)} terminal events")
         except AssertionError:
             missing = [j for j in job_ids if self.terminal(j) is None]
-            raise AssertionError(f"{len(missing)} jobs unfinished, e.g. {self.types(missing[0])}\n"
-                                 f"{worker.tail() if worker else ''}") from None
+            raise AssertionError(
+                f"{len(missing)} jobs unfinished, e.g. {self.types(missing[0])}\n{worker.tail() if worker else ''}"
+            ) from None
 
 
 @contextmanager
@@ -144,15 +147,17 @@ def assert_seqs_strictly_increase(events: list[JobEvent]) -> None:
 # --- happy path and batching ---------------------------------------------------------------------
 def occupy_both_processes(kafka: Kafka, seconds: float = 1.5) -> list[str]:
     """Keep the worker's two calculation processes busy, so the next jobs pile up into one batch."""
-    blockers = [kafka.submit("test.work", {"sleep_s": seconds, "steps": 3, "group": uuid.uuid4().hex})
-                for _ in range(2)]
+    blockers = [
+        kafka.submit("test.work", {"sleep_s": seconds, "steps": 3, "group": uuid.uuid4().hex}) for _ in range(2)
+    ]
     wait_until(lambda: all("running" in kafka.types(b) for b in blockers), 60, message="blockers running")
     return blockers
 
 
 def first_batch_size(kafka: Kafka, job_id: str) -> int:
-    return next(e.data["batch_size"] for e in sorted(kafka.of(job_id), key=lambda e: e.seq)
-                if e.type.value == "running")
+    return next(
+        e.data["batch_size"] for e in sorted(kafka.of(job_id), key=lambda e: e.seq) if e.type.value == "running"
+    )
 
 
 def test_a_burst_runs_in_batches_with_start_progress_and_end(scenario):
@@ -210,10 +215,15 @@ def test_a_transient_failure_is_retried_with_backoff_then_succeeds(scenario, tmp
     events = kafka.of(job_id)
     assert_seqs_strictly_increase(events)
     assert [e.type.value for e in events if e.type.value in ("running", "retrying", "succeeded")] == [
-        "running", "retrying", "running", "retrying", "running", "succeeded"]
+        "running",
+        "retrying",
+        "running",
+        "retrying",
+        "running",
+        "succeeded",
+    ]
     retrying = [e.data for e in events if e.type.value == "retrying"]
-    assert [r["attempt"] for r in retrying] == [1, 2] and all(r["error"]["type"] == "transient_error"
-                                                              for r in retrying)
+    assert [r["attempt"] for r in retrying] == [1, 2] and all(r["error"]["type"] == "transient_error" for r in retrying)
     assert all(0 < r["delay_s"] <= 0.2 for r in retrying)
     assert events[-1].data["attempt"] == 3 and kafka.view(job_id).attempts == 3
 
@@ -236,11 +246,11 @@ def test_undecodable_requests_go_to_dead_letters_with_their_bytes(scenario):
     half = orjson.dumps({"job_id": known_id, "tenant": "acme", "kind": "stats.describe", "params": "oops"})
     kafka.produce_raw(garbage, key=b"garbage")
     kafka.produce_raw(half, key=known_id.encode())
-    wait_until(lambda: len([d for d in kafka.dead if d["reason"] == "undecodable"]) >= 2, 60,
-               message="two dead letters")
+    wait_until(
+        lambda: len([d for d in kafka.dead if d["reason"] == "undecodable"]) >= 2, 60, message="two dead letters"
+    )
     by_original = {d["original"]: d for d in kafka.dead}
-    assert by_original[garbage]["job_id"] is None and by_original[garbage]["source"]["topic"].endswith(
-        topics.REQUESTED)
+    assert by_original[garbage]["job_id"] is None and by_original[garbage]["source"]["topic"].endswith(topics.REQUESTED)
     assert by_original[half]["job_id"] == known_id and "params" in by_original[half]["error"]
     kafka.wait_terminal([known_id], worker=worker)
     failed = kafka.terminal(known_id)
@@ -260,7 +270,10 @@ def test_a_job_that_keeps_crashing_its_process_is_dead_lettered_alone(scenario):
     assert [e.data["error"]["type"] for e in kafka.of(crasher) if e.type.value == "retrying"] == ["crashed"]
     wait_until(lambda: any(d["job_id"] == crasher for d in kafka.dead), 30, message="crash dead letter")
     letter = next(d for d in kafka.dead if d["job_id"] == crasher)
-    assert letter["reason"] == "crashed" and JobRequested.model_validate(orjson.loads(letter["original"])).job_id == crasher
+    assert (
+        letter["reason"] == "crashed"
+        and JobRequested.model_validate(orjson.loads(letter["original"])).job_id == crasher
+    )
     for i, job_id in enumerate(ids):
         if i != 2:
             assert kafka.types(job_id)[-1] == "succeeded"
@@ -348,15 +361,19 @@ def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, s
             assert view.status is JobStatus.SUCCEEDED and view.result["value"] == ids.index(job_id)
             nonterminal = [e.seq for e in kafka.of(job_id) if not e.terminal]
             assert len(nonterminal) == len(set(nonterminal)), "a re-run reused a seq"
+
         # ClickHouse: one terminal per job as readers see it, one result row per job.
         def all_results_in() -> bool:
-            rows = store.query("SELECT count(DISTINCT job_id) FROM job_results WHERE job_id IN {ids:Array(String)}",
-                               {"ids": ids})
+            rows = store.query(
+                "SELECT count(DISTINCT job_id) FROM job_results WHERE job_id IN {ids:Array(String)}", {"ids": ids}
+            )
             return rows[0][0] == len(ids)
 
         wait_until(all_results_in, 60, message="results in ClickHouse")
-        rows = store.query("SELECT job_id, count() FROM job_results FINAL WHERE job_id IN {ids:Array(String)} "
-                           "GROUP BY job_id", {"ids": ids})
+        rows = store.query(
+            "SELECT job_id, count() FROM job_results FINAL WHERE job_id IN {ids:Array(String)} GROUP BY job_id",
+            {"ids": ids},
+        )
         assert sorted(r[0] for r in rows) == sorted(ids) and {r[1] for r in rows} == {1}
         for job_id in rerun:
             history = store.job_events("default", job_id)
@@ -387,14 +404,20 @@ def api_view(http: httpx.Client, tenant: str, job_id: str) -> JobView:
     return JobView.model_validate({**body, "tenant": tenant, "calc_version": calc_version})
 
 
-def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(settings: Settings,
-                                                                               store: ClickHouseStore):
+def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(
+    settings: Settings, store: ClickHouseStore
+):
     """The whole stack (API + gateway + sink, real workers): jobs caught by a kill -9 run twice, yet
     job_outcomes, job_results, the per-minute views and /v1/stats count each one once, with the
     timings GET /v1/jobs/{id} reports."""
     tenant, key = f"kill-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4,
-                      api_keys=SecretStr(f"{tenant}={key}"))
+    scoped = isolated(
+        settings,
+        batch_max_size=8,
+        latency_target_ms=60_000,
+        requested_partitions=4,
+        api_keys=SecretStr(f"{tenant}={key}"),
+    )
     kafka = Kafka(scoped)
     server = Server(create_app(scoped, store=store)).start()
     first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
@@ -402,8 +425,12 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
     http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     try:
         wait_until(lambda: http.get("/healthz").status_code == 200, 60, message="stack ready")
-        ids = [http.post("/v1/jobs", json={"kind": "test.work", "params": {"value": i, "sleep_s": 0.6, "steps": 3}}
-                         ).json()["job_id"] for i in range(24)]
+        ids = [
+            http.post(
+                "/v1/jobs", json={"kind": "test.work", "params": {"value": i, "sleep_s": 0.6, "steps": 3}}
+            ).json()["job_id"]
+            for i in range(24)
+        ]
         wait_until(lambda: sum(kafka.terminal(j) is not None for j in ids) >= 4, 120, message="some jobs done")
         first.kill9()
         second.start()
@@ -412,8 +439,9 @@ def test_kill_9_mid_batch_analytics_count_each_job_once_with_the_apis_timings(se
         wait_until(lambda: group_lag(KafkaConnection.from_settings(scoped), scoped) == 0, 60, message="sink caught up")
         rerun = [j for j in ids if len({e.data.get("worker") for e in kafka.of(j) if e.type.value == "running"}) > 1]
         assert rerun, "no job was caught mid-batch by the kill"
-        twice = store.query("SELECT count() FROM job_events WHERE tenant = {t:String} AND type = 'running'",
-                            {"t": tenant})[0][0]
+        twice = store.query(
+            "SELECT count() FROM job_events WHERE tenant = {t:String} AND type = 'running'", {"t": tenant}
+        )[0][0]
         assert twice > len(ids)  # the raw log holds the re-runs
         views = {j: api_view(http, tenant, j) for j in ids}
         assert all(v.status is JobStatus.SUCCEEDED for v in views.values())
@@ -434,6 +462,7 @@ def test_two_workers_share_partitions_and_stopping_one_loses_nothing(settings: S
     a = Worker(scoped, index=0, log=Path(scoped.data_dir) / "a.log").start()
     b = Worker(scoped, index=1, log=Path(scoped.data_dir) / "b.log").start()
     try:
+
         def workers_seen(ids: list[str]) -> set[str]:
             return {e.data["worker"] for j in ids for e in kafka.of(j) if e.type.value == "running"}
 
@@ -463,14 +492,23 @@ def test_two_workers_share_partitions_and_stopping_one_loses_nothing(settings: S
 # --- through the HTTP API (the shared stack) ---------------------------------------------------------
 def test_delete_over_http_stops_a_running_job_at_its_next_progress_point(client):
     n = 100  # 100 assets: ~125 chunks of paths, each a progress point
-    params = {"weights": [1.0 / n] * n, "mu": [0.0] * n,
-              "cov": [[0.0001 if i == j else 0.0 for j in range(n)] for i in range(n)],
-              "horizon_days": 1, "paths": 10_000_000, "confidence": 0.99, "seed": 3}
+    params = {
+        "weights": [1.0 / n] * n,
+        "mu": [0.0] * n,
+        "cov": [[0.0001 if i == j else 0.0 for j in range(n)] for i in range(n)],
+        "horizon_days": 1,
+        "paths": 10_000_000,
+        "confidence": 0.99,
+        "seed": 3,
+    }
     job_id = client.post("/v1/jobs", json={"kind": "montecarlo.var", "params": params}).json()["job_id"]
-    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", 120, 0.1,
-               message="job running")
+    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", 120, 0.1, message="job running")
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
-    final = wait_until(lambda: (v := client.get(f"/v1/jobs/{job_id}").json())["status"] in
-                       {"succeeded", "failed", "cancelled"} and v, 120, 0.1, message="job finished")
+    final = wait_until(
+        lambda: (v := client.get(f"/v1/jobs/{job_id}").json())["status"] in {"succeeded", "failed", "cancelled"} and v,
+        120,
+        0.1,
+        message="job finished",
+    )
     assert final["status"] == "cancelled", final
     assert final["progress"] < 1.0

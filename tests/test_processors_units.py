@@ -39,11 +39,18 @@ def test_a_rerun_after_a_crash_folds_into_one_terminal_state():
     def event(seq: int, type_: EventType, **data) -> JobEvent:
         return JobEvent(job_id="j", seq=seq, type=type_, kind="k", data=data, ts=submitted)
 
-    original = [event(0, EventType.QUEUED), event(3, EventType.RUNNING, attempt=1), event(4, EventType.PROGRESS,
-                progress=0.0), event(30, EventType.PROGRESS, progress=0.4),
-                event(TERMINAL_SEQ, EventType.SUCCEEDED, result={"x": 1}, calc_version="1")]
-    rerun = [event(1500, EventType.RUNNING, attempt=1), event(1501, EventType.PROGRESS, progress=0.0),
-             event(TERMINAL_SEQ, EventType.SUCCEEDED, result={"x": 1}, calc_version="1")]
+    original = [
+        event(0, EventType.QUEUED),
+        event(3, EventType.RUNNING, attempt=1),
+        event(4, EventType.PROGRESS, progress=0.0),
+        event(30, EventType.PROGRESS, progress=0.4),
+        event(TERMINAL_SEQ, EventType.SUCCEEDED, result={"x": 1}, calc_version="1"),
+    ]
+    rerun = [
+        event(1500, EventType.RUNNING, attempt=1),
+        event(1501, EventType.PROGRESS, progress=0.0),
+        event(TERMINAL_SEQ, EventType.SUCCEEDED, result={"x": 1}, calc_version="1"),
+    ]
     view = JobView.fold(original + rerun)
     assert view is not None and view.status is JobStatus.SUCCEEDED and view.result == {"x": 1}
     assert view.seq == TERMINAL_SEQ and view.progress == 1.0
@@ -123,8 +130,9 @@ def test_stats_results_are_plain_json():
 def pool_scenario(coro_fn, size: int = 1, grace_s: float = 0.5):
     async def main():
         reports: list[tuple[str, float]] = []
-        pool = await CalcPool(size, plugins=[PLUGIN], grace_s=grace_s,
-                              on_progress=lambda j, f: reports.append((j, f))).start()
+        pool = await CalcPool(
+            size, plugins=[PLUGIN], grace_s=grace_s, on_progress=lambda j, f: reports.append((j, f))
+        ).start()
         try:
             return await asyncio.wait_for(coro_fn(pool, reports), 120)
         finally:
@@ -173,8 +181,12 @@ def test_a_job_hanging_past_its_timeout_gets_its_process_killed():
         slot = await pool.acquire()
         started = time.monotonic()
         with pytest.raises(ProcessDied) as died:
-            await pool.run(slot, "test.work", [JobSpec("late", {"hang_s": 60}, timeout_s=0.2), JobSpec("ok", {})],
-                           deadlines={"late": started + 0.2})
+            await pool.run(
+                slot,
+                "test.work",
+                [JobSpec("late", {"hang_s": 60}, timeout_s=0.2), JobSpec("ok", {})],
+                deadlines={"late": started + 0.2},
+            )
         return died.value.timed_out, await pool.run(slot, "test.work", specs({"value": 1}))
 
     timed_out, after = pool_scenario(scenario)
@@ -196,8 +208,15 @@ def test_cancel_reaches_the_running_process():
 
 
 def test_outcome_statuses_are_the_documented_ones():
-    assert [s.value for s in OutcomeStatus] == ["succeeded", "failed", "transient", "split", "cancelled",
-                                                 "timed_out", "not_run"]
+    assert [s.value for s in OutcomeStatus] == [
+        "succeeded",
+        "failed",
+        "transient",
+        "split",
+        "cancelled",
+        "timed_out",
+        "not_run",
+    ]
 
 
 # --- calculation versions ------------------------------------------------------------------
@@ -253,7 +272,8 @@ def test_the_copied_fetch_loop_matches_the_pinned_faust():
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
     assert [d for d in project["dependencies"] if d.startswith("faust-streaming")] == [
-        f"faust-streaming=={consumer.COPIED_FROM}"]
+        f"faust-streaming=={consumer.COPIED_FROM}"
+    ]
     assert faust.__version__ == consumer.COPIED_FROM
     # the driver's consumer runs the base class's loop: that is the one the copy replaces
     assert faust_aiokafka.Consumer._drain_messages is FaustConsumer._drain_messages

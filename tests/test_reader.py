@@ -208,7 +208,10 @@ def test_consumer_lag_counts_what_the_group_has_not_committed(topic: Topic):
         assert committed_offsets(consumer, topic.name, [0, 1, 2]) == [3, -1, -1]
         lags = consumer_lag(consumer, topic.name)
         assert [(p.partition, p.committed, p.low, p.high, p.lag) for p in lags] == [
-            (0, 3, 0, 5, 2), (1, -1, 0, 4, 4), (2, -1, 0, 0, 0)]
+            (0, 3, 0, 5, 2),
+            (1, -1, 0, 4, 4),
+            (2, -1, 0, 0, 0),
+        ]
         assert group_lag(topic.kafka, group, topic.name) == 6
     finally:
         consumer.close()

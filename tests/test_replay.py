@@ -45,8 +45,13 @@ class ReplayStack:
         from jobstream.server import create_app
 
         registry.load_plugins([V1, "tests.calc_plugin_v2"])  # the API validates and plans with version 2 current
-        self.settings = isolated(settings, api_keys=SecretStr(f"alice={ALICE},bob={BOB}"), replay_checkpoint_jobs=5,
-                                 replay_max_rate=10_000.0, replay_max_jobs=1_000_000)
+        self.settings = isolated(
+            settings,
+            api_keys=SecretStr(f"alice={ALICE},bob={BOB}"),
+            replay_checkpoint_jobs=5,
+            replay_max_rate=10_000.0,
+            replay_max_jobs=1_000_000,
+        )
         self.server = Server(create_app(self.settings, store=store)).start()
         self.url = self.server.url
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 60, message="healthz")
@@ -81,8 +86,9 @@ class ReplayStack:
             ids.append(response.json()["job_id"])
         return ids
 
-    def wait_status(self, client: httpx.Client, job_ids: list[str], statuses: set[str] | None = None,
-                    timeout_s: float = 120) -> dict[str, dict]:
+    def wait_status(
+        self, client: httpx.Client, job_ids: list[str], statuses: set[str] | None = None, timeout_s: float = 120
+    ) -> dict[str, dict]:
         """Wait until every job is terminal (and in the store, so SQL sees it); returns the views."""
         views: dict[str, dict] = {}
 
@@ -130,8 +136,9 @@ def tick() -> datetime:
 def settled(replay: dict) -> bool:
     """Completed, and every re-run finished and stored (the diff sees all of them)."""
     outcomes = replay.get("outcomes") or {}
-    return (replay["state"] == "completed" and outcomes.get("pending") == 0
-            and sum(outcomes.values()) == replay["emitted"])
+    return (
+        replay["state"] == "completed" and outcomes.get("pending") == 0 and sum(outcomes.values()) == replay["emitted"]
+    )
 
 
 def iso(ts: datetime) -> str:
@@ -173,12 +180,16 @@ def test_dry_run_plans_exactly_the_jobs_in_the_time_range_and_emits_nothing(rs: 
     by_id = rs.alice.post("/v1/replays", json={"job_ids": [before[0], inside[2]], "dry_run": True}).json()
     assert by_id["total"] == 2
     # Bob's plan over the same range sees his one job only, and Alice's replay does not exist for him.
-    assert rs.bob.post("/v1/replays", json={"since": iso(since), "until": iso(until), "dry_run": True}).json()["total"] == 1
+    assert (
+        rs.bob.post("/v1/replays", json={"since": iso(since), "until": iso(until), "dry_run": True}).json()["total"]
+        == 1
+    )
     assert rs.bob.get(f"/v1/replays/{plan['replay_id']}").status_code == 404
 
 
-def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_alone(rs: ReplayStack,
-                                                                                  store: ClickHouseStore):
+def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_alone(
+    rs: ReplayStack, store: ClickHouseStore
+):
     rs.use_worker(V1)
     since = tick()
     originals = rs.submit(rs.alice, [2, 5, 6, 9, -1])
@@ -199,8 +210,9 @@ def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_a
     page = rs.alice.get(f"/v1/replays/{replay_id}/diff").json()
     by_original = {row["original_job_id"]: row for row in page["jobs"]}
     assert set(by_original) == set(originals)
-    assert {j: by_original[j]["outcome"] for j in originals} == dict(zip(originals, [
-        "equal", "equal", "changed", "changed", "changed"], strict=False))
+    assert {j: by_original[j]["outcome"] for j in originals} == dict(
+        zip(originals, ["equal", "equal", "changed", "changed", "changed"], strict=False)
+    )
     six = by_original[originals[2]]
     assert (six["original_result"], six["replay_result"]) == ({"y": 37.0}, {"y": 36.0})
     assert (six["original_version"], six["replay_version"]) == ("1", "2")
@@ -211,15 +223,20 @@ def test_replay_with_the_fixed_version_shows_changed_jobs_and_leaves_originals_a
     # The originals are untouched: same status, result and version; the re-runs are jobs of their own.
     again = rs.wait_status(rs.alice, originals)
     assert {j: (v["status"], v["result"]) for j, v in again.items()} == {
-        j: (v["status"], v["result"]) for j, v in first.items()}
-    rows = store.query("SELECT job_id, calc_version, result FROM job_results WHERE job_id = {j:String}",
-                       {"j": originals[2]})
+        j: (v["status"], v["result"]) for j, v in first.items()
+    }
+    rows = store.query(
+        "SELECT job_id, calc_version, result FROM job_results WHERE job_id = {j:String}", {"j": originals[2]}
+    )
     assert [(r[1], orjson.loads(r[2])) for r in rows] == [("1", {"y": 37.0})]
     replayed = rs.alice.get(f"/v1/jobs/{six['replay_job_id']}").json()
     assert (replayed["status"], replayed["result"], replayed["replay_of"]) == ("succeeded", {"y": 36.0}, originals[2])
     # Analysts get the same answer from SQL.
-    sql = store.query("SELECT outcome, count() FROM replay_diff(tenant = 'alice', replay_id = {r:String}) "
-                      "GROUP BY outcome ORDER BY outcome", {"r": replay_id})
+    sql = store.query(
+        "SELECT outcome, count() FROM replay_diff(tenant = 'alice', replay_id = {r:String}) "
+        "GROUP BY outcome ORDER BY outcome",
+        {"r": replay_id},
+    )
     assert sql == [("changed", 3), ("equal", 2)]
     # Replaying the same range again re-runs the originals only, never the re-runs.
     assert rs.alice.post("/v1/replays", json={"since": iso(since), "dry_run": True}).json()["total"] == 5
@@ -326,8 +343,9 @@ def test_cli_prints_the_plan_runs_with_yes_and_diffs(rs: ReplayStack):
     assert "2 jobs" in dry.output and "dry run" in dry.output and "test.square" in dry.output
     assert rs.requested_ends() == ends
 
-    run = runner.invoke(cli_app, ["replay", "--since", iso(since), "--until", iso(until), "--yes", "--rate", "100",
-                                  *common])
+    run = runner.invoke(
+        cli_app, ["replay", "--since", iso(since), "--until", iso(until), "--yes", "--rate", "100", *common]
+    )
     assert run.exit_code == 0, run.output
     replay_id = run.output.split("jobstream replay diff ")[1].split()[0]
     rs.wait_replay(rs.alice, replay_id, settled)

@@ -14,10 +14,12 @@ from streams.events import JobRequested
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
-def found(job_id: str, *, tenant: str = "acme", kind: str = "stats.describe", at_s: float = 0.0,
-          replay_of: str | None = None) -> Found:
-    request = JobRequested(job_id=job_id, tenant=tenant, kind=kind, params={}, ts=T0 + timedelta(seconds=at_s),
-                           replay_of=replay_of)
+def found(
+    job_id: str, *, tenant: str = "acme", kind: str = "stats.describe", at_s: float = 0.0, replay_of: str | None = None
+) -> Found:
+    request = JobRequested(
+        job_id=job_id, tenant=tenant, kind=kind, params={}, ts=T0 + timedelta(seconds=at_s), replay_of=replay_of
+    )
     return Found(0, 0, request)
 
 

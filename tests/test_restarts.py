@@ -31,24 +31,32 @@ def status(base: str, job_id: str) -> str:
 
 
 def test_a_worker_whose_up_was_killed_exits_within_5s_with_its_calculation_processes(
-        settings: Settings, tmp_path: Path):
+    settings: Settings, tmp_path: Path
+):
     """kill -9 of `jobstream up` while a job runs: every process it started is gone within 5 s."""
     prefix = f"{settings.topic_prefix}up{uuid.uuid4().hex[:6]}."
     ensure_topics(KafkaConnection.from_settings(settings), settings.model_copy(update={"topic_prefix": prefix}))
-    up = ServiceProcess(["up", "--log-level", "warning"], service_env(
-        settings.kafka_bootstrap or "", prefix, tmp_path, workers="1", calc_processes="2", plugins=PLUGIN),
-        tmp_path / "up.log").start()
+    up = ServiceProcess(
+        ["up", "--log-level", "warning"],
+        service_env(settings.kafka_bootstrap or "", prefix, tmp_path, workers="1", calc_processes="2", plugins=PLUGIN),
+        tmp_path / "up.log",
+    ).start()
     children: set[int] = set()
     try:
-        job = httpx.post(f"{up.url}/v1/jobs", json={"kind": "test.work", "params": {"sleep_s": 120, "steps": 120}},
-                         timeout=30).json()["job_id"]
+        job = httpx.post(
+            f"{up.url}/v1/jobs", json={"kind": "test.work", "params": {"sleep_s": 120, "steps": 120}}, timeout=30
+        ).json()["job_id"]
         wait_until(lambda: status(up.url, job) == "running", 60, message="the job to run")
         children = descendants(up.pid)
         assert len(children) >= 3, children  # the worker and its two calculation processes at least
         up.kill9()
         killed_at = time.monotonic()
-        wait_until(lambda: not any(alive(p) for p in children), 5, 0.05,
-                   message=f"{[p for p in children if alive(p)]} (children of the killed `jobstream up`) to exit")
+        wait_until(
+            lambda: not any(alive(p) for p in children),
+            5,
+            0.05,
+            message=f"{[p for p in children if alive(p)]} (children of the killed `jobstream up`) to exit",
+        )
         assert time.monotonic() - killed_at < 5
     finally:
         up.stop()
@@ -72,20 +80,29 @@ def worker(scoped: Settings) -> Iterator[Worker]:
 
 
 def test_a_restarted_http_process_reports_a_finished_job_within_seconds(
-        scoped: Settings, worker: Worker, tmp_path: Path):
+    scoped: Settings, worker: Worker, tmp_path: Path
+):
     """kill -9 of the HTTP process while a job runs; the restarted one's sink resumes at once, so
     GET /v1/jobs/{id} says the job finished a few seconds after it did, not when the dead sink's session expires."""
-    serve = ServiceProcess(["serve", "--log-level", "warning"], service_env(
-        scoped.kafka_bootstrap or "", scoped.topic_prefix, tmp_path, plugins=PLUGIN), tmp_path / "serve.log").start()
+    serve = ServiceProcess(
+        ["serve", "--log-level", "warning"],
+        service_env(scoped.kafka_bootstrap or "", scoped.topic_prefix, tmp_path, plugins=PLUGIN),
+        tmp_path / "serve.log",
+    ).start()
     try:
-        job = httpx.post(f"{serve.url}/v1/jobs", json={"kind": "test.work", "params": {"sleep_s": 6, "steps": 6}},
-                         timeout=30).json()["job_id"]
+        job = httpx.post(
+            f"{serve.url}/v1/jobs", json={"kind": "test.work", "params": {"sleep_s": 6, "steps": 6}}, timeout=30
+        ).json()["job_id"]
         wait_until(lambda: status(serve.url, job) == "running", 60, message="the job to run")
         serve.kill9()
         serve.start()
         # The worker carried on meanwhile: the job ends about 6 s after it started.
-        wait_until(lambda: status(serve.url, job) in TERMINAL, 10, 0.2,
-                   message=f"GET to report the job's end (stuck at {status(serve.url, job)!r})")
+        wait_until(
+            lambda: status(serve.url, job) in TERMINAL,
+            10,
+            0.2,
+            message=f"GET to report the job's end (stuck at {status(serve.url, job)!r})",
+        )
         assert status(serve.url, job) == "succeeded"
     finally:
         serve.stop()

@@ -16,7 +16,10 @@ def test_env_names_and_unprefixed_aliases(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("JOBSTREAM_BATCH_MAX_SIZE", "1")
     settings = Settings()
     assert (settings.kafka_bootstrap, settings.clickhouse_url, settings.batch_max_size) == (
-        "broker:9092", "http://ch:8123", 1)
+        "broker:9092",
+        "http://ch:8123",
+        1,
+    )
 
 
 def test_a_bad_value_fails_loudly_naming_the_setting(monkeypatch: pytest.MonkeyPatch):
@@ -29,10 +32,22 @@ def test_a_worker_started_with_the_env_reads_the_same_settings(monkeypatch: pyte
     from jobstream.workers import worker_env
     from streams.kafka_config import KafkaConnection
 
-    settings = Settings(kafka_bootstrap="a:1", clickhouse_url="http://ch:8123", data_dir=tmp_path, topic_prefix="t.",
-                        calc_processes=3, timeout_grace_s=0.25, plugins="tests.calc_plugin", public_url=None,
-                        api_keys="t=secret")
-    env = worker_env(settings, KafkaConnection.from_settings(settings, "b:2"), base={"PATH": "/bin", "JOBSTREAM_API_KEYS": "t=secret"})
+    settings = Settings(
+        kafka_bootstrap="a:1",
+        clickhouse_url="http://ch:8123",
+        data_dir=tmp_path,
+        topic_prefix="t.",
+        calc_processes=3,
+        timeout_grace_s=0.25,
+        plugins="tests.calc_plugin",
+        public_url=None,
+        api_keys="t=secret",
+    )
+    env = worker_env(
+        settings,
+        KafkaConnection.from_settings(settings, "b:2"),
+        base={"PATH": "/bin", "JOBSTREAM_API_KEYS": "t=secret"},
+    )
     assert env["PATH"] == "/bin" and "JOBSTREAM_PUBLIC_URL" not in env
     for name in Settings.env_names():
         monkeypatch.delenv(name, raising=False)
@@ -45,6 +60,8 @@ def test_topic_prefix_applies_to_every_topic():
     assert Settings(topic_prefix="x.").topic("jobs.events") == "x.jobs.events"
 
 
-@pytest.mark.parametrize("name", sorted(Settings.env_names() - {"JOBSTREAM_KAFKA_BOOTSTRAP", "JOBSTREAM_CLICKHOUSE_URL"}))
+@pytest.mark.parametrize(
+    "name", sorted(Settings.env_names() - {"JOBSTREAM_KAFKA_BOOTSTRAP", "JOBSTREAM_CLICKHOUSE_URL"})
+)
 def test_every_setting_is_in_the_readme_table(name: str):
     assert f"| `{name}` |" in README

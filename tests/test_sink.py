@@ -65,11 +65,17 @@ def test_terminal_events_carry_their_jobs_submit_and_start_times():
     rows = build_rows([message(2, 10 + i, dumps(e)) for i, e in enumerate(history)], JobTimes(10), lambda m: None)
     assert rows.missing_times() == []
     decoded = lines(rows)
-    assert [(d["kafka_partition"], d["kafka_offset"], d["seq"]) for d in decoded] == [(2, 10, 0), (2, 11, 1),
-                                                                                      (2, 12, 2), (2, 13, 3)]
+    assert [(d["kafka_partition"], d["kafka_offset"], d["seq"]) for d in decoded] == [
+        (2, 10, 0),
+        (2, 11, 1),
+        (2, 12, 2),
+        (2, 13, 3),
+    ]
     assert "submitted_at" not in decoded[0] and decoded[3]["data"] == history[3].data
-    assert (decoded[3]["submitted_at"], decoded[3]["started_at"]) == (history[0].ts.isoformat(),
-                                                                      history[1].ts.isoformat())
+    assert (decoded[3]["submitted_at"], decoded[3]["started_at"]) == (
+        history[0].ts.isoformat(),
+        history[1].ts.isoformat(),
+    )
 
 
 def test_times_not_seen_are_looked_up_and_bad_messages_are_skipped():
@@ -88,8 +94,9 @@ def test_times_not_seen_are_looked_up_and_bad_messages_are_skipped():
 
 def test_an_event_in_non_canonical_form_is_normalised():
     event = job_history("x")[0]
-    sparse = orjson.dumps({"job_id": event.job_id, "seq": 0, "type": "queued", "kind": "k",
-                           "ts": "2026-01-01T00:00:00"})  # no tenant, version, data or zone
+    sparse = orjson.dumps(
+        {"job_id": event.job_id, "seq": 0, "type": "queued", "kind": "k", "ts": "2026-01-01T00:00:00"}
+    )  # no tenant, version, data or zone
     (line,) = lines(build_rows([message(0, 1, sparse)], JobTimes(10), lambda m: None))
     assert (line["tenant"], line["schema_version"], line["data"]) == ("default", 1, {})
     assert line["ts"] == "2026-01-01T00:00:00Z"  # read as UTC
@@ -113,9 +120,14 @@ needs_kafka = pytest.mark.kafka
 @pytest.fixture
 def sink_settings(settings: Settings) -> Settings:
     """Topics and consumer group of this test only (the stack's sink never sees them)."""
-    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}sink{uuid.uuid4().hex[:6]}.",
-                                      "sink_batch_max_size": 100, "sink_batch_max_wait_ms": 50,
-                                      "sink_retry_max_s": 0.5})
+    own = settings.model_copy(
+        update={
+            "topic_prefix": f"{settings.topic_prefix}sink{uuid.uuid4().hex[:6]}.",
+            "sink_batch_max_size": 100,
+            "sink_batch_max_wait_ms": 50,
+            "sink_retry_max_s": 0.5,
+        }
+    )
     ensure_topics(KafkaConnection.from_settings(own), own)
     return own
 
@@ -143,25 +155,38 @@ def test_events_results_outcomes_and_state_land_once(sink_settings: Settings, st
     produce(KafkaConnection.from_settings(sink_settings), sink_settings, events)
     sink = Sink(KafkaConnection.from_settings(sink_settings), store, sink_settings).start()
     try:
-        wait_until(lambda: group_lag(KafkaConnection.from_settings(sink_settings), sink_settings) == 0, 60,
-                   message="sink to commit everything")
+        wait_until(
+            lambda: group_lag(KafkaConnection.from_settings(sink_settings), sink_settings) == 0,
+            60,
+            message="sink to commit everything",
+        )
     finally:
         sink.stop()
-    assert counts(store, tenant) == {"events": 160, "distinct_events": 160, "results": 30, "outcomes": 40,
-                                     "counted_events": 160}
+    assert counts(store, tenant) == {
+        "events": 160,
+        "distinct_events": 160,
+        "results": 30,
+        "outcomes": 40,
+        "counted_events": 160,
+    }
     assert sink.stats.batches_written >= 2  # 160 events, batches of at most 100
-    statuses = dict(store.query("SELECT status, count() FROM jobs WHERE tenant = {t:String} GROUP BY status",
-                                {"t": tenant}))
+    statuses = dict(
+        store.query("SELECT status, count() FROM jobs WHERE tenant = {t:String} GROUP BY status", {"t": tenant})
+    )
     assert statuses == {"succeeded": 30, "failed": 10}
-    timed = store.query("SELECT min(queue_wait_s), max(queue_wait_s), min(run_s), max(total_s) FROM job_results "
-                        "WHERE tenant = {t:String}", {"t": tenant})
+    timed = store.query(
+        "SELECT min(queue_wait_s), max(queue_wait_s), min(run_s), max(total_s) FROM job_results "
+        "WHERE tenant = {t:String}",
+        {"t": tenant},
+    )
     assert timed == [(1.0, 1.0, 2.0, 3.0)]
 
 
 @needs_kafka
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the deliberate kill
 def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_size(
-        sink_settings: Settings, store: ClickHouseStore):
+    sink_settings: Settings, store: ClickHouseStore
+):
     """A sink dies between insert and commit; the next one (other limits) replays the same ranges."""
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     produce(KafkaConnection.from_settings(sink_settings), sink_settings, histories(tenant, 40))
@@ -190,8 +215,13 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
     finally:
         second.stop()
     assert second.stats.batches_replayed == 1
-    assert counts(store, tenant) == {"events": 160, "distinct_events": 160, "results": 40, "outcomes": 40,
-                                     "counted_events": 160}
+    assert counts(store, tenant) == {
+        "events": 160,
+        "distinct_events": 160,
+        "results": 40,
+        "outcomes": 40,
+        "counted_events": 160,
+    }
     assert not any(m.startswith(INTENT_PREFIX) for m in committed_metadata(sink_settings).values())
 
 
@@ -208,7 +238,8 @@ def committed_metadata(settings: Settings) -> dict[int, str]:
 
 @needs_kafka
 def test_clickhouse_outage_pauses_the_sink_lag_grows_nothing_is_lost(
-        sink_settings: Settings, store: ClickHouseStore, clickhouse_url: str):
+    sink_settings: Settings, store: ClickHouseStore, clickhouse_url: str
+):
     """The sink's ClickHouse goes away (its client closed), comes back, and the sink catches up.
 
     chDB lets a process close a client and open it again on the same data dir,
@@ -238,28 +269,46 @@ def test_clickhouse_outage_pauses_the_sink_lag_grows_nothing_is_lost(
     finally:
         sink.stop()
         sinks_store.close()
-    assert counts(store, tenant) == {"events": 220, "distinct_events": 220, "results": 55, "outcomes": 55,
-                                     "counted_events": 220}
+    assert counts(store, tenant) == {
+        "events": 220,
+        "distinct_events": 220,
+        "results": 55,
+        "outcomes": 55,
+        "counted_events": 220,
+    }
 
 
 @pytest.fixture
 def child_env(sink_settings: Settings, clickhouse_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment of a sink child process: its own chDB dir (or the server and a database of its own)."""
     url = f"chdb://{tmp_path / 'child-clickhouse'}" if clickhouse_url.startswith("chdb://") else clickhouse_url
-    yield {**os.environ, "KAFKA_BOOTSTRAP": sink_settings.kafka_bootstrap or "", "CLICKHOUSE_URL": url,
-           "JOBSTREAM_TOPIC_PREFIX": sink_settings.topic_prefix, "JOBSTREAM_SINK_BATCH_MAX_SIZE": "100",
-           "JOBSTREAM_SINK_BATCH_MAX_WAIT_MS": "50", "JOBSTREAM_DATA_DIR": str(tmp_path)}
+    yield {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": sink_settings.kafka_bootstrap or "",
+        "CLICKHOUSE_URL": url,
+        "JOBSTREAM_TOPIC_PREFIX": sink_settings.topic_prefix,
+        "JOBSTREAM_SINK_BATCH_MAX_SIZE": "100",
+        "JOBSTREAM_SINK_BATCH_MAX_WAIT_MS": "50",
+        "JOBSTREAM_DATA_DIR": str(tmp_path),
+    }
 
 
 def child(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tests.sink_child", *args], env=env, cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.sink_child", *args],
+        env=env,
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout_s,
+    )
 
 
 @needs_kafka
 @pytest.mark.parametrize("crash", ["after-intent", "before-commit"])
 def test_sink_killed_mid_batch_leaves_no_duplicates_and_loses_nothing(
-        crash: str, sink_settings: Settings, child_env: dict[str, str], tmp_path: Path):
+    crash: str, sink_settings: Settings, child_env: dict[str, str], tmp_path: Path
+):
     """SIGKILL before and after the second batch's insert; a restarted sink finishes the job exactly once."""
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     database = ["--database", f"sink_crash_{uuid.uuid4().hex[:8]}"]
@@ -279,22 +328,37 @@ def test_sink_killed_mid_batch_leaves_no_duplicates_and_loses_nothing(
     assert stats["batches_replayed"] == 1
 
     after = orjson.loads(child(child_env, "count", "--tenant", tenant, *database).stdout)
-    assert after == {"events": 400, "distinct_events": 400, "results": 100, "outcomes": 100, "timed_outcomes": 100,
-                     "jobs": 100, "jobs_succeeded": 100, "counted_events": 400, "counted_outcomes": 100}
+    assert after == {
+        "events": 400,
+        "distinct_events": 400,
+        "results": 100,
+        "outcomes": 100,
+        "timed_outcomes": 100,
+        "jobs": 100,
+        "jobs_succeeded": 100,
+        "counted_events": 400,
+        "counted_outcomes": 100,
+    }
 
 
 @needs_kafka
 def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
-        sink_settings: Settings, store: ClickHouseStore):
+    sink_settings: Settings, store: ClickHouseStore
+):
     """At-least-once re-runs as a worker killed mid-batch leaves them, produced to the real broker: the
     re-run's events reach ClickHouse in later inserts than the first run's, then everything is
     redelivered once more past the insert dedup. Every view, and /v1/stats, still counts each job once
     with the first run's timings — the ones the API reports."""
     tenant = f"rerun-{uuid.uuid4().hex[:8]}"
     start = utcnow() - timedelta(minutes=10)
-    runs = [run_twice(job_history(tenant, start=start + timedelta(seconds=i), queue_s=0.1 * (i + 1), run_s=2.0),
-                      crashed=i % 3 == 0, outcome="failed" if i % 4 == 1 else "succeeded")
-            for i in range(12)]
+    runs = [
+        run_twice(
+            job_history(tenant, start=start + timedelta(seconds=i), queue_s=0.1 * (i + 1), run_s=2.0),
+            crashed=i % 3 == 0,
+            outcome="failed" if i % 4 == 1 else "succeeded",
+        )
+        for i in range(12)
+    ]
     runs += [(job_history(tenant, start=start, outcome="failed"), [])]  # and one job that ran once
     kafka = KafkaConnection.from_settings(sink_settings)
     sink = Sink(kafka, store, sink_settings).start()
@@ -320,14 +384,18 @@ def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
 def redeliver_everything(settings: Settings, store: ClickHouseStore) -> None:
     """Every record of the test's topic inserted again under a new token (a redelivery the insert
     dedup does not catch): rows the views must not count twice."""
-    reader = Consumer(KafkaConnection.from_settings(settings).consumer_config(f"redeliver-{uuid.uuid4().hex}",
-                                      **{"enable.partition.eof": True}))
+    reader = Consumer(
+        KafkaConnection.from_settings(settings).consumer_config(
+            f"redeliver-{uuid.uuid4().hex}", **{"enable.partition.eof": True}
+        )
+    )
     topic = settings.topic(topics.EVENTS)
     partitions = reader.list_topics(topic, timeout=30).topics[topic].partitions
     reader.assign([TopicPartition(topic, p, 0) for p in partitions])
     messages: list[Message] = []
     at_end: set[int] = set()
     try:
+
         def drained() -> bool:
             for m in reader.consume(500, timeout=0.2):
                 if m.error() is None:

@@ -195,8 +195,9 @@ def test_readme_examples_pass_the_guard_over_http(client: httpx.Client):
 
 
 # --- the guard on the session's ClickHouse (parser included, nothing runs) ----------------------
-def test_the_guard_refuses_every_hostile_statement_before_clickhouse_runs_it(store: ClickHouseStore,
-                                                                           canaries: Canaries):
+def test_the_guard_refuses_every_hostile_statement_before_clickhouse_runs_it(
+    store: ClickHouseStore, canaries: Canaries
+):
     for sql, status, rule in hostile(canaries):
         with pytest.raises(Refused) as refused:
             store.vet_sql(sql)
@@ -251,16 +252,21 @@ def test_check_allows_our_parameterised_views_only_as_tables_of_ours():
 
 
 def test_check_refuses_statement_kinds_with_403():
-    for dump, word in (("KillQueryQuery Literal_UInt64_1 ASYNC (children 1)\n Literal UInt64_1", "KILL"),
-                       ("SYSTEM query", "SYSTEM"), ("Set", "SET"), ("UseQuery system (children 1)\n Identifier system",
-                                                                      "USE")):
+    for dump, word in (
+        ("KillQueryQuery Literal_UInt64_1 ASYNC (children 1)\n Literal UInt64_1", "KILL"),
+        ("SYSTEM query", "SYSTEM"),
+        ("Set", "SET"),
+        ("UseQuery system (children 1)\n Identifier system", "USE"),
+    ):
         refusal = sql_guard.check(tree(dump), database="default")
         assert refusal is not None and refusal_status(Refused(refusal)) == 403 and word in refusal.detail
 
 
 def test_check_refuses_output_clauses():
-    outfile = "SelectWithUnionQuery (children 2)\n ExpressionList (children 1)\n  SelectQuery (children 1)\n" \
-              "   ExpressionList (children 1)\n    Literal UInt64_1\n Literal \\'/tmp/x\\'"
+    outfile = (
+        "SelectWithUnionQuery (children 2)\n ExpressionList (children 1)\n  SelectQuery (children 1)\n"
+        "   ExpressionList (children 1)\n    Literal UInt64_1\n Literal \\'/tmp/x\\'"
+    )
     assert sql_guard.check(tree(outfile), database="default").rule == "into_outfile"
     fmt = outfile.replace("Literal \\'/tmp/x\\'", "Identifier JSON")
     assert sql_guard.check(tree(fmt), database="default").rule == "format"
@@ -268,9 +274,11 @@ def test_check_refuses_output_clauses():
 
 def test_a_dump_split_by_a_line_break_in_a_name_is_refused():
     """An identifier with a line break could forge tree lines; the child counts no longer add up."""
-    forged = "SelectWithUnionQuery (children 1)\n ExpressionList (children 1)\n  SelectQuery (children 1)\n" \
-             "   ExpressionList (children 1)\n    Identifier a\n    Function numbers (children 1)\n" \
-             "     ExpressionList (children 1)\n      Literal UInt64_1"
+    forged = (
+        "SelectWithUnionQuery (children 1)\n ExpressionList (children 1)\n  SelectQuery (children 1)\n"
+        "   ExpressionList (children 1)\n    Identifier a\n    Function numbers (children 1)\n"
+        "     ExpressionList (children 1)\n      Literal UInt64_1"
+    )
     refusal = sql_guard.check(tree(forged), database="default")
     assert refusal is not None and refusal.rule == "unparsable"
 

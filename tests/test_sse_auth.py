@@ -19,8 +19,9 @@ def events_out(settings: Settings) -> EventProducer:
     return EventProducer(settings)
 
 
-def test_a_tenant_streams_only_its_own_jobs(settings: Settings, store: ClickHouseStore, stack: str,
-                                            events_out: EventProducer):
+def test_a_tenant_streams_only_its_own_jobs(
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     api_keys, t = keys("alice", "bob")
     alice, bob = bearer(t["alice:key"]), bearer(t["bob:key"])
     job_a, job_b = new_job(), new_job()
@@ -28,8 +29,11 @@ def test_a_tenant_streams_only_its_own_jobs(settings: Settings, store: ClickHous
         alice_all = Reader(gw.url, "/v1/events", headers=alice).start()
         bob_all = Reader(gw.url, "/v1/events", headers=bob).start()
         wait_until(lambda: alice_all.ids and bob_all.ids, 30, message="streams open")
-        events_out.send(event(job_a, 0, "queued", tenant=t["alice"]), event(job_b, 0, "queued", tenant=t["bob"]),
-                        event(job_a, TERMINAL_SEQ, "succeeded", tenant=t["alice"]))
+        events_out.send(
+            event(job_a, 0, "queued", tenant=t["alice"]),
+            event(job_b, 0, "queued", tenant=t["bob"]),
+            event(job_a, TERMINAL_SEQ, "succeeded", tenant=t["alice"]),
+        )
         alice_all.wait_for(2)
         bob_all.wait_for(1)
 
@@ -50,15 +54,18 @@ def test_a_tenant_streams_only_its_own_jobs(settings: Settings, store: ClickHous
         bob_all.close()
 
 
-def test_stream_tokens_scope_expiry_and_only_on_stream_routes(settings: Settings, store: ClickHouseStore,
-                                                              stack: str, events_out: EventProducer):
+def test_stream_tokens_scope_expiry_and_only_on_stream_routes(
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     api_keys, t = keys("alice")
     alice = bearer(t["alice:key"])
     job, other_job = new_job(), new_job()
-    events_out.send(event(job, 0, "queued", tenant=t["alice"]), event(job, 3, "running", tenant=t["alice"]),
-                    event(other_job, 0, "queued", tenant=t["alice"]))
-    with gateway(settings, store, roles=frozenset({"api", "gateway"}), api_keys=api_keys,
-                 stream_token_ttl_s=600) as gw:
+    events_out.send(
+        event(job, 0, "queued", tenant=t["alice"]),
+        event(job, 3, "running", tenant=t["alice"]),
+        event(other_job, 0, "queued", tenant=t["alice"]),
+    )
+    with gateway(settings, store, roles=frozenset({"api", "gateway"}), api_keys=api_keys, stream_token_ttl_s=600) as gw:
         assert httpx.post(f"{gw.url}/v1/stream-tokens").status_code == 401  # minting needs the API key
         issued = httpx.post(f"{gw.url}/v1/stream-tokens", headers=alice, json={"job_id": job})
         assert issued.status_code == 201
@@ -91,8 +98,15 @@ def test_stream_tokens_scope_expiry_and_only_on_stream_routes(settings: Settings
         assert httpx.post(f"{gw.url}/v1/stream-tokens", headers=alice, json={"ttl_s": 601}).status_code == 422
 
         short = httpx.post(f"{gw.url}/v1/stream-tokens", headers=alice, json={"job_id": job, "ttl_s": 1}).json()
-        expired = wait_until(lambda: (r := refusal(f"{gw.url}/v1/jobs/{job}/events", {"token": short["token"]}))
-                             and r.status_code == 401 and r, 30, message="the short token to expire")
+        expired = wait_until(
+            lambda: (
+                (r := refusal(f"{gw.url}/v1/jobs/{job}/events", {"token": short["token"]}))
+                and r.status_code == 401
+                and r
+            ),
+            30,
+            message="the short token to expire",
+        )
         assert expired.json()["reason"] == "expired" and expired.headers["content-type"] == "application/problem+json"
 
 
@@ -105,12 +119,12 @@ def refusal(url: str, params: dict[str, str]) -> httpx.Response | None:
         return response
 
 
-def test_connection_limits_answer_429_and_disconnects_free_their_slot(settings: Settings, store: ClickHouseStore,
-                                                                      stack: str):
+def test_connection_limits_answer_429_and_disconnects_free_their_slot(
+    settings: Settings, store: ClickHouseStore, stack: str
+):
     api_keys, t = keys("alice", "bob")
     alice, bob = bearer(t["alice:key"]), bearer(t["bob:key"])
-    with gateway(settings, store, api_keys=api_keys, sse_max_connections=3,
-                 sse_max_connections_per_tenant=2) as gw:
+    with gateway(settings, store, api_keys=api_keys, sse_max_connections=3, sse_max_connections_per_tenant=2) as gw:
         state = app_state(gw)
         open_ = [Reader(gw.url, "/v1/events", headers=alice).start() for _ in range(2)]
         assert all(r.status == 200 for r in open_)
@@ -124,11 +138,15 @@ def test_connection_limits_answer_429_and_disconnects_free_their_slot(settings: 
         assert state.sse_limits.total == 3 and state.fanout.subscribers == 3
 
         open_[0].close()  # a client hangs up: noticed at once, its slot and subscription freed
-        wait_until(lambda: state.sse_limits.total == 2 and state.fanout.subscribers == 2, 30,
-                   message="the closed stream to be freed")
+        wait_until(
+            lambda: state.sse_limits.total == 2 and state.fanout.subscribers == 2,
+            30,
+            message="the closed stream to be freed",
+        )
         again = Reader(gw.url, "/v1/events", headers=alice).start()
         assert again.status == 200
         for reader in (*open_[1:], again):
             reader.close()
-        wait_until(lambda: state.sse_limits.total == 0 and state.fanout.subscribers == 0, 30,
-                   message="every stream freed")
+        wait_until(
+            lambda: state.sse_limits.total == 0 and state.fanout.subscribers == 0, 30, message="every stream freed"
+        )

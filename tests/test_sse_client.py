@@ -42,7 +42,8 @@ def _follow(stream: EventStream) -> tuple[list[StreamEvent], threading.Thread]:
 
 
 def test_client_resumes_a_job_stream_by_itself_across_server_side_cuts(
-        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     job = new_job()
     events_out.send(event(job, 0, "queued"))
     with gateway(settings, store, sse_max_stream_s=1.0, sse_retry_ms=50) as gw:
@@ -62,7 +63,8 @@ def test_client_resumes_a_job_stream_by_itself_across_server_side_cuts(
 
 
 def test_client_resumes_the_multi_job_stream_by_position_and_reports_refusals(
-        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     job = new_job()
     with gateway(settings, store, sse_max_stream_s=0.5, sse_retry_ms=20) as gw:
         state = gw.server.config.app.state
@@ -82,8 +84,13 @@ def test_client_resumes_the_multi_job_stream_by_position_and_reports_refusals(
 
 
 def _watch(url: str, job: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "jobstream.cli", "watch", job, "--url", url, "--json"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "jobstream.cli", "watch", job, "--url", url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 def test_jobstream_watch_follows_a_real_job_to_its_result(client: httpx.Client, stack: str):

@@ -37,7 +37,8 @@ def events_out(settings: Settings) -> EventProducer:
 
 # --- per-job stream ---------------------------------------------------------------------------
 def test_late_join_gets_history_then_live_without_gap_or_duplicate(
-        stack: str, settings: Settings, store: ClickHouseStore, events_out: EventProducer):
+    stack: str, settings: Settings, store: ClickHouseStore, events_out: EventProducer
+):
     job = new_job()
     events_out.send(event(job, 0, "queued"), event(job, 1, "running"), event(job, 5), event(job, 6))
     wait_until(lambda: stored_seqs(store, job) == [0, 1, 5, 6], 60, message="history in ClickHouse")
@@ -53,8 +54,9 @@ def test_late_join_gets_history_then_live_without_gap_or_duplicate(
     assert reader.types() == ["queued", "running", "progress", "progress", "progress"]
 
     # live, including a redelivered duplicate (seq 6 again) and the fixed terminal seq
-    events_out.send(event(job, 1000), event(job, 6), event(job, 1001), event(job, TERMINAL_SEQ, "succeeded",
-                                                                              result={"ok": True}))
+    events_out.send(
+        event(job, 1000), event(job, 6), event(job, 1001), event(job, TERMINAL_SEQ, "succeeded", result={"ok": True})
+    )
     reader.wait_done()
     assert reader.error is None
     assert reader.seqs() == [0, 1, 5, 6, 100, 1000, 1001, TERMINAL_SEQ]
@@ -63,7 +65,8 @@ def test_late_join_gets_history_then_live_without_gap_or_duplicate(
 
 
 def test_clients_joining_while_events_flow_see_every_event_once_in_order(
-        stack: str, settings: Settings, events_out: EventProducer):
+    stack: str, settings: Settings, events_out: EventProducer
+):
     job = new_job()
     seqs = [0] + [10 * i + 1 for i in range(1, 200)]
     sent: list[int] = []
@@ -73,7 +76,7 @@ def test_clients_joining_while_events_flow_see_every_event_once_in_order(
     def produce() -> None:
         producer = EventProducer(settings)
         for i in range(1, len(seqs), 5):
-            batch = seqs[i:i + 5]
+            batch = seqs[i : i + 5]
             producer.send(*(event(job, s) for s in batch))
             sent.extend(batch)
         producer.send(event(job, TERMINAL_SEQ, "succeeded"))
@@ -92,8 +95,7 @@ def test_clients_joining_while_events_flow_see_every_event_once_in_order(
         assert reader.seqs() == seqs + [TERMINAL_SEQ]
 
 
-def test_resume_after_reconnect_by_header_or_query_and_204_after_the_end(
-        stack: str, events_out: EventProducer):
+def test_resume_after_reconnect_by_header_or_query_and_204_after_the_end(stack: str, events_out: EventProducer):
     job = new_job()
     events_out.send(event(job, 0, "queued"), event(job, 3, "running"), event(job, 7), event(job, 9))
     first = Reader(stack, f"/v1/jobs/{job}/events").start()
@@ -114,8 +116,9 @@ def test_resume_after_reconnect_by_header_or_query_and_204_after_the_end(
     assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
 
 
-def test_resume_after_gateway_restart_per_job(settings: Settings, store: ClickHouseStore, stack: str,
-                                              events_out: EventProducer):
+def test_resume_after_gateway_restart_per_job(
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     job = new_job()
     events_out.send(event(job, 0, "queued"), event(job, 2, "running"), event(job, 4))
     with gateway(settings, store) as first:
@@ -165,7 +168,8 @@ def test_stream_of_a_job_whose_start_is_gone_says_reset_then_goes_on(stack: str,
 
 
 def test_stream_of_a_finished_job_whose_start_is_gone_says_reset_then_ends_with_the_outcome(
-        stack: str, events_out: EventProducer):
+    stack: str, events_out: EventProducer
+):
     job = new_job()  # no queued event (retention, or a sink still behind), but the job is over
     events_out.send(event(job, 40, "running"), event(job, TERMINAL_SEQ, "succeeded"))
     reader = Reader(stack, f"/v1/jobs/{job}/events").start()
@@ -196,7 +200,8 @@ def _read_all(sock: socket.socket, until: bytes, timeout_s: float = 60) -> bytes
 
 
 def test_slow_client_is_disconnected_with_a_reason_and_others_get_everything(
-        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     job = new_job()
     events_out.send(event(job, 0, "queued"))
     pad = "x" * 4000  # big events fill the slow client's socket buffers quickly
@@ -229,8 +234,9 @@ def test_slow_client_is_disconnected_with_a_reason_and_others_get_everything(
 
 
 # --- gateway restart and filters on the multi-job stream --------------------------------------------
-def test_multi_job_stream_resumes_across_a_gateway_restart(settings: Settings, store: ClickHouseStore,
-                                                           stack: str, events_out: EventProducer):
+def test_multi_job_stream_resumes_across_a_gateway_restart(
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     api_keys, t = keys("acme")
     tenant, auth = t["acme"], bearer(t["acme:key"])
     jobs = [new_job() for _ in range(6)]
@@ -265,8 +271,9 @@ def test_multi_job_stream_resumes_across_a_gateway_restart(settings: Settings, s
             resumed.close()
 
 
-def test_multi_job_stream_filters_by_kind_status_and_job(settings: Settings, store: ClickHouseStore,
-                                                         stack: str, events_out: EventProducer):
+def test_multi_job_stream_filters_by_kind_status_and_job(
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     api_keys, t = keys("acme")
     tenant, auth = t["acme"], bearer(t["acme:key"])
     a, b, c = new_job(), new_job(), new_job()
@@ -277,26 +284,37 @@ def test_multi_job_stream_filters_by_kind_status_and_job(settings: Settings, sto
         by_job = Reader(gw.url, "/v1/events", headers=auth, params={"job_id": [a, c]}).start()
         readers = (everything, by_kind, by_status, by_job)
         wait_until(lambda: all(r.ids for r in readers), 30, message="streams open")
-        events_out.send(event(a, 0, "queued", tenant, "k.one"), event(b, 0, "queued", tenant, "k.two"),
-                        event(c, 0, "queued", tenant, "k.two"))
-        events_out.send(event(a, 1, "running", tenant, "k.one"), event(b, 1, "running", tenant, "k.two"),
-                        event(b, 2, "progress", tenant, "k.two"), event(c, 1, "retrying", tenant, "k.two"),
-                        event(a, TERMINAL_SEQ, "succeeded", tenant, "k.one"),
-                        event(c, TERMINAL_SEQ, "failed", tenant, "k.two"))
+        events_out.send(
+            event(a, 0, "queued", tenant, "k.one"),
+            event(b, 0, "queued", tenant, "k.two"),
+            event(c, 0, "queued", tenant, "k.two"),
+        )
+        events_out.send(
+            event(a, 1, "running", tenant, "k.one"),
+            event(b, 1, "running", tenant, "k.two"),
+            event(b, 2, "progress", tenant, "k.two"),
+            event(c, 1, "retrying", tenant, "k.two"),
+            event(a, TERMINAL_SEQ, "succeeded", tenant, "k.one"),
+            event(c, TERMINAL_SEQ, "failed", tenant, "k.two"),
+        )
         everything.wait_for(9)
 
         def seen(reader: Reader) -> set[tuple[str, int]]:
             return {(d["job_id"], d["seq"]) for d in reader.data()}
 
-        wait_until(lambda: len(by_kind.events) >= 6 and len(by_status.events) >= 5 and len(by_job.events) >= 6, 30,
-                   message="filtered events")
+        wait_until(
+            lambda: len(by_kind.events) >= 6 and len(by_status.events) >= 5 and len(by_job.events) >= 6,
+            30,
+            message="filtered events",
+        )
         assert seen(by_kind) == {(b, 0), (c, 0), (b, 1), (b, 2), (c, 1), (c, TERMINAL_SEQ)}
         assert seen(by_status) == {(a, 1), (b, 1), (b, 2), (c, 1), (a, TERMINAL_SEQ)}
         assert seen(by_job) == {(a, 0), (c, 0), (a, 1), (c, 1), (a, TERMINAL_SEQ), (c, TERMINAL_SEQ)}
         assert len(everything.events) == 9 and {d["tenant"] for d in everything.data()} == {tenant}
         # a filtered stream resumes with its filter: nothing of the other kinds, nothing twice
-        resumed = Reader(gw.url, "/v1/events", headers=auth | {"Last-Event-ID": by_kind.events[2].id},
-                         params={"kind": "k.two"}).start()
+        resumed = Reader(
+            gw.url, "/v1/events", headers=auth | {"Last-Event-ID": by_kind.events[2].id}, params={"kind": "k.two"}
+        ).start()
         resumed.wait_for(3)
         # b's seq 2 again (a processor re-ran it), then a marker: after it, nothing more may come
         events_out.send(event(b, 2, "progress", tenant, "k.two"), event(b, 3, "progress", tenant, "k.two"))
@@ -307,15 +325,15 @@ def test_multi_job_stream_filters_by_kind_status_and_job(settings: Settings, sto
         already = {(d["job_id"], d["seq"]) for d in by_kind.data()[:3]}
         assert seen(resumed) == seen(by_kind) - already | {(b, 3)} and len(resumed.events) == 4
         assert [d["seq"] for d in resumed.data() if d["job_id"] == c] == sorted(
-            d["seq"] for d in resumed.data() if d["job_id"] == c)
+            d["seq"] for d in resumed.data() if d["job_id"] == c
+        )
         for reader in (*readers, resumed):
             reader.close()
         bad = httpx.get(f"{gw.url}/v1/events", headers=auth, params={"status": "sleeping"})
         assert bad.status_code == 422
 
 
-def test_a_multi_job_position_that_cannot_be_served_is_a_reset(
-        settings: Settings, store: ClickHouseStore, stack: str):
+def test_a_multi_job_position_that_cannot_be_served_is_a_reset(settings: Settings, store: ClickHouseStore, stack: str):
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
 
@@ -373,8 +391,9 @@ def test_a_sink_further_behind_than_the_window_is_waited_for_then_said(settings:
     producer = EventProducer(own)
     job, unknown = new_job(), new_job()
     a_minute_ago = int(time.time() * 1000) - 60_000  # older than the window: the gateway will not re-read it
-    producer.send(event(job, 0, "queued"), event(job, 1, "running"), event(unknown, 0, "queued"),
-                  timestamp_ms=a_minute_ago)
+    producer.send(
+        event(job, 0, "queued"), event(job, 1, "running"), event(unknown, 0, "queued"), timestamp_ms=a_minute_ago
+    )
     producer.send(event(job, 2))  # recent: in the window
     with gateway(own, store, sse_history_wait_s=1.0, sse_history_poll_s=0.2) as gw:
         # a job only ClickHouse could know, and the sink is behind: not a 404, a "retry later"
@@ -397,8 +416,13 @@ def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_re
     fanout = Fanout(KafkaConnection.from_settings(settings), settings)
     fanout.partitions, fanout.next_offsets, fanout._window.start = 1, [0], [0]
     job = new_job()
-    arriving = [event(job, 40, "running"), event(job, 0, "queued"), event(job, 40, "running"),
-                event(job, TERMINAL_SEQ, "succeeded"), event(job, TERMINAL_SEQ, "succeeded")]
+    arriving = [
+        event(job, 40, "running"),
+        event(job, 0, "queued"),
+        event(job, 40, "running"),
+        event(job, TERMINAL_SEQ, "succeeded"),
+        event(job, TERMINAL_SEQ, "succeeded"),
+    ]
     fanout._dispatch_entries([Entry.from_event(e, 0, offset) for offset, e in enumerate(arriving)])
     assert sorted(e.seq for e in fanout.job_window(job)) == [0, 40, TERMINAL_SEQ]
 
@@ -408,16 +432,25 @@ def two_runs(job: str, tenant: str, *, first_finished: bool) -> tuple[list[JobEv
     """A job as a worker killed mid-batch leaves it: the first run (with its terminal event if it got
     that far), then the re-run on another worker: running again at attempt 1, progress from 0, and
     its own terminal event with the same seq."""
+
     def e(seq: int, type_: str, **data: Any) -> JobEvent:
         return event(job, seq, type_, tenant=tenant, **data)
 
-    first = [e(0, "queued"), e(100, "running", attempt=1, worker="a"), e(101, "progress", progress=0.0),
-             e(102, "progress", progress=1.0)]
+    first = [
+        e(0, "queued"),
+        e(100, "running", attempt=1, worker="a"),
+        e(101, "progress", progress=0.0),
+        e(102, "progress", progress=1.0),
+    ]
     if first_finished:
         first.append(e(TERMINAL_SEQ, "succeeded", result={"run": 1}))
-    second = [e(5000, "running", attempt=1, worker="b"), e(5001, "progress", progress=0.0),
-              e(5002, "progress", progress=0.5), e(5003, "progress", progress=1.0),
-              e(TERMINAL_SEQ, "succeeded", result={"run": 2})]
+    second = [
+        e(5000, "running", attempt=1, worker="b"),
+        e(5001, "progress", progress=0.0),
+        e(5002, "progress", progress=0.5),
+        e(5003, "progress", progress=1.0),
+        e(TERMINAL_SEQ, "succeeded", result={"run": 2}),
+    ]
     return first, second
 
 
@@ -425,15 +458,18 @@ SHOWN = [(0, "queued"), (100, "running"), (101, "progress"), (102, "progress"), 
 
 
 def test_a_rerun_is_invisible_live_late_and_after_resume_on_both_streams(
-        settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer):
+    settings: Settings, store: ClickHouseStore, stack: str, events_out: EventProducer
+):
     """Clients never see a job restart: no second `running`, no progress going back, one terminal
     event — the first run's — on the per-job and the multi-job stream, live, joined late, resumed
     with Last-Event-ID, and replayed from ClickHouse."""
     api_keys, t = keys("rerun")
     tenant, auth = t["rerun"], bearer(t["rerun:key"])
     crashed, finished = new_job(), new_job()
-    (crashed_1, crashed_2), (finished_1, finished_2) = (two_runs(crashed, tenant, first_finished=False),
-                                                         two_runs(finished, tenant, first_finished=True))
+    (crashed_1, crashed_2), (finished_1, finished_2) = (
+        two_runs(crashed, tenant, first_finished=False),
+        two_runs(finished, tenant, first_finished=True),
+    )
     with gateway(settings, store, api_keys=api_keys) as gw:
         everything = Reader(gw.url, "/v1/events", headers=auth).start()
         wait_until(lambda: everything.ids, 30, message="the opening position")
@@ -446,8 +482,11 @@ def test_a_rerun_is_invisible_live_late_and_after_resume_on_both_streams(
         assert list(zip(live.seqs(), live.types(), strict=False)) == SHOWN
         assert [d["data"]["progress"] for d in live.data() if d["type"] == "progress"] == [0.0, 1.0]
 
-        wait_until(lambda: len(stored_seqs(store, crashed)) == 9 and len(stored_seqs(store, finished)) == 9, 60,
-                   message="both runs in ClickHouse")
+        wait_until(
+            lambda: len(stored_seqs(store, crashed)) == 9 and len(stored_seqs(store, finished)) == 9,
+            60,
+            message="both runs in ClickHouse",
+        )
         for job in (crashed, finished):
             late = Reader(gw.url, f"/v1/jobs/{job}/events", headers=auth).start()
             late.wait_done()
@@ -483,12 +522,19 @@ def test_visibility_hides_what_moves_a_job_back_and_keeps_retries():
     from sse_gateway.visibility import Visibility
 
     job = new_job()
-    arriving = [event(job, 1, "running", attempt=1), event(job, 2, "progress", progress=0.4),
-                event(job, 3, "retrying", attempt=1), event(job, 4, "running", attempt=2),
-                event(job, 5, "progress", progress=0.2), event(job, 6, "progress", progress=0.6),
-                event(job, 7, "running", attempt=1), event(job, 0, "queued"),
-                event(job, TERMINAL_SEQ, "failed"), event(job, 9, "progress", progress=0.9),
-                event(job, TERMINAL_SEQ, "succeeded")]
+    arriving = [
+        event(job, 1, "running", attempt=1),
+        event(job, 2, "progress", progress=0.4),
+        event(job, 3, "retrying", attempt=1),
+        event(job, 4, "running", attempt=2),
+        event(job, 5, "progress", progress=0.2),
+        event(job, 6, "progress", progress=0.6),
+        event(job, 7, "running", attempt=1),
+        event(job, 0, "queued"),
+        event(job, TERMINAL_SEQ, "failed"),
+        event(job, 9, "progress", progress=0.9),
+        event(job, TERMINAL_SEQ, "succeeded"),
+    ]
     visibility = Visibility()
     shown = [e.seq for offset, e in enumerate(arriving) if visibility.admit(Entry.from_event(e, 0, offset))]
     assert shown == [1, 2, 3, 4, 6, 0, TERMINAL_SEQ]

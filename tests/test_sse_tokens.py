@@ -32,7 +32,11 @@ def test_a_token_carries_tenant_job_and_expiry_and_expires():
     tokens = StreamTokens(b"s" * 32, max_ttl_s=300, clock=clock)
     token, expires_at = tokens.issue("acme", "job-1")
     grant = tokens.verify(token)
-    assert (grant.tenant, grant.job_id, grant.expires_at) == ("acme", "job-1", expires_at) and expires_at == clock.now + 300
+    assert (grant.tenant, grant.job_id, grant.expires_at) == (
+        "acme",
+        "job-1",
+        expires_at,
+    ) and expires_at == clock.now + 300
     clock.now += 299
     assert tokens.verify(token).tenant == "acme"
     clock.now += 1
@@ -48,14 +52,17 @@ def test_a_token_may_ask_for_less_time_but_not_more():
     assert tokens.verify(tokens.issue("acme")[0]).job_id is None
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # signature changed
-    lambda t: "eyJ2IjoxLCJ0IjoiZXZpbCIsImoiOm51bGwsImUiOjk5OTk5OTk5OTl9" + t[t.index("."):],  # payload swapped
-    lambda t: t.replace(".", ""),
-    lambda t: t + ".x",
-    lambda t: "",
-    lambda t: "%%%.%%%",
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # signature changed
+        lambda t: "eyJ2IjoxLCJ0IjoiZXZpbCIsImoiOm51bGwsImUiOjk5OTk5OTk5OTl9" + t[t.index(".") :],  # payload swapped
+        lambda t: t.replace(".", ""),
+        lambda t: t + ".x",
+        lambda t: "",
+        lambda t: "%%%.%%%",
+    ],
+)
 def test_a_forged_or_malformed_token_is_refused(mangle):
     tokens = StreamTokens(b"s" * 32, max_ttl_s=300)
     token, _ = tokens.issue("acme", "job-1")

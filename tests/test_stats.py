@@ -13,8 +13,16 @@ CALC = registry.get("stats.describe")
 
 def expected(sample: np.ndarray) -> dict:
     p50, p90, p99 = np.percentile(sample, [50, 90, 99])
-    return {"count": sample.size, "mean": sample.mean(), "std": sample.std(), "min": sample.min(),
-            "max": sample.max(), "p50": p50, "p90": p90, "p99": p99}
+    return {
+        "count": sample.size,
+        "mean": sample.mean(),
+        "std": sample.std(),
+        "min": sample.min(),
+        "max": sample.max(),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+    }
 
 
 def assert_matches(result: dict, sample: np.ndarray) -> None:
@@ -41,16 +49,19 @@ def test_generate_is_seeded_and_matches_numpy(distribution):
     assert_matches(CALC.fn([params], lambda i, f: None)[0], sample)
 
 
-@pytest.mark.parametrize("params,field", [
-    ({}, ""),
-    ({"values": []}, "values"),
-    ({"values": [1, "x"]}, "values.1"),
-    ({"values": [1], "generate": {"distribution": "normal", "n": 3, "seed": 1}}, ""),
-    ({"generate": {"distribution": "cauchy", "n": 3, "seed": 1}}, "generate.distribution"),
-    ({"generate": {"distribution": "normal", "n": 0, "seed": 1}}, "generate.n"),
-    ({"generate": {"distribution": "normal", "n": 1_000_001, "seed": 1}}, "generate.n"),
-    ({"values": [1], "extra": True}, "extra"),
-])
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({}, ""),
+        ({"values": []}, "values"),
+        ({"values": [1, "x"]}, "values.1"),
+        ({"values": [1], "generate": {"distribution": "normal", "n": 3, "seed": 1}}, ""),
+        ({"generate": {"distribution": "cauchy", "n": 3, "seed": 1}}, "generate.distribution"),
+        ({"generate": {"distribution": "normal", "n": 0, "seed": 1}}, "generate.n"),
+        ({"generate": {"distribution": "normal", "n": 1_000_001, "seed": 1}}, "generate.n"),
+        ({"values": [1], "extra": True}, "extra"),
+    ],
+)
 def test_invalid_params_name_the_field(params, field):
     with pytest.raises(ValidationError) as info:
         DescribeParams.model_validate(params)

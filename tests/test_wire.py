@@ -23,14 +23,35 @@ TIMES = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 11, 23, 10, 29, 1, 123
 
 
 @pytest.mark.parametrize("ts", TIMES)
-@pytest.mark.parametrize("type_, data", [
-    (EventType.RUNNING, {"attempt": 2, "batch_size": 64, "worker": "host:1"}),
-    (EventType.PROGRESS, {"progress": 0.0}),
-    (EventType.SUCCEEDED, {"result": {"count": 4, "mean": 2.5, "p99": float("nan"), "rows": [[1, -2.5e-300], []],
-                                      "name": "é\u2028\"x"}, "calc_version": "1", "attempt": 1}),
-    (EventType.FAILED, {"error": {"type": "timeout", "message": "no time left"}, "attempt": 3,
-                        "last_error": {"type": "crashed", "message": "exit code -9"}}),
-])
+@pytest.mark.parametrize(
+    "type_, data",
+    [
+        (EventType.RUNNING, {"attempt": 2, "batch_size": 64, "worker": "host:1"}),
+        (EventType.PROGRESS, {"progress": 0.0}),
+        (
+            EventType.SUCCEEDED,
+            {
+                "result": {
+                    "count": 4,
+                    "mean": 2.5,
+                    "p99": float("nan"),
+                    "rows": [[1, -2.5e-300], []],
+                    "name": 'é\u2028"x',
+                },
+                "calc_version": "1",
+                "attempt": 1,
+            },
+        ),
+        (
+            EventType.FAILED,
+            {
+                "error": {"type": "timeout", "message": "no time left"},
+                "attempt": 3,
+                "last_error": {"type": "crashed", "message": "exit code -9"},
+            },
+        ),
+    ],
+)
 def test_events_are_written_byte_for_byte_as_the_model_does(ts, type_, data):
     """The outbox skips the pydantic model per event; what it writes must not differ from the model's bytes."""
     fast = wire.encode_event("j" * 32, "alice", 1043, type_, "stats.describe", data, ts)
@@ -40,10 +61,13 @@ def test_events_are_written_byte_for_byte_as_the_model_does(ts, type_, data):
 
 
 @pytest.mark.parametrize("ts", TIMES + [datetime(2026, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=2)))])
-@pytest.mark.parametrize("fields", [
-    {"params": {"values": [1.5, -0.0, 1e300]}, "priority": 9, "timeout_s": 5.0},
-    {"params": {}, "calc_version": "2", "replay_of": "a" * 32, "replay_id": "r1", "seq": 3, "schema_version": 7},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"params": {"values": [1.5, -0.0, 1e300]}, "priority": 9, "timeout_s": 5.0},
+        {"params": {}, "calc_version": "2", "replay_of": "a" * 32, "replay_id": "r1", "seq": 3, "schema_version": 7},
+    ],
+)
 def test_requests_are_written_byte_for_byte_as_the_model_does(ts, fields):
     model = JobRequested(job_id="j1", tenant="t", kind="stats.describe", ts=ts, **fields)
     assert wire.dumps(model) == model_bytes(model)
@@ -72,32 +96,58 @@ def test_a_canonical_event_is_decoded_without_copying_its_bytes():
     raw = wire.encode_event("j", "acme", 7, EventType.PROGRESS, "k", {"progress": 0.5}, TIMES[1])
     event = wire.decode_event(raw)
     assert event.raw is raw
-    assert (event.type, event.job_id, event.tenant, event.seq, event.kind, event.ts, event.data,
-            event.schema_version) == (EventType.PROGRESS, "j", "acme", 7, "k", TIMES[1], {"progress": 0.5}, 1)
-    assert event.model() == JobEvent(job_id="j", tenant="acme", seq=7, type=EventType.PROGRESS, kind="k",
-                                     data={"progress": 0.5}, ts=TIMES[1])
+    assert (
+        event.type,
+        event.job_id,
+        event.tenant,
+        event.seq,
+        event.kind,
+        event.ts,
+        event.data,
+        event.schema_version,
+    ) == (EventType.PROGRESS, "j", "acme", 7, "k", TIMES[1], {"progress": 0.5}, 1)
+    assert event.model() == JobEvent(
+        job_id="j", tenant="acme", seq=7, type=EventType.PROGRESS, kind="k", data={"progress": 0.5}, ts=TIMES[1]
+    )
 
 
-@pytest.mark.parametrize("raw, normalised", [
-    # no tenant, version, data or zone: defaults filled in, read as UTC
-    (b'{"job_id":"j","seq":0,"type":"queued","kind":"k","ts":"2026-01-01T00:00:00"}',
-     b'{"schema_version":1,"job_id":"j","tenant":"default","seq":0,"ts":"2026-01-01T00:00:00Z","type":"queued",'
-     b'"kind":"k","data":{}}'),
-    # fields the sink adds, and a line break: dropped, and one line again
-    (b'{"schema_version":1,"job_id":"j","tenant":"t","seq":1,"ts":"2026-01-01T00:00:00Z","type":"running",\r\n'
-     b'"kind":"k","data":{},"kafka_offset":"forged"}',
-     b'{"schema_version":1,"job_id":"j","tenant":"t","seq":1,"ts":"2026-01-01T00:00:00Z","type":"running",'
-     b'"kind":"k","data":{}}'),
-])
+@pytest.mark.parametrize(
+    "raw, normalised",
+    [
+        # no tenant, version, data or zone: defaults filled in, read as UTC
+        (
+            b'{"job_id":"j","seq":0,"type":"queued","kind":"k","ts":"2026-01-01T00:00:00"}',
+            b'{"schema_version":1,"job_id":"j","tenant":"default","seq":0,"ts":"2026-01-01T00:00:00Z","type":"queued",'
+            b'"kind":"k","data":{}}',
+        ),
+        # fields the sink adds, and a line break: dropped, and one line again
+        (
+            b'{"schema_version":1,"job_id":"j","tenant":"t","seq":1,"ts":"2026-01-01T00:00:00Z","type":"running",\r\n'
+            b'"kind":"k","data":{},"kafka_offset":"forged"}',
+            b'{"schema_version":1,"job_id":"j","tenant":"t","seq":1,"ts":"2026-01-01T00:00:00Z","type":"running",'
+            b'"kind":"k","data":{}}',
+        ),
+    ],
+)
 def test_a_valid_event_in_another_form_is_normalised(raw: bytes, normalised: bytes):
     event = wire.decode_event(raw)
     assert event.raw == normalised and event.ts.tzinfo is not None
     assert wire.decode_event(event.raw) == event
 
 
-@pytest.mark.parametrize("raw", [None, b"", b"not json", b"[1]", b'{"type":[1]}', b'{"job_id":"j"}',
-                                 b'{"job_id":"j","seq":-1,"type":"queued","kind":"k"}',
-                                 b'{"job_id":"j","seq":0,"type":"sleeping","kind":"k"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        b"[1]",
+        b'{"type":[1]}',
+        b'{"job_id":"j"}',
+        b'{"job_id":"j","seq":-1,"type":"queued","kind":"k"}',
+        b'{"job_id":"j","seq":0,"type":"sleeping","kind":"k"}',
+    ],
+)
 def test_anything_else_is_refused_with_a_value_error(raw: bytes | None):
     with pytest.raises(ValueError):
         wire.decode_event(raw)

@@ -32,9 +32,15 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
 
 def api_timings(view: JobView) -> tuple:
     """(status, submitted, started, finished, queue wait, run, total) as the API reports them."""
-    return (view.status.value, ms(view.submitted_at), ms(view.started_at), ms(view.finished_at),
-            _seconds(view.submitted_at, view.started_at), _seconds(view.started_at, view.finished_at),
-            _seconds(view.submitted_at, view.finished_at))
+    return (
+        view.status.value,
+        ms(view.submitted_at),
+        ms(view.started_at),
+        ms(view.finished_at),
+        _seconds(view.submitted_at, view.started_at),
+        _seconds(view.started_at, view.finished_at),
+        _seconds(view.submitted_at, view.finished_at),
+    )
 
 
 def assert_same(got: tuple, want: tuple, job_id: str) -> None:
@@ -53,14 +59,18 @@ def assert_each_job_counted_once(store: ClickHouseStore, tenant: str, views: dic
     want = {job_id: api_timings(view) for job_id, view in views.items()}
     succeeded = {j for j, v in views.items() if v.status.value == "succeeded"}
 
-    outcomes = q("SELECT job_id, status, submitted_at, started_at, finished_at, queue_wait_s, run_s, total_s "
-                 "FROM job_outcomes WHERE tenant = {t:String}")
+    outcomes = q(
+        "SELECT job_id, status, submitted_at, started_at, finished_at, queue_wait_s, run_s, total_s "
+        "FROM job_outcomes WHERE tenant = {t:String}"
+    )
     assert len(outcomes) == jobs, "job_outcomes: one row per job"
     for job_id, *got in outcomes:
         assert_same(tuple(got), want[job_id], job_id)
 
-    results = q("SELECT job_id, calc_version, result, submitted_at, started_at, finished_at, queue_wait_s, run_s, "
-                "total_s FROM job_results WHERE tenant = {t:String}")
+    results = q(
+        "SELECT job_id, calc_version, result, submitted_at, started_at, finished_at, queue_wait_s, run_s, "
+        "total_s FROM job_results WHERE tenant = {t:String}"
+    )
     assert len(results) == len(succeeded), "job_results: one row per succeeded job, without FINAL"
     for job_id, calc_version, result, *timings in results:
         view = views[job_id]
@@ -73,7 +83,8 @@ def assert_each_job_counted_once(store: ClickHouseStore, tenant: str, views: dic
     statuses = [v.status.value for v in views.values()]
     assert q("SELECT sum(jobs) FROM outcome_stats WHERE tenant = {t:String}") == [(jobs,)]
     assert q("SELECT sum(finished), sum(failed) FROM failure_rates WHERE tenant = {t:String}") == [
-        (jobs, statuses.count("failed"))]
+        (jobs, statuses.count("failed"))
+    ]
     assert q("SELECT sum(jobs) FROM batch_sizes WHERE tenant = {t:String}") == [(jobs,)]
     counted = dict(q("SELECT type, sum(events) FROM event_counts WHERE tenant = {t:String} GROUP BY type"))
     assert counted["queued"] == counted["running"] == jobs
@@ -81,9 +92,13 @@ def assert_each_job_counted_once(store: ClickHouseStore, tenant: str, views: dic
 
     stats = analytics.headline(store, tenant, min(v.submitted_at for v in views.values()) - timedelta(minutes=1))
     assert (stats["submitted"], stats["finished"], stats["succeeded"], stats["failed"]) == (
-        jobs, jobs, len(succeeded), statuses.count("failed"))
+        jobs,
+        jobs,
+        len(succeeded),
+        statuses.count("failed"),
+    )
     for name, index in (("queue_wait", 4), ("run", 5), ("end_to_end", 6)):
         values = [w[index] for w in want.values()]
-        assert stats["latency_s"][name] == pytest.approx(dict(zip(["p50", "p90", "p99"],
-                                                                   np.percentile(values, LEVELS), strict=False))), name
-
+        assert stats["latency_s"][name] == pytest.approx(
+            dict(zip(["p50", "p90", "p99"], np.percentile(values, LEVELS), strict=False))
+        ), name

@@ -24,8 +24,13 @@ class EventProducer:
     def send(self, *events: JobEvent, timestamp_ms: int = 0) -> None:
         errors: list[Any] = []
         for e in events:
-            self.producer.produce(self.topic, key=e.job_id.encode(), value=dumps(e), timestamp=timestamp_ms,
-                                  on_delivery=lambda err, _msg: errors.append(err) if err else None)
+            self.producer.produce(
+                self.topic,
+                key=e.job_id.encode(),
+                value=dumps(e),
+                timestamp=timestamp_ms,
+                on_delivery=lambda err, _msg: errors.append(err) if err else None,
+            )
         assert self.producer.flush(30) == 0 and not errors, errors
 
 
@@ -35,8 +40,12 @@ def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) 
     topic = settings.topic(topics.EVENTS)
     failures: list[str] = []
     for event in events:
-        producer.produce(topic, key=event.job_id.encode(), value=dumps(event),
-                         on_delivery=lambda err, _: failures.append(str(err)) if err else None)
+        producer.produce(
+            topic,
+            key=event.job_id.encode(),
+            value=dumps(event),
+            on_delivery=lambda err, _: failures.append(str(err)) if err else None,
+        )
         producer.poll(0)
     if producer.flush(30) != 0 or failures:
         raise RuntimeError(f"events not acknowledged: {failures[:3]}")
@@ -44,8 +53,9 @@ def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) 
 
 def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
     """How many JobRequested records for ``job_id`` are on the topic (read with a real consumer)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}

@@ -9,8 +9,9 @@ from processors.sequence import TERMINAL_SEQ
 from streams.events import EventType, JobEvent
 
 
-def run_twice(history: list[JobEvent], *, crashed: bool, again_s: float = 5.0, outcome: str = "succeeded",
-              batch_size: int = 3) -> tuple[list[JobEvent], list[JobEvent]]:
+def run_twice(
+    history: list[JobEvent], *, crashed: bool, again_s: float = 5.0, outcome: str = "succeeded", batch_size: int = 3
+) -> tuple[list[JobEvent], list[JobEvent]]:
     """A ``job_history`` as a processor killed mid-batch leaves it (at-least-once): the first run,
     then a second run of the same job ``again_s`` after the first one's end.
 
@@ -23,8 +24,10 @@ def run_twice(history: list[JobEvent], *, crashed: bool, again_s: float = 5.0, o
     first_terminal = terminal.model_copy(update={"seq": TERMINAL_SEQ})
     first = [queued, running, progress] + ([] if crashed else [first_terminal])
     t = terminal.ts + timedelta(seconds=again_s)
-    data = {"succeeded": {"result": {"run": 2, "job": queued.job_id}, "calc_version": "1", "attempt": 1},
-            "failed": {"error": {"type": "calculation_error", "message": "second run"}, "attempt": 1}}[outcome]
+    data = {
+        "succeeded": {"result": {"run": 2, "job": queued.job_id}, "calc_version": "1", "attempt": 1},
+        "failed": {"error": {"type": "calculation_error", "message": "second run"}, "attempt": 1},
+    }[outcome]
 
     def event(seq: int, type_: EventType, ts: datetime, data: dict) -> JobEvent:
         return queued.model_copy(update={"seq": seq, "type": type_, "ts": ts, "data": data})

@@ -95,12 +95,19 @@ class ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobstream.cli", *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "jobstream.cli", *self.args],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env={**self.env, "JOBSTREAM_PORT": str(self.port)},
             )
         if not self.port:
-            self.port = wait_until(lambda: self._exited() or next(iter(listening_ports(self.pid)), None),
-                                   timeout_s, 0.1, message=f"jobstream {self.args[0]} to listen")
+            self.port = wait_until(
+                lambda: self._exited() or next(iter(listening_ports(self.pid)), None),
+                timeout_s,
+                0.1,
+                message=f"jobstream {self.args[0]} to listen",
+            )
         wait_until(self._healthy, timeout_s, 0.1, message=f"jobstream {self.args[0]} to be ready")
         return self
 
@@ -136,7 +143,10 @@ class ServiceProcess:
 def service_env(bootstrap: str, topic_prefix: str, home: Path, **settings: str) -> dict[str, str]:
     """Environment of a service with its own chDB dir and data dir under ``home``, on the session's broker."""
     return {
-        **os.environ, "KAFKA_BOOTSTRAP": bootstrap, "JOBSTREAM_TOPIC_PREFIX": topic_prefix,
-        "CLICKHOUSE_URL": f"chdb://{home / 'clickhouse'}", "JOBSTREAM_DATA_DIR": str(home / "data"),
+        **os.environ,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "JOBSTREAM_TOPIC_PREFIX": topic_prefix,
+        "CLICKHOUSE_URL": f"chdb://{home / 'clickhouse'}",
+        "JOBSTREAM_DATA_DIR": str(home / "data"),
         **{f"JOBSTREAM_{name.upper()}": value for name, value in settings.items()},
     }

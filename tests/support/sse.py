@@ -24,8 +24,9 @@ from tests.support.waiting import wait_until
 TERMINAL_SEQ = 2**31 - 1  #: every terminal event's seq (a contract: written out here, not imported)
 
 
-def event(job_id: str, seq: int, type_: str = "progress", tenant: str = "default", kind: str = "test.sse",
-          **data: Any) -> JobEvent:
+def event(
+    job_id: str, seq: int, type_: str = "progress", tenant: str = "default", kind: str = "test.sse", **data: Any
+) -> JobEvent:
     if type_ == "progress" and "progress" not in data:
         data["progress"] = round(seq / (seq + 1), 9)  # grows with seq, as a run's progress does
     return JobEvent(job_id=job_id, tenant=tenant, seq=seq, type=EventType(type_), kind=kind, data=data)
@@ -38,8 +39,9 @@ def new_job() -> str:
 class Reader:
     """Reads one SSE stream on a thread; ``events`` holds those with data, ``frames`` every frame."""
 
-    def __init__(self, base_url: str, path: str, headers: dict[str, str] | None = None,
-                 params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, base_url: str, path: str, headers: dict[str, str] | None = None, params: dict[str, Any] | None = None
+    ) -> None:
         self.base_url, self.path = base_url, path
         self.headers, self.params = headers or {}, params or {}
         self.events: list[Any] = []
@@ -60,8 +62,9 @@ class Reader:
     def _run(self) -> None:
         try:
             with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(30, read=120)) as client:
-                with connect_sse(client, "GET", self.path, headers=dict(self.headers),
-                                 params=self.params or None) as source:
+                with connect_sse(
+                    client, "GET", self.path, headers=dict(self.headers), params=self.params or None
+                ) as source:
                     self._response = source.response
                     self.response_headers = source.response.headers
                     self.status = source.response.status_code
@@ -90,8 +93,11 @@ class Reader:
         return [orjson.loads(e.data) for e in self.events]
 
     def wait_for(self, count: int, timeout_s: float = 60) -> None:
-        wait_until(lambda: len(self.events) >= count or self.done.is_set(), timeout_s,
-                   message=f"{count} events on {self.path} (have {len(self.events)})")
+        wait_until(
+            lambda: len(self.events) >= count or self.done.is_set(),
+            timeout_s,
+            message=f"{count} events on {self.path} (have {len(self.events)})",
+        )
         assert len(self.events) >= count, (self.types(), self.error)
 
     def wait_done(self, timeout_s: float = 60) -> None:
@@ -111,8 +117,9 @@ class Reader:
 
 
 @contextmanager
-def gateway(settings: Settings, store: ClickHouseStore, roles: frozenset[str] = frozenset({"gateway"}),
-            **overrides: Any) -> Iterator[Server]:
+def gateway(
+    settings: Settings, store: ClickHouseStore, roles: frozenset[str] = frozenset({"gateway"}), **overrides: Any
+) -> Iterator[Server]:
     """A gateway (only) in this process, on the session's topics, with some settings changed."""
     from jobstream.server import create_app
 
@@ -129,16 +136,21 @@ def app_state(server: Server) -> Any:
 
 
 def stored_seqs(store: ClickHouseStore, job_id: str) -> list[int]:
-    return [r[0] for r in store.query(
-        "SELECT DISTINCT seq FROM job_events WHERE job_id = {j:String} ORDER BY seq", {"j": job_id})]
+    return [
+        r[0]
+        for r in store.query(
+            "SELECT DISTINCT seq FROM job_events WHERE job_id = {j:String} ORDER BY seq", {"j": job_id}
+        )
+    ]
 
 
 def keys(*tenants: str) -> tuple[SecretStr, dict[str, str]]:
     """API keys for fresh tenant names (unique per test, so ClickHouse rows never mix)."""
     names = {t: f"{t}-{uuid.uuid4().hex[:8]}" for t in tenants}
     secrets = {t: f"key-{uuid.uuid4().hex}" for t in tenants}
-    return SecretStr(",".join(f"{names[t]}={secrets[t]}" for t in tenants)), {
-        t: names[t] for t in tenants} | {f"{t}:key": secrets[t] for t in tenants}
+    return SecretStr(",".join(f"{names[t]}={secrets[t]}" for t in tenants)), {t: names[t] for t in tenants} | {
+        f"{t}:key": secrets[t] for t in tenants
+    }
 
 
 def bearer(key: str) -> dict[str, str]:

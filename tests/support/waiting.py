@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(condition: Callable[[], object], timeout_s: float = 30.0, poll_interval_s: float = 0.05,
-               message: str = "condition") -> object:
+def wait_until(
+    condition: Callable[[], object], timeout_s: float = 30.0, poll_interval_s: float = 0.05, message: str = "condition"
+) -> object:
     """Poll ``condition`` until it returns something truthy, or fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -32,8 +32,13 @@ class Worker:
     def start(self) -> Worker:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(worker_command(self.index), env=worker_env(self.settings),
-                                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.process = subprocess.Popen(
+                worker_command(self.index),
+                env=worker_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         return self
 
     def stop(self) -> None:
@@ -58,10 +63,17 @@ def isolated(settings: Settings, **overrides: object) -> Settings:
     """Fresh topics and local state for one scenario, everything else from the session settings."""
     tag = uuid.uuid4().hex[:8]
     values: dict[str, object] = {
-        "topic_prefix": f"{settings.topic_prefix}p{tag}.", "data_dir": Path(settings.data_dir) / f"proc-{tag}",
-        "plugins": PLUGIN, "calc_processes": 2, "batch_max_size": 16, "batch_max_wait_ms": 20,
-        "retry_backoff_ms": 50, "retry_backoff_max_ms": 200, "timeout_grace_s": 0.5,
-        "worker_session_timeout_s": 6.0, **overrides,
+        "topic_prefix": f"{settings.topic_prefix}p{tag}.",
+        "data_dir": Path(settings.data_dir) / f"proc-{tag}",
+        "plugins": PLUGIN,
+        "calc_processes": 2,
+        "batch_max_size": 16,
+        "batch_max_wait_ms": 20,
+        "retry_backoff_ms": 50,
+        "retry_backoff_max_ms": 200,
+        "timeout_grace_s": 0.5,
+        "worker_session_timeout_s": 6.0,
+        **overrides,
     }
     scoped = settings.model_copy(update=values)
     ensure_topics(KafkaConnection.from_settings(scoped), scoped)
