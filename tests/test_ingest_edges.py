@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from jobstream.server import create_app
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
+from tests.support.calcs import OVERFLOWING
 from tests.support.servers import Server
 from tests.support.waiting import wait_until
 
@@ -95,25 +96,7 @@ def test_integers_where_floats_are_expected_stay_accepted(client: httpx.Client):
     assert response.status_code == 202
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"kind": "stats.describe", "params": {"values": [1e308, 1e308]}},
-        {"kind": "linear.fit", "params": {"x": [[1e308], [-1e308], [1e307]], "y": [1e308, -1e308, 1e308]}},
-        {
-            "kind": "montecarlo.var",
-            "params": {
-                "weights": [1e308],
-                "mu": [1e308],
-                "cov": [[1.0]],
-                "horizon_days": 10,
-                "paths": 100,
-                "confidence": 0.9,
-                "seed": 1,
-            },
-        },
-    ],
-)
+@pytest.mark.parametrize("body", [{"kind": kind, "params": params} for kind, params in OVERFLOWING.items()])
 def test_overflow_is_a_calculation_error_never_a_success_with_nulls(client: httpx.Client, body: dict[str, Any]):
     job_id = client.post("/v1/jobs", json=body).json()["job_id"]
     view = wait_until(

@@ -11,6 +11,7 @@ from ingest_api.backpressure import LagMonitor, retry_after_s
 from ingest_api.submit import JobSubmission
 from processors.executor import run_batch
 from streams.settings import Settings
+from tests.support.calcs import OVERFLOWING
 
 
 @pytest.mark.parametrize(
@@ -50,24 +51,7 @@ def test_strict_submission_types():
     assert JobSubmission.model_validate({"kind": "k", "params": {}, "timeout_s": 10}).timeout_s == 10
 
 
-@pytest.mark.parametrize(
-    "kind, params",
-    [
-        ("stats.describe", {"values": [1e308, 1e308]}),
-        (
-            "montecarlo.var",
-            {
-                "weights": [1e308],
-                "mu": [1e308],
-                "cov": [[1.0]],
-                "horizon_days": 10,
-                "paths": 100,
-                "confidence": 0.9,
-                "seed": 1,
-            },
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind, params", list(OVERFLOWING.items()))
 def test_an_overflowing_result_is_a_calculation_error(kind: str, params: dict):
     outcome = run_batch(kind, ["j0", "j1"], [params, {"values": [1, 2]} if kind == "stats.describe" else params])[0]
     assert not outcome.ok and outcome.error["type"] == "calculation_error", outcome
