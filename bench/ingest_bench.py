@@ -1,6 +1,6 @@
 """Submit throughput and latency of the ingest API, next to a bare producer's ceiling.
 
-    .venv/bin/python -m bench.ingest_bench [--seconds 10] [--concurrency 64] [--baseline DIR]
+    .venv/bin/python -m bench.ingest_bench [--seconds 10] [--concurrency 64] [--baseline DIR [--rounds N]]
 
 In one run, against one real broker:
 1. ceiling: a bare confluent-kafka producer in this process sending the same two
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -163,12 +164,19 @@ def main() -> None:
         help="another checkout (e.g. a git worktree of the previous "
         "commit) whose API is measured first, in the same run, for a before/after",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --baseline: repeat the ABBA order this many times and print the median "
+        "jobs/s per API core of each side (one round varies too much on a shared machine)",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     roots = [("", ROOT)]
     if args.baseline:  # ABBA order, so neither side always runs first on a warming broker
         before, after = ("before: ", args.baseline.resolve()), ("after: ", ROOT)
-        roots = [before, after, after, before]
+        roots = [before, after, after, before] * max(1, args.rounds)
     with broker() as bootstrap:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, max_queued_jobs=10**9)
@@ -200,6 +208,24 @@ def main() -> None:
         f" jobs/s per core used with the ceiling's; load average {load_before:.1f} before, {load_after:.1f} after,"
         f" on {os.cpu_count()} cores)"
     )
+    if args.baseline:
+        print_medians(api_rows)
+
+
+def print_medians(api_rows: list[tuple]) -> None:
+    """Median jobs/s per API core of each side, per path, and after/before."""
+    for path in ("POST /v1/jobs,", "POST /v1/jobs:batch"):
+        sides = {
+            side: [rate / cores for name, rate, _, cores in api_rows if name.startswith(f"{side}: {path}")]
+            for side in ("before", "after")
+        }
+        before, after = statistics.median(sides["before"]), statistics.median(sides["after"])
+        spread = {side: f"{min(v):.0f}..{max(v):.0f}" for side, v in sides.items()}
+        print(
+            f"{path.rstrip(','):<22} median jobs/s/core before {before:.0f} ({spread['before']}),"
+            f" after {after:.0f} ({spread['after']}): after/before {after / before:.1%}"
+            f" over {len(sides['after'])} measurements each"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from confluent_kafka import Producer
 from bench.common import broker
 from bench.histories import job_history
 from sink.group import group_lag
-from sink.sink import Sink
+from sink.sink import Sink, SinkConfig
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.kafka_config import KafkaConnection
@@ -92,7 +92,7 @@ def throughput(bootstrap: str, settings: Settings, store: ClickHouseStore, event
     t0 = time.monotonic()
     fill(bootstrap, settings, events)
     fill_s = time.monotonic() - t0
-    sink = Sink(KafkaConnection.from_settings(settings), store, settings).start()
+    sink = Sink(KafkaConnection.from_settings(settings), store, SinkConfig.from_settings(settings)).start()
     while not sink.stats.batches_written:  # joining the group and the first batch: start-up, not throughput
         time.sleep(0.005)
     started, first = time.monotonic(), sink.stats.events_written
@@ -116,7 +116,7 @@ def throughput(bootstrap: str, settings: Settings, store: ClickHouseStore, event
 
 
 def lag(bootstrap: str, settings: Settings, store: ClickHouseStore, rate: int, seconds: float) -> dict[str, float]:
-    sink = Sink(KafkaConnection.from_settings(settings), store, settings).start()
+    sink = Sink(KafkaConnection.from_settings(settings), store, SinkConfig.from_settings(settings)).start()
     while (
         group_lag(KafkaConnection.from_settings(settings), settings) > 0
     ):  # the sink is assigned and caught up before we measure

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from streams import topics
 from streams.kafka_config import KafkaConnection
@@ -21,18 +22,36 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LagConfig:
+    """What the lag monitor needs of the settings: whose lag, how often, when to refuse, the hint's bounds."""
+
+    topic: str
+    group_id: str  #: the processors' group: its committed offsets are what is done
+    check_s: float
+    max_queued_jobs: int
+    retry_after_s: int  #: the hint before a rate is measured
+    retry_after_max_s: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LagConfig:
+        return cls(
+            topic=settings.topic(topics.REQUESTED),
+            group_id=settings.topic(topics.PROCESSORS_GROUP),
+            check_s=settings.lag_check_s,
+            max_queued_jobs=settings.max_queued_jobs,
+            retry_after_s=settings.retry_after_s,
+            retry_after_max_s=settings.retry_after_max_s,
+        )
+
+
 class LagMonitor(KafkaReader):
     """Measures the processors' lag on its reader thread every ``lag_check_s``; reads no records."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
+    def __init__(self, kafka: KafkaConnection, config: LagConfig) -> None:
         # Reading the processors' committed offsets needs their group id, but never joins the group.
-        super().__init__(
-            kafka,
-            settings.topic(topics.REQUESTED),
-            group_id=settings.topic(topics.PROCESSORS_GROUP),
-            name="lag-monitor",
-        )
-        self._settings = settings
+        super().__init__(kafka, config.topic, group_id=config.group_id, name="lag-monitor")
+        self._config = config
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed
         self._last: tuple[float, int] | None = None
@@ -44,7 +63,7 @@ class LagMonitor(KafkaReader):
             logger.info("processor lag not measurable yet", exc_info=True)
 
     def round(self) -> None:
-        if self._stop.wait(self._settings.lag_check_s):
+        if self._stop.wait(self._config.check_s):
             return
         try:
             self.measure()
@@ -64,22 +83,22 @@ class LagMonitor(KafkaReader):
 
     @property
     def overloaded(self) -> bool:
-        return self.lag >= self._settings.max_queued_jobs
+        return self.lag >= self._config.max_queued_jobs
 
     def retry_after_s(self, ahead: int | None = None) -> int:
         """Seconds until ``ahead`` jobs (default: the current lag) are likely done, capped."""
-        return retry_after_s(self.lag if ahead is None else ahead, self.rate, self._settings)
+        return retry_after_s(self.lag if ahead is None else ahead, self.rate, self._config)
 
 
-def retry_after_s(ahead: int, rate: float, settings: Settings) -> int:
+def retry_after_s(ahead: int, rate: float, config: LagConfig) -> int:
     """A polling hint: ``ahead`` jobs at ``rate`` jobs/s, between 1 and ``retry_after_max_s``.
 
     The smoothed rate decays toward 0 while the service sits idle, so the quotient alone grows
     without bound; the cap keeps the hint a sane polling interval (the answer may come sooner).
     """
     if rate <= 0:
-        return min(settings.retry_after_s, settings.retry_after_max_s)
-    return max(1, min(settings.retry_after_max_s, math.ceil(ahead / rate)))
+        return min(config.retry_after_s, config.retry_after_max_s)
+    return max(1, min(config.retry_after_max_s, math.ceil(ahead / rate)))
 
 
 class SubmitSlots:

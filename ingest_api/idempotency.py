@@ -48,23 +48,23 @@ def _record_key(tenant: str, key: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class KeyLimits:
+class KeyConfig:
     """The key store's part of the settings."""
 
+    topic: str  #: the compacted topic the keys live in
     ttl_s: float  #: JOBSTREAM_IDEMPOTENCY_TTL_S: how long a key is honoured
     max_keys: int  #: JOBSTREAM_IDEMPOTENCY_MAX_KEYS: most keys held in memory (the oldest go first)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyLimits:
-        return cls(settings.idempotency_ttl_s, settings.idempotency_max_keys)
+    def from_settings(cls, settings: Settings) -> KeyConfig:
+        return cls(settings.topic(topics.IDEMPOTENCY), settings.idempotency_ttl_s, settings.idempotency_max_keys)
 
 
 class IdempotencyKeys(TopicMirror):
-    def __init__(self, kafka: KafkaConnection, settings: Settings, limits: KeyLimits) -> None:
-        """``settings`` for the topic's name."""
-        super().__init__(kafka, settings.topic(topics.IDEMPOTENCY))
-        self._ttl_s = limits.ttl_s
-        self._max = limits.max_keys
+    def __init__(self, kafka: KafkaConnection, config: KeyConfig) -> None:
+        super().__init__(kafka, config.topic)
+        self._ttl_s = config.ttl_s
+        self._max = config.max_keys
         self._entries: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[bytes, asyncio.Future[None]] = {}

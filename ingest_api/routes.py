@@ -323,9 +323,8 @@ def _same_body(fingerprint: str, parsed: _Parsed) -> None:
 
 
 async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None) -> Response:
-    settings: Settings = request.app.state.settings
     job = parsed.job
-    outgoing = records(job, settings)
+    outgoing = records(job, request.app.state.job_topics)
     entry = None
     if idempotency_key is not None:
         keys: IdempotencyKeys = request.app.state.idempotency
@@ -465,7 +464,7 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
             recent.add(job.queued)
         with _submit_slot(request):
             try:
-                await publish(request.app.state.producer, settings, ready)
+                await publish(request.app.state.producer, request.app.state.job_topics, ready)
             except ProduceError as exc:
                 for job in ready:
                     recent.discard(tenant, job.job_id)

@@ -20,7 +20,7 @@ from edge.problems import MAX_LISTED_ERRORS, validation_errors
 from streams.errors import JobstreamError
 from streams.events import new_job_id
 from streams.producer import AsyncProducer, Outgoing
-from streams.settings import Settings
+from streams.topics import JobTopics
 from streams.wire import Prepared, build, records
 
 _IDEMPOTENT_IDS = uuid.UUID("6c1b0c1e-2f54-4f7e-9d1a-6a0c6d1f3b7e")
@@ -103,8 +103,8 @@ def prepare(
 
 
 async def publish(
-    producer: AsyncProducer, settings: Settings, jobs: list[Prepared], extra: list[Outgoing] | None = None
+    producer: AsyncProducer, topics: JobTopics, jobs: list[Prepared], extra: list[Outgoing] | None = None
 ) -> None:
     """Produce every job's records (and ``extra``) in one go; returns once Kafka acked all."""
-    outgoing = [record for job in jobs for record in records(job, settings)]
+    outgoing = [record for job in jobs for record in records(job, topics)]
     await producer.send_many(outgoing + (extra or []))

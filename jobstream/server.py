@@ -21,18 +21,18 @@ from edge import cors, problems
 from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
 from ingest_api import routes as api_routes
-from ingest_api.backpressure import LagMonitor, SubmitSlots
-from ingest_api.idempotency import IdempotencyKeys, KeyLimits
+from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
+from ingest_api.idempotency import IdempotencyKeys, KeyConfig
 from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
-from replay.runner import Replayer, ReplayLimits
+from replay.runner import ReplayConfig, Replayer
 from sink import routes as sink_routes
 from sink.query import analyst_login
-from sink.sink import Sink
+from sink.sink import Sink, SinkConfig
 from sse_gateway import routes as sse_routes
-from sse_gateway.fanout import Fanout
+from sse_gateway.fanout import Fanout, FanoutConfig
 from store.clickhouse import ClickHouseStore
 from store.recent import RecentJobs
 from streams import topics
@@ -40,6 +40,7 @@ from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
 from streams.settings import Settings
+from streams.topics import JobTopics
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +72,23 @@ def create_app(
         started: list = []
         try:
             if "api" in roles:
-                app.state.producer = AsyncProducer(kafka, settings, settings.delivery_timeout_s)
+                app.state.producer = AsyncProducer(kafka, settings.produce_timeout_s, settings.delivery_timeout_s)
                 started.append(app.state.producer)
-                app.state.idempotency = IdempotencyKeys(kafka, settings, KeyLimits.from_settings(settings)).start()
+                app.state.idempotency = IdempotencyKeys(kafka, KeyConfig.from_settings(settings)).start()
                 started.append(app.state.idempotency)
-                app.state.lag = LagMonitor(kafka, settings).start()
+                app.state.lag = LagMonitor(kafka, LagConfig.from_settings(settings)).start()
                 started.append(app.state.lag)
-                app.state.replays = ReplayBook(kafka, settings).start()
+                app.state.replays = ReplayBook(kafka, settings.topic(topics.REPLAYS)).start()
                 started.append(app.state.replays)
                 app.state.replayer = _replayer(app, kafka, settings)
                 started.append(app.state.replayer)
             if "gateway" in roles:
-                app.state.fanout = Fanout(kafka, settings, observers=[app.state.recent.observe]).start()
+                app.state.fanout = Fanout(
+                    kafka, FanoutConfig.from_settings(settings), observers=[app.state.recent.observe]
+                ).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
-                app.state.sink = Sink(kafka, app.state.store, settings).start()
+                app.state.sink = Sink(kafka, app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
@@ -112,6 +115,7 @@ def create_app(
     registry.load_plugins([m.strip() for m in settings.plugins.split(",") if m.strip()])
     app.state.ready = False
     app.state.recent = RecentJobs()
+    app.state.job_topics = JobTopics.from_settings(settings)
     app.state.submits = SubmitSlots(settings.max_submits_in_flight)
     app.state.keyring = KeyRing.parse(
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
@@ -170,9 +174,8 @@ def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Repla
     recent: RecentJobs = app.state.recent
     return Replayer(
         kafka,
-        settings,
+        ReplayConfig.from_settings(settings),
         app.state.replays,
-        limits=ReplayLimits.from_settings(settings),
         statuses=lambda tenant, ids: replay_diff.statuses(store, tenant, ids),
         on_emit=lambda queued: _call_soon(loop, recent.add, queued),
     )

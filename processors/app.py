@@ -13,6 +13,7 @@ import asyncio
 import functools
 import gc
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from calculations import registry
 from processors import consumer
 from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
-from processors.outbox import Outbox
+from processors.outbox import Outbox, OutboxConfig
 from processors.pool import CalcPool
 from processors.runner import Runner, RunnerConfig
 from streams import topics
@@ -65,8 +66,10 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
-        self._producer = AsyncProducer(self.kafka, settings, poll_on_loop=False)  # sends are mostly chunks
-        self._outbox = outbox = Outbox(self._producer, settings, settings.topic(topics.EVENTS)).start()
+        self._producer = AsyncProducer(
+            self.kafka, settings.produce_timeout_s, poll_on_loop=False
+        )  # sends are mostly chunks
+        self._outbox = outbox = Outbox(self._producer, OutboxConfig.from_settings(settings)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))
         self.pool = CalcPool(
             settings.calc_processes,
@@ -76,7 +79,12 @@ class WorkerRuntime:
         )
         await self.pool.start()
         self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters).start()
-        self.control = ControlTail(self.kafka, settings, self.runner.on_cancel).start()
+        self.control = ControlTail(
+            self.kafka,
+            settings.topic(topics.CONTROL),
+            settings.topic(f"jobstream-control-{uuid.uuid4().hex}"),  # never joins: one per worker
+            self.runner.on_cancel,
+        ).start()
         if not await self.control.wait_loaded(CONTROL_CATCH_UP_S):
             logger.warning("jobs.control not read to its end within %.0fs; starting anyway", CONTROL_CATCH_UP_S)
         # Start-up objects (Faust, aiokafka, pydantic schemas) never die: keep the collector from rescanning

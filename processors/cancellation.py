@@ -10,17 +10,14 @@ missed by the worker that picks it up. Commands go to the event loop.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
 from confluent_kafka import Message
 
-from streams import topics
 from streams.control import CancelCommand, load_command
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
-from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +47,11 @@ class ControlTail(KafkaReader):
 
     attach_on_thread = True  # started on the worker's event loop: metadata requests must not block it
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, on_cancel: Callable[[CancelCommand], None]) -> None:
+    def __init__(
+        self, kafka: KafkaConnection, topic: str, group_id: str, on_cancel: Callable[[CancelCommand], None]
+    ) -> None:
         # A group id is required by the client, but this consumer never joins or commits.
-        super().__init__(
-            kafka,
-            settings.topic(topics.CONTROL),
-            group_id=settings.topic(f"jobstream-control-{uuid.uuid4().hex}"),
-            name="control-tail",
-        )
+        super().__init__(kafka, topic, group_id=group_id, name="control-tail")
         self._on_cancel = on_cancel
         self.seen = 0
 

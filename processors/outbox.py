@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from processors.sequence import TERMINAL_SEQ, SeqClock
+from streams import topics
 from streams.events import TERMINAL_EVENTS, EventType, JobRequested
 from streams.producer import AsyncProducer, ProduceError
 from streams.settings import Settings
@@ -46,12 +48,25 @@ def _log_resend(count: int) -> Callable[[RetryCallState], None]:
     return log
 
 
+@dataclass(frozen=True)
+class OutboxConfig:
+    """Where events go, how long an acknowledgement may take, how big a record may be."""
+
+    topic: str
+    produce_timeout_s: float
+    max_message_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxConfig:
+        return cls(settings.topic(topics.EVENTS), settings.produce_timeout_s, settings.max_message_bytes)
+
+
 class Outbox:
-    def __init__(self, producer: AsyncProducer, settings: Settings, topic: str, seqs: SeqClock | None = None) -> None:
+    def __init__(self, producer: AsyncProducer, config: OutboxConfig, seqs: SeqClock | None = None) -> None:
         self._producer = producer
-        self._wait_s = settings.produce_timeout_s + ACK_SLACK_S
-        self._max_bytes = settings.max_message_bytes - 1024  # headroom for the record's framing
-        self._topic = topic
+        self._wait_s = config.produce_timeout_s + ACK_SLACK_S
+        self._max_bytes = config.max_message_bytes - 1024  # headroom for the record's framing
+        self._topic = config.topic
         self.seqs = seqs or SeqClock()
         self._queue: list[tuple[bytes, bytes, Callable[[], Any] | None]] = []
         self._wake = asyncio.Event()

@@ -12,18 +12,16 @@ import threading
 import orjson
 
 from replay.models import Replay
-from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.mirror import TopicMirror
 from streams.producer import Outgoing
-from streams.settings import Settings
 
 _STOP = b":stop"
 
 
 class ReplayBook(TopicMirror):
-    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
-        super().__init__(kafka, settings.topic(topics.REPLAYS))
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        super().__init__(kafka, topic)
         self._lock = threading.Lock()
         self._replays: dict[str, Replay] = {}
         self._stops: set[str] = set()
@@ -68,13 +66,11 @@ class ReplayBook(TopicMirror):
             self._stops.discard(replay_id)
 
 
-def replay_record(settings: Settings, replay: Replay) -> Outgoing:
-    return Outgoing(
-        settings.topic(topics.REPLAYS), replay.replay_id.encode(), orjson.dumps(replay.model_dump(mode="json"))
-    )
+def replay_record(topic: str, replay: Replay) -> Outgoing:
+    return Outgoing(topic, replay.replay_id.encode(), orjson.dumps(replay.model_dump(mode="json")))
 
 
-def stop_record(settings: Settings, replay_id: str, stop: bool = True) -> Outgoing:
+def stop_record(topic: str, replay_id: str, stop: bool = True) -> Outgoing:
     """A stop request (``stop=False``: the tombstone that clears it)."""
     value = orjson.dumps({"stop": True}) if stop else None
-    return Outgoing(settings.topic(topics.REPLAYS), replay_id.encode() + _STOP, value)  # type: ignore[arg-type]  # None is a tombstone: Kafka's way to delete a key
+    return Outgoing(topic, replay_id.encode() + _STOP, value)  # type: ignore[arg-type]  # None is a tombstone: Kafka's way to delete a key

@@ -25,16 +25,36 @@ from replay.book import ReplayBook, replay_record, stop_record
 from replay.errors import ReplayConflict, ReplayRefused
 from replay.models import PartitionRange, Replay, ReplaySelection, ReplayState, replayed_job_id
 from replay.select import Filter, RequestScanner, StatusLookup, chunks
-from streams import wire
+from streams import topics, wire
 from streams.events import JobEvent, JobRequested, new_job_id, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.producer import Outgoing
 from streams.settings import Settings
+from streams.topics import JobTopics
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0  #: a running replay rewrites its record at least this often
 STALE_S = 30.0  #: a running replay not heard of for this long may be resumed elsewhere
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Where the replayer reads and writes, and how long Kafka may take to acknowledge."""
+
+    jobs: JobTopics  #: the replayed jobs' records go where new jobs' go
+    replays_topic: str  #: replay plans, positions and stop requests
+    produce_timeout_s: float
+    limits: ReplayLimits
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReplayConfig:
+        return cls(
+            JobTopics.from_settings(settings),
+            settings.topic(topics.REPLAYS),
+            settings.produce_timeout_s,
+            ReplayLimits.from_settings(settings),
+        )
 
 
 @dataclass(frozen=True)
@@ -68,20 +88,19 @@ class Replayer:
     def __init__(
         self,
         kafka: KafkaConnection,
-        settings: Settings,
+        config: ReplayConfig,
         book: ReplayBook,
         *,
-        limits: ReplayLimits,
         statuses: StatusLookup | None = None,
         on_emit: Callable[[JobEvent], None] | None = None,
     ) -> None:
-        """``settings`` for topic names; ``statuses`` answers the status filter (ClickHouse);
+        """``statuses`` answers the status filter (ClickHouse);
         ``on_emit`` sees each replayed job's queued event once Kafka has it (the API remembers it for
         read-your-writes). Both run on replay threads."""
         self._kafka = kafka
         self._on_emit = on_emit
-        self._settings = settings
-        self._limits = limits
+        self._config = config
+        self._limits = config.limits
         self._book = book
         self._statuses = statuses
         self._producer = Producer(kafka.producer_config())
@@ -109,7 +128,7 @@ class Replayer:
         for kind, version in selection.calc_versions.items():
             self._calculation(kind, version, "calc_versions")
         flt = Filter(tenant, selection, self._statuses)
-        with RequestScanner(self._kafka, self._settings) as scanner:
+        with RequestScanner(self._kafka, self._config.jobs.requested) as scanner:
             ranges = scanner.ranges(selection.since, selection.until)
             by_partition = {r.partition: r for r in ranges}
             by_kind: dict[str, int] = {}
@@ -185,7 +204,7 @@ class Replayer:
 
     def stop(self, replay: Replay) -> None:
         """Ask the replay to stop at its next job, wherever it runs (the stop record reaches every book)."""
-        self._send([stop_record(self._settings, replay.replay_id)])
+        self._send([stop_record(self._config.replays_topic, replay.replay_id)])
         self._book.request_stop(replay.replay_id)
         with self._lock:
             run = self._runs.get(replay.replay_id)
@@ -200,7 +219,7 @@ class Replayer:
             raise ReplayConflict("Replay running", f"this replay is running in {replay.owner}; stop it first")
         if replay.state in (ReplayState.COMPLETED, ReplayState.PLANNED):
             raise ReplayConflict(f"Replay {replay.state.value}", "there is nothing to resume")
-        self._send([stop_record(self._settings, replay.replay_id, stop=False)])
+        self._send([stop_record(self._config.replays_topic, replay.replay_id, stop=False)])
         self._book.clear_stop(replay.replay_id)
         already = self._emitted_since_checkpoint(replay)
         replay = replay.model_copy(
@@ -218,7 +237,7 @@ class Replayer:
 
     def _emitted_since_checkpoint(self, replay: Replay) -> set[str]:
         """Ids this replay emitted after its last checkpoint (they are in jobs.requested past it)."""
-        with RequestScanner(self._kafka, self._settings) as scanner:
+        with RequestScanner(self._kafka, self._config.jobs.requested) as scanner:
             ends = scanner.ends()
             ranges = [
                 PartitionRange(
@@ -245,7 +264,6 @@ class Replayer:
             )
 
     def _run(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
-        settings = self._settings
         flt = Filter(replay.tenant, replay.selection, self._statuses)
         ranges = [r.model_copy() for r in replay.partitions]
         by_partition = {r.partition: r for r in ranges}
@@ -276,7 +294,7 @@ class Replayer:
             last_checkpoint, since_checkpoint = time.monotonic(), 0
             return replay
 
-        with RequestScanner(self._kafka, settings) as scanner:
+        with RequestScanner(self._kafka, self._config.jobs.requested) as scanner:
             for chunk in chunks(filter(flt.candidate, scanner.scan(ranges)), self._limits.checkpoint_jobs):
                 chosen = {id(f) for f in flt.by_status(chunk)}
                 for found in chunk:
@@ -317,7 +335,7 @@ class Replayer:
             replay_of=original.job_id,
             replay_id=replay.replay_id,
         )
-        request, queued = wire.records(job, self._settings)
+        request, queued = wire.records(job, self._config.jobs)
         on_delivery = self._delivered
         if self._on_emit is not None:
             on_emit = self._on_emit
@@ -338,7 +356,7 @@ class Replayer:
 
     def _flush(self) -> None:
         """Wait until Kafka acked everything produced so far; raise if anything was refused."""
-        remaining = self._producer.flush(self._settings.produce_timeout_s)
+        remaining = self._producer.flush(self._config.produce_timeout_s)
         if remaining:
             raise RuntimeError(f"Kafka did not acknowledge {remaining} replay records")
         if self._errors:
@@ -351,7 +369,7 @@ class Replayer:
         self._flush()
 
     def _record(self, replay: Replay) -> None:
-        self._send([replay_record(self._settings, replay)])
+        self._send([replay_record(self._config.replays_topic, replay)])
         self._book.remember(replay)
 
     def close(self) -> None:
@@ -362,4 +380,4 @@ class Replayer:
             run.stop.set()
         for run in runs:
             run.thread.join(timeout=30)
-        self._producer.flush(self._settings.produce_timeout_s)
+        self._producer.flush(self._config.produce_timeout_s)

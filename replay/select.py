@@ -17,11 +17,9 @@ from datetime import datetime
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from replay.models import PartitionRange, ReplaySelection
-from streams import topics
 from streams.events import JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.reader import partitions_of, watermarks
-from streams.settings import Settings
 from streams.wire import decode_request
 
 logger = logging.getLogger(__name__)
@@ -47,8 +45,8 @@ class RequestScanner:
     and fails on a consumer error (a replay must not silently skip requests).
     """
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, timeout_s: float = 10.0) -> None:
-        self.topic = settings.topic(topics.REQUESTED)
+    def __init__(self, kafka: KafkaConnection, topic: str, timeout_s: float = 10.0) -> None:
+        self.topic = topic
         self._consumer = Consumer(kafka.consumer_config("unused", **{"enable.partition.eof": True}))
         self._timeout_s = timeout_s
 

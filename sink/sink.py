@@ -39,6 +39,33 @@ class SinkStopping(JobstreamError):
     """The sink was asked to stop with a batch unwritten; it will be redelivered."""
 
 
+@dataclass(frozen=True)
+class SinkConfig:
+    """What the sink needs of the settings: its topic and group, batch cut, retry cap, TTL."""
+
+    topic: str
+    group_id: str
+    instance_id: str | None  #: static group membership, so a restart does not rebalance
+    batch_max_size: int
+    batch_max_wait_s: float
+    job_times_cache: int
+    retry_max_s: float
+    events_ttl_days: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SinkConfig:
+        return cls(
+            topic=settings.topic(topics.EVENTS),
+            group_id=settings.topic(GROUP_ID),
+            instance_id=instance_id(settings),
+            batch_max_size=settings.sink_batch_max_size,
+            batch_max_wait_s=settings.sink_batch_max_wait_ms / 1000,
+            job_times_cache=settings.sink_job_times_cache,
+            retry_max_s=settings.sink_retry_max_s,
+            events_ttl_days=settings.events_ttl_days,
+        )
+
+
 @dataclass
 class SinkStats:
     """What the sink has done, for status pages, tests and the bench."""
@@ -66,26 +93,26 @@ class Sink(KafkaReader):
         self,
         kafka: KafkaConnection,
         store: ClickHouseStore,
-        settings: Settings,
+        config: SinkConfig,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
-        self._group = settings.topic(GROUP_ID)
-        membership = {"group.instance.id": member} if (member := instance_id(settings)) else {}
+        self._group = config.group_id
+        membership = {"group.instance.id": config.instance_id} if config.instance_id else {}
         super().__init__(
             kafka,
-            settings.topic(topics.EVENTS),
+            config.topic,
             group_id=self._group,
             name="clickhouse-sink",
             **{**membership, **(consumer_overrides or {})},
         )
         self._kafka = kafka
         self._store = store
-        self._settings = settings
+        self._config = config
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
         self._inflight: tuple[Ranges, list[Message], Future[int]] | None = None
-        self._times = JobTimes(settings.sink_job_times_cache)
+        self._times = JobTimes(config.job_times_cache)
         self._inbox: list[Message] = []  # consumed, not yet checked against assignment and replays
-        self._pending = Pending(settings.sink_batch_max_size, settings.sink_batch_max_wait_ms / 1000)
+        self._pending = Pending(config.batch_max_size, config.batch_max_wait_s)
         self._assigned: set[int] = set()
         self._unchecked: set[int] = set()  # assigned, intent not yet read
         self._written: dict[int, int] = {}  # per partition: the last offset known to be in ClickHouse
@@ -93,7 +120,7 @@ class Sink(KafkaReader):
 
     # --- life (the loop itself is KafkaReader's) ----------------------------------------------
     def start(self) -> Self:
-        self._store.apply_events_ttl(self._settings.events_ttl_days)
+        self._store.apply_events_ttl(self._config.events_ttl_days)
         return super().start()
 
     def stop(self, timeout_s: float = 60.0) -> None:
@@ -107,7 +134,7 @@ class Sink(KafkaReader):
         )
 
     def round(self) -> None:
-        self._inbox.extend(self.consumer.consume(self._settings.sink_batch_max_size, timeout=self._poll_timeout()))
+        self._inbox.extend(self.consumer.consume(self._config.batch_max_size, timeout=self._poll_timeout()))
         self._admit()
         if self._inflight is not None and self._inflight[2].done():
             self._settle()  # commit promptly: the gateway reads the sink's committed offsets
@@ -171,7 +198,7 @@ class Sink(KafkaReader):
                         "sink consumer failed for good, the sink stops: %s; does another sink share "
                         "JOBSTREAM_SINK_INSTANCE_ID %r?",
                         error,
-                        instance_id(self._settings),
+                        self._config.instance_id,
                     )
                     self._stop.set()
                 elif error.code() != KafkaError._PARTITION_EOF:
@@ -257,7 +284,7 @@ class Sink(KafkaReader):
         retrying = Retrying(
             retry=retry_if_exception_type(Exception),
             stop=lambda state: self._stop.is_set() and state.attempt_number >= 3,
-            wait=_jittered(wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s)),
+            wait=_jittered(wait_exponential(multiplier=0.2, max=self._config.retry_max_s)),
             sleep=self._wait,
             after=failed,
             before_sleep=waiting,
@@ -308,7 +335,7 @@ class Sink(KafkaReader):
         retrying = Retrying(
             retry=retry_if_exception(transient),
             stop=lambda state: self._stop.is_set() or (not intent and state.attempt_number >= 5),
-            wait=wait_exponential(multiplier=0.2, max=self._settings.sink_retry_max_s),
+            wait=wait_exponential(multiplier=0.2, max=self._config.retry_max_s),
             sleep=self._wait_paused,
             reraise=True,
         )

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from sse_gateway.fanout import Fanout
 from sse_gateway.reasons import CloseReason
@@ -14,16 +15,39 @@ from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    """What one client's stream needs of the settings: history waits, resume cap, retry hints."""
+
+    retry_ms: int  #: the SSE ``retry:`` hint
+    retry_after_s: int  #: ``Retry-After`` when the history is not there yet
+    catchup_wait_s: float
+    history_wait_s: float
+    history_poll_s: float
+    resume_max_events: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamConfig:
+        return cls(
+            retry_ms=settings.sse_retry_ms,
+            retry_after_s=settings.retry_after_s,
+            catchup_wait_s=settings.sse_catchup_wait_s,
+            history_wait_s=settings.sse_history_wait_s,
+            history_poll_s=settings.sse_history_poll_s,
+            resume_max_events=settings.sse_resume_max_events,
+        )
+
+
 class ClientStream:
     """One client's stream: ``open()``, then ``frames()``; ``close()`` from anywhere, any number of times."""
 
-    def __init__(self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str) -> None:
+    def __init__(self, fanout: Fanout, store: ClickHouseStore, config: StreamConfig, tenant: str) -> None:
         self.fanout = fanout
         self.store = store
-        self.settings = settings
+        self.config = config
         self.tenant = tenant
         self.sub: Subscription | None = None
-        self._retry_line = b"retry: %d\n" % settings.sse_retry_ms
+        self._retry_line = b"retry: %d\n" % config.retry_ms
 
     def frames(self) -> AsyncIterator[bytes]:
         """The response body: chunks of SSE frames."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from sse_gateway import positions
 from sse_gateway.entry import Entry
@@ -29,28 +30,53 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FanoutConfig:
+    """What the fanout needs of the settings: the topic, the sink's group, window and queue sizes."""
+
+    topic: str
+    sink_group: str  #: whose committed offsets say what ClickHouse already holds
+    recent_window_s: float
+    recent_max_events: int
+    queue_size: int
+    heartbeat_s: float
+    max_stream_s: float
+    rerun_memory_jobs: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FanoutConfig:
+        return cls(
+            topic=settings.topic(topics.EVENTS),
+            sink_group=settings.topic(topics.SINK_GROUP),
+            recent_window_s=settings.sse_recent_window_s,
+            recent_max_events=settings.sse_recent_max_events,
+            queue_size=settings.sse_queue_size,
+            heartbeat_s=settings.sse_heartbeat_s,
+            max_stream_s=settings.sse_max_stream_s,
+            rerun_memory_jobs=settings.sse_rerun_memory_jobs,
+        )
+
+
 class Fanout:
     """The gateway's Kafka tail, recent window and subscriptions (all touched on the event loop only)."""
 
     def __init__(
-        self, kafka: KafkaConnection, settings: Settings, observers: list[Callable[[JobEvent], None]] | None = None
+        self, kafka: KafkaConnection, config: FanoutConfig, observers: list[Callable[[JobEvent], None]] | None = None
     ) -> None:
-        self._settings = settings
+        self._config = config
         self._observers = observers or []
-        self.topic = settings.topic(topics.EVENTS)
-        self._tail = KafkaTail(kafka, settings, self._dispatch)
-        self._offsets = TopicOffsets(kafka, settings)
-        self._window = RecentWindow(settings.sse_recent_window_s, settings.sse_recent_max_events)
+        self.topic = config.topic
+        self._tail = KafkaTail(kafka, config.topic, self._dispatch)
+        self._offsets = TopicOffsets(kafka, config.topic, config.sink_group)
+        self._window = RecentWindow(config.recent_window_s, config.recent_max_events)
         self._subs = Subscriptions(
-            queue_size=settings.sse_queue_size,
-            heartbeat_s=settings.sse_heartbeat_s,
-            max_stream_s=settings.sse_max_stream_s,
+            queue_size=config.queue_size, heartbeat_s=config.heartbeat_s, max_stream_s=config.max_stream_s
         )
         self.partitions = 0
         self.next_offsets: list[int] = []  # per partition: the next offset the tail will dispatch
         self.start_low: list[int] = []  # per partition: the topic's first offset when we started
         # What each job's streams have been shown (a re-run is hidden), for the jobs seen last.
-        self._visibility = Visibility(settings.sse_rerun_memory_jobs)
+        self._visibility = Visibility(config.rerun_memory_jobs)
         self.hidden = 0  #: events not shown: a re-run's, or anything after a job's terminal event
         self._advanced = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,7 +84,7 @@ class Fanout:
     # --- life ---------------------------------------------------------------------------
     def start(self) -> Fanout:
         self._loop = asyncio.get_running_loop()
-        self.start_low, starts = self._tail.seek(self._settings.sse_recent_window_s)
+        self.start_low, starts = self._tail.seek(self._config.recent_window_s)
         self.partitions = self._offsets.partitions = len(starts)
         self.next_offsets = list(starts)
         self._window.start = list(starts)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from edge.problems import Problem
-from sse_gateway.client_stream import ClientStream
+from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
 from sse_gateway.history import ajob_history
@@ -23,7 +23,6 @@ from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
 from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
-from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +46,9 @@ class JobStream(ClientStream):
     """One client's stream of one job: ``open()`` (may answer 404/503/204), then ``frames()``."""
 
     def __init__(
-        self, fanout: Fanout, store: ClickHouseStore, settings: Settings, tenant: str, job_id: str, last: int
+        self, fanout: Fanout, store: ClickHouseStore, config: StreamConfig, tenant: str, job_id: str, last: int
     ) -> None:
-        super().__init__(fanout, store, settings, tenant)
+        super().__init__(fanout, store, config, tenant)
         self.job_id = job_id
         self.last = last
         self._window: list[Entry] = []
@@ -67,7 +66,7 @@ class JobStream(ClientStream):
             committed = await self.fanout.sink_committed()
             self._known = merge_by_seq(await ajob_history(self.store, self.tenant, self.job_id), self._window)
             if not self._known:  # maybe the tail has not reached it yet (another process accepted it)
-                await self.fanout.wait_caught_up(self.settings.sse_catchup_wait_s)
+                await self.fanout.wait_caught_up(self.config.catchup_wait_s)
                 self._window += self._mine(self.fanout.job_window(self.job_id)) + self._mine(list(self.sub.items))
                 self._known = merge_by_seq(self._window)
             if not self._known:
@@ -77,7 +76,7 @@ class JobStream(ClientStream):
                     503,
                     "History not available yet",
                     "the sink is behind; retry shortly",
-                    headers={"Retry-After": str(self.settings.retry_after_s)},
+                    headers={"Retry-After": str(self.config.retry_after_s)},
                 )
             self._partition = self._known[0].partition
             self._committed = committed
@@ -102,15 +101,15 @@ class JobStream(ClientStream):
     async def frames(self) -> AsyncIterator[bytes]:
         """The response body: chunks of SSE frames."""
         assert self.sub is not None and self._partition is not None
-        s = self.settings
+        s = self.config
         loop = asyncio.get_running_loop()
         reset: tuple[ResetReason, str] | None = None
         # 1. the sink lags more than the window: wait for it, or say so
         if not self._covered(self._partition, self._committed):
-            waited_until = loop.time() + s.sse_history_wait_s
+            waited_until = loop.time() + s.history_wait_s
             while not self._covered(self._partition, self._committed) and loop.time() < waited_until:
                 yield b": waiting for history\n\n"
-                await asyncio.sleep(s.sse_history_poll_s)
+                await asyncio.sleep(s.history_poll_s)
                 if self.sub.closed:
                     return
                 self._committed = await self.fanout.sink_committed()

@@ -13,20 +13,18 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.lag import committed_offsets
-from streams.settings import Settings
 
 
 class TopicOffsets:
     """``partitions`` is set by the fanout once its tail knows the topic."""
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
-        self.topic = settings.topic(topics.EVENTS)
+    def __init__(self, kafka: KafkaConnection, topic: str, sink_group: str) -> None:
+        self.topic = topic
         self.partitions = 0
         # Reads the sink's committed offsets and the topic's watermarks; never joins a group.
-        self._consumer = Consumer(kafka.consumer_config(settings.topic(topics.SINK_GROUP)))
+        self._consumer = Consumer(kafka.consumer_config(sink_group))
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[Any]]] = {}
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.auth import bearer, current_tenant, tenant_of
 from edge.problems import Problem
 from sse_gateway import positions
-from sse_gateway.client_stream import ClientStream
+from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.fanout import Fanout
 from sse_gateway.job_stream import ClientHasEverything, JobStream
 from sse_gateway.limits import ConnectionLimits, Slot, TooManyStreams
@@ -41,6 +41,7 @@ _STREAM = {"content": {"text/event-stream": {}}, "description": "Server-Sent Eve
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the gateway routes with their per-process state (token key, connection counts)."""
     app.state.stream_tokens = StreamTokens.from_settings(settings)
+    app.state.stream_config = StreamConfig.from_settings(settings)
     app.state.sse_limits = ConnectionLimits(settings.sse_max_connections, settings.sse_max_connections_per_tenant)
     app.state.sse_watchdog = SendWatchdog(settings.sse_send_timeout_s)
     app.include_router(router)
@@ -141,9 +142,9 @@ async def job_events(
         raise Problem(400, "Invalid Last-Event-ID", f"expected a seq of this job (an integer), got {raw!r}") from None
     if last < -1:
         raise Problem(400, "Invalid Last-Event-ID", "must be >= 0")
-    settings: Settings = request.app.state.settings
     slot = _admit(request, grant.tenant)
-    stream = JobStream(request.app.state.fanout, request.app.state.store, settings, grant.tenant, job_id, last)
+    config: StreamConfig = request.app.state.stream_config
+    stream = JobStream(request.app.state.fanout, request.app.state.store, config, grant.tenant, job_id, last)
     try:
         await stream.open()
     except ClientHasEverything:
@@ -201,10 +202,10 @@ async def tenant_events(
         resume = positions.parse(raw, fanout.partitions) if raw is not None else None
     except positions.BadPosition as exc:
         raise Problem(400, "Invalid Last-Event-ID", f"expected an id of this stream: {exc}") from None
-    settings: Settings = request.app.state.settings
     accepts = EventFilter(_values(kind, "kind"), statuses, _values(job_id, "job_id"))
     slot = _admit(request, grant.tenant)
-    stream = TenantStream(fanout, request.app.state.store, settings, grant.tenant, accepts, resume)
+    config: StreamConfig = request.app.state.stream_config
+    stream = TenantStream(fanout, request.app.state.store, config, grant.tenant, accepts, resume)
     stream.open()
     return _respond(request, stream, slot)
 

@@ -15,10 +15,8 @@ from typing import Self
 from confluent_kafka import Message, TopicPartition
 
 from sse_gateway.entry import Entry
-from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, partitions_of
-from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +31,10 @@ class KafkaTail(KafkaReader):
 
     chunk_size = CONSUME_BATCH
 
-    def __init__(self, kafka: KafkaConnection, settings: Settings, on_batch: OnBatch) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, on_batch: OnBatch) -> None:
         super().__init__(
             kafka,
-            settings.topic(topics.EVENTS),
+            topic,
             group_id="jobstream-sse-gateway",
             name="sse-fanout",
             **{"enable.partition.eof": False, "fetch.wait.max.ms": 100},

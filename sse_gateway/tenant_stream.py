@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from sse_gateway import positions
-from sse_gateway.client_stream import ClientStream
+from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
 from sse_gateway.history import afirst_offsets, atenant_history
@@ -22,7 +22,6 @@ from sse_gateway.reasons import ResetReason
 from sse_gateway.sse import control_frame
 from store.clickhouse import ClickHouseStore
 from streams.events import EventType, JobStatus, next_status
-from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +58,12 @@ class TenantStream(ClientStream):
         self,
         fanout: Fanout,
         store: ClickHouseStore,
-        settings: Settings,
+        config: StreamConfig,
         tenant: str,
         accepts: EventFilter,
         resume: list[int] | None,
     ) -> None:
-        super().__init__(fanout, store, settings, tenant)
+        super().__init__(fanout, store, config, tenant)
         self.accepts = accepts
         self.resume = resume
 
@@ -78,7 +77,7 @@ class TenantStream(ClientStream):
 
     async def frames(self) -> AsyncIterator[bytes]:
         assert self.sub is not None
-        s = self.settings
+        s = self.config
         loop = asyncio.get_running_loop()
         cursor = list(self._start)
         if self.resume is not None:
@@ -86,20 +85,20 @@ class TenantStream(ClientStream):
             need = {p: (v, w) for p, (v, w) in enumerate(zip(self.resume, self._window_start, strict=False)) if v < w}
             reason = await self._unavailable()
             if reason is None and need:
-                give_up = loop.time() + s.sse_history_wait_s
+                give_up = loop.time() + s.history_wait_s
                 while not await self._sink_covers(need):
                     if loop.time() >= give_up:
                         reason = ResetReason.HISTORY_LAGGING
                         break
                     yield b": waiting for history\n\n"
-                    await asyncio.sleep(s.sse_history_poll_s)
+                    await asyncio.sleep(s.history_poll_s)
             stored: list[Entry] = []
             if reason is None and need:
                 first = await afirst_offsets(self.store, sorted(need))
                 if any(v < first.get(p, w) for p, (v, w) in need.items()):
                     reason = ResetReason.POSITION_EXPIRED  # ClickHouse no longer holds it (retention)
             if reason is None and need:
-                limit = s.sse_resume_max_events
+                limit = s.resume_max_events
                 stored = await atenant_history(
                     self.store,
                     self.tenant,

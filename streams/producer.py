@@ -28,7 +28,6 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
-from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class AsyncProducer:
     def __init__(
         self,
         kafka: KafkaConnection,
-        settings: Settings,
+        produce_timeout_s: float,
         delivery_timeout_s: float | None = None,
         *,
         poll_on_loop: bool = True,
@@ -91,9 +90,9 @@ class AsyncProducer:
         # trying longer than a caller waits (produce_timeout_s): a record whose caller gave up waiting
         # is still delivered (idempotent: once) when the broker answers again, and
         # ``ProduceError.outcome`` says so. Without it both are produce_timeout_s.
-        delivery_ms = int(max(delivery_timeout_s or 0.0, settings.produce_timeout_s) * 1000)
+        delivery_ms = int(max(delivery_timeout_s or 0.0, produce_timeout_s) * 1000)
         self._producer = Producer(kafka.producer_config(**{"message.timeout.ms": delivery_ms}))
-        self._timeout_s = settings.produce_timeout_s
+        self._timeout_s = produce_timeout_s
         self._pollers: dict[asyncio.AbstractEventLoop, _LoopPoller] = {}  # loops with sends in flight
         self._report_lock = threading.Lock()  # reports normally arrive on the loop, rarely on another thread
         self._stop = threading.Event()

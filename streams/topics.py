@@ -28,6 +28,18 @@ REPLAYS = "jobs.replays"  #: replay plans and positions (and stop requests), key
 
 
 @dataclass(frozen=True)
+class JobTopics:
+    """Where a new job's two records go: its request, and its ``queued`` event."""
+
+    requested: str
+    events: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobTopics:
+        return cls(settings.topic(REQUESTED), settings.topic(EVENTS))
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int

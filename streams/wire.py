@@ -16,10 +16,9 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel
 
-from streams import topics
 from streams.events import SCHEMA_VERSION, EventType, JobEvent, JobRequested, utcnow
 from streams.producer import Outgoing
-from streams.settings import Settings
+from streams.topics import JobTopics
 
 _OPTIONS = orjson.OPT_UTC_Z  # datetimes as pydantic writes them: ...T12:00:00.123456Z
 
@@ -284,9 +283,9 @@ def build(
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 
-def records(prepared: Prepared, settings: Settings) -> list[Outgoing]:
+def records(prepared: Prepared, topics: JobTopics) -> list[Outgoing]:
     key = prepared.job_id.encode()
     return [
-        Outgoing(settings.topic(topics.REQUESTED), key, prepared.request),
-        Outgoing(settings.topic(topics.EVENTS), key, prepared.queued_value),
+        Outgoing(topics.requested, key, prepared.request),
+        Outgoing(topics.events, key, prepared.queued_value),
     ]

@@ -23,7 +23,7 @@ import time
 import orjson
 
 from sink.group import group_lag
-from sink.sink import Sink
+from sink.sink import Sink, SinkConfig
 from store.clickhouse import ClickHouseStore
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> None:
                     _die(args.report, {"crash": args.crash, "ranges": ranges.describe()})
             return done
 
-    sink = CrashingSink(KafkaConnection.from_settings(settings), store, settings, consumer_overrides=CONSUMER).start()
+    sink = CrashingSink(
+        KafkaConnection.from_settings(settings), store, SinkConfig.from_settings(settings), consumer_overrides=CONSUMER
+    ).start()
     deadline = time.monotonic() + args.timeout
     try:
         while time.monotonic() < deadline:

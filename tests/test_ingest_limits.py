@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge.problems import validation_errors
-from ingest_api.backpressure import LagMonitor, retry_after_s
+from ingest_api.backpressure import LagConfig, LagMonitor, retry_after_s
 from ingest_api.submit import JobSubmission
 from processors.executor import run_batch
 from streams.settings import Settings
@@ -27,12 +27,12 @@ from tests.support.calcs import OVERFLOWING
 )
 def test_retry_after_is_capped_and_at_least_one(ahead: int, rate: float, expected: int):
     settings = Settings(retry_after_s=1, retry_after_max_s=30)
-    assert retry_after_s(ahead, rate, settings) == expected
+    assert retry_after_s(ahead, rate, LagConfig.from_settings(settings)) == expected
 
 
 def test_an_idle_lag_monitor_hints_at_most_the_cap():
     monitor = LagMonitor.__new__(LagMonitor)  # no Kafka needed for the arithmetic
-    monitor._settings = Settings(retry_after_max_s=7)
+    monitor._config = LagConfig.from_settings(Settings(retry_after_max_s=7))
     monitor.lag, monitor.rate = 5, 1e-12
     assert monitor.retry_after_s() == 7
 

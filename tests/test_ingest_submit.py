@@ -187,7 +187,7 @@ def test_concurrent_send_many_each_get_every_ack_in_order(settings: Settings):
     own = settings.model_copy(update={"topic_prefix": f"p{uuid.uuid4().hex[:8]}."})  # not the stack's topics
     ensure_topics(KafkaConnection.from_settings(own), own)
     requested, events = own.topic(topics.REQUESTED), own.topic(topics.EVENTS)
-    producer = AsyncProducer(KafkaConnection.from_settings(own), own)
+    producer = AsyncProducer(KafkaConnection.from_settings(own), own.produce_timeout_s)
 
     async def one(i: int) -> None:
         key = f"send-{i}".encode()

@@ -24,7 +24,7 @@ from jobstream.server import create_app
 from processors import dead_letters
 from processors.sequence import TERMINAL_SEQ
 from sink.group import group_lag
-from sink.sink import Sink
+from sink.sink import Sink, SinkConfig
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.control import cancel_record
@@ -343,7 +343,7 @@ def finish_counts(kafka: Kafka, ids: list[str]) -> dict[str, set[int]]:
 def test_kill_9_mid_batch_then_restart_every_job_ends_once(settings: Settings, store: ClickHouseStore):
     scoped = isolated(settings, batch_max_size=8, latency_target_ms=60_000, requested_partitions=4)
     kafka = Kafka(scoped)
-    sink = Sink(KafkaConnection.from_settings(scoped), store, scoped).start()
+    sink = Sink(KafkaConnection.from_settings(scoped), store, SinkConfig.from_settings(scoped)).start()
     first = Worker(scoped, index=0, log=Path(scoped.data_dir) / "first.log").start()
     second = Worker(scoped, index=1, log=Path(scoped.data_dir) / "second.log")
     try:

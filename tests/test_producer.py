@@ -43,7 +43,7 @@ def read_all(settings: Settings, topic: str, partitions: int) -> list[bytes]:
 @pytest.mark.parametrize("poll_on_loop", [True, False])
 def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings, poll_on_loop: bool):
     events, requested = own.topic(topics.EVENTS), own.topic(topics.REQUESTED)
-    producer = AsyncProducer(KafkaConnection.from_settings(own), own, poll_on_loop=poll_on_loop)
+    producer = AsyncProducer(KafkaConnection.from_settings(own), own.produce_timeout_s, poll_on_loop=poll_on_loop)
 
     async def batches() -> None:
         for chunk in range(5):  # one key: one partition, so Kafka keeps the order they were sent in
@@ -67,7 +67,7 @@ def test_batches_and_single_sends_share_one_producer_and_every_ack(own: Settings
 
 @pytest.mark.parametrize("poll_on_loop", [True, False])
 def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings, poll_on_loop: bool):
-    producer = AsyncProducer(KafkaConnection.from_settings(own), own, poll_on_loop=poll_on_loop)
+    producer = AsyncProducer(KafkaConnection.from_settings(own), own.produce_timeout_s, poll_on_loop=poll_on_loop)
     too_large = b"x" * (own.max_message_bytes + 1)
 
     async def main() -> None:
@@ -83,7 +83,7 @@ def test_a_batch_kafka_refuses_is_a_produce_error(own: Settings, poll_on_loop: b
 
 
 def test_a_send_past_its_wait_fails_and_its_outcome_still_arrives(own: Settings):
-    producer = AsyncProducer(KafkaConnection.from_settings(own), own, poll_on_loop=False)
+    producer = AsyncProducer(KafkaConnection.from_settings(own), own.produce_timeout_s, poll_on_loop=False)
 
     async def main() -> None:
         with pytest.raises(ProduceError, match="no acknowledgement") as caught:

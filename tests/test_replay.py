@@ -25,6 +25,7 @@ from jobstream.client import watch_job
 from replay.models import Replay, ReplayState, replayed_job_id
 from replay.select import RequestScanner
 from store.clickhouse import ClickHouseStore
+from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from tests.support.servers import Server
@@ -117,12 +118,16 @@ class ReplayStack:
 
     def emitted_requests(self, replay_id: str) -> list[str]:
         """Every request this replay put on jobs.requested (job ids, duplicates included)."""
-        with RequestScanner(KafkaConnection.from_settings(self.settings), self.settings) as scanner:
+        with RequestScanner(
+            KafkaConnection.from_settings(self.settings), self.settings.topic(topics.REQUESTED)
+        ) as scanner:
             ranges = scanner.ranges(None, None)
             return [f.request.job_id for f in scanner.scan(ranges) if f.request.replay_id == replay_id]
 
     def requested_ends(self) -> dict[int, int]:
-        with RequestScanner(KafkaConnection.from_settings(self.settings), self.settings) as scanner:
+        with RequestScanner(
+            KafkaConnection.from_settings(self.settings), self.settings.topic(topics.REQUESTED)
+        ) as scanner:
             return scanner.ends()
 
 

@@ -23,7 +23,7 @@ from bench.histories import job_history
 from sink.group import GROUP_ID, group_lag
 from sink.intents import INTENT_PREFIX, Ranges
 from sink.rows import JobTimes, build_rows
-from sink.sink import Sink
+from sink.sink import Sink, SinkConfig
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.events import JobView, utcnow
@@ -153,7 +153,7 @@ def test_events_results_outcomes_and_state_land_once(sink_settings: Settings, st
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     events = histories(tenant, 30) + histories(tenant, 10, outcome="failed", batch_size=2)
     produce(KafkaConnection.from_settings(sink_settings), sink_settings, events)
-    sink = Sink(KafkaConnection.from_settings(sink_settings), store, sink_settings).start()
+    sink = Sink(KafkaConnection.from_settings(sink_settings), store, SinkConfig.from_settings(sink_settings)).start()
     try:
         wait_until(
             lambda: group_lag(KafkaConnection.from_settings(sink_settings), sink_settings) == 0,
@@ -200,7 +200,9 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
                 raise Killed()  # the thread ends here: rows inserted, offsets not committed
             return super()._commit(ranges, intent=intent)
 
-    first = DiesBeforeCommit(KafkaConnection.from_settings(sink_settings), store, sink_settings).start()
+    first = DiesBeforeCommit(
+        KafkaConnection.from_settings(sink_settings), store, SinkConfig.from_settings(sink_settings)
+    ).start()
     wait_until(lambda: not first.running, 60, message="the first sink to die")
     first.stop()  # leaves the group; commits nothing
     written = counts(store, tenant)["events"]
@@ -209,7 +211,7 @@ def test_a_redelivered_batch_is_cut_exactly_as_before_even_with_another_batch_si
     assert any(m.startswith(INTENT_PREFIX) for m in intents.values())
 
     bigger = sink_settings.model_copy(update={"sink_batch_max_size": 5000})
-    second = Sink(KafkaConnection.from_settings(bigger), store, bigger).start()
+    second = Sink(KafkaConnection.from_settings(bigger), store, SinkConfig.from_settings(bigger)).start()
     try:
         wait_until(lambda: group_lag(KafkaConnection.from_settings(bigger), bigger) == 0, 60, message="catch-up")
     finally:
@@ -249,7 +251,7 @@ def test_clickhouse_outage_pauses_the_sink_lag_grows_nothing_is_lost(
     kafka = KafkaConnection.from_settings(sink_settings)
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
     sinks_store = ClickHouseStore(clickhouse_url)
-    sink = Sink(kafka, sinks_store, sink_settings).start()
+    sink = Sink(kafka, sinks_store, SinkConfig.from_settings(sink_settings)).start()
     try:
         produce(kafka, sink_settings, histories(tenant, 5))
         wait_until(lambda: counts(store, tenant)["events"] == 20, 60, message="first events written")
@@ -361,7 +363,7 @@ def test_a_job_run_twice_is_counted_once_everywhere_with_the_run_clients_saw(
     ]
     runs += [(job_history(tenant, start=start, outcome="failed"), [])]  # and one job that ran once
     kafka = KafkaConnection.from_settings(sink_settings)
-    sink = Sink(kafka, store, sink_settings).start()
+    sink = Sink(kafka, store, SinkConfig.from_settings(sink_settings)).start()
     try:
         produce(kafka, sink_settings, [e for first, _ in runs for e in first])
         wait_until(lambda: group_lag(kafka, sink_settings) == 0, 60, message="first runs written")

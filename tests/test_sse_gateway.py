@@ -411,9 +411,9 @@ def test_window_keeps_a_queued_event_that_lands_after_running_and_drops_exact_re
     """Two producers write a job's events (the API its `queued`, a worker the rest), so `queued`
     may land after `running`; the window must keep it, or streams of the job see no start."""
     from sse_gateway.entry import Entry
-    from sse_gateway.fanout import Fanout
+    from sse_gateway.fanout import Fanout, FanoutConfig
 
-    fanout = Fanout(KafkaConnection.from_settings(settings), settings)
+    fanout = Fanout(KafkaConnection.from_settings(settings), FanoutConfig.from_settings(settings))
     fanout.partitions, fanout.next_offsets, fanout._window.start = 1, [0], [0]
     job = new_job()
     arriving = [
