@@ -12,13 +12,18 @@ import logging
 import math
 import time
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
+
 from streams import topics
 from streams.kafka_config import KafkaConnection
-from streams.lag import consumer_lag
+from streams.lag import PartitionLag, consumer_lag
 from streams.reader import KafkaReader
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
+
+PEEK_TIMEOUT_S = 2.0  # longest a lag check waits for the oldest waiting records' timestamps
 
 
 class LagMonitor(KafkaReader):
@@ -31,8 +36,11 @@ class LagMonitor(KafkaReader):
             settings.topic(topics.REQUESTED),
             group_id=settings.topic(topics.PROCESSORS_GROUP),
             name="lag-monitor",
+            # it reads only the first waiting record of a partition (for its age): small fetches, no read-ahead
+            **{"max.partition.fetch.bytes": 65536, "fetch.max.bytes": 1048576, "queued.min.messages": 1},
         )
         self._settings = settings
+        self._group = settings.topic(topics.PROCESSORS_GROUP)
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed
         self._last: tuple[float, int] | None = None
@@ -60,7 +68,38 @@ class LagMonitor(KafkaReader):
             self.rate = instant if self.rate == 0 else 0.7 * self.rate + 0.3 * instant
         self._last = (now, done)
         self.lag = sum(p.lag for p in partitions)
+        if self._settings.metrics:
+            self._export(partitions)
         return self.lag
+
+    def _export(self, partitions: list[PartitionLag]) -> None:
+        ages = self._oldest_ages(partitions)
+        for p in partitions:
+            partition = str(p.partition)
+            metrics.PROCESSOR_LAG.labels(self._group, partition).set(p.lag)
+            metrics.OLDEST_WAITING.labels(self._group, partition).set(ages.get(p.partition, 0.0))
+
+    def _oldest_ages(self, partitions: list[PartitionLag]) -> dict[int, float]:
+        """Seconds since the first record the processors have not committed was appended, per lagging
+        partition: read that one record (never committing: the group's offsets are the processors')."""
+        waiting = {p.partition: max(p.committed, p.low) for p in partitions if p.lag > 0}
+        if not waiting:
+            return {}
+        ages: dict[int, float] = {}
+        self.consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in waiting.items()])
+        try:
+            deadline = time.monotonic() + PEEK_TIMEOUT_S
+            while len(ages) < len(waiting) and time.monotonic() < deadline and not self.stopping:
+                for message in self.consumer.consume(len(waiting), timeout=0.2):
+                    partition = message.partition()
+                    if message.error() is not None or partition not in waiting or partition in ages:
+                        continue
+                    kind, ts_ms = message.timestamp()
+                    if kind != TIMESTAMP_NOT_AVAILABLE:
+                        ages[partition] = max(0.0, time.time() - ts_ms / 1000)
+        finally:
+            self.consumer.unassign()
+        return ages
 
     @property
     def overloaded(self) -> bool:

@@ -30,6 +30,7 @@ from streams.kafka_config import KafkaConnection
 from streams.lifeline import watch_parent
 from streams.producer import AsyncProducer
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
+        metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
         self._producer = AsyncProducer(self.kafka, settings, poll_on_loop=False)  # sends are mostly chunks
         self._outbox = outbox = Outbox(self._producer, settings, settings.topic(topics.EVENTS)).start()
         dead_letters = DeadLetters(self._producer, settings.topic(topics.DEAD_LETTERS))

@@ -24,6 +24,7 @@ from sse_gateway.visibility import Visibility
 from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class JobStream(ClientStream):
                 yield HEARTBEAT
 
     def _reset(self, reason: ResetReason, detail: str) -> bytes:
+        metrics.SSE_RESETS.labels("job").inc()
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
         return control_frame(
             "reset",

@@ -27,6 +27,7 @@ from sse_gateway.tenant_stream import EventFilter, TenantStream
 from sse_gateway.tokens import InvalidToken, StreamGrant, StreamTokens
 from streams.events import JobStatus
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ async def job_events(
     settings: Settings = request.app.state.settings
     slot = _admit(request, grant.tenant)
     stream = JobStream(request.app.state.fanout, request.app.state.store, settings, grant.tenant, job_id, last)
+    if raw is not None:
+        metrics.SSE_RESUMES.labels("job").inc()
     try:
         await stream.open()
     except ClientHasEverything:
@@ -152,7 +155,7 @@ async def job_events(
     except BaseException:
         slot.release()
         raise
-    return _respond(request, stream, slot)
+    return _respond(request, stream, slot, "job")
 
 
 @router.get(
@@ -205,17 +208,23 @@ async def tenant_events(
     accepts = EventFilter(_values(kind, "kind"), statuses, _values(job_id, "job_id"))
     slot = _admit(request, grant.tenant)
     stream = TenantStream(fanout, request.app.state.store, settings, grant.tenant, accepts, resume)
+    if resume is not None:
+        metrics.SSE_RESUMES.labels("tenant").inc()
     stream.open()
-    return _respond(request, stream, slot)
+    return _respond(request, stream, slot, "tenant")
 
 
-def _respond(request: Request, stream: ClientStream, slot: Slot) -> EventStreamResponse:
+def _respond(request: Request, stream: ClientStream, slot: Slot, endpoint: str) -> EventStreamResponse:
     def closed() -> None:
         stream.close()
         slot.release()
 
     return EventStreamResponse(
-        stream.frames(), watchdog=request.app.state.sse_watchdog, on_disconnect=stream.close, on_close=closed
+        stream.frames(),
+        watchdog=request.app.state.sse_watchdog,
+        on_disconnect=stream.close,
+        on_close=closed,
+        endpoint=endpoint,
     )
 
 
