@@ -43,13 +43,21 @@ class HttpMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        answered = False
 
         async def timed_send(message: Message) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
+                answered = True
                 self._record(scope, message["status"], time.perf_counter() - started)
             await send(message)
 
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, receive, timed_send)
+        except Exception:  # the outermost error handler answers 500 after us: count it here
+            if not answered:
+                self._record(scope, 500, time.perf_counter() - started)
+            raise
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         key = (scope["method"], route_of(scope), status)
