@@ -1,4 +1,4 @@
-"""``GET /metrics`` and the HTTP metrics every route shares: requests by route template and status, durations.
+"""``GET /metrics`` and the HTTP metrics every route shares: requests and durations by route template and status.
 
 Pure ASGI (not BaseHTTPMiddleware) so SSE responses stream untouched. The route label is the
 matched route's template (``/v1/jobs/{job_id}``), never the raw path: an unmatched path counts as
@@ -33,11 +33,11 @@ def route_of(scope: Scope) -> str:
 
 
 class HttpMetrics:
-    """Counts each answered request and observes the time to its response headers."""
+    """Observes each answered request's time to its response headers (the histogram's _count counts them)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,15 +61,10 @@ class HttpMetrics:
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         key = (scope["method"], route_of(scope), status)
-        children = self._children.get(key)
-        if children is None:  # bounded: methods × route templates × statuses
-            children = (
-                metrics.HTTP_REQUESTS.labels(key[0], key[1], str(status)),
-                metrics.HTTP_DURATION.labels(key[0], key[1]),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        child = self._children.get(key)
+        if child is None:  # bounded: methods × route templates × statuses
+            child = self._children[key] = metrics.HTTP_DURATION.labels(key[0], key[1], str(status))
+        child.observe(seconds)
 
 
 async def _metrics(request: Request) -> Response:

@@ -135,7 +135,9 @@ def test_metrics_endpoint_answers_prometheus_text_with_route_templates(client: h
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    routes = {labels for name, labels, _ in samples(response.text) if name == "jobstream_http_requests_total"}
+    routes = {
+        labels for name, labels, _ in samples(response.text) if name == "jobstream_http_request_duration_seconds_count"
+    }
     assert any('route="/v1/jobs/{job_id}"' in labels and 'status="404"' in labels for labels in routes), routes
     assert any('route="unmatched"' in labels for labels in routes), routes
     assert not any("/no/such" in labels for labels in routes)
@@ -146,7 +148,7 @@ def test_metrics_endpoint_answers_prometheus_text_with_route_templates(client: h
 def test_metrics_ignores_query_parameters(client: httpx.Client, query: str):
     response = client.get("/metrics" + query)
     assert response.status_code == 200
-    assert "jobstream_http_requests_total" in response.text
+    assert "jobstream_http_request_duration_seconds_count" in response.text
 
 
 @pytest.mark.kafka
