@@ -208,8 +208,6 @@ def worker(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
-    from processors.app import run_worker
-
     _logging(log_level)
     settings = _settings(
         batch_max_size=batch_max_size,
@@ -219,8 +217,10 @@ def worker(
     )
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    if settings.metrics and settings.worker_metrics_port:
+    if settings.metrics and settings.worker_metrics_port:  # before the worker's modules import prometheus_client
         _serve_worker_metrics(settings, index)
+    from processors.app import run_worker
+
     run_worker(
         settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid
     )

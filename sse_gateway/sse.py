@@ -108,6 +108,7 @@ class EventStreamResponse(Response):
         watcher: asyncio.Task[None] | None = None
         watchdog = self.watchdog
         delivered = metrics.SSE_EVENTS.labels(self.endpoint)
+        unreported, reported_at = 0, time.monotonic()
         metrics.SSE_OPEN.labels(self.endpoint).inc()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -120,8 +121,12 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 finally:
                     watchdog.end(self)
-                if events := _events_in(chunk):
-                    delivered.inc(events)
+                # counted per stream and added to the shared counter at most once a second (and at the
+                # end): a write per chunk per client would cost more than the fan-out's own bookkeeping
+                unreported += _events_in(chunk)
+                if unreported and (now := time.monotonic()) >= reported_at + 1.0:
+                    delivered.inc(unreported)
+                    unreported, reported_at = 0, now
             if not self.gone:
                 watchdog.begin(self)
                 try:
@@ -144,6 +149,8 @@ class EventStreamResponse(Response):
             # timed out: return without completing; uvicorn closes the connection
         finally:
             metrics.SSE_OPEN.labels(self.endpoint).dec()
+            if unreported:
+                delivered.inc(unreported)
             if watcher is not None:
                 watcher.cancel()
             try:

@@ -156,3 +156,31 @@ def test_metrics_rejects_other_methods_as_problems(client: httpx.Client):
     response = client.post("/metrics", content=b"{}")
     assert response.status_code == 405
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.kafka
+def test_sse_streams_report_events_resumes_and_open_streams(client: httpx.Client):
+    from httpx_sse import connect_sse
+
+    def stream(url: str, **headers: str) -> list:
+        with connect_sse(client, "GET", url, headers=headers, timeout=httpx.Timeout(60, read=60)) as source:
+            return list(source.iter_sse())
+
+    def value(name: str, labels: str) -> float:
+        found = samples(client.get("/metrics").text)
+        return sum(v for n, ls, v in found if n == name and labels in ls)
+
+    before = {
+        "events": value("jobstream_sse_events_delivered_total", 'endpoint="job"'),
+        "resumes": value("jobstream_sse_resumes_total", 'endpoint="job"'),
+        "open": value("jobstream_sse_open_streams", 'endpoint="job"'),
+    }
+    job_id = client.post("/v1/jobs", json={"kind": "stats.describe", "params": {"values": [1, 2, 3]}}).json()["job_id"]
+    first = stream(f"/v1/jobs/{job_id}/events")  # ends after the terminal event
+    assert first[-1].event == "succeeded"
+    resumed = stream(f"/v1/jobs/{job_id}/events", **{"Last-Event-ID": first[1].id})
+    assert value("jobstream_sse_events_delivered_total", 'endpoint="job"') - before["events"] == len(first) + len(
+        resumed
+    )
+    assert value("jobstream_sse_resumes_total", 'endpoint="job"') - before["resumes"] == 1
+    assert value("jobstream_sse_open_streams", 'endpoint="job"') == before["open"]

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 
+from streams import topics
+from streams.events import JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import dumps
 from tests.support.prometheus import PrometheusServer, samples
 from tests.support.service_process import ServiceProcess, service_env
 from tests.support.waiting import wait_until
@@ -120,3 +124,35 @@ def test_a_real_prometheus_scrapes_up_and_counts_the_finished_jobs(
         assert waiting and float(waiting[0]["value"][1]) == 0.0  # nothing waits: every job finished
     finally:
         prometheus.stop()
+
+
+def test_a_worker_on_its_own_serves_its_metrics_and_its_calculation_processes(settings: Settings):
+    """The distributed layout: `jobstream worker` with JOBSTREAM_WORKER_METRICS_PORT, no HTTP process."""
+    from streams.local_kafka import free_port
+    from tests.support.workers import Worker, isolated
+
+    port = free_port()
+    scoped = isolated(settings, worker_metrics_port=port, calc_processes=1)
+    worker = Worker(scoped).start()
+    try:
+        ids = [uuid.uuid4().hex for _ in range(3)]
+        producer = Producer(KafkaConnection.from_settings(scoped).producer_config())
+        for i, job_id in enumerate(ids):
+            request = JobRequested(job_id=job_id, kind="stats.describe", params={"values": [1, 2, i]})
+            producer.produce(scoped.topic(topics.REQUESTED), key=job_id.encode(), value=dumps(request))
+        assert producer.flush(30) == 0
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def finished_here() -> float:
+            assert worker.process is not None and worker.process.poll() is None, worker.tail()
+            try:
+                found = samples(httpx.get(url, timeout=5).text)
+            except httpx.TransportError:
+                return 0.0
+            return value(found, "jobstream_jobs_finished_total", 'status="succeeded"')
+
+        wait_until(lambda: finished_here() == len(ids), 120, 0.2, message="the worker's /metrics to count the jobs")
+        found = samples(httpx.get(url, timeout=5).text)
+        assert value(found, "jobstream_batch_size_sum", 'kind="stats.describe"') == len(ids)  # calculation process
+    finally:
+        worker.stop()
