@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: up test test-unit lint kafka-jars chromium clean
+.PHONY: up test test-unit lint kafka-jars chromium prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,21 @@ chromium:
 		exit 1; \
 	fi
 
+# tests/test_metrics.py and tests/test_prometheus.py run Debian's promtool and a real Prometheus server.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Prometheus for tests/test_metrics.py and tests/test_prometheus.py (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	else \
+		echo "the metrics tests need prometheus and promtool: run 'sudo apt-get install prometheus' (Debian)" >&2; \
+		exit 1; \
+	fi
+
 up: $(STAMP) kafka-jars
 	$(BIN)/jobstream up
 
-test: $(STAMP) kafka-jars chromium
+test: $(STAMP) kafka-jars chromium prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (lint, import order, format) and mypy over the packages; config in pyproject.toml.

@@ -13,13 +13,18 @@ import math
 import time
 from dataclasses import dataclass
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
+
 from streams import topics
 from streams.kafka_config import KafkaConnection
-from streams.lag import consumer_lag
+from streams.lag import PartitionLag, consumer_lag
 from streams.reader import KafkaReader
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
+
+PEEK_TIMEOUT_S = 2.0  # longest a lag check waits for the oldest waiting records' timestamps
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class LagConfig:
     max_queued_jobs: int
     retry_after_s: int  #: the hint before a rate is measured
     retry_after_max_s: int
+    metrics: bool  #: export per-partition lag and the oldest waiting job's age
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LagConfig:
@@ -42,6 +48,7 @@ class LagConfig:
             max_queued_jobs=settings.max_queued_jobs,
             retry_after_s=settings.retry_after_s,
             retry_after_max_s=settings.retry_after_max_s,
+            metrics=settings.metrics,
         )
 
 
@@ -50,8 +57,16 @@ class LagMonitor(KafkaReader):
 
     def __init__(self, kafka: KafkaConnection, config: LagConfig) -> None:
         # Reading the processors' committed offsets needs their group id, but never joins the group.
-        super().__init__(kafka, config.topic, group_id=config.group_id, name="lag-monitor")
+        super().__init__(
+            kafka,
+            config.topic,
+            group_id=config.group_id,
+            name="lag-monitor",
+            # it reads only the first waiting record of a partition (for its age): small fetches, no read-ahead
+            **{"max.partition.fetch.bytes": 65536, "fetch.max.bytes": 1048576, "queued.min.messages": 1},
+        )
         self._config = config
+        self._group = config.group_id
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed
         self._last: tuple[float, int] | None = None
@@ -79,7 +94,38 @@ class LagMonitor(KafkaReader):
             self.rate = instant if self.rate == 0 else 0.7 * self.rate + 0.3 * instant
         self._last = (now, done)
         self.lag = sum(p.lag for p in partitions)
+        if self._config.metrics:
+            self._export(partitions)
         return self.lag
+
+    def _export(self, partitions: list[PartitionLag]) -> None:
+        ages = self._oldest_ages(partitions)
+        for p in partitions:
+            partition = str(p.partition)
+            metrics.PROCESSOR_LAG.labels(self._group, partition).set(p.lag)
+            metrics.OLDEST_WAITING.labels(self._group, partition).set(ages.get(p.partition, 0.0))
+
+    def _oldest_ages(self, partitions: list[PartitionLag]) -> dict[int, float]:
+        """Seconds since the first record the processors have not committed was appended, per lagging
+        partition: read that one record (never committing: the group's offsets are the processors')."""
+        waiting = {p.partition: max(p.committed, p.low) for p in partitions if p.lag > 0}
+        if not waiting:
+            return {}
+        ages: dict[int, float] = {}
+        self.consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in waiting.items()])
+        try:
+            deadline = time.monotonic() + PEEK_TIMEOUT_S
+            while len(ages) < len(waiting) and time.monotonic() < deadline and not self.stopping:
+                for message in self.consumer.consume(len(waiting), timeout=0.2):
+                    partition = message.partition()
+                    if message.error() is not None or partition not in waiting or partition in ages:
+                        continue
+                    kind, ts_ms = message.timestamp()
+                    if kind != TIMESTAMP_NOT_AVAILABLE:
+                        ages[partition] = max(0.0, time.time() - ts_ms / 1000)
+        finally:
+            self.consumer.unassign()
+        return ages
 
     @property
     def overloaded(self) -> bool:

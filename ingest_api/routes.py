@@ -36,6 +36,7 @@ from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ _Body = TypeVar("_Body", bound=BaseModel)
 _T = TypeVar("_T")
 _QUEUED = JobStatus.QUEUED.value
 _MAX_KEY_LENGTH = 255  # of an Idempotency-Key
+SUBMIT_ROUTE = "/v1/jobs"  # route labels of the submission metrics
+BATCH_ROUTE = "/v1/jobs:batch"
 _KEY_PATTERN = re.compile(rf"^[\x21-\x7e]{{1,{_MAX_KEY_LENGTH}}}$")  # visible ASCII, no spaces
 
 # Every route may answer these (bad JSON, missing key, invalid parameters); routes add their own.
@@ -295,21 +298,34 @@ async def submit(request: Request) -> Response:
     # The API's hot path: body, header and tenant are read here rather than by FastAPI's parameter
     # machinery and the answer is serialised directly, so that ``shortcut.SubmitShortcut`` can call
     # this with a bare Request (docs/benchmarks.md, "Ingest API"). The contract is unchanged.
-    await _require_json(request)
-    tenant = tenant_of(request)
-    idempotency_key = _idempotency_key(request)
-    settings: Settings = request.app.state.settings
-    raw = await request.body()
-    job_id = idempotent_job_id(tenant, idempotency_key) if idempotency_key is not None else None
-    parsed = await _off_loop(
-        settings, len(raw), _parse_submit, raw, tenant, job_id, idempotency_key is not None, settings.max_listed_errors
-    )
-    with _submit_slot(request):
-        if idempotency_key is None:
-            return await _submit_once(parsed, request, tenant, None)
-        keys: IdempotencyKeys = request.app.state.idempotency
-        with await keys.exclusive(tenant, idempotency_key):
-            return await _submit_once(parsed, request, tenant, idempotency_key)
+    kind = None
+    try:
+        await _require_json(request)
+        tenant = tenant_of(request)
+        idempotency_key = _idempotency_key(request)
+        settings: Settings = request.app.state.settings
+        raw = await request.body()
+        job_id = idempotent_job_id(tenant, idempotency_key) if idempotency_key is not None else None
+        parsed = await _off_loop(
+            settings,
+            len(raw),
+            _parse_submit,
+            raw,
+            tenant,
+            job_id,
+            idempotency_key is not None,
+            settings.max_listed_errors,
+        )
+        kind = parsed.job.kind
+        with _submit_slot(request):
+            if idempotency_key is None:
+                return await _submit_once(parsed, request, tenant, None)
+            keys: IdempotencyKeys = request.app.state.idempotency
+            with await keys.exclusive(tenant, idempotency_key):
+                return await _submit_once(parsed, request, tenant, idempotency_key)
+    except Problem as exc:
+        metrics.rejected(SUBMIT_ROUTE, kind, exc.status)
+        raise
 
 
 def _same_body(fingerprint: str, parsed: _Parsed) -> None:
@@ -350,6 +366,7 @@ async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempoten
         raise _unavailable(request, exc, [job.job_id], keyed=idempotency_key is not None) from None
     if idempotency_key is not None and entry is not None:
         request.app.state.idempotency.remember(tenant, idempotency_key, entry)
+    metrics.accepted(SUBMIT_ROUTE, job.kind, tenant)
     # debug, not info: one line per job is a log line per request at thousands per second.
     logger.debug("accepted job %s", job.job_id, extra={"job_id": job.job_id, "tenant": tenant})
     return _accepted(request, job.job_id)
@@ -455,25 +472,44 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
     """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
     settings: Settings = request.app.state.settings
     raw = await request.body()
-    ready, items = await _off_loop(settings, len(raw), _prepare_batch, raw, tenant, settings)
-    _admit(request)
+    try:
+        ready, items = await _off_loop(settings, len(raw), _prepare_batch, raw, tenant, settings)
+        _admit(request)
+    except Problem as exc:
+        metrics.rejected(BATCH_ROUTE, None, exc.status)
+        raise
     headers = {}
     if ready:
         recent: RecentJobs = request.app.state.recent
         for job in ready:
             recent.add(job.queued)
-        with _submit_slot(request):
-            try:
-                await publish(request.app.state.producer, request.app.state.job_topics, ready)
-            except ProduceError as exc:
-                for job in ready:
-                    recent.discard(tenant, job.job_id)
-                raise _unavailable(request, exc, [job.job_id for job in ready]) from None
+        try:
+            with _submit_slot(request):
+                try:
+                    await publish(request.app.state.producer, request.app.state.job_topics, ready)
+                except ProduceError as exc:
+                    for job in ready:
+                        recent.discard(tenant, job.job_id)
+                    raise _unavailable(request, exc, [job.job_id for job in ready]) from None
+        except Problem as exc:
+            metrics.rejected(BATCH_ROUTE, None, exc.status, len(ready))
+            raise
+        _count_batch(ready, tenant)
         headers["Retry-After"] = _retry_after(request)
+    if len(items) > len(ready):
+        metrics.rejected(BATCH_ROUTE, None, 422, len(items) - len(ready))
     # Serialised directly, like a single submit's answer: validating 1,000 items we built ourselves
     # against BatchAccepted cost more than producing them.
     body_bytes = orjson.dumps({"accepted": len(ready), "rejected": len(items) - len(ready), "jobs": items})
     return Response(body_bytes, status_code=202 if ready else 422, media_type="application/json", headers=headers)
+
+
+def _count_batch(ready: list[Prepared], tenant: str) -> None:
+    kinds: dict[str, int] = {}
+    for job in ready:
+        kinds[job.kind] = kinds.get(job.kind, 0) + 1
+    for kind, count in kinds.items():
+        metrics.accepted(BATCH_ROUTE, kind, tenant, count)
 
 
 def _batch_item(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge.metrics import ROUTE_KEY
 from edge.problems import Problem, problem_response
 from ingest_api.routes import submit
 
@@ -27,6 +28,7 @@ class SubmitShortcut:
             or scope.get("root_path")
         ):
             return await self.app(scope, receive, send)
+        scope[ROUTE_KEY] = "/v1/jobs"
         try:
             response = await submit(Request(scope, receive))
         except Problem as exc:

@@ -96,6 +96,8 @@ class WorkerSupervisor:
     def __init__(self, settings: Settings, connection: KafkaConnection) -> None:
         import threading
 
+        # The API's /metrics covers these workers (one multiprocess directory); no port of their own.
+        settings = settings.model_copy(update={"worker_metrics_port": 0})
         self._settings = settings
         self._connection = connection
         self.processes = [_start_worker(settings, connection, i) for i in range(settings.workers)]
@@ -139,13 +141,18 @@ def up(
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
-    from streams.broker import kafka_broker
-    from streams.topics import ensure_topics
-
     _logging(log_level)
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     _refuse_open_bind_without_keys(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.metrics:  # before anything imports prometheus_client; the workers inherit it
+        from telemetry.multiprocess import use_directory
+
+        use_directory(settings.data_dir / "metrics")
+
+    from streams.broker import kafka_broker
+    from streams.topics import ensure_topics
+
     with kafka_broker(settings) as connection:
         ensure_topics(connection, settings)
         supervisor = WorkerSupervisor(settings, connection)
@@ -201,8 +208,6 @@ def worker(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
-    from processors.app import run_worker
-
     _logging(log_level)
     settings = _settings(
         batch_max_size=batch_max_size,
@@ -212,9 +217,25 @@ def worker(
     )
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
+    if settings.metrics and settings.worker_metrics_port:  # before the worker's modules import prometheus_client
+        _serve_worker_metrics(settings, index)
+    from processors.app import run_worker
+
     run_worker(
         settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid
     )
+
+
+def _serve_worker_metrics(settings: Settings, index: int) -> None:
+    """A worker on its own (the distributed layout): its metrics and its calculation processes' on
+    JOBSTREAM_WORKER_METRICS_PORT, added up from a multiprocess directory of its own."""
+    from telemetry.multiprocess import directory, use_directory
+
+    if directory() is None:
+        use_directory(settings.data_dir / "metrics" / f"worker-{index}")
+    from telemetry import metrics
+
+    metrics.serve(settings.worker_metrics_port, settings.host)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from calculations import registry
 from edge import cors, problems
+from edge import metrics as edge_metrics
 from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
 from ingest_api import routes as api_routes
@@ -41,6 +42,7 @@ from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
 from streams.settings import Settings
 from streams.topics import JobTopics
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,9 @@ def create_app(
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
         app.include_router(sink_routes.router)
+    metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
+    if settings.metrics:  # GET /metrics; outside BodyLimit (its 413s count), inside CORS
+        edge_metrics.install(app)
     cors.install(app, settings)
 
     @app.get("/healthz", responses=problems.problem_responses(503))

@@ -31,6 +31,7 @@ from streams.kafka_config import KafkaConnection
 from streams.lifeline import watch_parent
 from streams.producer import AsyncProducer
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
+        metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
         self._producer = AsyncProducer(
             self.kafka, settings.produce_timeout_s, poll_on_loop=False
         )  # sends are mostly chunks

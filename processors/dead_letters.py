@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from streams.events import utcnow
 from streams.producer import AsyncProducer, Outgoing, ProduceError
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class DeadLetters:
             with attempt:
                 await self._producer.send_many([outgoing])
         self.sent += 1
+        metrics.DEAD_LETTERS.labels(reason).inc()
         logger.error("dead-lettered a request: %s", reason, extra={"job_id": job_id, "reason": reason})
 
 

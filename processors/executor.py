@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from calculations import registry
 from streams.lifeline import kill_with_parent
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +300,10 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
             return
         if message[0] == "run":
             _, call_id, kind, version, jobs = message  # jobs and outcomes travel as plain tuples (cheaper)
+            started = time.perf_counter()
             outcomes = run_jobs(kind, [JobSpec(*fields) for fields in jobs], _PipeControl(conn), version)
+            label = metrics.kind_label(kind)
+            metrics.BATCH_RUN.labels(label).observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.labels(label).observe(len(jobs))
             conn.send(("done", call_id, [(o.job_id, o.status, o.result, o.error, o.calc_version) for o in outcomes]))
         # a "cancel" read here came after its batch ended: nothing to stop

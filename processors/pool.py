@@ -23,6 +23,7 @@ from typing import Any
 
 from processors.executor import JobSpec, Outcome, child_main
 from streams.errors import JobstreamError
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ class CalcPool:
             extra={"jobs": [j.job_id for j in call.jobs] if call else []},
         )
         self.restarts += 1
+        if call is None or not call.timed_out:  # killed by the watchdog for a timeout: counted as a timeout
+            metrics.CALC_CRASHES.inc()
         try:
             slot.conn.close()
         except OSError:

@@ -32,6 +32,7 @@ from streams.control import CancelCommand
 from streams.events import EventType, JobRequested, utcnow
 from streams.settings import Settings
 from streams.wire import decode_request
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +208,12 @@ class Runner:
             return
         kind = jobs[0].request.kind
         now = time.monotonic()
+        wall = time.time()
         specs = []
         for job in jobs:
             if job.started_at is None:
                 job.started_at = now
+                metrics.queue_wait(kind, wall - job.request.ts.timestamp())
             if job.announced_attempt != job.attempt:
                 self._outbox.emit(
                     job.request,
@@ -309,6 +312,7 @@ class Runner:
                 {**_error("timeout", "no time left for another attempt"), "attempt": job.attempt, "last_error": error},
             )
             return
+        metrics.RETRIES.labels(metrics.kind_label(job.request.kind)).inc()
         self._outbox.emit(
             job.request,
             EventType.RETRYING,
@@ -342,6 +346,7 @@ class Runner:
         if type_ is EventType.SUCCEEDED and job.progress < 1.0:
             self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 1.0})
         self.stats.jobs_done += 1
+        _count_finish(job, type_, data)
 
         def ack() -> None:  # Kafka has the terminal event (never called if it does not)
             for one in job.acks:
@@ -396,6 +401,18 @@ def _group(request: JobRequested) -> Hashable:
         return (kind, version, calc.batch_key(request.params))
     except Exception:  # a bad key function must not stop the job: it fails (or not) in the pool
         return (kind, version, None)
+
+
+def _count_finish(job: Job, type_: EventType, data: dict[str, Any]) -> None:
+    request = job.request
+    metrics.finished(request.kind, type_.value, request.tenant, time.time() - request.ts.timestamp())
+    if type_ is EventType.CANCELLED:
+        stage = "waiting" if job.started_at is None else "running"
+        metrics.CANCELLATIONS.labels(metrics.kind_label(request.kind), stage).inc()
+    elif type_ is EventType.FAILED:
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("type") == "timeout":
+            metrics.TIMEOUTS.labels(metrics.kind_label(request.kind)).inc()
 
 
 def _halves(jobs: list[Job]) -> list[list[Job]]:

@@ -31,6 +31,7 @@ from streams.kafka_config import KafkaConnection
 from streams.producer import Outgoing
 from streams.settings import Settings
 from streams.topics import JobTopics
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ class Replayer:
             }
 
     def _run_safely(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
+        metrics.REPLAYS_RUNNING.inc()
         try:
             self._run(replay, already, stop)
         except Exception as exc:  # recorded, so an operator sees it and can resume
@@ -262,6 +264,8 @@ class Replayer:
                     update={"state": ReplayState.FAILED, "error": str(exc)[:2000], "updated_at": utcnow()}
                 )
             )
+        finally:
+            metrics.REPLAYS_RUNNING.dec()
 
     def _run(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
         flt = Filter(replay.tenant, replay.selection, self._statuses)
@@ -309,6 +313,7 @@ class Replayer:
                             logger.info("replay %s stopped after %d jobs", replay.replay_id, emitted)
                             return
                         self._emit(replay, found.request)
+                        metrics.REPLAY_EMITTED.inc()
                         emitted += 1
                         sent += 1
                         since_checkpoint += 1

@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, NoReturn, Self
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
 from sink.batching import Pending
@@ -31,6 +31,7 @@ from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, transient
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class Sink(KafkaReader):
         except BaseException:
             self._rewind(batch)
             raise
-        self._inflight = (ranges, batch, self._writer.submit(self._insert, ranges, rows))
+        self._inflight = (ranges, batch, self._writer.submit(self._insert, ranges, rows, _oldest_s(batch)))
 
     def _settle(self) -> None:
         """Wait for the insert in flight, then commit its offsets.
@@ -261,7 +262,7 @@ class Sink(KafkaReader):
                 self._written[p] = max(self._written.get(p, -1), last)
         self._commit(ranges, intent=False)
 
-    def _insert(self, ranges: Ranges, rows: BatchRows) -> int:
+    def _insert(self, ranges: Ranges, rows: BatchRows, appended_s: float | None = None) -> int:
         """On the writer thread: insert a batch, retrying with backoff until ClickHouse takes it
         (when stopping: three attempts, then ``SinkStopping``)."""
         token = ranges.token(self.topic)
@@ -269,6 +270,7 @@ class Sink(KafkaReader):
         def failed(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.stats.insert_failures += 1
+            metrics.SINK_FAILURES.inc()
             self.stats.retrying = True
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
 
@@ -292,8 +294,13 @@ class Sink(KafkaReader):
         )
         for attempt in retrying:
             with attempt:
+                started = time.perf_counter()
                 looked_up = self._store.job_times(rows.missing_times())
                 self._store.insert_json("job_events", rows.body(looked_up), token)
+        metrics.SINK_INSERT_DURATION.observe(time.perf_counter() - started)
+        metrics.SINK_ROWS.inc(len(rows.lines))
+        if appended_s is not None:
+            metrics.SINK_LAG.observe(max(0.0, time.time() - appended_s))
         if failures := attempt.retry_state.attempt_number - 1:
             logger.info("ClickHouse insert succeeded after %d failed attempts", failures)
         self.stats.retrying = False
@@ -383,6 +390,12 @@ class Sink(KafkaReader):
     def _undecodable(self, message: Message) -> None:
         self.stats.undecodable += 1
         logger.error("skipping undecodable event at %s[%d]@%d", self.topic, message.partition(), message.offset())
+
+
+def _oldest_s(batch: list[Message]) -> float | None:
+    """When the batch's oldest record was appended to Kafka (epoch seconds), if the records say."""
+    stamps = [ts for kind, ts in (m.timestamp() for m in batch) if kind != TIMESTAMP_NOT_AVAILABLE]
+    return min(stamps) / 1000 if stamps else None
 
 
 def _jittered(wait: Callable[[RetryCallState], float], spread: float = 0.2) -> Callable[[RetryCallState], float]:

@@ -23,6 +23,7 @@ from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
 from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class JobStream(ClientStream):
                 yield HEARTBEAT
 
     def _reset(self, reason: ResetReason, detail: str) -> bytes:
+        metrics.SSE_RESETS.labels("job").inc()
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
         return control_frame(
             "reset",

@@ -27,6 +27,7 @@ from sse_gateway.tenant_stream import EventFilter, TenantStream
 from sse_gateway.tokens import InvalidToken, StreamGrant, StreamTokens
 from streams.events import JobStatus
 from streams.settings import Settings
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,11 @@ async def job_events(
     if last < -1:
         raise Problem(400, "Invalid Last-Event-ID", "must be >= 0")
     slot = _admit(request, grant.tenant)
-    config: StreamConfig = request.app.state.stream_config
-    stream = JobStream(request.app.state.fanout, request.app.state.store, config, grant.tenant, job_id, last)
+    stream = JobStream(
+        request.app.state.fanout, request.app.state.store, request.app.state.stream_config, grant.tenant, job_id, last
+    )
+    if raw is not None:
+        metrics.SSE_RESUMES.labels("job").inc()
     try:
         await stream.open()
     except ClientHasEverything:
@@ -153,7 +157,7 @@ async def job_events(
     except BaseException:
         slot.release()
         raise
-    return _respond(request, stream, slot)
+    return _respond(request, stream, slot, "job")
 
 
 @router.get(
@@ -204,19 +208,26 @@ async def tenant_events(
         raise Problem(400, "Invalid Last-Event-ID", f"expected an id of this stream: {exc}") from None
     accepts = EventFilter(_values(kind, "kind"), statuses, _values(job_id, "job_id"))
     slot = _admit(request, grant.tenant)
-    config: StreamConfig = request.app.state.stream_config
-    stream = TenantStream(fanout, request.app.state.store, config, grant.tenant, accepts, resume)
+    stream = TenantStream(
+        fanout, request.app.state.store, request.app.state.stream_config, grant.tenant, accepts, resume
+    )
+    if resume is not None:
+        metrics.SSE_RESUMES.labels("tenant").inc()
     stream.open()
-    return _respond(request, stream, slot)
+    return _respond(request, stream, slot, "tenant")
 
 
-def _respond(request: Request, stream: ClientStream, slot: Slot) -> EventStreamResponse:
+def _respond(request: Request, stream: ClientStream, slot: Slot, endpoint: str) -> EventStreamResponse:
     def closed() -> None:
         stream.close()
         slot.release()
 
     return EventStreamResponse(
-        stream.frames(), watchdog=request.app.state.sse_watchdog, on_disconnect=stream.close, on_close=closed
+        stream.frames(),
+        watchdog=request.app.state.sse_watchdog,
+        on_disconnect=stream.close,
+        on_close=closed,
+        endpoint=endpoint,
     )
 
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sse_gateway.reasons import CloseReason
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,10 @@ class EventStreamResponse(Response):
         watchdog: SendWatchdog,
         on_disconnect: Callable[[], None],
         on_close: Callable[[], None],
+        endpoint: str = "job",
     ) -> None:
         self.frames = frames
+        self.endpoint = endpoint
         self.watchdog = watchdog
         self.on_disconnect = on_disconnect
         self.on_close = on_close
@@ -94,6 +97,7 @@ class EventStreamResponse(Response):
         """The client did not take a write for the send timeout: drop it."""
         self.timed_out = True
         self.gone = True
+        metrics.SSE_SLOW_DROPPED.labels("send_timeout").inc()
         logger.info("SSE client did not read for %.0f s; dropping it", self.watchdog.timeout_s)
         self.on_disconnect()
         if self._task is not None:
@@ -103,6 +107,9 @@ class EventStreamResponse(Response):
         self._task = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
         watchdog = self.watchdog
+        delivered = metrics.SSE_EVENTS.labels(self.endpoint)
+        unreported, reported_at = 0, time.monotonic()
+        metrics.SSE_OPEN.labels(self.endpoint).inc()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             watcher = asyncio.create_task(self._watch(receive))
@@ -114,6 +121,12 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 finally:
                     watchdog.end(self)
+                # counted per stream and added to the shared counter at most once a second (and at the
+                # end): a write per chunk per client would cost more than the fan-out's own bookkeeping
+                unreported += _events_in(chunk)
+                if unreported and (now := time.monotonic()) >= reported_at + 1.0:
+                    delivered.inc(unreported)
+                    unreported, reported_at = 0, now
             if not self.gone:
                 watchdog.begin(self)
                 try:
@@ -135,6 +148,9 @@ class EventStreamResponse(Response):
                     pass
             # timed out: return without completing; uvicorn closes the connection
         finally:
+            metrics.SSE_OPEN.labels(self.endpoint).dec()
+            if unreported:
+                delivered.inc(unreported)
             if watcher is not None:
                 watcher.cancel()
             try:
@@ -149,3 +165,9 @@ class EventStreamResponse(Response):
                 self.gone = True
                 self.on_disconnect()
                 return
+
+
+def _events_in(chunk: bytes) -> int:
+    """Events in a chunk of whole frames: lines that start with ``event:`` (a JSON ``data:`` line
+    holds no raw newline, so it cannot fake one); comments and id-only frames are not events."""
+    return chunk.count(b"\nevent: ") + chunk.startswith(b"event: ")

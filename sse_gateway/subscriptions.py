@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sse_gateway.entry import Entry
 from sse_gateway.reasons import CloseReason
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class Subscriptions:
         for sub in dead:
             if sub.reason == CloseReason.SLOW_CLIENT:
                 self.overflows += 1
+                metrics.SSE_SLOW_DROPPED.labels("queue_full").inc()
                 logger.info("dropped a slow SSE client (queue of %d full)", sub.maxsize, extra={"key": sub.key})
             self.remove(sub)
 

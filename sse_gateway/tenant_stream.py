@@ -22,6 +22,7 @@ from sse_gateway.reasons import ResetReason
 from sse_gateway.sse import control_frame
 from store.clickhouse import ClickHouseStore
 from streams.events import EventType, JobStatus, next_status
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class TenantStream(ClientStream):
                     reason = ResetReason.TOO_FAR_BEHIND
             if reason is not None:
                 logger.info("SSE reset for a tenant stream: %s", reason, extra={"tenant": self.tenant})
+                metrics.SSE_RESETS.labels("tenant").inc()
                 yield self._first(
                     control_frame(
                         "reset",

@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class AsyncProducer:
                 )
         except Exception as exc:  # BufferError (queue full), KafkaException (too large, unknown topic...)
             reason = "producer queue is full" if isinstance(exc, BufferError) else str(exc)
+            metrics.PRODUCE_ERRORS.inc()
             send.future.cancel()
             if index == 0:  # nothing handed over: surely not written
                 send.outcome.cancel()
@@ -164,6 +166,7 @@ class AsyncProducer:
         try:
             self._producer.produce_batch(topic, messages, on_delivery=send.on_delivery)
         except Exception as exc:  # TypeError, KafkaException: nothing was queued
+            metrics.PRODUCE_ERRORS.inc()
             send.future.cancel()
             send.outcome.cancel()
             raise ProduceError(str(exc)) from exc
@@ -305,12 +308,14 @@ class _Send:
         if self.future.done():  # timed out or cancelled meanwhile
             return
         if self._error is not None:
+            metrics.PRODUCE_ERRORS.inc()
             self.future.set_exception(ProduceError(self._error, self.outcome))
         else:
             self.future.set_result(self._results)  # type: ignore[arg-type]  # filled for every index by now (None only before its report)
 
     def expire(self) -> None:
         if not self.future.done():
+            metrics.PRODUCE_TIMEOUTS.inc()
             self.future.set_exception(
                 ProduceError(f"no acknowledgement from Kafka within {self.wait_s}s", self.outcome)
             )

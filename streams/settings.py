@@ -236,6 +236,30 @@ class Settings(BaseSettings):
         default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER."
     )
 
+    # --- metrics ----------------------------------------------------------------
+    metrics: bool = Field(
+        default=True,
+        description="Serve GET /metrics (Prometheus text) and, under `jobstream up`, collect the workers' and "
+        "calculation processes' metrics there; false: no endpoint, no HTTP middleware, no metric files.",
+    )
+    metrics_tenant_label: bool = Field(
+        default=False,
+        description="Also count accepted and finished jobs per tenant (jobstream_tenant_* families).",
+    )
+    metrics_max_tenants: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Distinct tenant label values one process reports; tenants past this are counted as 'other'.",
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="`jobstream worker` serves its own GET /metrics on this port (the distributed layout); "
+        "0: none (under `jobstream up` the API's /metrics covers the workers).",
+    )
+
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
         return f"{self.topic_prefix}{name}"

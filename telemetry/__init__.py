@@ -1,0 +1,1 @@
+"""What operators see of jobstream: Prometheus metrics (``metrics``), shared by every service."""
