@@ -31,6 +31,7 @@ from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, transient
 from streams.settings import Settings
+from telemetry import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,12 @@ class Sink(KafkaReader):
         except BaseException:
             self._rewind(batch)
             raise
-        self._inflight = (ranges, batch, self._writer.submit(self._insert, ranges, rows))
+        future = self._writer.submit(self._insert, ranges, rows)
+        if tracing.enabled():  # a span per job trace in the batch, from now until the insert ends
+            spans = tracing.consumed("jobstream.sink.insert", batch, {"jobstream.batch_size": len(batch)})
+            if spans is not None:
+                future.add_done_callback(lambda done: spans.end(_failure(done)))
+        self._inflight = (ranges, batch, future)
 
     def _settle(self) -> None:
         """Wait for the insert in flight, then commit its offsets.
@@ -356,6 +362,14 @@ class Sink(KafkaReader):
     def _undecodable(self, message: Message) -> None:
         self.stats.undecodable += 1
         logger.error("skipping undecodable event at %s[%d]@%d", self.topic, message.partition(), message.offset())
+
+
+def _failure(done: Future[Any]) -> str | None:
+    """What ended an insert badly (its exception's name), or None when it succeeded."""
+    if done.cancelled():
+        return "cancelled"
+    exc = done.exception()
+    return None if exc is None else type(exc).__name__
 
 
 def _jittered(wait: Callable[[RetryCallState], float], spread: float = 0.2) -> Callable[[RetryCallState], float]:

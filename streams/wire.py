@@ -284,9 +284,10 @@ def build(
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 
-def records(prepared: Prepared, settings: Settings) -> list[Outgoing]:
+def records(prepared: Prepared, settings: Settings, headers: list[tuple[str, bytes]] | None = None) -> list[Outgoing]:
+    """The job's request and queued event; ``headers`` (its trace context, if any) go on both."""
     key = prepared.job_id.encode()
     return [
-        Outgoing(settings.topic(topics.REQUESTED), key, prepared.request),
-        Outgoing(settings.topic(topics.EVENTS), key, prepared.queued_value),
+        Outgoing(settings.topic(topics.REQUESTED), key, prepared.request, headers),
+        Outgoing(settings.topic(topics.EVENTS), key, prepared.queued_value, headers),
     ]

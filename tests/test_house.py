@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay"})
-SHARED = frozenset({"edge", "calculations", "store", "streams"})
+SHARED = frozenset({"edge", "calculations", "store", "streams", "telemetry"})
 TOP = "jobstream"
 
 

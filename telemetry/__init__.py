@@ -1,0 +1,1 @@
+"""Telemetry shared by every role: metrics, traces and log format."""
