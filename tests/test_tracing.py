@@ -309,3 +309,19 @@ def test_json_formatter_takes_fields_from_extra_or_context_and_redacts_secret_na
     plain = line(api_key="k", password="p", batch_size=3)
     assert "job_id" not in plain and plain["message"] == "multi\nline ü" and plain["level"] == "warning"
     assert plain["api_key"] == "[redacted]" and plain["password"] == "[redacted]" and plain["batch_size"] == 3
+
+
+def test_a_replays_jobs_continue_the_trace_of_the_request_that_started_it(traced: Stack):
+    from replay.models import replayed_job_id
+
+    original = traced.submit().json()["job_id"]
+    assert traced.finished(original) == "succeeded"
+    header, client_trace, _ = traceparent()
+    response = traced.client.post("/v1/replays", json={"job_ids": [original]}, headers={"traceparent": header})
+    assert response.status_code == 202, response.text
+    trace_id, replay_span = ids_of(response.headers["traceparent"])
+    assert trace_id == client_trace
+    new_id = replayed_job_id(response.json()["replay_id"], original)
+    assert traced.finished(new_id) == "succeeded"
+    (run,) = traced.spans(trace_id, JOB)[JOB]
+    assert run.attributes["jobstream.job_id"] == new_id and run.parent_span_id == replay_span
