@@ -102,7 +102,13 @@ class Outbox:
             seq = self.seqs.next(job_id, request.ts, now)
         value = encode_event(job_id, request.tenant, seq, type_, request.kind, data, now)
         if len(value) > self._max_bytes:  # it could never be delivered: say so instead of retrying forever
-            logger.error("%s event of %s is %d bytes, over the message limit", type_.value, job_id, len(value))
+            logger.error(
+                "%s event of %s is %d bytes, over the message limit",
+                type_.value,
+                job_id,
+                len(value),
+                extra={"job_id": job_id, "tenant": request.tenant},
+            )
             value = encode_event(
                 job_id,
                 request.tenant,

@@ -376,7 +376,12 @@ class Runner:
                 try:
                     one()
                 except Exception:  # the consumer is stopping: the record is redelivered, the run is idempotent
-                    logger.warning("could not ack the request of job %s", job.job_id, exc_info=True)
+                    logger.warning(
+                        "could not ack the request of job %s",
+                        job.job_id,
+                        exc_info=True,
+                        extra=_log_fields(job),
+                    )
 
         self._outbox.emit(job.request, type_, data, on_delivered=ack)
         if job.trace is not None:
@@ -411,6 +416,15 @@ class Runner:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("runner task failed", exc_info=task.exception())
+
+
+def _log_fields(job: Job) -> dict[str, str | None]:
+    """A job's fields for structured log lines (JOBSTREAM_LOG_FORMAT=json)."""
+    return {
+        "job_id": job.job_id,
+        "tenant": job.request.tenant,
+        "trace_id": None if job.trace is None else job.trace.trace_id,
+    }
 
 
 def _group(request: JobRequested) -> Hashable:

@@ -56,7 +56,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 out[name] = value
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in out and not key.startswith("_"):
+            if key not in _STANDARD and key not in _FIELDS and key not in out and not key.startswith("_"):
                 out[key] = "[redacted]" if _SECRET.search(key) else value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
