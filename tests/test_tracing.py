@@ -18,8 +18,11 @@ import httpx
 import orjson
 import pytest
 
+from streams import topics
+from streams.settings import Settings
 from telemetry import tracing
 from telemetry.logs import JsonFormatter, log_context
+from tests.support.kafka import request_headers
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.service_process import ServiceProcess, service_env
 from tests.support.waiting import wait_until
@@ -241,7 +244,7 @@ def test_json_logs_name_the_job_tenant_and_trace_and_never_the_key(traced: Stack
     assert API_KEY not in text and API_KEY not in traced.process.tail()
 
 
-def test_nothing_is_exported_without_otel_settings(client: httpx.Client):
+def test_nothing_is_exported_without_otel_settings(client: httpx.Client, settings: Settings):
     """The session stack runs with no OTEL_* variables: a traceparent is passed through untouched, and
     nothing reaches the OTLP default endpoint (localhost:4318), from this process or the worker."""
     receivers = []
@@ -265,6 +268,9 @@ def test_nothing_is_exported_without_otel_settings(client: httpx.Client):
         wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] in TERMINAL, 60, 0.1, message="job")
         untraced = client.post("/v1/jobs", json={"kind": "stats.describe", "params": {"values": [1.0]}})
         assert "traceparent" not in untraced.headers
+        requested = settings.topic(topics.REQUESTED)
+        assert request_headers(settings.kafka_bootstrap or "", requested, untraced.json()["job_id"]) is None
+        assert request_headers(settings.kafka_bootstrap or "", requested, job_id) == [("traceparent", header.encode())]
         deadline = time.monotonic() + 3.0  # 6 export intervals of OTEL_BSP_SCHEDULE_DELAY's default... none came
         while time.monotonic() < deadline:
             assert all(r.requests == 0 for r in receivers)
