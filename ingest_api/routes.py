@@ -36,7 +36,7 @@ from streams.control import cancel_record
 from streams.events import JobStatus, JobView
 from streams.producer import ProduceError
 from streams.settings import Settings
-from telemetry import metrics
+from telemetry import metrics, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -211,16 +211,33 @@ def _item_problem(title: str, detail: str, errors: list[dict[str, str]], **exten
     return {"type": "about:blank", "title": title, "status": 422, "detail": detail, "errors": errors, **extensions}
 
 
-def _accepted(request: Request, job_id: str, status_code: int = 202) -> Response:
-    """The ``Accepted`` body, serialised directly (it is built from our own fields, nothing to validate)."""
+def _accepted(request: Request, job_id: str, status_code: int = 202, trace: tracing.JobTrace | None = None) -> Response:
+    """The ``Accepted`` body, serialised directly (it is built from our own fields, nothing to validate);
+    ``trace``: the job's trace context, answered as the ``traceparent`` header."""
     links = _links(request, job_id)
     body = orjson.dumps({"job_id": job_id, "status": _QUEUED, "links": links})
-    return Response(
-        body,
-        status_code=status_code,
-        media_type="application/json",
-        headers={"Location": links["self"], "Retry-After": _retry_after(request)},
-    )
+    headers = {"Location": links["self"], "Retry-After": _retry_after(request)}
+    if trace is not None:
+        headers["traceparent"] = trace.traceparent
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def traced(name: str, request: Request, handle: Callable[[tracing.JobTrace | None], Any]) -> Response:
+    """``handle(trace)`` within the trace of a request that creates jobs: its W3C ``traceparent`` is
+    continued (a malformed one ignored), and the server span (when tracing) ends with the answer."""
+    trace = tracing.from_http(name, request.headers)
+    if trace is None:
+        return await handle(None)
+    try:
+        response: Response = await handle(trace)
+    except Problem as exc:
+        trace.end(str(exc.status), exc.title if exc.status >= 500 else None)
+        raise
+    except BaseException as exc:
+        trace.end("500", type(exc).__name__)
+        raise
+    trace.end(str(response.status_code))
+    return response
 
 
 def _json_body(model: type[_Body], raw: bytes, max_errors: int = MAX_LISTED_ERRORS) -> _Body:
@@ -295,6 +312,12 @@ _SUBMIT_OPENAPI = {
 )
 async def submit(request: Request) -> Response:
     """Accept a job: 202 once Kafka acknowledged it. With Idempotency-Key, a retry returns the same job."""
+    if "traceparent" not in request.headers and not tracing.enabled():  # the hot path: no trace
+        return await _submit(request, None)
+    return await traced("jobstream.submit", request, lambda trace: _submit(request, trace))
+
+
+async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
     # The API's hot path: body, header and tenant are read here rather than by FastAPI's parameter
     # machinery and the answer is serialised directly, so that ``shortcut.SubmitShortcut`` can call
     # this with a bare Request (docs/benchmarks.md, "Ingest API"). The contract is unchanged.
@@ -319,10 +342,10 @@ async def submit(request: Request) -> Response:
         kind = parsed.job.kind
         with _submit_slot(request):
             if idempotency_key is None:
-                return await _submit_once(parsed, request, tenant, None)
+                return await _submit_once(parsed, request, tenant, None, trace)
             keys: IdempotencyKeys = request.app.state.idempotency
             with await keys.exclusive(tenant, idempotency_key):
-                return await _submit_once(parsed, request, tenant, idempotency_key)
+                return await _submit_once(parsed, request, tenant, idempotency_key, trace)
     except Problem as exc:
         metrics.rejected(SUBMIT_ROUTE, kind, exc.status)
         raise
@@ -338,9 +361,11 @@ def _same_body(fingerprint: str, parsed: _Parsed) -> None:
         )
 
 
-async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None) -> Response:
+async def _submit_once(
+    parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None, trace: tracing.JobTrace | None = None
+) -> Response:
     job = parsed.job
-    outgoing = records(job, request.app.state.job_topics)
+    outgoing = records(job, request.app.state.job_topics, None if trace is None else trace.headers)
     entry = None
     if idempotency_key is not None:
         keys: IdempotencyKeys = request.app.state.idempotency
@@ -368,8 +393,12 @@ async def _submit_once(parsed: _Parsed, request: Request, tenant: str, idempoten
         request.app.state.idempotency.remember(tenant, idempotency_key, entry)
     metrics.accepted(SUBMIT_ROUTE, job.kind, tenant)
     # debug, not info: one line per job is a log line per request at thousands per second.
-    logger.debug("accepted job %s", job.job_id, extra={"job_id": job.job_id, "tenant": tenant})
-    return _accepted(request, job.job_id)
+    logger.debug(
+        "accepted job %s",
+        job.job_id,
+        extra={"job_id": job.job_id, "tenant": tenant, "trace_id": None if trace is None else trace.trace_id},
+    )
+    return _accepted(request, job.job_id, trace=trace)
 
 
 async def _settle_pending(request: Request, tenant: str, key: str, pending: PendingKey) -> Response:
@@ -469,7 +498,12 @@ _BATCH_OPENAPI = {
     },
 )
 async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) -> Response:
-    """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error."""
+    """Accept many jobs in one request and one Kafka flush; each invalid job gets its own error.
+    All jobs of one request share its trace (``traceparent`` in the answer)."""
+    return await traced("jobstream.submit_batch", request, lambda trace: _submit_batch(request, tenant, trace))
+
+
+async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace | None) -> Response:
     settings: Settings = request.app.state.settings
     raw = await request.body()
     try:
@@ -486,7 +520,12 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
         try:
             with _submit_slot(request):
                 try:
-                    await publish(request.app.state.producer, request.app.state.job_topics, ready)
+                    await publish(
+                        request.app.state.producer,
+                        request.app.state.job_topics,
+                        ready,
+                        headers=None if trace is None else trace.headers,
+                    )
                 except ProduceError as exc:
                     for job in ready:
                         recent.discard(tenant, job.job_id)
@@ -496,6 +535,8 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
             raise
         _count_batch(ready, tenant)
         headers["Retry-After"] = _retry_after(request)
+        if trace is not None:
+            headers["traceparent"] = trace.traceparent
     if len(items) > len(ready):
         metrics.rejected(BATCH_ROUTE, None, 422, len(items) - len(ready))
     # Serialised directly, like a single submit's answer: validating 1,000 items we built ourselves

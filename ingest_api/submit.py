@@ -103,8 +103,13 @@ def prepare(
 
 
 async def publish(
-    producer: AsyncProducer, topics: JobTopics, jobs: list[Prepared], extra: list[Outgoing] | None = None
+    producer: AsyncProducer,
+    topics: JobTopics,
+    jobs: list[Prepared],
+    extra: list[Outgoing] | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    """Produce every job's records (and ``extra``) in one go; returns once Kafka acked all."""
-    outgoing = [record for job in jobs for record in records(job, topics)]
+    """Produce every job's records (and ``extra``) in one go; returns once Kafka acked all.
+    ``headers``: the request's trace context, on every job's records."""
+    outgoing = [record for job in jobs for record in records(job, topics, headers)]
     await producer.send_many(outgoing + (extra or []))

@@ -28,14 +28,20 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def _logging(level: str, settings: Settings | None = None) -> None:
+    from telemetry.logs import configure
+
+    configure(level, (settings or _settings()).log_format)  # JOBSTREAM_LOG_FORMAT
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _tracing(roles: set[str]) -> None:
+    """Export this process's spans when the standard OTEL_* environment asks for it (README, "Tracing").
+    ``service.name`` is ``jobstream-<role>`` (``jobstream-server`` for several roles in one process)."""
+    from telemetry import tracing
+
+    tracing.setup(next(iter(roles)) if len(roles) == 1 else "server", os.environ)
 
 
 def base_url(url: str | None, settings: Settings | None = None) -> str:
@@ -141,8 +147,9 @@ def up(
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
-    _logging(log_level)
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    _logging(log_level, settings)
+    _tracing({"api", "gateway", "sink"})
     _refuse_open_bind_without_keys(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.metrics:  # before anything imports prometheus_client; the workers inherit it
@@ -178,10 +185,11 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run HTTP roles against an existing broker (KAFKA_BOOTSTRAP) — the distributed layout."""
-    _logging(log_level)
     settings = _settings(host=host, port=port)
+    _logging(log_level, settings)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
+    _tracing(set(role))
     _serve(settings, KafkaConnection.from_settings(settings), set(role))
 
 
@@ -208,15 +216,16 @@ def worker(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one processor worker (Faust) against KAFKA_BOOTSTRAP."""
-    _logging(log_level)
     settings = _settings(
         batch_max_size=batch_max_size,
         batch_max_wait_ms=batch_max_wait_ms,
         latency_target_ms=latency_target_ms,
         calc_processes=concurrency,
     )
+    _logging(log_level, settings)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
+    _tracing({"worker"})
     if settings.metrics and settings.worker_metrics_port:  # before the worker's modules import prometheus_client
         _serve_worker_metrics(settings, index)
     from processors.app import run_worker

@@ -153,6 +153,7 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
                 event.ack,
                 Source(message.topic, message.partition, message.offset),
                 forget=functools.partial(app.consumer.unacked.discard, message),
+                headers=message.headers or None,  # a job's trace context, when its request has one
             )
             del event, message
 
@@ -195,5 +196,7 @@ def run_worker(
     topics.ensure_topics(kafka, settings)
     _use_uvloop()
     app = create_app(settings, kafka, worker_index=worker_index)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # JSON log lines (JOBSTREAM_LOG_FORMAT=json): keep the handler the CLI set up instead of Faust's own.
+    override_logging = settings.log_format != "json"
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=override_logging)
     worker.execute_from_commandline()

@@ -7,7 +7,8 @@ not per event), so one job's events reach Kafka in ``seq`` order. ``emit`` takes
 call from the sender task); the runner acks a request's source offset only from its
 terminal event's callback (at-least-once). A chunk Kafka did not acknowledge is sent
 again, as is (same seqs: readers dedupe), until it is — the worker's offsets simply do
-not move meanwhile.
+not move meanwhile. A job with a trace context (``traces``) has it on each of its events as
+Kafka headers; while no job has one, no headers are looked at or built.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from streams.events import TERMINAL_EVENTS, EventType, JobRequested
 from streams.producer import AsyncProducer, ProduceError
 from streams.settings import Settings
 from streams.wire import encode_event
+from telemetry.tracing import JobTrace
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,10 @@ class Outbox:
         self._max_bytes = config.max_message_bytes - 1024  # headroom for the record's framing
         self._topic = config.topic
         self.seqs = seqs or SeqClock()
-        self._queue: list[tuple[bytes, bytes, Callable[[], Any] | None]] = []
+        self._queue: list[tuple[bytes, bytes, Callable[[], Any] | None, list[tuple[str, bytes]] | None]] = []
+        #: job id -> its trace context, for jobs whose request carried one (set by the runner)
+        self.traces: dict[str, JobTrace] = {}
+        self._traced = False  # a job ever had a trace: chunks must be checked for headers
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -99,6 +104,12 @@ class Outbox:
         terminal = type_ in TERMINAL_EVENTS
         now = datetime.now(UTC)
         job_id = request.job_id
+        headers = None
+        if self.traces:
+            trace = self.traces.pop(job_id, None) if terminal else self.traces.get(job_id)
+            if trace is not None:
+                headers = trace.headers
+                self._traced = True
         if terminal:
             seq = TERMINAL_SEQ
             self.seqs.forget(job_id)
@@ -106,7 +117,13 @@ class Outbox:
             seq = self.seqs.next(job_id, request.ts, now)
         value = encode_event(job_id, request.tenant, seq, type_, request.kind, data, now)
         if len(value) > self._max_bytes:  # it could never be delivered: say so instead of retrying forever
-            logger.error("%s event of %s is %d bytes, over the message limit", type_.value, job_id, len(value))
+            logger.error(
+                "%s event of %s is %d bytes, over the message limit",
+                type_.value,
+                job_id,
+                len(value),
+                extra={"job_id": job_id, "tenant": request.tenant},
+            )
             value = encode_event(
                 job_id,
                 request.tenant,
@@ -124,7 +141,7 @@ class Outbox:
                 else {},
                 now,
             )
-        self._queue.append((job_id.encode(), value, on_delivered))
+        self._queue.append((job_id.encode(), value, on_delivered, headers))
         self._wake.set()
 
     def __len__(self) -> int:
@@ -138,17 +155,24 @@ class Outbox:
                 chunk, self._queue = self._queue[:CHUNK], self._queue[CHUNK:]
                 await self._send(chunk)
 
-    async def _send(self, chunk: list[tuple[bytes, bytes, Callable[[], Any] | None]]) -> None:
-        records = [(key, value) for key, value, _ in chunk]
+    async def _send(
+        self, chunk: list[tuple[bytes, bytes, Callable[[], Any] | None, list[tuple[str, bytes]] | None]]
+    ) -> None:
+        records = [(key, value) for key, value, _, _ in chunk]
+        headers = None
+        if self._traced:
+            headers = [h for _, _, _, h in chunk]
+            if not any(headers):
+                headers = None
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(ProduceError),
             wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
             before_sleep=_log_resend(len(records)),
         ):
             with attempt:
-                await self._producer.send_batch(self._topic, records, self._wait_s)
+                await self._producer.send_batch(self._topic, records, self._wait_s, headers)
         self.sent += len(records)
-        for _, _, on_delivered in chunk:
+        for _, _, on_delivered, _ in chunk:
             if on_delivered is not None:
                 try:
                     on_delivered()

@@ -32,7 +32,7 @@ from streams.control import CancelCommand
 from streams.events import EventType, JobRequested, utcnow
 from streams.settings import Settings
 from streams.wire import decode_request
-from telemetry import metrics
+from telemetry import metrics, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Job:
     progress: float = 0.0
     finished: bool = False
     group: Hashable = None
+    trace: tracing.JobTrace | None = None  # from the request's Kafka headers; its span runs start to terminal
 
     @property
     def job_id(self) -> str:
@@ -125,8 +126,16 @@ class Runner:
             await asyncio.wait(self._tasks, timeout=30)
 
     # --- intake ------------------------------------------------------------------------
-    async def submit(self, raw: bytes, ack: Ack, source: Source | None = None, forget: Forget | None = None) -> None:
-        """Take one request record; returns once there is room for more (backpressure)."""
+    async def submit(
+        self,
+        raw: bytes,
+        ack: Ack,
+        source: Source | None = None,
+        forget: Forget | None = None,
+        headers: Any = None,
+    ) -> None:
+        """Take one request record; returns once there is room for more (backpressure). ``headers``: the
+        record's Kafka headers, only when it has any (a trace context is looked for in them)."""
         while len(self.jobs) >= self._config.max_pending:
             self._room.clear()
             await self._room.wait()
@@ -142,6 +151,10 @@ class Runner:
                 held.forgets.append(forget)
             return
         job = Job(request, raw, [ack], source, [forget] if forget else [], time.monotonic())
+        if headers:
+            job.trace = tracing.from_kafka(headers)
+            if job.trace is not None:
+                self._outbox.traces[job.job_id] = job.trace
         if self.cancels.cancelled(request.job_id, request.tenant):
             self._finish(job, EventType.CANCELLED, _error("cancelled", "cancelled before it started"))
             return
@@ -173,6 +186,9 @@ class Runner:
             if self.jobs.get(job.job_id) is job:
                 del self.jobs[job.job_id]
             self._outbox.seqs.forget(job.job_id)
+            if job.trace is not None:
+                self._outbox.traces.pop(job.job_id, None)
+                job.trace.end("dropped")
             for forget in job.forgets:
                 forget()
         if dropped:
@@ -215,6 +231,17 @@ class Runner:
                 job.started_at = now
                 metrics.queue_wait(kind, wall - job.request.ts.timestamp())
             if job.announced_attempt != job.attempt:
+                if job.trace is not None and job.announced_attempt == 0:
+                    job.trace.start(
+                        "jobstream.job",
+                        attributes={
+                            "jobstream.job_id": job.job_id,
+                            "jobstream.tenant": job.request.tenant,
+                            "jobstream.kind": kind,
+                            "jobstream.batch_size": len(jobs),
+                            "jobstream.worker": self.name,
+                        },
+                    )
                 self._outbox.emit(
                     job.request,
                     EventType.RUNNING,
@@ -353,9 +380,17 @@ class Runner:
                 try:
                     one()
                 except Exception:  # the consumer is stopping: the record is redelivered, the run is idempotent
-                    logger.warning("could not ack the request of job %s", job.job_id, exc_info=True)
+                    logger.warning(
+                        "could not ack the request of job %s",
+                        job.job_id,
+                        exc_info=True,
+                        extra=_log_fields(job),
+                    )
 
         self._outbox.emit(job.request, type_, data, on_delivered=ack)
+        if job.trace is not None:
+            error = data.get("error")
+            job.trace.end(type_.value, error.get("type") if isinstance(error, dict) else None)
 
     async def _undecodable(self, raw: bytes, ack: Ack, source: Source | None, exc: Exception) -> None:
         job_id, tenant, kind = _salvage_ids(raw)
@@ -385,6 +420,15 @@ class Runner:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("runner task failed", exc_info=task.exception())
+
+
+def _log_fields(job: Job) -> dict[str, str | None]:
+    """A job's fields for structured log lines (JOBSTREAM_LOG_FORMAT=json)."""
+    return {
+        "job_id": job.job_id,
+        "tenant": job.request.tenant,
+        "trace_id": None if job.trace is None else job.trace.trace_id,
+    }
 
 
 def _group(request: JobRequested) -> Hashable:

@@ -24,6 +24,7 @@ from replay.runner import Replayer
 from store.jobs import job_view
 from streams.events import JobStatus
 from streams.settings import Settings
+from telemetry import tracing
 
 router = APIRouter(tags=["replays"], responses=problem_responses(400, 401, 413, 415, 422))
 
@@ -97,7 +98,19 @@ def _find(request: Request, tenant: str, replay_id: str) -> Replay:
 async def start_replay(
     body: ReplayRequest, request: Request, response: Response, tenant: str = Depends(current_tenant)
 ) -> ReplayOut:
-    """Select past requests of the caller's jobs and re-run them as new jobs (or, with ``dry_run``, plan only)."""
+    """Select past requests of the caller's jobs and re-run them as new jobs (or, with ``dry_run``, plan only).
+    Its jobs continue the request's trace (``traceparent`` in the answer)."""
+    trace = tracing.from_http("jobstream.replay", request.headers)
+    try:
+        return await _start_replay(body, request, response, tenant, trace)
+    finally:
+        if trace is not None:
+            trace.end(str(response.status_code or 202))
+
+
+async def _start_replay(
+    body: ReplayRequest, request: Request, response: Response, tenant: str, trace: tracing.JobTrace | None
+) -> ReplayOut:
     replayer: Replayer = request.app.state.replayer
     selection = ReplaySelection(**body.model_dump(exclude={"rate", "dry_run"}))
     try:
@@ -109,7 +122,9 @@ async def start_replay(
     if body.dry_run:
         response.status_code = 200
     else:
-        replayer.start(replay)
+        replayer.start(replay, headers=None if trace is None else trace.headers)
+        if trace is not None:
+            response.headers["traceparent"] = trace.traceparent
     return out
 
 
@@ -183,7 +198,19 @@ async def resume_replay(replay_id: str, request: Request, tenant: str = Depends(
 async def rerun(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> Rerun:
     """Run one job again (say, a failed one) with the current calculation version, as a new job.
 
-    Answers once Kafka has the new job, so a GET of its Location right after never 404s."""
+    Answers once Kafka has the new job, so a GET of its Location right after never 404s. The new job
+    continues the request's trace (``traceparent`` in the answer)."""
+    trace = tracing.from_http("jobstream.rerun", request.headers)
+    try:
+        return await _rerun(job_id, request, response, tenant, trace)
+    finally:
+        if trace is not None:
+            trace.end(str(response.status_code or 202))
+
+
+async def _rerun(
+    job_id: str, request: Request, response: Response, tenant: str, trace: tracing.JobTrace | None
+) -> Rerun:
     view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id)
     if view is None:
         raise Problem(404, "Job not found", f"no job {job_id!r}")
@@ -197,10 +224,12 @@ async def rerun(job_id: str, request: Request, response: Response, tenant: str =
         raise _problem(exc) from None
     if replay.total == 0:
         raise Problem(410, "Request gone", f"the request of job {job_id!r} is no longer in Kafka")
-    await asyncio.to_thread(replayer.start, replay, None, True)
+    await asyncio.to_thread(replayer.start, replay, None, True, None if trace is None else trace.headers)
     new_id = replayed_job_id(replay.replay_id, job_id)
     path = f"{_base(request)}/v1/jobs/{new_id}"
     response.headers["Location"] = path
+    if trace is not None:
+        response.headers["traceparent"] = trace.traceparent
     return Rerun(
         job_id=new_id,
         replay_of=job_id,

@@ -177,12 +177,19 @@ class Replayer:
             raise ReplayRefused("Unknown calculation version", str(exc), field) from None
 
     # --- running ----------------------------------------------------------------------------
-    def start(self, replay: Replay, already: set[str] | None = None, wait: bool = False) -> None:
-        """Run ``replay`` (state ``running``) on a thread of this process; ``wait``: until it ends."""
+    def start(
+        self,
+        replay: Replay,
+        already: set[str] | None = None,
+        wait: bool = False,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Run ``replay`` (state ``running``) on a thread of this process; ``wait``: until it ends.
+        ``headers``: the trace context of the request that started it, on every record it emits."""
         stop = threading.Event()
         thread = threading.Thread(
             target=self._run_safely,
-            args=(replay, already or set(), stop),
+            args=(replay, already or set(), stop, headers),
             name=f"replay-{replay.replay_id[:8]}",
             daemon=True,
         )
@@ -252,10 +259,12 @@ class Replayer:
                 if f.request.replay_id == replay.replay_id and f.request.replay_of is not None
             }
 
-    def _run_safely(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
+    def _run_safely(
+        self, replay: Replay, already: set[str], stop: threading.Event, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         metrics.REPLAYS_RUNNING.inc()
         try:
-            self._run(replay, already, stop)
+            self._run(replay, already, stop, headers)
         except Exception as exc:  # recorded, so an operator sees it and can resume
             logger.exception("replay %s failed", replay.replay_id)
             latest = self._book.get(replay.replay_id) or replay
@@ -267,7 +276,9 @@ class Replayer:
         finally:
             metrics.REPLAYS_RUNNING.dec()
 
-    def _run(self, replay: Replay, already: set[str], stop: threading.Event) -> None:
+    def _run(
+        self, replay: Replay, already: set[str], stop: threading.Event, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         flt = Filter(replay.tenant, replay.selection, self._statuses)
         ranges = [r.model_copy() for r in replay.partitions]
         by_partition = {r.partition: r for r in ranges}
@@ -312,7 +323,7 @@ class Replayer:
                             checkpoint(ReplayState.STOPPED, scanner)
                             logger.info("replay %s stopped after %d jobs", replay.replay_id, emitted)
                             return
-                        self._emit(replay, found.request)
+                        self._emit(replay, found.request, headers)
                         metrics.REPLAY_EMITTED.inc()
                         emitted += 1
                         sent += 1
@@ -327,7 +338,7 @@ class Replayer:
             checkpoint(ReplayState.COMPLETED, scanner)
         logger.info("replay %s completed: %d jobs", replay.replay_id, emitted)
 
-    def _emit(self, replay: Replay, original: JobRequested) -> None:
+    def _emit(self, replay: Replay, original: JobRequested, headers: list[tuple[str, bytes]] | None = None) -> None:
         """The original request again, as a new job (the ingest API's record builder, so both are alike)."""
         job = wire.build(
             replayed_job_id(replay.replay_id, original.job_id),
@@ -340,7 +351,7 @@ class Replayer:
             replay_of=original.job_id,
             replay_id=replay.replay_id,
         )
-        request, queued = wire.records(job, self._config.jobs)
+        request, queued = wire.records(job, self._config.jobs, headers)
         on_delivery = self._delivered
         if self._on_emit is not None:
             on_emit = self._on_emit
@@ -350,8 +361,12 @@ class Replayer:
                 if err is None:
                     on_emit(job.queued)
 
-        self._producer.produce(request.topic, key=request.key, value=request.value, on_delivery=self._delivered)
-        self._producer.produce(queued.topic, key=queued.key, value=queued.value, on_delivery=on_delivery)
+        self._producer.produce(
+            request.topic, key=request.key, value=request.value, headers=headers, on_delivery=self._delivered
+        )
+        self._producer.produce(
+            queued.topic, key=queued.key, value=queued.value, headers=headers, on_delivery=on_delivery
+        )
         self._producer.poll(0)
 
     # --- Kafka ------------------------------------------------------------------------------

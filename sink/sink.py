@@ -31,7 +31,7 @@ from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, transient
 from streams.settings import Settings
-from telemetry import metrics
+from telemetry import metrics, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,12 @@ class Sink(KafkaReader):
         except BaseException:
             self._rewind(batch)
             raise
-        self._inflight = (ranges, batch, self._writer.submit(self._insert, ranges, rows, _oldest_s(batch)))
+        future = self._writer.submit(self._insert, ranges, rows, _oldest_s(batch))
+        if tracing.enabled():  # a span per job trace in the batch, from now until the insert ends
+            spans = tracing.consumed("jobstream.sink.insert", batch, {"jobstream.batch_size": len(batch)})
+            if spans is not None:
+                future.add_done_callback(lambda done: spans.end(_failure(done)))
+        self._inflight = (ranges, batch, future)
 
     def _settle(self) -> None:
         """Wait for the insert in flight, then commit its offsets.
@@ -396,6 +401,14 @@ def _oldest_s(batch: list[Message]) -> float | None:
     """When the batch's oldest record was appended to Kafka (epoch seconds), if the records say."""
     stamps = [ts for kind, ts in (m.timestamp() for m in batch) if kind != TIMESTAMP_NOT_AVAILABLE]
     return min(stamps) / 1000 if stamps else None
+
+
+def _failure(done: Future[Any]) -> str | None:
+    """What ended an insert badly (its exception's name), or None when it succeeded."""
+    if done.cancelled():
+        return "cancelled"
+    exc = done.exception()
+    return None if exc is None else type(exc).__name__
 
 
 def _jittered(wait: Callable[[RetryCallState], float], spread: float = 0.2) -> Callable[[RetryCallState], float]:

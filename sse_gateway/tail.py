@@ -17,6 +17,7 @@ from confluent_kafka import Message, TopicPartition
 from sse_gateway.entry import Entry
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, partitions_of
+from telemetry import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,11 @@ class KafkaTail(KafkaReader):
                 )
             except ValueError as exc:
                 logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(), message.offset(), exc)
+        spans = tracing.consumed("jobstream.sse.fanout", messages) if tracing.enabled() else None
         if not self.to_loop(self._on_batch, entries, messages_positions(messages), wait=True):
             self._stop.set()
+        if spans is not None:  # a span per job trace in the batch: read, decoded, handed to the streams
+            spans.end()
 
     def on_loaded(self) -> None:
         """The recent window is read: nothing to announce (the fanout logs where it began)."""

@@ -54,6 +54,7 @@ class Outgoing:
     topic: str
     key: bytes
     value: bytes
+    headers: list[tuple[str, bytes]] | None = None  #: Kafka record headers (a job's trace context), if any
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,18 @@ class AsyncProducer:
         index = 0
         try:
             for index, message in enumerate(messages):
-                self._producer.produce(
-                    message.topic, key=message.key, value=message.value, on_delivery=send.reporter(index)
-                )
+                if message.headers is None:
+                    self._producer.produce(
+                        message.topic, key=message.key, value=message.value, on_delivery=send.reporter(index)
+                    )
+                else:
+                    self._producer.produce(
+                        message.topic,
+                        key=message.key,
+                        value=message.value,
+                        headers=message.headers,
+                        on_delivery=send.reporter(index),
+                    )
         except Exception as exc:  # BufferError (queue full), KafkaException (too large, unknown topic...)
             reason = "producer queue is full" if isinstance(exc, BufferError) else str(exc)
             metrics.PRODUCE_ERRORS.inc()
@@ -152,16 +162,28 @@ class AsyncProducer:
         self._watch(loop, send)
         return await send.future
 
-    async def send_batch(self, topic: str, records: list[tuple[bytes, bytes]], wait_s: float | None = None) -> None:
+    async def send_batch(
+        self,
+        topic: str,
+        records: list[tuple[bytes, bytes]],
+        wait_s: float | None = None,
+        headers: list[list[tuple[str, bytes]] | None] | None = None,
+    ) -> None:
         """Produce ``(key, value)`` records to ``topic`` in one ``produce_batch`` call and wait until Kafka
         acknowledged all of them (at most ``wait_s``, by default ``produce_timeout_s``). ``ProduceError``
-        says that at least one was not: the others may have landed."""
+        says that at least one was not: the others may have landed.
+
+        ``headers`` (one entry per record, None for none): ``produce_batch`` takes no headers, so a
+        chunk with any is produced record by record instead (in order)."""
         if not records:
             return
         loop = asyncio.get_running_loop()
         send = _Send(
             loop, len(records), self._timeout_s if wait_s is None else wait_s, self._report_lock, keep_reports=False
         )
+        if headers is not None:
+            await self._send_each(loop, send, topic, records, headers)
+            return
         messages = [{"key": key, "value": value} for key, value in records]
         try:
             self._producer.produce_batch(topic, messages, on_delivery=send.on_delivery)
@@ -174,6 +196,31 @@ class AsyncProducer:
         refused = [m["_error"] for m in messages if "_error" in m]
         if refused:
             send.abandon(len(refused), str(refused[0]))
+        self._watch(loop, send)
+        await send.future
+
+    async def _send_each(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: _Send,
+        topic: str,
+        records: list[tuple[bytes, bytes]],
+        headers: list[list[tuple[str, bytes]] | None],
+    ) -> None:
+        index = 0
+        try:
+            for index, (key, value) in enumerate(records):
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers[index], on_delivery=send.on_delivery
+                )
+        except Exception as exc:  # BufferError (queue full), KafkaException: the rest was not handed over
+            send.future.cancel()
+            if index == 0:
+                send.outcome.cancel()
+                raise ProduceError(str(exc)) from exc
+            send.abandon(len(records) - index, str(exc))
+            self._watch(loop, send)
+            raise ProduceError(str(exc), send.outcome) from exc
         self._watch(loop, send)
         await send.future
 

@@ -8,6 +8,7 @@ instance; nothing below the CLI reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -207,6 +208,11 @@ class Settings(BaseSettings):
         max_length=200,
         description="The sink's Kafka group.instance.id (static membership: a restart "
         "resumes at once); unset: host name + data dir; empty: dynamic membership.",
+    )
+
+    # --- telemetry ----------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or one JSON object per line (job_id, tenant, trace_id)."
     )
 
     # --- replay -------------------------------------------------------------

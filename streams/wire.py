@@ -283,9 +283,10 @@ def build(
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 
-def records(prepared: Prepared, topics: JobTopics) -> list[Outgoing]:
+def records(prepared: Prepared, topics: JobTopics, headers: list[tuple[str, bytes]] | None = None) -> list[Outgoing]:
+    """The job's request and queued event; ``headers`` (its trace context, if any) go on both."""
     key = prepared.job_id.encode()
     return [
-        Outgoing(topics.requested, key, prepared.request),
-        Outgoing(topics.events, key, prepared.queued_value),
+        Outgoing(topics.requested, key, prepared.request, headers),
+        Outgoing(topics.events, key, prepared.queued_value, headers),
     ]

@@ -1,1 +1,1 @@
-"""What operators see of jobstream: Prometheus metrics (``metrics``), shared by every service."""
+"""Telemetry shared by every role: metrics, traces and log format."""

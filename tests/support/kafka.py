@@ -1,11 +1,13 @@
-"""Kafka clients for tests: put events on ``jobs.events``, count the requests on ``jobs.requested``."""
+"""Kafka clients for tests: put events on ``jobs.events``, count (and read the headers of) the requests on
+``jobs.requested``."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from streams import topics
 from streams.events import JobEvent
@@ -51,8 +53,8 @@ def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) 
         raise RuntimeError(f"events not acknowledged: {failures[:3]}")
 
 
-def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
-    """How many JobRequested records for ``job_id`` are on the topic (read with a real consumer)."""
+def _requests(bootstrap: str, topic: str) -> Iterator[Message]:
+    """Every record on the topic up to its current end (read with a real consumer)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}", "enable.auto.commit": False}
     )
@@ -60,14 +62,25 @@ def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        seen, count = {p: 0 for p in partitions}, 0
+        seen = {p: 0 for p in partitions}
         while any(seen[p] < ends[p] for p in partitions):
             for message in consumer.consume(500, timeout=1):
                 if message.error():
                     continue
                 seen[message.partition()] = message.offset() + 1
-                if decode_request(message.value()).job_id == job_id:
-                    count += 1
-        return count
+                yield message
     finally:
         consumer.close()
+
+
+def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
+    """How many JobRequested records for ``job_id`` are on the topic."""
+    return sum(decode_request(m.value()).job_id == job_id for m in _requests(bootstrap, topic))
+
+
+def request_headers(bootstrap: str, topic: str, job_id: str) -> list[tuple[str, bytes]] | None:
+    """The Kafka headers of ``job_id``'s (first) JobRequested record; None: it has none."""
+    for message in _requests(bootstrap, topic):
+        if decode_request(message.value()).job_id == job_id:
+            return message.headers()
+    raise AssertionError(f"no request of job {job_id} on {topic}")

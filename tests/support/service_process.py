@@ -73,12 +73,14 @@ def listening_ports(pid: int) -> set[int]:
 
 
 class ServiceProcess:
-    """``python -m jobstream.cli <args>`` with ``env``; ``start``/``kill9``/``stop``, same port across restarts."""
+    """``python -m jobstream.cli <args>`` with ``env``; ``start``/``kill9``/``stop``, same port across restarts.
+    Output goes to ``log``; with ``stderr``, standard error goes there instead."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, stderr: Path | None = None) -> None:
         self.args = args
         self.env = env
         self.log = log
+        self.stderr = stderr
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,12 +95,12 @@ class ServiceProcess:
 
     def start(self, timeout_s: float = 120) -> ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as log, open(self.stderr or os.devnull, "ab") as errors:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "jobstream.cli", *self.args],
                 cwd=ROOT,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=errors if self.stderr else subprocess.STDOUT,
                 env={**self.env, "JOBSTREAM_PORT": str(self.port)},
             )
         if not self.port:
