@@ -42,20 +42,50 @@ def base_url(url: str | None, settings: Settings | None = None) -> str:
     """Where the CLI's client commands find the service: --url, else JOBSTREAM_PUBLIC_URL, else host:port."""
     settings = settings or _settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return (url or settings.public_url or f"http://{host}:{settings.port}").rstrip("/")
+    scheme = "https" if settings.tls_certfile else "http"
+    return (url or settings.public_url or f"{scheme}://{host}:{settings.port}").rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_keys_in_clear(settings: Settings) -> None:
+    """API keys over plain HTTP on a reachable address travel in clear: say so, loudly, at start."""
+    if (settings.api_keys or settings.api_keys_file) and not settings.tls_certfile and not _loopback(settings.host):
+        message = (
+            f"WARNING: API keys are set but HTTP on {settings.host}:{settings.port} is not TLS: keys and "
+            "results travel in clear. Set JOBSTREAM_TLS_CERTFILE and JOBSTREAM_TLS_KEYFILE, or terminate "
+            "TLS in front of jobstream."
+        )
+        logger.warning(message)
+        typer.secho(message, fg=typer.colors.RED, bold=True, err=True)
+
+
+def _check_kafka(connection: KafkaConnection, settings: Settings, roles: list[str]) -> None:
+    """Each role's Kafka login, the broker's certificate and the role's ACLs, before anything starts:
+    a bad one ends the command with one line naming the cause (exit status 3)."""
+    from streams.acls import KafkaAccessError, check_access
+    from streams.kafka_config import KafkaConfigError
+
+    try:
+        for role in roles:
+            check_access(connection.for_role(role), settings)
+    except (KafkaAccessError, KafkaConfigError) as exc:
+        logger.error("cannot use Kafka: %s", exc)
+        raise typer.Exit(3) from None
 
 
 def _refuse_open_bind_without_keys(settings: Settings) -> None:
     """Without API keys anyone who can reach the port can submit and read jobs: loopback only."""
-    import ipaddress
-
     if settings.api_keys or settings.api_keys_file:
         return
-    try:
-        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not _loopback(settings.host):
         raise typer.BadParameter(
             f"refusing to bind {settings.host} without API keys; set JOBSTREAM_API_KEYS or bind 127.0.0.1"
         )
@@ -64,14 +94,18 @@ def _refuse_open_bind_without_keys(settings: Settings) -> None:
 def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> None:
     import uvicorn
 
-    from jobstream.server import create_app
+    from jobstream.server import create_app, kafka_roles
 
+    _check_kafka(connection, settings, kafka_roles(roles))
+    _warn_keys_in_clear(settings)
     uvicorn.run(
         create_app(settings, roles, kafka=connection),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
 
 
@@ -139,6 +173,7 @@ def up(
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
+    from store.clickhouse import redact
     from streams.broker import kafka_broker
     from streams.topics import ensure_topics
 
@@ -147,12 +182,14 @@ def up(
     _refuse_open_bind_without_keys(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with kafka_broker(settings) as connection:
-        ensure_topics(connection, settings)
+        _check_kafka(connection, settings, ["admin"])
+        ensure_topics(connection.for_role("admin"), settings)  # topics are created by the admin principal
+        _check_kafka(connection, settings, ["worker"])
         supervisor = WorkerSupervisor(settings, connection)
-        base = f"http://{settings.host}:{settings.port}"
+        base = f"{'https' if settings.tls_certfile else 'http'}://{settings.host}:{settings.port}"
         typer.echo(
             f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}\n"
-            f"  ClickHouse {settings.clickhouse_url}\n  workers    {settings.workers}\n  data       "
+            f"  ClickHouse {redact(settings.clickhouse_url)}\n  workers    {settings.workers}\n  data       "
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
         try:
@@ -212,9 +249,9 @@ def worker(
     )
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP to the cluster to use")
-    run_worker(
-        settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid
-    )
+    connection = KafkaConnection.from_settings(settings)
+    _check_kafka(connection, settings, ["worker"])
+    run_worker(settings, connection, worker_index=index, loglevel=log_level, parent_pid=parent_pid)
 
 
 @app.command()
@@ -345,10 +382,24 @@ def sql(
     settings = _settings()
     try:
         if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
-            result = run_direct(settings.clickhouse_url, query, limits_from(settings), login=analyst_login(settings))
+            from store.clickhouse import ServerAccess
+
+            result = run_direct(
+                settings.clickhouse_url,
+                query,
+                limits_from(settings),
+                login=analyst_login(settings),
+                access=ServerAccess.from_settings(settings),
+            )
         else:
+            from jobstream.client import tls_verify
+
             result = run_remote(
-                base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30
+                base_url(url, settings),
+                query,
+                api_key=api_key,
+                timeout_s=settings.sql_max_execution_s + 30,
+                verify=tls_verify(settings.ca_file),
             )
     except QueryFailed as exc:
         typer.echo(f"query failed: {exc}", err=True)

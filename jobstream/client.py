@@ -10,6 +10,8 @@ Examples in the README.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -139,10 +141,29 @@ class _RetryLater(JobstreamError):
 READ_TIMEOUT_S = 60.0  # several server heartbeats (JOBSTREAM_SSE_HEARTBEAT_S, 15 s): silence means a dead link
 
 
-def api_client(base_url: str, api_key: str | None, read_timeout_s: float = READ_TIMEOUT_S) -> httpx.Client:
-    """An HTTP client for the jobstream API, with the key as a Bearer token when there is one."""
+def tls_verify(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """How https:// servers are checked: against ``ca_file``, else ``JOBSTREAM_CA_FILE``, else the system's CAs
+    (a service with a certificate from a private CA, e.g. JOBSTREAM_TLS_CERTFILE, needs its CA here)."""
+    ca_file = ca_file or os.environ.get("JOBSTREAM_CA_FILE") or None
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def api_client(
+    base_url: str,
+    api_key: str | None,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+) -> httpx.Client:
+    """An HTTP client for the jobstream API, with the key as a Bearer token when there is one; https:// is
+    checked against ``ca_file`` (default ``JOBSTREAM_CA_FILE``, else the system's CAs)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(10, read=read_timeout_s))
+    return httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(10, read=read_timeout_s),
+        verify=tls_verify(ca_file),
+    )
 
 
 def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> httpx.Client:

@@ -20,8 +20,8 @@ def worker_env(
     """The environment of a worker running with ``settings`` against ``kafka`` (default: the
     settings' cluster): ``base`` (default: this process's environment) with every setting over it."""
     env = {**(os.environ if base is None else base), **settings.env()}
-    if kafka is not None:
-        env["KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    if kafka is not None:  # the address and the worker principal's login and TLS files
+        env.update(kafka.for_role("worker").env())
     return env
 
 

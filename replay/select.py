@@ -49,7 +49,9 @@ class RequestScanner:
 
     def __init__(self, kafka: KafkaConnection, settings: Settings, timeout_s: float = 10.0) -> None:
         self.topic = settings.topic(topics.REQUESTED)
-        self._consumer = Consumer(kafka.consumer_config("unused", **{"enable.partition.eof": True}))
+        self._consumer = Consumer(
+            kafka.consumer_config(topics.reader_group(self.topic), **{"enable.partition.eof": True})
+        )
         self._timeout_s = timeout_s
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ answers → a local Apache Kafka (KRaft) provisioned from Maven Central.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,24 @@ def kafka_broker(
         data_dir or settings.data_dir / "kafka",
         port=settings.local_kafka_port if port is None else port,
         heap=settings.local_kafka_heap,
+        security=settings.local_kafka_security,
     )
     with broker:
-        yield KafkaConnection.from_settings(settings, broker.bootstrap)
+        yield local_connection(broker, settings)
+
+
+def local_connection(broker: LocalKafka, settings: Settings) -> KafkaConnection:
+    """The connection to a started local broker; a secured one also gets every role's ACLs for ``settings``'
+    topics (granted as its admin), and each client must pick its role (``for_role``)."""
+    plain = KafkaConnection.from_settings(settings, broker.bootstrap)
+    if not broker.secured:
+        return plain
+    from streams.acls import grant
+
+    logins = broker.role_logins()
+    connection = dataclasses.replace(
+        plain, security=broker.client_security(), role_logins=tuple(sorted(logins.items()))
+    )
+    grant(connection.for_role("admin"), {role: login.username for role, login in logins.items()}, settings)
+    logger.info("local Kafka is SASL_SSL (SCRAM) with per-role ACLs; CA %s", broker.ca_file)
+    return connection
