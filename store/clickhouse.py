@@ -154,7 +154,10 @@ def connect(
         path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{path}", **extra)
     if url.startswith(("http://", "https://")):
-        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, **extra)
+        # clickhouse-connect takes host, port and user from the DSN but not its scheme: without
+        # ``interface`` an https:// URL would be spoken as plain HTTP.
+        interface = "https" if url.startswith("https://") else "http"
+        return clickhouse_connect.get_client(dsn=url, interface=interface, autogenerate_session_id=False, **extra)
     raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, not {url!r}")
 
 
