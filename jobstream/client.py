@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from streams.errors import JobstreamError
 
@@ -239,6 +239,20 @@ class _SubmitAgain(JobstreamError):
         self.after_s = after_s
 
 
+def _retryable(exc: BaseException) -> bool:
+    """A retryable answer, or a transport error that may pass; an untrusted certificate will not."""
+    if isinstance(exc, _SubmitAgain):
+        return True
+    if not isinstance(exc, httpx.TransportError):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 MAX_SUBMIT_WAIT_S = 30.0  # the longest pause between two attempts, whatever Retry-After says
 
 
@@ -288,7 +302,7 @@ def submit_job(
 
     try:
         for tried in Retrying(
-            retry=retry_if_exception_type((httpx.TransportError, _SubmitAgain)),
+            retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(max_attempts),
             wait=wait,
             reraise=True,

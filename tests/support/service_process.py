@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -75,10 +76,12 @@ def listening_ports(pid: int) -> set[int]:
 class ServiceProcess:
     """``python -m jobstream.cli <args>`` with ``env``; ``start``/``kill9``/``stop``, same port across restarts."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, verify: ssl.SSLContext | None = None) -> None:
+        """``verify``: the service serves HTTPS (JOBSTREAM_TLS_CERTFILE in ``env``), checked with this context."""
         self.args = args
         self.env = env
         self.log = log
+        self.verify = verify
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -89,7 +92,7 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.verify else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120) -> ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ class ServiceProcess:
     def _healthy(self) -> bool:
         self._exited()
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=5, verify=self.verify or True).status_code == 200
         except httpx.TransportError:
             return False
 
