@@ -277,6 +277,26 @@ def kafka(
             pass
 
 
+@app.command("kafka-acls")
+def kafka_acls(
+    user: list[str] = typer.Option(
+        [], help="role=USER for a role whose principal is not jobstream-<role> (repeatable), e.g. sink=svc-sink."
+    ),
+) -> None:
+    """Print the ACLs each role needs (least privilege) as kafka-acls.sh commands for your own cluster,
+    for the topics of JOBSTREAM_TOPIC_PREFIX. Topic creation is left to you (or an admin principal)."""
+    from streams.acls import acl_commands, role_grants
+
+    settings = _settings()
+    principals = {role: f"jobstream-{role}" for role in role_grants(settings)}
+    for item in user:
+        role, _, name = item.partition("=")
+        if role not in principals or not name:
+            raise typer.BadParameter(f"expected role=USER with role one of {sorted(principals)}", param_hint="--user")
+        principals[role] = name
+    typer.echo(acl_commands(principals, settings), nl=False)
+
+
 @app.command()
 def submit(
     kind: str = typer.Argument(..., help="A registered calculation, e.g. stats.describe (see GET /v1/kinds)."),

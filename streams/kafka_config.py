@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 # librdkafka's own log lines go through Python logging instead of raw stderr.
 RDKAFKA_LOGGER = logging.getLogger("rdkafka")
+
+ROLE_CREDENTIALS_ENV = "JOBSTREAM_KAFKA_ROLE_CREDENTIALS"
 
 #: The principals jobstream's clients connect as; each may get its own login and ACLs (streams.acls).
 ROLES = ("admin", "api", "worker", "gateway", "sink", "replay")
@@ -273,6 +276,12 @@ class KafkaConnection:
         """Faust's ``broker_credentials`` for this connection's login (None for PLAINTEXT)."""
         return self.security.faust_credentials(self.role)
 
-    def env(self) -> dict[str, str]:
-        """The environment a child process needs to build this same connection (secrets included)."""
-        return {"KAFKA_BOOTSTRAP": self.bootstrap, **self.security.env()}
+    def env(self, roles: Iterable[str] = ()) -> dict[str, str]:
+        """The environment a child process needs to build this same connection (secrets included), with the
+        logins of ``roles`` (``JOBSTREAM_KAFKA_ROLE_CREDENTIALS``) for a process that acts as several."""
+        env = {"KAFKA_BOOTSTRAP": self.bootstrap, **self.security.env()}
+        logins = dict(self.role_logins)
+        chosen = [f"{r}={logins[r].username}:{logins[r].password.get_secret_value()}" for r in roles if r in logins]
+        if chosen:
+            env[ROLE_CREDENTIALS_ENV] = ",".join(chosen)
+        return env
