@@ -49,13 +49,12 @@ SECURITY_CHOICES = ("plaintext", "sasl_ssl")
 
 def prepare(kafka: KafkaConnection, settings: Settings) -> None:
     """Topics for ``settings`` (as the admin principal) and, on a secured broker, every role's ACLs on them."""
-    from streams.acls import grant
+    from streams.acls import grant_and_wait
     from streams.topics import ensure_topics
 
-    admin = kafka.for_role("admin")
-    ensure_topics(admin, settings)
+    ensure_topics(kafka.for_role("admin"), settings)
     if kafka.role_logins:
-        grant(admin, {role: login.username for role, login in kafka.role_logins}, settings)
+        grant_and_wait(kafka, settings)
 
 
 @dataclass(frozen=True)

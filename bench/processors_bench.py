@@ -228,7 +228,12 @@ class KafkaSubmitter:
     """Produces ``JobRequested`` records (the API's wire format) straight onto jobs.requested."""
 
     def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
-        self._producer = Producer(kafka.for_role("api").producer_config())  # writes requests, as the API does
+        self._failures: list[str] = []
+        self._producer = Producer(
+            kafka.for_role("api").producer_config(  # writes requests, as the API does
+                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None
+            )
+        )
         self._topic = settings.topic(topics.REQUESTED)
 
     @staticmethod
@@ -260,8 +265,8 @@ class KafkaSubmitter:
         return submitted
 
     def _flush(self) -> None:
-        if self._producer.flush(60):
-            raise RuntimeError("requests not acknowledged by Kafka")
+        if self._producer.flush(60) or self._failures:
+            raise RuntimeError(f"requests not acknowledged by Kafka: {self._failures[:3]}")
 
 
 @contextlib.contextmanager

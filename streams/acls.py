@@ -123,6 +123,24 @@ def grant(admin: KafkaConnection, principals: dict[str, str], settings: Settings
     logger.info("granted %d ACLs to %d roles", len(wanted), len(principals))
 
 
+def grant_and_wait(connection: KafkaConnection, settings: Settings, timeout_s: float = 30.0) -> None:
+    """``grant`` every role of ``connection`` (which knows each role's login) its ACLs, then wait until
+    the broker applies them: a client started at once could otherwise be refused (and its records
+    dropped) in the moment before the new ACLs reach the authorizer."""
+    logins = dict(connection.role_logins)
+    grant(connection.for_role("admin"), {role: login.username for role, login in logins.items()}, settings, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    for role in role_grants(settings):
+        while True:
+            try:
+                check_access(connection.for_role(role), settings, timeout_s)
+                break
+            except KafkaAccessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
 def acl_commands(principals: dict[str, str], settings: Settings) -> str:
     """The ACLs as ``kafka-acls.sh`` commands an operator can run against their own cluster."""
     lines = []

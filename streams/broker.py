@@ -64,17 +64,19 @@ def kafka_broker(
 
 
 def local_connection(broker: LocalKafka, settings: Settings) -> KafkaConnection:
-    """The connection to a started local broker; a secured one also gets every role's ACLs for ``settings``'
-    topics (granted as its admin), and each client must pick its role (``for_role``)."""
+    """The connection to a started local broker; on a secured one ``settings``' topics are created and every
+    role is granted its ACLs on them (as its admin), and each client must pick its role (``for_role``)."""
     plain = KafkaConnection.from_settings(settings, broker.bootstrap)
     if not broker.secured:
         return plain
-    from streams.acls import grant
+    from streams.acls import grant_and_wait
+    from streams.topics import ensure_topics
 
     logins = broker.role_logins()
     connection = dataclasses.replace(
         plain, security=broker.client_security(), role_logins=tuple(sorted(logins.items()))
     )
-    grant(connection.for_role("admin"), {role: login.username for role, login in logins.items()}, settings)
+    ensure_topics(connection.for_role("admin"), settings)  # the roles may not create them
+    grant_and_wait(connection, settings)
     logger.info("local Kafka is SASL_SSL (SCRAM) with per-role ACLs; CA %s", broker.ca_file)
     return connection
