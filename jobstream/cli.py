@@ -188,7 +188,8 @@ def up(
         supervisor = WorkerSupervisor(settings, connection)
         base = f"{'https' if settings.tls_certfile else 'http'}://{settings.host}:{settings.port}"
         typer.echo(
-            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}\n"
+            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}"
+            f" ({connection.security.protocol})\n"
             f"  ClickHouse {redact(settings.clickhouse_url)}\n  workers    {settings.workers}\n  data       "
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
@@ -269,8 +270,18 @@ def kafka(
         typer.echo(f"Kafka {kafka_version()} jars are ready")
         return
     settings = _settings()
-    with LocalKafka(data_dir or settings.data_dir / "kafka", port=port, heap=settings.local_kafka_heap) as broker:
+    with LocalKafka(
+        data_dir or settings.data_dir / "kafka",
+        port=port,
+        heap=settings.local_kafka_heap,
+        security=settings.local_kafka_security,
+    ) as broker:
         typer.echo(f"Kafka {kafka_version()} at {broker.bootstrap}; Ctrl-C stops it")
+        if broker.secured:  # where a client finds what it needs (the passwords stay in the 0600 file)
+            typer.echo(
+                f"SASL_SSL, SCRAM-SHA-512: CA {broker.ca_file}, users jobstream-<role> with passwords in "
+                f"{broker.security_dir / 'users.json'}; grant ACLs as jobstream-admin (jobstream kafka-acls)"
+            )
         try:
             broker.wait()
         except KeyboardInterrupt:
