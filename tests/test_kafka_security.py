@@ -185,3 +185,19 @@ def test_every_role_has_least_privilege_acls_and_the_operator_gets_commands():
     text = acl_commands({role: f"u-{role}" for role in grants}, Settings(topic_prefix="p."))
     assert "--allow-principal 'User:u-sink' --operation Read --topic 'p.jobs.events'" in text
     assert "--operation IdempotentWrite --cluster" in text
+
+
+def test_kafka_acls_command_prints_commands_for_the_prefix_and_named_users(monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from jobstream.cli import app
+
+    monkeypatch.setenv("JOBSTREAM_TOPIC_PREFIX", "prod.")
+    result = CliRunner().invoke(app, ["kafka-acls", "--user", "sink=svc-sink"])
+    assert result.exit_code == 0, result.output
+    assert "--allow-principal 'User:svc-sink' --operation Read --topic 'prod.jobs.events'" in result.output
+    assert (
+        "--allow-principal 'User:jobstream-worker' --operation Read --group 'prod.jobstream-processors'"
+        in result.output
+    )
+    assert CliRunner().invoke(app, ["kafka-acls", "--user", "root=x"]).exit_code == 2
