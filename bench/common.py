@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from streams.broker import kafka_broker
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +30,31 @@ def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
 @contextlib.contextmanager
 def broker() -> Iterator[str]:
     """KAFKA_BOOTSTRAP if set, else a local broker for the bench's lifetime."""
+    with broker_connection() as kafka:
+        yield kafka.bootstrap
+
+
+@contextlib.contextmanager
+def broker_connection(security: str = "plaintext", settings: Settings | None = None) -> Iterator[KafkaConnection]:
+    """Like ``broker``, as a connection: ``security="sasl_ssl"`` starts the local broker secured (SCRAM over
+    TLS, each role with its ACLs for ``settings``' topics) so a bench can price transport security."""
+    settings = (settings or Settings()).model_copy(update={"local_kafka_security": security})
     with tempfile.TemporaryDirectory(prefix="jobstream-bench-") as tmp:
-        with kafka_broker(Settings(), data_dir=Path(tmp) / "kafka", port=0) as kafka:
-            yield kafka.bootstrap
+        with kafka_broker(settings, data_dir=Path(tmp) / "kafka", port=0) as kafka:
+            yield kafka
+
+
+SECURITY_CHOICES = ("plaintext", "sasl_ssl")
+
+
+def prepare(kafka: KafkaConnection, settings: Settings) -> None:
+    """Topics for ``settings`` (as the admin principal) and, on a secured broker, every role's ACLs on them."""
+    from streams.acls import grant_and_wait
+    from streams.topics import ensure_topics
+
+    ensure_topics(kafka.for_role("admin"), settings)
+    if kafka.role_logins:
+        grant_and_wait(kafka, settings)
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,20 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from bench.common import ROOT, broker, code_env, free_port, jobstream_process, percentiles_ms
+from bench.common import (
+    ROOT,
+    SECURITY_CHOICES,
+    broker_connection,
+    code_env,
+    free_port,
+    jobstream_process,
+    percentiles_ms,
+    prepare,
+)
 from streams import topics
 from streams.events import JobRequested, new_job_id
-from streams.kafka_config import KafkaConnection
+from streams.kafka_config import ROLES, KafkaConnection
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from streams.wire import dumps
 
 SUBMIT_CHUNK = 500
@@ -84,11 +92,12 @@ class Terminals:
     reader costs the shared cores as little as possible.
     """
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
         self.seen: dict[str, float] = {}
         self.batch_sizes: dict[str, int] = {}
         self.failed: dict[str, dict] = {}
-        self._consumer = Consumer(KafkaConnection.from_settings(settings).consumer_config(f"bench-{uuid.uuid4().hex}"))
+        # the bench's own reader (not a jobstream role): the admin principal on a secured broker
+        self._consumer = Consumer(kafka.for_role("admin").consumer_config(f"bench-{uuid.uuid4().hex}"))
         self._consumer.subscribe([settings.topic(topics.EVENTS)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -218,8 +227,13 @@ def _result(name: str, terminals: Terminals, submitted: dict[str, float], second
 class KafkaSubmitter:
     """Produces ``JobRequested`` records (the API's wire format) straight onto jobs.requested."""
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._producer = Producer(KafkaConnection.from_settings(settings).producer_config())
+    def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
+        self._failures: list[str] = []
+        self._producer = Producer(
+            kafka.for_role("api").producer_config(  # writes requests, as the API does
+                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None
+            )
+        )
         self._topic = settings.topic(topics.REQUESTED)
 
     @staticmethod
@@ -251,8 +265,8 @@ class KafkaSubmitter:
         return submitted
 
     def _flush(self) -> None:
-        if self._producer.flush(60):
-            raise RuntimeError("requests not acknowledged by Kafka")
+        if self._producer.flush(60) or self._failures:
+            raise RuntimeError(f"requests not acknowledged by Kafka: {self._failures[:3]}")
 
 
 @contextlib.contextmanager
@@ -299,7 +313,7 @@ def profiled(pid: int | None, prefix: str | None, name: str) -> Iterator[None]:
 
 
 def run_via_kafka(
-    bootstrap: str,
+    kafka: KafkaConnection,
     settings: Settings,
     env: dict[str, str],
     terminals: Terminals,
@@ -307,7 +321,7 @@ def run_via_kafka(
     tag: str,
     root: Path,
 ) -> list[Result]:
-    submitter = KafkaSubmitter(bootstrap, settings)
+    submitter = KafkaSubmitter(kafka, settings)
 
     def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
         with profiled(pid, args.profile, f"{tag}-{name}"), cpu_meter(pid) as cpu:
@@ -381,21 +395,24 @@ def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namesp
         ]
 
 
-def run_config(bootstrap: str, batch_max_size: str, args: argparse.Namespace, root: Path = ROOT) -> list[Result]:
+def run_config(
+    kafka: KafkaConnection, batch_max_size: str, args: argparse.Namespace, root: Path = ROOT
+) -> list[Result]:
     prefix = f"pb{uuid.uuid4().hex[:6]}."
-    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
-    ensure_topics(KafkaConnection.from_settings(settings), settings)
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix)
+    prepare(kafka, settings)
+    # a worker alone logs in as the worker role; `jobstream up` (--via api) gets every role's login
     env = {
-        "KAFKA_BOOTSTRAP": bootstrap,
+        **(kafka.env(roles=ROLES) if args.via == "api" else kafka.for_role("worker").env()),
         "JOBSTREAM_TOPIC_PREFIX": prefix,
         "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
         "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
     }
-    terminals = Terminals(bootstrap, settings)
+    terminals = Terminals(kafka, settings)
     try:
         if args.via == "api":
             return run_via_api(env, terminals, args, root)
-        return run_via_kafka(bootstrap, settings, env, terminals, args, f"batch{batch_max_size}", root)
+        return run_via_kafka(kafka, settings, env, terminals, args, f"batch{batch_max_size}", root)
     finally:
         terminals.close()
 
@@ -434,19 +451,27 @@ def main() -> None:
         help="another checkout (e.g. a git worktree of the previous "
         "commit): each configuration runs its worker first, then this checkout's, in one run",
     )
+    parser.add_argument(
+        "--security",
+        choices=SECURITY_CHOICES,
+        default="plaintext",
+        help="sasl_ssl: a secured local broker (SCRAM over TLS, per-role ACLs) to price transport security",
+    )
     args = parser.parse_args()
+    if args.baseline and args.security != "plaintext":
+        parser.error("--baseline runs an older checkout, which speaks PLAINTEXT only")
     results: dict[str, list[Result]] = {}
     labels: dict[str, str] = {}
     load = [os.getloadavg()[0]]
     roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
-    with broker() as bootstrap:
+    with broker_connection(args.security) as kafka:
         for size in args.configs:
             for label, root in roots:
                 key = f"{label}:{size}"
                 labels[key] = f"{label}: {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')}".lstrip(": ")
-                results[key] = run_config(bootstrap, size, args, root)
+                results[key] = run_config(kafka, size, args, root)
                 load.append(os.getloadavg()[0])
-    print(f"via {args.via}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
+    print(f"via {args.via}; Kafka {args.security}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
     print(
         "| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "
         "| CPU µs/job: worker (its loop) | calculations | broker |"

@@ -48,20 +48,50 @@ def base_url(url: str | None, settings: Settings | None = None) -> str:
     """Where the CLI's client commands find the service: --url, else JOBSTREAM_PUBLIC_URL, else host:port."""
     settings = settings or _settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return (url or settings.public_url or f"http://{host}:{settings.port}").rstrip("/")
+    scheme = "https" if settings.tls_certfile else "http"
+    return (url or settings.public_url or f"{scheme}://{host}:{settings.port}").rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_keys_in_clear(settings: Settings) -> None:
+    """API keys over plain HTTP on a reachable address travel in clear: say so, loudly, at start."""
+    if (settings.api_keys or settings.api_keys_file) and not settings.tls_certfile and not _loopback(settings.host):
+        message = (
+            f"WARNING: API keys are set but HTTP on {settings.host}:{settings.port} is not TLS: keys and "
+            "results travel in clear. Set JOBSTREAM_TLS_CERTFILE and JOBSTREAM_TLS_KEYFILE, or terminate "
+            "TLS in front of jobstream."
+        )
+        logger.warning(message)
+        typer.secho(message, fg=typer.colors.RED, bold=True, err=True)
+
+
+def _check_kafka(connection: KafkaConnection, settings: Settings, roles: list[str]) -> None:
+    """Each role's Kafka login, the broker's certificate and the role's ACLs, before anything starts:
+    a bad one ends the command with one line naming the cause (exit status 3)."""
+    from streams.acls import KafkaAccessError, check_access
+    from streams.kafka_config import KafkaConfigError
+
+    try:
+        for role in roles:
+            check_access(connection.for_role(role), settings)
+    except (KafkaAccessError, KafkaConfigError) as exc:
+        logger.error("cannot use Kafka: %s", exc)
+        raise typer.Exit(3) from None
 
 
 def _refuse_open_bind_without_keys(settings: Settings) -> None:
     """Without API keys anyone who can reach the port can submit and read jobs: loopback only."""
-    import ipaddress
-
     if settings.api_keys or settings.api_keys_file:
         return
-    try:
-        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not _loopback(settings.host):
         raise typer.BadParameter(
             f"refusing to bind {settings.host} without API keys; set JOBSTREAM_API_KEYS or bind 127.0.0.1"
         )
@@ -70,14 +100,18 @@ def _refuse_open_bind_without_keys(settings: Settings) -> None:
 def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> None:
     import uvicorn
 
-    from jobstream.server import create_app
+    from jobstream.server import create_app, kafka_roles
 
+    _check_kafka(connection, settings, kafka_roles(roles))
+    _warn_keys_in_clear(settings)
     uvicorn.run(
         create_app(settings, roles, kafka=connection),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
 
 
@@ -147,6 +181,8 @@ def up(
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
+    from store.clickhouse import redact
+
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     _logging(log_level, settings)
     _tracing({"api", "gateway", "sink"})
@@ -161,12 +197,15 @@ def up(
     from streams.topics import ensure_topics
 
     with kafka_broker(settings) as connection:
-        ensure_topics(connection, settings)
+        _check_kafka(connection, settings, ["admin"])
+        ensure_topics(connection.for_role("admin"), settings)  # topics are created by the admin principal
+        _check_kafka(connection, settings, ["worker"])
         supervisor = WorkerSupervisor(settings, connection)
-        base = f"http://{settings.host}:{settings.port}"
+        base = f"{'https' if settings.tls_certfile else 'http'}://{settings.host}:{settings.port}"
         typer.echo(
-            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}\n"
-            f"  ClickHouse {settings.clickhouse_url}\n  workers    {settings.workers}\n  data       "
+            f"\njobstream is up\n  API + SSE  {base}  (docs {base}/docs)\n  Kafka      {connection.bootstrap}"
+            f" ({connection.security.protocol})\n"
+            f"  ClickHouse {redact(settings.clickhouse_url)}\n  workers    {settings.workers}\n  data       "
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
         try:
@@ -230,9 +269,9 @@ def worker(
         _serve_worker_metrics(settings, index)
     from processors.app import run_worker
 
-    run_worker(
-        settings, KafkaConnection.from_settings(settings), worker_index=index, loglevel=log_level, parent_pid=parent_pid
-    )
+    connection = KafkaConnection.from_settings(settings)
+    _check_kafka(connection, settings, ["worker"])
+    run_worker(settings, connection, worker_index=index, loglevel=log_level, parent_pid=parent_pid)
 
 
 def _serve_worker_metrics(settings: Settings, index: int) -> None:
@@ -262,12 +301,42 @@ def kafka(
         typer.echo(f"Kafka {kafka_version()} jars are ready")
         return
     settings = _settings()
-    with LocalKafka(data_dir or settings.data_dir / "kafka", port=port, heap=settings.local_kafka_heap) as broker:
+    with LocalKafka(
+        data_dir or settings.data_dir / "kafka",
+        port=port,
+        heap=settings.local_kafka_heap,
+        security=settings.local_kafka_security,
+    ) as broker:
         typer.echo(f"Kafka {kafka_version()} at {broker.bootstrap}; Ctrl-C stops it")
+        if broker.secured:  # where a client finds what it needs (the passwords stay in the 0600 file)
+            typer.echo(
+                f"SASL_SSL, SCRAM-SHA-512: CA {broker.ca_file}, users jobstream-<role> with passwords in "
+                f"{broker.security_dir / 'users.json'}; grant ACLs as jobstream-admin (jobstream kafka-acls)"
+            )
         try:
             broker.wait()
         except KeyboardInterrupt:
             pass
+
+
+@app.command("kafka-acls")
+def kafka_acls(
+    user: list[str] = typer.Option(
+        [], help="role=USER for a role whose principal is not jobstream-<role> (repeatable), e.g. sink=svc-sink."
+    ),
+) -> None:
+    """Print the ACLs each role needs (least privilege) as kafka-acls.sh commands for your own cluster,
+    for the topics of JOBSTREAM_TOPIC_PREFIX. Topic creation is left to you (or an admin principal)."""
+    from streams.acls import acl_commands, role_grants
+
+    settings = _settings()
+    principals = {role: f"jobstream-{role}" for role in role_grants(settings)}
+    for item in user:
+        role, _, name = item.partition("=")
+        if role not in principals or not name:
+            raise typer.BadParameter(f"expected role=USER with role one of {sorted(principals)}", param_hint="--user")
+        principals[role] = name
+    typer.echo(acl_commands(principals, settings), nl=False)
 
 
 @app.command()
@@ -375,10 +444,24 @@ def sql(
     settings = _settings()
     try:
         if url is None and settings.clickhouse_url.startswith(("http://", "https://")):
-            result = run_direct(settings.clickhouse_url, query, limits_from(settings), login=analyst_login(settings))
+            from store.clickhouse import ServerAccess
+
+            result = run_direct(
+                settings.clickhouse_url,
+                query,
+                limits_from(settings),
+                login=analyst_login(settings),
+                access=ServerAccess.from_settings(settings),
+            )
         else:
+            from jobstream.client import tls_verify
+
             result = run_remote(
-                base_url(url, settings), query, api_key=api_key, timeout_s=settings.sql_max_execution_s + 30
+                base_url(url, settings),
+                query,
+                api_key=api_key,
+                timeout_s=settings.sql_max_execution_s + 30,
+                verify=tls_verify(settings.ca_file),
             )
     except QueryFailed as exc:
         typer.echo(f"query failed: {exc}", err=True)

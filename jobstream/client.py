@@ -10,6 +10,8 @@ Examples in the README.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -19,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from streams.errors import JobstreamError
 
@@ -139,10 +141,29 @@ class _RetryLater(JobstreamError):
 READ_TIMEOUT_S = 60.0  # several server heartbeats (JOBSTREAM_SSE_HEARTBEAT_S, 15 s): silence means a dead link
 
 
-def api_client(base_url: str, api_key: str | None, read_timeout_s: float = READ_TIMEOUT_S) -> httpx.Client:
-    """An HTTP client for the jobstream API, with the key as a Bearer token when there is one."""
+def tls_verify(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """How https:// servers are checked: against ``ca_file``, else ``JOBSTREAM_CA_FILE``, else the system's CAs
+    (a service with a certificate from a private CA, e.g. JOBSTREAM_TLS_CERTFILE, needs its CA here)."""
+    ca_file = ca_file or os.environ.get("JOBSTREAM_CA_FILE") or None
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def api_client(
+    base_url: str,
+    api_key: str | None,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+) -> httpx.Client:
+    """An HTTP client for the jobstream API, with the key as a Bearer token when there is one; https:// is
+    checked against ``ca_file`` (default ``JOBSTREAM_CA_FILE``, else the system's CAs)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(10, read=read_timeout_s))
+    return httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(10, read=read_timeout_s),
+        verify=tls_verify(ca_file),
+    )
 
 
 def _client(base_url: str, api_key: str | None, client: httpx.Client | None) -> httpx.Client:
@@ -218,6 +239,20 @@ class _SubmitAgain(JobstreamError):
         self.after_s = after_s
 
 
+def _retryable(exc: BaseException) -> bool:
+    """A retryable answer, or a transport error that may pass; an untrusted certificate will not."""
+    if isinstance(exc, _SubmitAgain):
+        return True
+    if not isinstance(exc, httpx.TransportError):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 MAX_SUBMIT_WAIT_S = 30.0  # the longest pause between two attempts, whatever Retry-After says
 
 
@@ -267,7 +302,7 @@ def submit_job(
 
     try:
         for tried in Retrying(
-            retry=retry_if_exception_type((httpx.TransportError, _SubmitAgain)),
+            retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(max_attempts),
             wait=wait,
             reraise=True,

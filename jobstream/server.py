@@ -34,9 +34,10 @@ from sink.query import analyst_login
 from sink.sink import Sink, SinkConfig
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout, FanoutConfig
-from store.clickhouse import ClickHouseStore
+from store.clickhouse import ClickHouseStore, ServerAccess
 from store.recent import RecentJobs
 from streams import topics
+from streams.acls import check_access
 from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
@@ -64,33 +65,44 @@ def create_app(
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
 
+    # Each role's clients log in as that role's principal (its own ACLs) when the connection knows one.
+    as_role = {role: kafka.for_role(role) for role in kafka_roles(roles)}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(topics.ensure_topics, kafka, settings)
+        for connection in as_role.values():  # fail fast, naming the cause: login, certificate, ACLs
+            await asyncio.to_thread(check_access, connection, settings)
+        if as_role:
+            await asyncio.to_thread(topics.ensure_topics, next(iter(as_role.values())), settings)
         own_store = store is None
         app.state.store = store or await asyncio.to_thread(
-            ClickHouseStore, settings.clickhouse_url, analyst=analyst_login(settings)
+            ClickHouseStore,
+            settings.clickhouse_url,
+            analyst=analyst_login(settings),
+            access=ServerAccess.from_settings(settings),
         )
         started: list = []
         try:
             if "api" in roles:
-                app.state.producer = AsyncProducer(kafka, settings.produce_timeout_s, settings.delivery_timeout_s)
+                app.state.producer = AsyncProducer(
+                    as_role["api"], settings.produce_timeout_s, settings.delivery_timeout_s
+                )
                 started.append(app.state.producer)
-                app.state.idempotency = IdempotencyKeys(kafka, KeyConfig.from_settings(settings)).start()
+                app.state.idempotency = IdempotencyKeys(as_role["api"], KeyConfig.from_settings(settings)).start()
                 started.append(app.state.idempotency)
-                app.state.lag = LagMonitor(kafka, LagConfig.from_settings(settings)).start()
+                app.state.lag = LagMonitor(as_role["api"], LagConfig.from_settings(settings)).start()
                 started.append(app.state.lag)
-                app.state.replays = ReplayBook(kafka, settings.topic(topics.REPLAYS)).start()
+                app.state.replays = ReplayBook(as_role["replay"], settings.topic(topics.REPLAYS)).start()
                 started.append(app.state.replays)
-                app.state.replayer = _replayer(app, kafka, settings)
+                app.state.replayer = _replayer(app, as_role["replay"], settings)
                 started.append(app.state.replayer)
             if "gateway" in roles:
                 app.state.fanout = Fanout(
-                    kafka, FanoutConfig.from_settings(settings), observers=[app.state.recent.observe]
+                    as_role["gateway"], FanoutConfig.from_settings(settings), observers=[app.state.recent.observe]
                 ).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
-                app.state.sink = Sink(kafka, app.state.store, SinkConfig.from_settings(settings)).start()
+                app.state.sink = Sink(as_role["sink"], app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
@@ -145,6 +157,11 @@ def create_app(
         return {"status": "ok"}
 
     return app
+
+
+def kafka_roles(roles: Iterable[str]) -> list[str]:
+    """The Kafka principals an HTTP process with ``roles`` acts as (the API runs replays too)."""
+    return [r for r in ("api", "replay", "gateway", "sink") if r in roles or (r == "replay" and "api" in roles)]
 
 
 def _telemetry() -> TelemetryConfig:

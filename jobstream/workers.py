@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from streams.kafka_config import KafkaConnection
+from streams.kafka_config import ROLE_CREDENTIALS_ENV, KafkaConnection
 from streams.settings import Settings
 
 
@@ -20,8 +20,9 @@ def worker_env(
     """The environment of a worker running with ``settings`` against ``kafka`` (default: the
     settings' cluster): ``base`` (default: this process's environment) with every setting over it."""
     env = {**(os.environ if base is None else base), **settings.env()}
-    if kafka is not None:
-        env["KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    if kafka is not None:  # the address, TLS files and the worker principal's login (and no other role's)
+        env.pop(ROLE_CREDENTIALS_ENV, None)
+        env.update(kafka.for_role("worker").env())
     return env
 
 

@@ -125,6 +125,7 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
     app = faust.App(
         settings.topic(APP_ID),
         broker=f"kafka://{kafka.bootstrap}",
+        broker_credentials=kafka.faust_credentials(),
         datadir=str(datadir),
         value_serializer="raw",
         key_serializer="raw",
@@ -193,6 +194,7 @@ def run_worker(
     """
     if parent_pid is not None:
         watch_parent(parent_pid, settings.worker_orphan_grace_s)
+    kafka = kafka.for_role("worker")
     topics.ensure_topics(kafka, settings)
     _use_uvloop()
     app = create_app(settings, kafka, worker_index=worker_index)

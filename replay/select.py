@@ -17,6 +17,7 @@ from datetime import datetime
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from replay.models import PartitionRange, ReplaySelection
+from streams import topics
 from streams.events import JobRequested
 from streams.kafka_config import KafkaConnection
 from streams.reader import partitions_of, watermarks
@@ -47,7 +48,9 @@ class RequestScanner:
 
     def __init__(self, kafka: KafkaConnection, topic: str, timeout_s: float = 10.0) -> None:
         self.topic = topic
-        self._consumer = Consumer(kafka.consumer_config("unused", **{"enable.partition.eof": True}))
+        self._consumer = Consumer(
+            kafka.consumer_config(topics.reader_group(self.topic), **{"enable.partition.eof": True})
+        )
         self._timeout_s = timeout_s
 
     def close(self) -> None:

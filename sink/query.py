@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import ssl
 from datetime import date, datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
@@ -23,7 +24,7 @@ import httpx
 import orjson
 
 from store import sql_guard
-from store.clickhouse import AnalystLogin, QueryLimits, QueryResult, connect
+from store.clickhouse import AnalystLogin, QueryLimits, QueryResult, ServerAccess, connect
 from streams.errors import JobstreamError
 
 if TYPE_CHECKING:
@@ -37,13 +38,18 @@ class QueryFailed(JobstreamError, RuntimeError):
 
 
 def run_direct(
-    url: str, sql: str, limits: QueryLimits, database: str | None = None, login: AnalystLogin | None = None
+    url: str,
+    sql: str,
+    limits: QueryLimits,
+    database: str | None = None,
+    login: AnalystLogin | None = None,
+    access: ServerAccess | None = None,
 ) -> QueryResult:
     """Run on a ClickHouse server: vetted by ``sql_guard``, then on a read-only session of its own, as ``login``."""
     if url.startswith("chdb://"):
         raise ValueError("embedded chDB belongs to the running service: ask it (POST /v1/sql) instead")
-    parser = connect(url, database, login=login)
-    client = connect(url, database, settings=limits.settings(), login=login)
+    parser = connect(url, database, login=login, access=access)
+    client = connect(url, database, settings=limits.settings(), login=login, access=access)
     try:
         checked = sql_guard.vet(parser, sql)
         result = client.query(checked)
@@ -69,11 +75,19 @@ def analyst_login(settings: Settings) -> AnalystLogin | None:
     return AnalystLogin(settings.sql_clickhouse_user, password)
 
 
-def run_remote(base_url: str, sql: str, api_key: str | None = None, timeout_s: float = 120.0) -> QueryResult:
-    """Run through a jobstream service's ``POST /v1/sql``."""
+def run_remote(
+    base_url: str,
+    sql: str,
+    api_key: str | None = None,
+    timeout_s: float = 120.0,
+    verify: ssl.SSLContext | bool = True,
+) -> QueryResult:
+    """Run through a jobstream service's ``POST /v1/sql`` (``verify``: how an https:// service is checked)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.post(f"{base_url.rstrip('/')}/v1/sql", json={"sql": sql}, headers=headers, timeout=timeout_s)
+        response = httpx.post(
+            f"{base_url.rstrip('/')}/v1/sql", json={"sql": sql}, headers=headers, timeout=timeout_s, verify=verify
+        )
     except httpx.TransportError as exc:
         raise QueryFailed(
             f"cannot reach the jobstream service at {base_url} ({exc}); is `jobstream up` running?"

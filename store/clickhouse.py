@@ -15,15 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 import orjson
+from pydantic import SecretStr
 
 from store import sql_guard
 from store.schema import FIRST_OF_SEQ, apply_events_ttl, migrate
 from streams.errors import JobstreamError
 from streams.events import JobEvent
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +97,47 @@ class QueryResult:
     rows: list[tuple]
 
 
+@dataclass(frozen=True)
+class ServerAccess:
+    """How to reach a ClickHouse server beyond its URL: the password (``CLICKHOUSE_PASSWORD``, so it is not in
+    the URL; a ``SecretStr``, never in a repr or a log) and the CA an https:// server is checked against."""
+
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerAccess:
+        return cls(settings.clickhouse_password, settings.clickhouse_ca_file)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password in it replaced, for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def connect(
-    url: str, database: str | None = None, settings: dict[str, Any] | None = None, login: AnalystLogin | None = None
+    url: str,
+    database: str | None = None,
+    settings: dict[str, Any] | None = None,
+    login: AnalystLogin | None = None,
+    access: ServerAccess | None = None,
 ):
-    """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port`` (as ``login``'s user if given)."""
+    """A clickhouse-connect client for ``chdb://<dir>`` or ``http(s)://host:port`` (as ``login``'s user if given;
+    ``access``: the server's password and CA)."""
     extra: dict[str, Any] = {}
+    access = access or ServerAccess()
+    if (access.password is not None or access.ca_file is not None) and url.startswith("chdb://"):
+        raise ValueError("CLICKHOUSE_PASSWORD and CLICKHOUSE_CA_FILE need a ClickHouse server; chDB has neither")
+    if access.ca_file is not None:
+        if not url.startswith("https://"):
+            raise ValueError("CLICKHOUSE_CA_FILE checks an https:// server: CLICKHOUSE_URL must start with https://")
+        extra.update(verify=True, ca_cert=str(access.ca_file))
+    if access.password is not None and login is None:
+        extra["password"] = access.password.get_secret_value()
     if database:
         extra["database"] = database
     if settings:
@@ -113,7 +154,10 @@ def connect(
         path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{path}", **extra)
     if url.startswith(("http://", "https://")):
-        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, **extra)
+        # clickhouse-connect takes host, port and user from the DSN but not its scheme: without
+        # ``interface`` an https:// URL would be spoken as plain HTTP.
+        interface = "https" if url.startswith("https://") else "http"
+        return clickhouse_connect.get_client(dsn=url, interface=interface, autogenerate_session_id=False, **extra)
     raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, not {url!r}")
 
 
@@ -124,28 +168,39 @@ class ClickHouseStore:
     for a test of migrations inside the one chDB engine a process may have.
     """
 
-    def __init__(self, url: str, *, database: str | None = None, analyst: AnalystLogin | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        analyst: AnalystLogin | None = None,
+        access: ServerAccess | None = None,
+    ) -> None:
         self.url = url
         self.database = database
         self.analyst = analyst
+        self.access = access or ServerAccess()
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._client: Any = None
         self._readonly: dict[QueryLimits, Any] = {}  # one read-only session per set of limits
         self._parser: Any = None  # runs sql_guard's parse step only: no settings, so its SQL goes as it is
         if database:
-            admin = connect(url)
+            admin = connect(url, access=self.access)
             try:
                 admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
             finally:
                 admin.close()
         self.open()
 
+    def __repr__(self) -> str:
+        return f"ClickHouseStore({redact(self.url)!r}, database={self.database!r}, access={self.access!r})"
+
     def open(self) -> ClickHouseStore:
         """Connect (again, after ``close()``) and bring the schema up to date."""
         with self._lock:
             if self._client is None:
-                client = connect(self.url, self.database)
+                client = connect(self.url, self.database, access=self.access)
                 try:
                     migrate(client)
                 except Exception:
@@ -258,7 +313,7 @@ class ClickHouseStore:
         with self._read_lock:
             self._check_open()
             if self._parser is None:
-                self._parser = connect(self.url, self.database, login=self.analyst)
+                self._parser = connect(self.url, self.database, login=self.analyst, access=self.access)
             return sql_guard.vet(self._parser, sql)
 
     def readonly_query(self, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
@@ -273,7 +328,7 @@ class ClickHouseStore:
             client = self._readonly.get(limits)
             if client is None:
                 client = self._readonly[limits] = connect(
-                    self.url, self.database, settings=limits.settings(), login=self.analyst
+                    self.url, self.database, settings=limits.settings(), login=self.analyst, access=self.access
                 )
             result = client.query(checked)
             columns, types = list(result.column_names), [t.name for t in result.column_types]

@@ -7,6 +7,7 @@ answers → a local Apache Kafka (KRaft) provisioned from Maven Central.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,26 @@ def kafka_broker(
         data_dir or settings.data_dir / "kafka",
         port=settings.local_kafka_port if port is None else port,
         heap=settings.local_kafka_heap,
+        security=settings.local_kafka_security,
     )
     with broker:
-        yield KafkaConnection.from_settings(settings, broker.bootstrap)
+        yield local_connection(broker, settings)
+
+
+def local_connection(broker: LocalKafka, settings: Settings) -> KafkaConnection:
+    """The connection to a started local broker; on a secured one ``settings``' topics are created and every
+    role is granted its ACLs on them (as its admin), and each client must pick its role (``for_role``)."""
+    plain = KafkaConnection.from_settings(settings, broker.bootstrap)
+    if not broker.secured:
+        return plain
+    from streams.acls import grant_and_wait
+    from streams.topics import ensure_topics
+
+    logins = broker.role_logins()
+    connection = dataclasses.replace(
+        plain, security=broker.client_security(), role_logins=tuple(sorted(logins.items()))
+    )
+    ensure_topics(connection.for_role("admin"), settings)  # the roles may not create them
+    grant_and_wait(connection, settings)
+    logger.info("local Kafka is SASL_SSL (SCRAM) with per-role ACLs; CA %s", broker.ca_file)
+    return connection

@@ -9,8 +9,11 @@ process that started it, even after ``kill -9``.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,8 +22,10 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
 
 from streams.errors import JobstreamError
+from streams.kafka_config import ROLES, KafkaSecurity, SaslLogin
 from streams.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -98,17 +103,110 @@ rootLogger.appenderRef.file.ref = file
 """
 
 
-class LocalKafka:
-    """One KRaft broker+controller on loopback; use as a context manager or start()/stop()."""
+SCRAM = "SCRAM-SHA-512"
+BROKER_CN = "jobstream-broker"  #: the broker's certificate name; its principal on the controller listener
 
-    def __init__(self, data_dir: Path, port: int = 0, heap: str = "768m", log_level: str = "WARN") -> None:
+
+def _escaped(pem: str) -> str:
+    """A PEM block as one ``.properties`` value (Java reads ``\\n`` back as a line break)."""
+    return pem.strip().replace("\n", "\\n")
+
+
+def principal_name(role: str) -> str:
+    """The SASL user of a role on the local secured broker."""
+    return f"jobstream-{role}"
+
+
+class LocalKafka:
+    """One KRaft broker+controller on loopback; use as a context manager or start()/stop().
+
+    ``security="sasl_ssl"``: clients get only a SASL_SSL listener (SCRAM-SHA-512) with a certificate
+    from a CA generated at each start (``<data_dir>/security``); every role in ``ROLES`` has its own
+    SCRAM user, created when the storage is formatted; ``StandardAuthorizer`` is on and only
+    ``jobstream-admin`` (and the broker itself) are super users, so the roles need ACLs
+    (``streams.acls.grant``). The controller listener stays on loopback, mutual TLS with the
+    broker's certificate.
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int = 0, heap: str = "768m", log_level: str = "WARN", security: str = "plaintext"
+    ) -> None:
+        if security not in ("plaintext", "sasl_ssl"):
+            raise ValueError(f"security must be plaintext or sasl_ssl, not {security!r}")
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.controller_port = free_port()
         self.heap = heap
         self.log_level = log_level
+        self.secured = security == "sasl_ssl"
         self._process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self._passwords: dict[str, str] = {}
+
+    @property
+    def security_dir(self) -> Path:
+        return self.data_dir / "security"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA clients trust (sasl_ssl only; regenerated at each start)."""
+        return self.security_dir / "ca.pem"
+
+    def client_security(self) -> KafkaSecurity:
+        """How clients reach this broker; without a login: each client picks its role (``role_logins``)."""
+        if not self.secured:
+            return KafkaSecurity()
+        return KafkaSecurity(protocol="SASL_SSL", mechanism=SCRAM, ca_location=self.ca_file)
+
+    def role_logins(self) -> dict[str, SaslLogin]:
+        """Each role's SCRAM login (empty for a plaintext broker)."""
+        return {role: SaslLogin(principal_name(role), SecretStr(pw)) for role, pw in self._passwords.items()}
+
+    def _load_passwords(self, formatted: bool) -> None:
+        """SCRAM users are created at format time: a formatted data dir keeps its passwords (0600 file)."""
+        path = self.security_dir / "users.json"
+        if formatted and path.exists():
+            self._passwords = json.loads(path.read_text())
+            return
+        self._passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
+        self.security_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(self._passwords, file)
+
+    def _security_props(self) -> dict[str, str]:
+        from streams.certs import LocalCA
+
+        issued = LocalCA(self.security_dir).issue(BROKER_CN, ["localhost", "127.0.0.1"], client=True)
+        # A PEM key store given inline: Java reads an unencrypted PKCS#8 key there, while a key store *file*
+        # must hold an encrypted key in one of the legacy PBE schemes Java knows (not PBES2).
+        key_store = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.key": _escaped(issued.key.read_text()),
+            "ssl.keystore.certificate.chain": _escaped(issued.cert.read_text() + issued.ca.read_text()),
+        }
+        admin = principal_name("admin")
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{admin}" password="{self._passwords["admin"]}";'
+            ),
+            **key_store,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(issued.ca),
+            "ssl.endpoint.identification.algorithm": "https",
+            "listener.name.controller.ssl.client.auth": "required",
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+).*$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{admin};User:{BROKER_CN}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     @property
     def bootstrap(self) -> str:
@@ -148,8 +246,12 @@ class LocalKafka:
             "replica.fetch.max.bytes": str(64 * 1024 * 1024),
             "socket.request.max.bytes": str(200 * 1024 * 1024),
         }
+        if self.secured:
+            props |= self._security_props()
         path = self.data_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the admin's password
+        with os.fdopen(fd, "w") as file:
+            file.write("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file, level=self.log_level))
         return path
 
@@ -173,9 +275,17 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> LocalKafka:
         classpath = provision()
+        formatted = (self.data_dir / "logs" / "meta.properties").exists()
+        if self.secured:
+            self._load_passwords(formatted)
         config = self._write_config()
-        if not (self.data_dir / "logs" / "meta.properties").exists():
+        if not formatted:
             cluster_id = new_cluster_id()
+            users = [
+                arg
+                for role, password in self._passwords.items()
+                for arg in ("--add-scram", f"{SCRAM}=[name={principal_name(role)},password={password}]")
+            ]
             fmt = subprocess.run(
                 self._java(
                     classpath,
@@ -187,6 +297,7 @@ class LocalKafka:
                     str(config),
                     "--standalone",
                     "--ignore-formatted",
+                    *users,
                 ),
                 capture_output=True,
                 text=True,
@@ -208,7 +319,15 @@ class LocalKafka:
         return self
 
     def _wait_ready(self, deadline: float) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        login = self.role_logins().get("admin")
+        security = self.client_security()
+        admin = AdminClient(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "log_level": 0,
+                **(dataclasses.replace(security, login=login).librdkafka() if login else {}),
+            }
+        )
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise LocalKafkaError(f"Kafka exited with {self._process.returncode}; see {self.log_file}")

@@ -12,13 +12,14 @@ from confluent_kafka import Message
 
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
+from streams.topics import reader_group
 
 
 class TopicMirror(KafkaReader):
     """Subclasses implement ``apply(key, value)`` (value None: a tombstone); it runs on the mirror's thread."""
 
     def __init__(self, kafka: KafkaConnection, topic: str) -> None:
-        super().__init__(kafka, topic, group_id="unused", name=f"mirror-{topic}")
+        super().__init__(kafka, topic, group_id=reader_group(topic), name=f"mirror-{topic}")
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         raise NotImplementedError

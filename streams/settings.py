@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
     public_url: str | None = Field(default=None, description="Base URL put in links; unset means root-relative links.")
+    clickhouse_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLICKHOUSE_PASSWORD", "JOBSTREAM_CLICKHOUSE_PASSWORD"),
+        description="Password of CLICKHOUSE_URL's user (keeps it out of the URL; never logged).",
+    )
+    clickhouse_ca_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLICKHOUSE_CA_FILE", "JOBSTREAM_CLICKHOUSE_CA_FILE"),
+        description="PEM CA bundle an https:// CLICKHOUSE_URL's certificate is checked against.",
+    )
 
     # --- Kafka topics -----------------------------------------------------
     topic_prefix: str = Field(default="", description="Prefix for every topic (isolates test runs).")
@@ -50,12 +60,80 @@ class Settings(BaseSettings):
         default=9092, ge=0, le=65535, description="Port of the local broker `jobstream up` starts (0: any free)."
     )
     local_kafka_heap: str = Field(default="768m", description="JVM heap of the local broker.")
+    local_kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
+        default="plaintext",
+        description="The local broker's client listener: plaintext, or sasl_ssl (SCRAM, a CA generated at "
+        "start, one principal per role with only its ACLs).",
+    )
+
+    # --- Kafka transport security (every confluent-kafka and Faust/aiokafka client) --------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "JOBSTREAM_KAFKA_SECURITY_PROTOCOL"),
+        description="librdkafka security.protocol / aiokafka security_protocol.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512",
+        validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "JOBSTREAM_KAFKA_SASL_MECHANISM"),
+        description="librdkafka sasl.mechanism / aiokafka sasl_mechanism (SASL_* protocols).",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        min_length=1,
+        validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "JOBSTREAM_KAFKA_SASL_USERNAME"),
+        description="librdkafka sasl.username / aiokafka sasl_plain_username.",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "JOBSTREAM_KAFKA_SASL_PASSWORD"),
+        description="librdkafka sasl.password / aiokafka sasl_plain_password (never logged).",
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CA_LOCATION", "JOBSTREAM_KAFKA_SSL_CA_LOCATION"),
+        description="PEM CA bundle the broker's certificate is checked against (unset: the system's).",
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CERTIFICATE_LOCATION", "JOBSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION"),
+        description="PEM client certificate (mTLS).",
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_KEY_LOCATION", "JOBSTREAM_KAFKA_SSL_KEY_LOCATION"),
+        description="PEM private key of the client certificate (mTLS).",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_KEY_PASSWORD", "JOBSTREAM_KAFKA_SSL_KEY_PASSWORD"),
+        description="Password of an encrypted client key.",
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("KAFKA_SSL_CHECK_HOSTNAME", "JOBSTREAM_KAFKA_SSL_CHECK_HOSTNAME"),
+        description="Check the broker certificate's host name (librdkafka ssl.endpoint.identification.algorithm).",
+    )
+    kafka_role_credentials: SecretStr | None = Field(
+        default=None,
+        description="Per-role SASL logins 'role=user:password,...' (roles: admin, api, worker, gateway, sink, "
+        "replay); a role not listed uses KAFKA_SASL_USERNAME.",
+    )
+    kafka_connect_timeout_s: float = Field(
+        default=15.0, gt=0, le=600, description="Longest start-up check of Kafka access (credentials, TLS, ACLs)."
+    )
 
     # --- auth ----------------------------------------------------------------
     api_keys: SecretStr | None = Field(
         default=None, description="'tenant=key,...' pairs; unset: no auth, loopback only."
     )
     api_keys_file: Path | None = Field(default=None, description="File of 'tenant=key' lines (# comments).")
+    tls_certfile: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS (API, gateway, console, metrics)."
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of JOBSTREAM_TLS_CERTFILE.")
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the CLI and Python client trust for https:// URLs."
+    )
 
     # --- ingest API -------------------------------------------------------
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
@@ -161,6 +239,12 @@ class Settings(BaseSettings):
         "and open streams cross-origin; empty: CORS off. `*` is refused.",
     )
     cors_max_age_s: int = Field(default=600, ge=0, le=86_400, description="How long browsers may cache a preflight.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile: set both (HTTPS) or neither")
+        return self
 
     @field_validator("cors_origins")
     @classmethod

@@ -27,6 +27,13 @@ CONTROL = "jobs.control"  #: commands to running workers (cancel), keyed by job_
 REPLAYS = "jobs.replays"  #: replay plans and positions (and stop requests), keyed by replay id, compacted
 
 
+def reader_group(topic: str) -> str:
+    """The group id of a consumer that only assigns ``topic``'s partitions (never joins or commits). The
+    client still needs one, and asks for its coordinator: on a secured cluster that takes DESCRIBE on
+    this group, so it is named after the topic (``streams.acls``)."""
+    return f"{topic}.reader"
+
+
 @dataclass(frozen=True)
 class JobTopics:
     """Where a new job's two records go: its request, and its ``queued`` event."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -76,11 +77,20 @@ class ServiceProcess:
     """``python -m jobstream.cli <args>`` with ``env``; ``start``/``kill9``/``stop``, same port across restarts.
     Output goes to ``log``; with ``stderr``, standard error goes there instead."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, stderr: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        stderr: Path | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        """``verify``: the service serves HTTPS (JOBSTREAM_TLS_CERTFILE in ``env``), checked with this context."""
         self.args = args
         self.env = env
         self.log = log
         self.stderr = stderr
+        self.verify = verify
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +101,7 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.verify else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120) -> ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +130,7 @@ class ServiceProcess:
     def _healthy(self) -> bool:
         self._exited()
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=5, verify=self.verify or True).status_code == 200
         except httpx.TransportError:
             return False
 

@@ -23,8 +23,11 @@ PLUGIN = "tests.calc_plugin"
 class Worker:
     """A real ``jobstream worker`` in its own process, configured from every field of its Settings."""
 
-    def __init__(self, settings: Settings, index: int = 0, log: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, index: int = 0, log: Path | None = None, kafka: KafkaConnection | None = None
+    ) -> None:
         self.settings = settings
+        self.kafka = kafka  # a secured broker's connection: the worker logs in as the worker role
         self.index = index
         self.log = log or settings.data_dir / f"worker-{index}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -34,7 +37,7 @@ class Worker:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 worker_command(self.index),
-                env=worker_env(self.settings),
+                env=worker_env(self.settings, self.kafka),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
