@@ -72,6 +72,9 @@ def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> 
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        # WebSocket streams' heartbeats are protocol pings; a peer that does not answer is dropped
+        ws_ping_interval=settings.sse_heartbeat_s,
+        ws_ping_timeout=settings.sse_send_timeout_s,
     )
 
 
