@@ -51,6 +51,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.sse_watchdog = SendWatchdog(settings.sse_send_timeout_s)
     app.state.sse_format = SseFormat(settings.sse_retry_ms)
     app.state.ws_format = WebSocketFormat()
+    websocket_mod.quiet_denials()
     app.include_router(router)
 
 

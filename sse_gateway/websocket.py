@@ -50,6 +50,24 @@ _CODES = {
 }
 
 
+class DenialLogFilter(logging.Filter):
+    """Drops uvicorn's "returned without completing handshake" error, which its websockets-sansio
+    protocol logs after every denial response although the client got it (Kludex/uvicorn#3138,
+    open). Our socket routes always accept, close or deny, so the line is never a real fault here."""
+
+    MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.MESSAGE
+
+
+def quiet_denials() -> None:
+    """Install ``DenialLogFilter`` on uvicorn's error logger (once per process)."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DenialLogFilter) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(DenialLogFilter())
+
+
 async def refuse(websocket: WebSocket, problem: Problem) -> None:
     """Answer the upgrade with the problem's HTTP response: no socket opens."""
     response = problem_response(problem.status, problem.title, problem.detail, problem.headers, **problem.extensions)
