@@ -27,7 +27,7 @@ from streams.events import TERMINAL_EVENTS, JobEvent
 logger = logging.getLogger(__name__)
 
 _Key = tuple[str, str]  # (tenant, job id)
-_NUMBER = re.compile(r"^\d{1,12}(\.\d{1,9})?$")  # seconds: no sign, exponent, inf or nan
+_NUMBER = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,9})?$")  # seconds: ASCII digits; no sign, exponent, inf or nan
 
 
 class Ticket:
@@ -117,7 +117,7 @@ class Prefer:
 
 def wait_seconds(raw: str, field: str, max_wait_s: float) -> float:
     """Seconds to wait from a parameter: a non-negative decimal, capped at JOBSTREAM_MAX_WAIT_S; else 400."""
-    text = raw.strip()
+    text = raw.strip(" \t")
     if not _NUMBER.fullmatch(text):
         raise Problem(
             400,
@@ -140,5 +140,5 @@ def parse_prefer(values: list[str], max_wait_s: float) -> Prefer:
             if name == "respond-async":
                 respond_async = True
             elif name == "wait" and wait_s is None:
-                wait_s = wait_seconds(value.strip().strip('"'), "Prefer", max_wait_s)
+                wait_s = wait_seconds(value.strip(" \t").strip('"'), "Prefer", max_wait_s)
     return Prefer(wait_s, respond_async)
