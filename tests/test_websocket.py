@@ -6,12 +6,16 @@ upgrade (problem+json), never a socket that opens and closes.
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import httpx
 import orjson
 import pytest
 
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
+from tests.support import ROOT
 from tests.support.conformance import assert_channels_agree, normalised
 from tests.support.kafka import EventProducer
 from tests.support.sse import TERMINAL_SEQ, Reader, app_state, bearer, event, gateway, keys, new_job, stored_seqs
@@ -229,3 +233,20 @@ def test_one_jobs_events_agree_across_sse_websocket_and_clickhouse(
     assert answer.status_code == 202
     legs = assert_channels_agree(stack, store, "default", answer.json()["job_id"])
     assert [e.type for e in legs["sse"]][:2] == ["queued", "running"] and legs["sse"][-1].type == "succeeded"
+
+
+def test_the_readmes_websockets_snippet_follows_a_job_to_its_end(
+    stack: str, events_out: EventProducer, capsys: pytest.CaptureFixture[str]
+):
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- follow-ws\.py:.*?-->\n```python\n(.*?)```", readme, re.S)
+    assert found, "README.md lost its follow-ws.py block"
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(found.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    job = new_job()
+    events_out.send(event(job, 0, "queued"), event(job, 1, "running"), event(job, 4))
+    events_out.send(event(job, TERMINAL_SEQ, "succeeded", result={"answer": 42}))
+    terminal = asyncio.run(asyncio.wait_for(namespace["follow"](stack, job), 60))
+    assert terminal["type"] == "succeeded" and terminal["data"] == {"result": {"answer": 42}}
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in printed] == ["queued", "running", "progress", "succeeded"]
