@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from edge.problems import Problem
 from streams.errors import JobstreamError
@@ -65,7 +66,7 @@ class KeyRing:
         return found
 
 
-def bearer(request: Request) -> str | None:
+def bearer(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
@@ -73,8 +74,8 @@ def bearer(request: Request) -> str | None:
     return credentials.strip()
 
 
-def tenant_of(request: Request) -> str:
-    """The authenticated caller's tenant, or 401."""
+def tenant_of(request: HTTPConnection) -> str:
+    """The authenticated caller's tenant, or 401 (also for a WebSocket, before its upgrade)."""
     keyring: KeyRing = request.app.state.keyring
     if not keyring.enabled:
         return DEFAULT_TENANT

@@ -30,10 +30,11 @@ from ingest_api import listing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
 from ingest_api.submit import InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish, records
+from ingest_api.waits import JobWaits, parse_prefer, wait_seconds
 from store.jobs import job_view
 from store.recent import RecentJobs
 from streams.control import cancel_record
-from streams.events import JobStatus, JobView
+from streams.events import JobEvent, JobStatus, JobView
 from streams.producer import ProduceError
 from streams.settings import Settings
 from telemetry import metrics, tracing
@@ -294,7 +295,15 @@ _SUBMIT_OPENAPI = {
                 ],
                 "title": "Idempotency-Key",
             },
-        }
+        },
+        {
+            "in": "header",
+            "name": "prefer",
+            "required": False,
+            "description": "RFC 7240: `wait=S` answers 200 with the finished job if it finishes within S seconds "
+            "(at most JOBSTREAM_MAX_WAIT_S), else the usual 202; `respond-async` (or nothing) answers 202 at once.",
+            "schema": {"anyOf": [{"type": "string", "maxLength": 1000}, {"type": "null"}], "title": "Prefer"},
+        },
     ],
 }
 
@@ -306,7 +315,11 @@ _SUBMIT_OPENAPI = {
     openapi_extra=_SUBMIT_OPENAPI,
     responses={
         202: {"model": Accepted, "description": "Accepted: Kafka acknowledged the job; poll Location"},
-        200: {"model": Accepted, "description": "Same Idempotency-Key and body as an earlier request: that job"},
+        200: {
+            "model": Accepted | JobOut,
+            "description": "Same Idempotency-Key and body as an earlier request: that job; or, with "
+            "`Prefer: wait=S`, the job finished within S seconds: its status (a JobOut, with the result)",
+        },
         **problem_responses(409, 429, 503, s409="Idempotency-Key reused with another body"),
     },
 )
@@ -327,6 +340,8 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
         tenant = tenant_of(request)
         idempotency_key = _idempotency_key(request)
         settings: Settings = request.app.state.settings
+        prefer = request.headers.getlist("prefer")
+        wait_s = parse_prefer(prefer, settings.max_wait_s).wait_s if prefer else None
         raw = await request.body()
         job_id = idempotent_job_id(tenant, idempotency_key) if idempotency_key is not None else None
         parsed = await _off_loop(
@@ -340,15 +355,51 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
             settings.max_listed_errors,
         )
         kind = parsed.job.kind
-        with _submit_slot(request):
-            if idempotency_key is None:
-                return await _submit_once(parsed, request, tenant, None, trace)
-            keys: IdempotencyKeys = request.app.state.idempotency
-            with await keys.exclusive(tenant, idempotency_key):
-                return await _submit_once(parsed, request, tenant, idempotency_key, trace)
+        if wait_s is None:
+            return await _submit_job(parsed, request, tenant, idempotency_key, trace)
+        return await _submit_and_wait(parsed, request, tenant, idempotency_key, wait_s, trace)
     except Problem as exc:
         metrics.rejected(SUBMIT_ROUTE, kind, exc.status)
         raise
+
+
+async def _submit_job(
+    parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None, trace: tracing.JobTrace | None = None
+) -> Response:
+    with _submit_slot(request):
+        if idempotency_key is None:
+            return await _submit_once(parsed, request, tenant, None, trace)
+        keys: IdempotencyKeys = request.app.state.idempotency
+        with await keys.exclusive(tenant, idempotency_key):
+            return await _submit_once(parsed, request, tenant, idempotency_key, trace)
+
+
+async def _submit_and_wait(
+    parsed: _Parsed,
+    request: Request,
+    tenant: str,
+    idempotency_key: str | None,
+    wait_s: float,
+    trace: tracing.JobTrace | None = None,
+) -> Response:
+    """``Prefer: wait=S``: submit, then wait (holding no submit slot or key lock) up to S seconds for the
+    job to finish: 200 with its status body if it did, else the usual 202."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    waits: JobWaits = request.app.state.waits
+    job_id = parsed.job.job_id
+    with waits.expect(tenant, job_id) as ticket:  # before the send: the job may finish at once
+        accepted = await _submit_job(parsed, request, tenant, idempotency_key, trace)
+        if ticket is None:
+            return accepted
+        if accepted.status_code == 200:  # an earlier request's job (same Idempotency-Key): maybe done long ago
+            view = await load_view(request, tenant, job_id)
+            if view.status.terminal:
+                return _finished(request, view, wait_s)
+        event = await ticket.wait(deadline - loop.time())
+    if event is None:
+        return accepted
+    return _finished(request, await _finished_view(request, tenant, job_id, event), wait_s)
 
 
 def _same_body(fingerprint: str, parsed: _Parsed) -> None:
@@ -633,12 +684,81 @@ async def load_view(request: Request, tenant: str, job_id: str) -> JobView:
     return view
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problem_responses(404))
-async def status(job_id: str, request: Request, response: Response, tenant: str = Depends(current_tenant)) -> JobOut:
-    view = await load_view(request, tenant, job_id)
+_WAIT_QUERY = Query(
+    default=None,
+    description="Long-poll: answer as soon as the job is finished, or after this many seconds with its "
+    "current state (at most JOBSTREAM_MAX_WAIT_S; `Prefer: wait=S` does the same).",
+    examples=["10"],
+)
+
+
+def _wait_of(request: Request, wait: str | None) -> tuple[float | None, bool]:
+    """Seconds to wait from ``?wait=`` or else ``Prefer: wait=``, and whether the header asked it."""
+    settings: Settings = request.app.state.settings
+    if wait is not None:
+        return wait_seconds(wait, "wait", settings.max_wait_s), False
+    prefer = request.headers.getlist("prefer")
+    wait_s = parse_prefer(prefer, settings.max_wait_s).wait_s if prefer else None
+    return wait_s, wait_s is not None
+
+
+async def _waited_view(request: Request, tenant: str, job_id: str, wait_s: float | None) -> JobView:
+    """The job's state, once finished or after ``wait_s`` seconds (404 at once for an unknown job)."""
+    if not wait_s:
+        return await load_view(request, tenant, job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    waits: JobWaits = request.app.state.waits
+    with waits.expect(tenant, job_id) as ticket:  # before reading: an event in between is not missed
+        view = await load_view(request, tenant, job_id)
+        if view.status.terminal or ticket is None:
+            return view
+        event = await ticket.wait(deadline - loop.time())
+    if event is None:
+        return await load_view(request, tenant, job_id)
+    return await _finished_view(request, tenant, job_id, event)
+
+
+async def _finished_view(request: Request, tenant: str, job_id: str, event: JobEvent) -> JobView:
+    view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id, finished=event)
+    assert view is not None  # finish() always gives one
+    return view
+
+
+def _job_out(request: Request, view: JobView) -> JobOut:
+    return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links_for(request, view.job_id))
+
+
+def _finished(request: Request, view: JobView, wait_s: float) -> Response:
+    """``POST /v1/jobs`` with ``Prefer: wait``: the job finished in time, here it is (200)."""
+    out = _job_out(request, view)
+    return Response(
+        out.model_dump_json(),
+        status_code=200,
+        media_type="application/json",
+        headers={"Preference-Applied": f"wait={wait_s:g}", "Content-Location": out.links.self},
+    )
+
+
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobOut,
+    responses=problem_responses(404, 400, s400="Bad `wait` (or `Prefer: wait=`)"),
+)
+async def status(
+    job_id: str,
+    request: Request,
+    response: Response,
+    tenant: str = Depends(current_tenant),
+    wait: str | None = _WAIT_QUERY,
+) -> JobOut:
+    wait_s, preferred = _wait_of(request, wait)
+    view = await _waited_view(request, tenant, job_id, wait_s)
     if not view.status.terminal:
         response.headers["Retry-After"] = _retry_after(request)
-    return JobOut(**view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=links_for(request, job_id))
+    if preferred:
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+    return _job_out(request, view)
 
 
 @router.get(
@@ -646,11 +766,14 @@ async def status(job_id: str, request: Request, response: Response, tenant: str 
     responses={
         200: {"description": "The result", "content": {"application/json": {"schema": {"type": "object"}}}},
         202: {"description": "Not finished yet: poll Location after Retry-After"},
-        **problem_responses(404, 409, s409="The job failed or was cancelled"),
+        **problem_responses(404, 409, 400, s409="The job failed or was cancelled", s400="Bad `wait`"),
     },
 )
-async def result(job_id: str, request: Request, tenant: str = Depends(current_tenant)) -> Any:
-    view = await load_view(request, tenant, job_id)
+async def result(
+    job_id: str, request: Request, tenant: str = Depends(current_tenant), wait: str | None = _WAIT_QUERY
+) -> Any:
+    wait_s, _ = _wait_of(request, wait)
+    view = await _waited_view(request, tenant, job_id, wait_s)
     if view.status is JobStatus.SUCCEEDED:
         return {"job_id": job_id, "calc_version": view.calc_version, "result": view.result}
     if view.status.terminal:

@@ -112,6 +112,9 @@ def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> 
         timeout_graceful_shutdown=5,
         ssl_certfile=settings.tls_certfile,
         ssl_keyfile=settings.tls_keyfile,
+        # WebSocket streams' heartbeats are protocol pings; a peer that does not answer is dropped
+        ws_ping_interval=settings.sse_heartbeat_s,
+        ws_ping_timeout=settings.sse_send_timeout_s,
     )
 
 

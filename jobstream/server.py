@@ -23,8 +23,10 @@ from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
 from ingest_api import routes as api_routes
 from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
+from ingest_api.finished import FinishedTail
 from ingest_api.idempotency import IdempotencyKeys, KeyConfig
 from ingest_api.shortcut import SubmitShortcut
+from ingest_api.waits import JobWaits
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
@@ -96,9 +98,13 @@ def create_app(
                 started.append(app.state.replays)
                 app.state.replayer = _replayer(app, as_role["replay"], settings)
                 started.append(app.state.replayer)
-            if "gateway" in roles:
+                if "gateway" not in roles:  # long-polls learn of finished jobs from a tail of their own
+                    app.state.finished_tail = _finished_tail(app, as_role["api"], settings).start()
+                    started.append(app.state.finished_tail)
+            if "gateway" in roles:  # the fanout tells long-polls (and read-your-writes) what it sees
+                observers = [app.state.recent.observe, app.state.waits.observe]
                 app.state.fanout = Fanout(
-                    as_role["gateway"], FanoutConfig.from_settings(settings), observers=[app.state.recent.observe]
+                    as_role["gateway"], FanoutConfig.from_settings(settings), observers=observers
                 ).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
@@ -130,6 +136,7 @@ def create_app(
     app.state.ready = False
     app.state.recent = RecentJobs()
     app.state.job_topics = JobTopics.from_settings(settings)
+    app.state.waits = JobWaits(settings.max_waits, settings.wait_memory_jobs)
     app.state.submits = SubmitSlots(settings.max_submits_in_flight)
     app.state.keyring = KeyRing.parse(
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
@@ -187,6 +194,16 @@ def _telemetry() -> TelemetryConfig:
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[JobEvent], None], event: JobEvent) -> None:
     loop.call_soon_threadsafe(fn, event)
+
+
+def _finished_tail(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> FinishedTail:
+    waits: JobWaits = app.state.waits
+
+    def finished(events: list[JobEvent]) -> None:
+        for event in events:
+            waits.observe(event)
+
+    return FinishedTail(kafka, settings.topic(topics.EVENTS), finished)
 
 
 def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Replayer:

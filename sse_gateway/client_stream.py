@@ -1,15 +1,17 @@
-"""What every client stream shares: its subscription to the fanout, how it is closed, and the
-``retry:`` hint that rides on its first data frame. ``JobStream`` and ``TenantStream`` build on it.
+"""What every client stream shares: its subscription to the fanout, how it is closed, its wire
+``Format`` (SSE or WebSocket), and the hint that rides on its first data piece. ``JobStream`` and
+``TenantStream`` build on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Generic
 
 from sse_gateway.fanout import Fanout
+from sse_gateway.formats import Format, P
 from sse_gateway.reasons import CloseReason
-from sse_gateway.sse import control_frame
 from sse_gateway.subscriptions import Subscription
 from store.clickhouse import ClickHouseStore
 from streams.settings import Settings
@@ -17,9 +19,8 @@ from streams.settings import Settings
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """What one client's stream needs of the settings: history waits, resume cap, retry hints."""
+    """What one client's stream needs of the settings: history waits, the resume cap, the retry hint."""
 
-    retry_ms: int  #: the SSE ``retry:`` hint
     retry_after_s: int  #: ``Retry-After`` when the history is not there yet
     catchup_wait_s: float
     history_wait_s: float
@@ -29,7 +30,6 @@ class StreamConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamConfig:
         return cls(
-            retry_ms=settings.sse_retry_ms,
             retry_after_s=settings.retry_after_s,
             catchup_wait_s=settings.sse_catchup_wait_s,
             history_wait_s=settings.sse_history_wait_s,
@@ -38,19 +38,22 @@ class StreamConfig:
         )
 
 
-class ClientStream:
+class ClientStream(Generic[P]):
     """One client's stream: ``open()``, then ``frames()``; ``close()`` from anywhere, any number of times."""
 
-    def __init__(self, fanout: Fanout, store: ClickHouseStore, config: StreamConfig, tenant: str) -> None:
+    def __init__(
+        self, fanout: Fanout, store: ClickHouseStore, config: StreamConfig, tenant: str, fmt: Format[P]
+    ) -> None:
         self.fanout = fanout
         self.store = store
         self.config = config
         self.tenant = tenant
+        self.fmt = fmt
         self.sub: Subscription | None = None
-        self._retry_line = b"retry: %d\n" % config.retry_ms
+        self._hinted = False
 
-    def frames(self) -> AsyncIterator[bytes]:
-        """The response body: chunks of SSE frames."""
+    def frames(self) -> AsyncIterator[list[P]]:
+        """The stream: chunks of pieces (an SSE body write, or one WebSocket message per piece)."""
         raise NotImplementedError
 
     def close(self, reason: CloseReason = CloseReason.CLIENT_DISCONNECTED) -> None:
@@ -58,14 +61,24 @@ class ClientStream:
             self.sub.close(reason)
             self.fanout.unsubscribe(self.sub)
 
-    def _first(self, chunk: bytes) -> bytes:
-        """Put the ``retry:`` hint on the first frame that carries data (a frame of its own would
-        show up as an empty event in some clients)."""
-        line, self._retry_line = self._retry_line, b""
-        return line + chunk
+    @property
+    def reason(self) -> CloseReason | None:
+        """Why the stream's subscription closed (None: it is open, or the stream ended by itself)."""
+        return self.sub.reason if self.sub is not None else None
 
-    def _goodbye(self, sub: Subscription) -> bytes:
-        """The last frame of a stream whose subscription was closed: why (nothing if the client left)."""
-        if sub.reason == CloseReason.CLIENT_DISCONNECTED:
-            return b""
-        return self._first(control_frame("disconnect", {"reason": sub.reason, "resume": True}))
+    def _first(self, chunk: list[P]) -> list[P]:
+        """Put the format's hint (SSE's ``retry:``) on the first piece that carries data (a frame of its
+        own would show up as an empty event in some clients)."""
+        if not self._hinted and chunk:
+            self._hinted = True
+            chunk[0] = self.fmt.hinted(chunk[0])
+        return chunk
+
+    def _goodbye(self, sub: Subscription) -> list[P]:
+        """The last piece of a stream whose subscription was closed: why (nothing if the client left)."""
+        assert sub.reason is not None
+        piece = self.fmt.disconnect(sub.reason)
+        return self._first([piece]) if piece is not None else []
+
+    def _optional(self, piece: P | None) -> list[P]:
+        return [piece] if piece is not None else []

@@ -28,6 +28,8 @@ class Entry:
         "position",
         "_job_frame",
         "_tenant_frame",
+        "_job_message",
+        "_tenant_message",
     )
 
     def __init__(
@@ -56,6 +58,8 @@ class Entry:
         self.position: tuple[int, ...] | None = None  # the tail's position after this event (multi-job id)
         self._job_frame: bytes | None = None
         self._tenant_frame: bytes | None = None
+        self._job_message: str | None = None
+        self._tenant_message: str | None = None
 
     @classmethod
     def from_kafka(cls, partition: int, offset: int, timestamp_ms: int, value: bytes, parse_model: bool) -> Entry:
@@ -136,3 +140,18 @@ class Entry:
                 self.raw,
             )
         return self._tenant_frame
+
+    def job_message(self) -> str:
+        """The per-job WebSocket message: ``id`` is the job's seq (as a string, like the SSE id)."""
+        if self._job_message is None:
+            self._job_message = f'{{"id":"{self.seq}","event":"{self.type}","data":{self.raw.decode()}}}'
+        return self._job_message
+
+    def tenant_message(self, position: list[int] | None = None) -> str:
+        """The multi-job WebSocket message: ``id`` is a position, as on the SSE stream."""
+        if position is not None:
+            return f'{{"id":"{positions.encode(position)}","event":"{self.type}","data":{self.raw.decode()}}}'
+        if self._tenant_message is None:
+            position_id = positions.encode(self.position or ())
+            self._tenant_message = f'{{"id":"{position_id}","event":"{self.type}","data":{self.raw.decode()}}}'
+        return self._tenant_message

@@ -17,17 +17,15 @@ from edge.problems import Problem
 from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
+from sse_gateway.formats import Format, P
 from sse_gateway.history import ajob_history
 from sse_gateway.reasons import ResetReason
-from sse_gateway.sse import control_frame
 from sse_gateway.visibility import Visibility
 from store.clickhouse import ClickHouseStore
 from streams.errors import JobstreamError
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
-
-HEARTBEAT = b": ping\n\n"
 
 
 class ClientHasEverything(JobstreamError):
@@ -43,13 +41,20 @@ def merge_by_seq(*sources: list[Entry]) -> list[Entry]:
     return [by_seq[seq] for seq in sorted(by_seq)]
 
 
-class JobStream(ClientStream):
+class JobStream(ClientStream[P]):
     """One client's stream of one job: ``open()`` (may answer 404/503/204), then ``frames()``."""
 
     def __init__(
-        self, fanout: Fanout, store: ClickHouseStore, config: StreamConfig, tenant: str, job_id: str, last: int
+        self,
+        fanout: Fanout,
+        store: ClickHouseStore,
+        config: StreamConfig,
+        tenant: str,
+        fmt: Format[P],
+        job_id: str,
+        last: int,
     ) -> None:
-        super().__init__(fanout, store, config, tenant)
+        super().__init__(fanout, store, config, tenant, fmt)
         self.job_id = job_id
         self.last = last
         self._window: list[Entry] = []
@@ -99,17 +104,18 @@ class JobStream(ClientStream):
         """History reaches back to the job's start, or at least to Last-Event-ID."""
         return any(e.type == "queued" or e.seq <= self.last for e in self._known)
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """The response body: chunks of SSE frames."""
+    async def frames(self) -> AsyncIterator[list[P]]:
+        """Chunks of pieces: history after ``last``, then live, to the terminal event."""
         assert self.sub is not None and self._partition is not None
         s = self.config
+        fmt = self.fmt
         loop = asyncio.get_running_loop()
         reset: tuple[ResetReason, str] | None = None
         # 1. the sink lags more than the window: wait for it, or say so
         if not self._covered(self._partition, self._committed):
             waited_until = loop.time() + s.history_wait_s
             while not self._covered(self._partition, self._committed) and loop.time() < waited_until:
-                yield b": waiting for history\n\n"
+                yield self._optional(fmt.waiting())
                 await asyncio.sleep(s.history_poll_s)
                 if self.sub.closed:
                     return
@@ -127,36 +133,36 @@ class JobStream(ClientStream):
         shown = {e.seq for e in sorted(self._known, key=lambda e: (e.partition, e.offset)) if visibility.admit(e)}
         last_sent = self.last
         if reset is not None:
-            yield self._first(self._reset(*reset))
+            yield self._first([self._reset(*reset)])
             terminal = next((e for e in self._known if e.terminal), None)
             if terminal is not None:  # the job is over: nothing live can follow its terminal seq
                 if terminal.seq > self.last:
-                    yield terminal.job_frame()
+                    yield [fmt.job(terminal)]
                 return
             last_sent = max([last_sent, *(e.seq for e in self._known)])
         else:
             history = [e for e in self._known if e.seq > last_sent and e.seq in shown]
             last_sent = max([last_sent, *(e.seq for e in self._known)])
             if history:
-                yield self._first(b"".join(e.job_frame() for e in history))
+                yield self._first([fmt.job(e) for e in history])
                 if any(e.terminal for e in history):
                     return
         # 3. live (the fanout's ticker wakes us for heartbeats and ends us at the maximum lifetime)
         while True:
             items = await self.sub.wait()
-            chunk = []
+            chunk: list[P] = []
             ended = False
             for entry in items:
                 if entry.seq > last_sent and entry.tenant == self.tenant:
                     last_sent = entry.seq
                     if not visibility.admit(entry):
                         continue
-                    chunk.append(entry.job_frame())
+                    chunk.append(fmt.job(entry))
                     if entry.terminal:
                         ended = True
                         break
             if chunk:
-                yield self._first(b"".join(chunk))
+                yield self._first(chunk)
             if ended:
                 return
             if self.sub.closed:
@@ -164,12 +170,12 @@ class JobStream(ClientStream):
                     yield goodbye
                 return
             if not items and self.sub.heartbeat_due():
-                yield HEARTBEAT
+                yield self._optional(fmt.heartbeat(None))
 
-    def _reset(self, reason: ResetReason, detail: str) -> bytes:
+    def _reset(self, reason: ResetReason, detail: str) -> P:
         metrics.SSE_RESETS.labels("job").inc()
         logger.info("SSE reset for job %s: %s", self.job_id, reason, extra={"job_id": self.job_id})
-        return control_frame(
+        return self.fmt.control(
             "reset",
             {
                 "reason": reason,

@@ -1,9 +1,11 @@
-"""The gateway's HTTP surface: the two event streams and stream tokens.
+"""The gateway's HTTP surface: the two event streams, over SSE and WebSocket, and stream tokens.
 
 ``GET /v1/jobs/{id}/events`` (``job_stream``; ``204`` once Last-Event-ID is at the terminal
-event), ``GET /v1/events`` (``tenant_stream``) and ``POST /v1/stream-tokens`` (``tokens``).
-Streams take the API key or a stream token, and ``Last-Event-ID`` as a header or
-``?last_event_id=``.
+event), ``GET /v1/events`` (``tenant_stream``), their WebSocket twins ``GET /v1/jobs/{id}/ws``
+and ``GET /v1/ws`` (``websocket``), and ``POST /v1/stream-tokens`` (``tokens``). Streams take
+the API key or a stream token, and ``Last-Event-ID`` as a header or ``?last_event_id=``; both
+transports open a stream with the same checks, so a refused WebSocket upgrade is the same HTTP
+problem an SSE request gets.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import logging
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import QueryParams
+from starlette.requests import HTTPConnection
 
 from edge.auth import bearer, current_tenant, tenant_of
 from edge.problems import Problem
 from sse_gateway import positions
+from sse_gateway import websocket as websocket_mod
 from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.fanout import Fanout
+from sse_gateway.formats import Format, P, SseFormat, WebSocketFormat
 from sse_gateway.job_stream import ClientHasEverything, JobStream
 from sse_gateway.limits import ConnectionLimits, Slot, TooManyStreams
 from sse_gateway.sse import EventStreamResponse, SendWatchdog
@@ -45,6 +51,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.stream_config = StreamConfig.from_settings(settings)
     app.state.sse_limits = ConnectionLimits(settings.sse_max_connections, settings.sse_max_connections_per_tenant)
     app.state.sse_watchdog = SendWatchdog(settings.sse_send_timeout_s)
+    app.state.sse_format = SseFormat(settings.sse_retry_ms)
+    app.state.ws_format = WebSocketFormat()
+    websocket_mod.quiet_denials()
     app.include_router(router)
 
 
@@ -57,9 +66,13 @@ def stream_grant(
     ),
 ) -> StreamGrant:
     """The API key if one is sent, else the stream token. Only the stream routes use this."""
-    if token is None or bearer(request) is not None:
-        return StreamGrant(tenant=tenant_of(request))
-    tokens: StreamTokens = request.app.state.stream_tokens
+    return _grant(request, token)
+
+
+def _grant(conn: HTTPConnection, token: str | None) -> StreamGrant:
+    if token is None or bearer(conn) is not None:
+        return StreamGrant(tenant=tenant_of(conn))
+    tokens: StreamTokens = conn.app.state.stream_tokens
     try:
         return tokens.verify(token)
     except InvalidToken as exc:
@@ -77,9 +90,9 @@ def stream_grant(
         ) from None
 
 
-def _admit(request: Request, tenant: str) -> Slot:
-    limits: ConnectionLimits = request.app.state.sse_limits
-    settings: Settings = request.app.state.settings
+def _admit(conn: HTTPConnection, tenant: str) -> Slot:
+    limits: ConnectionLimits = conn.app.state.sse_limits
+    settings: Settings = conn.app.state.settings
     try:
         return limits.acquire(tenant)
     except TooManyStreams as exc:
@@ -95,8 +108,8 @@ def _admit(request: Request, tenant: str) -> Slot:
         ) from None
 
 
-def _last_event_id(request: Request, query: str | None) -> str | None:
-    raw = request.headers.get("last-event-id")
+def _last_event_id(conn: HTTPConnection, query: str | None) -> str | None:
+    raw = conn.headers.get("last-event-id")
     raw = raw if raw is not None else query
     return raw.strip() if raw and raw.strip() else None
 
@@ -134,30 +147,47 @@ async def job_events(
     last_event_id: str | None = Query(default=None, description="Same as the Last-Event-ID header."),
 ) -> Response:
     """One job's events: history, then live; `id:` is the event's seq; ends after the terminal event."""
+    try:
+        stream, slot = await _open_job_stream(request, grant, job_id, last_event_id, request.app.state.sse_format)
+    except ClientHasEverything:
+        return Response(status_code=204)
+    return _respond(request, stream, slot, "job")
+
+
+async def _open_job_stream(
+    conn: HTTPConnection, grant: StreamGrant, job_id: str, last_event_id: str | None, fmt: Format[P]
+) -> tuple[JobStream[P], Slot]:
+    """Check and open one job's stream (Problem, or ClientHasEverything); the caller owns the slot."""
     if grant.job_id is not None and grant.job_id != job_id:
         raise Problem(403, "Token not valid for this job", "this stream token is scoped to another job")
-    raw = _last_event_id(request, last_event_id)
+    raw = _last_event_id(conn, last_event_id)
     try:
         last = int(raw) if raw is not None else -1
     except ValueError:
-        raise Problem(400, "Invalid Last-Event-ID", f"expected a seq of this job (an integer), got {raw!r}") from None
+        raise Problem(
+            400,
+            "Invalid Last-Event-ID",
+            f"expected a seq of this job (an integer), got {str(raw)[:100]!r}",
+            errors=[{"field": "last_event_id", "reason": "not an integer"}],
+        ) from None
     if last < -1:
-        raise Problem(400, "Invalid Last-Event-ID", "must be >= 0")
-    slot = _admit(request, grant.tenant)
-    stream = JobStream(
-        request.app.state.fanout, request.app.state.store, request.app.state.stream_config, grant.tenant, job_id, last
-    )
+        raise Problem(
+            400,
+            "Invalid Last-Event-ID",
+            "must be >= 0",
+            errors=[{"field": "last_event_id", "reason": "out of range"}],
+        )
+    slot = _admit(conn, grant.tenant)
+    config: StreamConfig = conn.app.state.stream_config
+    stream = JobStream(conn.app.state.fanout, conn.app.state.store, config, grant.tenant, fmt, job_id, last)
     if raw is not None:
         metrics.SSE_RESUMES.labels("job").inc()
     try:
         await stream.open()
-    except ClientHasEverything:
-        slot.release()
-        return Response(status_code=204)
     except BaseException:
         slot.release()
         raise
-    return _respond(request, stream, slot, "job")
+    return stream, slot
 
 
 @router.get(
@@ -183,6 +213,22 @@ async def tenant_events(
     last_event_id: str | None = Query(default=None, description="Same as the Last-Event-ID header."),
 ) -> Response:
     """Every event of the caller's jobs, filtered; `id:` is a position in jobs.events; never ends."""
+    stream, slot = _open_tenant_stream(
+        request, grant, kind, status, job_id, last_event_id, request.app.state.sse_format
+    )
+    return _respond(request, stream, slot, "tenant")
+
+
+def _open_tenant_stream(
+    conn: HTTPConnection,
+    grant: StreamGrant,
+    kind: list[str],
+    status: list[str],
+    job_id: list[str],
+    last_event_id: str | None,
+    fmt: Format[P],
+) -> tuple[TenantStream[P], Slot]:
+    """Check and open the tenant's stream (or Problem); the caller owns the slot."""
     if grant.job_id is not None:
         raise Problem(
             403,
@@ -200,24 +246,28 @@ async def tenant_events(
                 f"unknown status {value!r}",
                 errors=[{"field": "status", "reason": f"one of {[s.value for s in JobStatus]}"}],
             ) from None
-    fanout: Fanout = request.app.state.fanout
-    raw = _last_event_id(request, last_event_id)
+    fanout: Fanout = conn.app.state.fanout
+    raw = _last_event_id(conn, last_event_id)
     try:
         resume = positions.parse(raw, fanout.partitions) if raw is not None else None
     except positions.BadPosition as exc:
-        raise Problem(400, "Invalid Last-Event-ID", f"expected an id of this stream: {exc}") from None
+        raise Problem(
+            400,
+            "Invalid Last-Event-ID",
+            f"expected an id of this stream: {exc}",
+            errors=[{"field": "last_event_id", "reason": str(exc)}],
+        ) from None
     accepts = EventFilter(_values(kind, "kind"), statuses, _values(job_id, "job_id"))
-    slot = _admit(request, grant.tenant)
-    stream = TenantStream(
-        fanout, request.app.state.store, request.app.state.stream_config, grant.tenant, accepts, resume
-    )
+    slot = _admit(conn, grant.tenant)
+    config: StreamConfig = conn.app.state.stream_config
+    stream = TenantStream(fanout, conn.app.state.store, config, grant.tenant, fmt, accepts, resume)
     if resume is not None:
         metrics.SSE_RESUMES.labels("tenant").inc()
     stream.open()
-    return _respond(request, stream, slot, "tenant")
+    return stream, slot
 
 
-def _respond(request: Request, stream: ClientStream, slot: Slot, endpoint: str) -> EventStreamResponse:
+def _respond(request: Request, stream: ClientStream[bytes], slot: Slot, endpoint: str) -> EventStreamResponse:
     def closed() -> None:
         stream.close()
         slot.release()
@@ -229,6 +279,52 @@ def _respond(request: Request, stream: ClientStream, slot: Slot, endpoint: str) 
         on_close=closed,
         endpoint=endpoint,
     )
+
+
+@router.websocket("/v1/jobs/{job_id}/ws")
+async def job_socket(websocket: WebSocket, job_id: str) -> None:
+    """One job's events as WebSocket messages, like ``GET /v1/jobs/{id}/events``; closes 1000 after the
+    terminal event. Refusals (401/403/404/400/429/503) are HTTP answers to the upgrade."""
+    query = websocket.query_params
+    try:
+        grant = _grant(websocket, _one(query, "token"))
+        stream, slot = await _open_job_stream(
+            websocket, grant, job_id, _one(query, "last_event_id"), websocket.app.state.ws_format
+        )
+    except ClientHasEverything:
+        await websocket_mod.finished(websocket)
+        return
+    except Problem as problem:
+        await websocket_mod.refuse(websocket, problem)
+        return
+    await websocket_mod.WebSocketSession(websocket, stream, slot, websocket.app.state.sse_watchdog).run()
+
+
+@router.websocket("/v1/ws")
+async def tenant_socket(websocket: WebSocket) -> None:
+    """Every event of the caller's jobs as WebSocket messages, with the filters of ``GET /v1/events``."""
+    query = websocket.query_params
+    try:
+        grant = _grant(websocket, _one(query, "token"))
+        stream, slot = _open_tenant_stream(
+            websocket,
+            grant,
+            query.getlist("kind"),
+            query.getlist("status"),
+            query.getlist("job_id"),
+            _one(query, "last_event_id"),
+            websocket.app.state.ws_format,
+        )
+    except Problem as problem:
+        await websocket_mod.refuse(websocket, problem)
+        return
+    await websocket_mod.WebSocketSession(websocket, stream, slot, websocket.app.state.sse_watchdog).run()
+
+
+def _one(query: QueryParams, name: str) -> str | None:
+    """A parameter given at most once (the last one wins, as FastAPI's ``Query`` does for SSE)."""
+    values = query.getlist(name)
+    return values[-1] if values else None
 
 
 class StreamTokenRequest(BaseModel):

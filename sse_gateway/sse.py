@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sse_gateway.formats import control_frame
 from sse_gateway.reasons import CloseReason
 from telemetry import metrics
 
@@ -29,9 +30,9 @@ HEADERS = {
 }
 
 
-def control_frame(event: str, data: dict) -> bytes:
-    """A frame without ``id:`` (a client's Last-Event-ID stays where it was)."""
-    return b"event: %s\ndata: %s\n\n" % (event.encode(), orjson.dumps(data))
+class Expiring(Protocol):
+    def expire(self) -> None:
+        """The client did not take a write for the send timeout: drop it."""
 
 
 class SendWatchdog:
@@ -44,15 +45,15 @@ class SendWatchdog:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._sending: dict[EventStreamResponse, float] = {}
+        self._sending: dict[Expiring, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def begin(self, response: EventStreamResponse) -> None:
+    def begin(self, response: Expiring) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._sending[response] = time.monotonic()
 
-    def end(self, response: EventStreamResponse) -> None:
+    def end(self, response: Expiring) -> None:
         self._sending.pop(response, None)
 
     async def _run(self) -> None:
@@ -67,14 +68,14 @@ class SendWatchdog:
 
 
 class EventStreamResponse(Response):
-    """Streams the byte chunks of ``frames``; ``on_disconnect`` is called when the client goes away
+    """Streams the chunks of ``frames`` (each one write); ``on_disconnect`` is called when the client goes away
     (it should make ``frames`` finish), ``on_close`` exactly once when the response is over."""
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        frames: AsyncIterator[list[bytes]],
         *,
         watchdog: SendWatchdog,
         on_disconnect: Callable[[], None],
@@ -116,14 +117,17 @@ class EventStreamResponse(Response):
             async for chunk in self.frames:
                 if self.gone:
                     break
+                if not chunk:
+                    continue
+                body = b"".join(chunk)
                 watchdog.begin(self)
                 try:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                 finally:
                     watchdog.end(self)
                 # counted per stream and added to the shared counter at most once a second (and at the
                 # end): a write per chunk per client would cost more than the fan-out's own bookkeeping
-                unreported += _events_in(chunk)
+                unreported += _events_in(body)
                 if unreported and (now := time.monotonic()) >= reported_at + 1.0:
                     delivered.inc(unreported)
                     unreported, reported_at = 0, now

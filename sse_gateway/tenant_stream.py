@@ -17,9 +17,9 @@ from sse_gateway import positions
 from sse_gateway.client_stream import ClientStream, StreamConfig
 from sse_gateway.entry import Entry
 from sse_gateway.fanout import Fanout
+from sse_gateway.formats import Format, P
 from sse_gateway.history import afirst_offsets, atenant_history
 from sse_gateway.reasons import ResetReason
-from sse_gateway.sse import control_frame
 from store.clickhouse import ClickHouseStore
 from streams.events import EventType, JobStatus, next_status
 from telemetry import metrics
@@ -52,7 +52,7 @@ class EventFilter:
         )
 
 
-class TenantStream(ClientStream):
+class TenantStream(ClientStream[P]):
     """One client's stream of a tenant's events: ``open()``, then ``frames()``."""
 
     def __init__(
@@ -61,10 +61,11 @@ class TenantStream(ClientStream):
         store: ClickHouseStore,
         config: StreamConfig,
         tenant: str,
+        fmt: Format[P],
         accepts: EventFilter,
         resume: list[int] | None,
     ) -> None:
-        super().__init__(fanout, store, config, tenant)
+        super().__init__(fanout, store, config, tenant, fmt)
         self.accepts = accepts
         self.resume = resume
 
@@ -76,9 +77,10 @@ class TenantStream(ClientStream):
             self.fanout.tenant_window(self.tenant, self.accepts, self.resume) if self.resume is not None else []
         )
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncIterator[list[P]]:
         assert self.sub is not None
         s = self.config
+        fmt = self.fmt
         loop = asyncio.get_running_loop()
         cursor = list(self._start)
         if self.resume is not None:
@@ -91,7 +93,7 @@ class TenantStream(ClientStream):
                     if loop.time() >= give_up:
                         reason = ResetReason.HISTORY_LAGGING
                         break
-                    yield b": waiting for history\n\n"
+                    yield self._optional(fmt.waiting())
                     await asyncio.sleep(s.history_poll_s)
             stored: list[Entry] = []
             if reason is None and need:
@@ -115,30 +117,32 @@ class TenantStream(ClientStream):
                 logger.info("SSE reset for a tenant stream: %s", reason, extra={"tenant": self.tenant})
                 metrics.SSE_RESETS.labels("tenant").inc()
                 yield self._first(
-                    control_frame(
-                        "reset",
-                        {
-                            "reason": reason,
-                            "detail": "the events since Last-Event-ID cannot all be replayed",
-                            "action": "reload from GET /v1/jobs; live events follow",
-                        },
-                    )
+                    [
+                        fmt.control(
+                            "reset",
+                            {
+                                "reason": reason,
+                                "detail": "the events since Last-Event-ID cannot all be replayed",
+                                "action": "reload from GET /v1/jobs; live events follow",
+                            },
+                        )
+                    ]
                 )
             else:
                 cursor = list(self.resume)
-                chunk: list[bytes] = []
+                chunk: list[P] = []
                 for entry in self._merge(stored):
                     cursor[entry.partition] = entry.offset + 1
-                    chunk.append(entry.tenant_frame(cursor))
+                    chunk.append(fmt.tenant(entry, cursor))
                     if len(chunk) >= REPLAY_CHUNK:
-                        yield self._first(b"".join(chunk))
+                        yield self._first(chunk)
                         chunk = []
                 if chunk:
-                    yield self._first(b"".join(chunk))
+                    yield self._first(chunk)
                 cursor = positions.at_least(cursor, self._start)
         # Say where the stream stands now (an id-only frame: no event fires, Last-Event-ID moves).
         ahead = any(c > p for c, p in zip(cursor, self._start, strict=False))  # resumed past where this gateway is
-        yield self._first(b"id: %s\n\n" % positions.encode(cursor).encode())
+        yield self._first([fmt.position(cursor)])
         while True:  # the fanout's ticker wakes us for heartbeats and ends us at the maximum lifetime
             items = await self.sub.wait()
             if items:
@@ -150,12 +154,12 @@ class TenantStream(ClientStream):
                     if ahead:
                         cursor = positions.at_least(cursor, entry.position)
                         ahead = cursor != list(entry.position)
-                        chunk.append(entry.tenant_frame(cursor))
+                        chunk.append(fmt.tenant(entry, cursor))
                     else:
                         cursor = list(entry.position)
-                        chunk.append(entry.tenant_frame())
+                        chunk.append(fmt.tenant(entry))
                 if chunk:
-                    yield b"".join(chunk)
+                    yield chunk
             if self.sub.closed:
                 if goodbye := self._goodbye(self.sub):
                     yield goodbye
@@ -164,7 +168,7 @@ class TenantStream(ClientStream):
                 tail = self.fanout.position()
                 cursor = positions.at_least(cursor, tail)
                 ahead = cursor != tail
-                yield b": ping\nid: %s\n\n" % positions.encode(cursor).encode()
+                yield self._optional(fmt.heartbeat(cursor))
 
     async def _sink_covers(self, need: dict[int, tuple[int, int]]) -> bool:
         committed = await self.fanout.sink_committed()

@@ -164,6 +164,20 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest wait for the next part of a request body; 408 past it."
     )
+    max_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="Longest long-poll: `?wait=` and `Prefer: wait=` are capped at this many seconds.",
+    )
+    max_waits: int = Field(
+        default=10_000,
+        ge=0,
+        description="Requests waiting for a job at once per API process; past it they answer at once.",
+    )
+    wait_memory_jobs: int = Field(
+        default=10_000, ge=1, description="Finished jobs an API process remembers for waits (their terminal events)."
+    )
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

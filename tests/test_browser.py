@@ -79,14 +79,46 @@ followJob(api, job, getToken, (type, event, id) => {
 """
 
 
+# A page that follows a job with a browser WebSocket: a stream token (fetch + Authorization), then
+# `new WebSocket(...?token=)`; it records every message and how the socket closed.
+SOCKET_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>a job over WebSocket</title></head>
+<body><ol id="events"></ol>
+<script>
+const q = new URLSearchParams(location.search);
+const api = q.get("api"), key = q.get("key"), job = q.get("job");
+window.seen = []; window.ended = null;
+(async () => {
+  const answer = await fetch(`${api}/v1/stream-tokens`, {
+    method: "POST", body: JSON.stringify({ job_id: job }),
+    headers: { "Authorization": `Bearer ${key}`, "Content-Type": "application/json" } });
+  const { token } = await answer.json();
+  const socket = new WebSocket(`${api.replace(/^http/, "ws")}/v1/jobs/${job}/ws?token=${token}`);
+  socket.onmessage = (message) => {
+    const frame = JSON.parse(message.data);
+    window.seen.push([frame.id, frame.event]);
+    const item = document.createElement("li");
+    item.textContent = `${frame.id} ${frame.event} ${JSON.stringify(frame.data.data)}`;
+    document.getElementById("events").appendChild(item);
+  };
+  socket.onclose = (event) => { window.ended = [event.code, event.reason]; };
+})();
+</script></body></html>
+"""
+
+
 class PageServer:
-    """Serves the page from 127.0.0.1 on a port of its own: an origin other than the API's."""
+    """Serves the pages from 127.0.0.1 on a port of its own: an origin other than the API's."""
 
     def __init__(self) -> None:
-        body = (PAGE % {"follow_job": follow_job_js()}).encode()
+        pages = {"/": (PAGE % {"follow_job": follow_job_js()}).encode(), "/ws": SOCKET_PAGE.encode()}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = pages.get(self.path.split("?")[0])
+                if body is None:
+                    self.send_error(404)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -225,3 +257,22 @@ def test_a_page_whose_token_expired_meanwhile_gets_a_new_one_and_resumes(
     seen, expected, tokens = follow_across_a_restart(service, page_server, browser, tmp_path, ttl_s=2)
     assert seen == expected and expected[-1][1] == "succeeded"  # nothing lost, nothing twice
     assert len(tokens) == 2  # the reconnect was refused (401), the page fetched a new token and resumed
+
+
+def test_a_browser_websocket_receives_every_event_of_a_job_then_a_normal_close(
+    service: tuple[ServiceProcess, str], page_server: PageServer, browser: Any, tmp_path: Path
+):
+    serve, _ = service
+    job = submit(serve.url)
+    page = browser.new_page()
+    try:
+        page.goto(f"{page_server.origin}/ws?api={serve.url}&key={KEY}&job={job}")
+        wait_until(lambda: page.evaluate("window.ended"), 90, 0.2, message="the socket to close")
+        seen, closed = page.evaluate("window.seen"), page.evaluate("window.ended")
+        page.screenshot(path=str(tmp_path / "job-over-websocket.png"), full_page=True)
+    finally:
+        page.close()
+    assert closed == [1000, "finished"]
+    expected = history(serve.url, job)
+    assert seen == expected and expected[-1][1] == "succeeded"
+    assert [t for _, t in seen].count("progress") >= 3
