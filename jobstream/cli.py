@@ -61,6 +61,14 @@ def _refuse_open_bind_without_keys(settings: Settings) -> None:
         )
 
 
+def _local_webhooks(settings: Settings) -> Settings:
+    """Without API keys (loopback only) a developer may point webhooks at a receiver on this machine, over
+    http: JOBSTREAM_WEBHOOK_ALLOW_PRIVATE goes on unless it was set explicitly."""
+    if settings.api_keys or settings.api_keys_file or "webhook_allow_private" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"webhook_allow_private": True})
+
+
 def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> None:
     import uvicorn
 
@@ -138,13 +146,14 @@ def up(
     data_dir: Path | None = typer.Option(None, help="Local state (env JOBSTREAM_DATA_DIR, default ./.jobstream)."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
+    """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink + webhooks."""
     from streams.broker import kafka_broker
     from streams.topics import ensure_topics
 
     _logging(log_level)
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     _refuse_open_bind_without_keys(settings)
+    settings = _local_webhooks(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with kafka_broker(settings) as connection:
         ensure_topics(connection, settings)
@@ -156,7 +165,7 @@ def up(
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
         try:
-            _serve(settings, connection, {"api", "gateway", "sink"})
+            _serve(settings, connection, {"api", "gateway", "sink", "notifier"})
         finally:
             logger.info("stopping %d worker(s)", settings.workers)
             supervisor.stop()
@@ -165,7 +174,9 @@ def up(
 
 @app.command()
 def serve(
-    role: list[str] = typer.Option(["api", "gateway", "sink"], help="Roles to run: api, gateway, sink."),
+    role: list[str] = typer.Option(
+        ["api", "gateway", "sink"], help="Roles to run: api, gateway, sink, notifier (webhooks)."
+    ),
     host: str | None = typer.Option(None, help="Bind address (env JOBSTREAM_HOST)."),
     port: int | None = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT)."),
     log_level: str = typer.Option("info"),
