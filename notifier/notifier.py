@@ -121,6 +121,7 @@ class _Reader(KafkaReader):
             settings.topic(topics.EVENTS),
             group_id=settings.topic(topics.NOTIFIER_GROUP),
             name="notifier",
+            **{"session.timeout.ms": int(settings.webhook_session_timeout_s * 1000)},
         )
         self._topics = [settings.topic(topics.EVENTS), settings.topic(topics.WEBHOOK_RETRIES)]
         self._retries = settings.topic(topics.WEBHOOK_RETRIES)

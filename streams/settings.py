@@ -285,6 +285,9 @@ class Settings(BaseSettings):
         description="Where the generated webhook key is kept (0600) when no key is set; unset: "
         "<data dir>/webhook-secret.key.",
     )
+    webhook_session_timeout_s: float = Field(
+        default=10.0, ge=1, le=300, description="Kafka session timeout of notifiers: how soon a dead one is replaced."
+    )
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
