@@ -84,6 +84,10 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
 async def resolve(host: str, port: int, policy: WebhookPolicy) -> list[str]:
     """The host's addresses now; raises ``WebhookRefused`` when any of them is blocked, ``OSError``
     when the name does not resolve (a transient failure: the delivery is retried)."""
+    if _is_ip(host):  # nothing to resolve (and no thread hop for it)
+        if not policy.allow_private and blocked_address(host):
+            raise WebhookRefused("private, loopback, link-local and metadata addresses are not allowed")
+        return [host]
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = sorted({str(info[4][0]) for info in infos})
     if not policy.allow_private and any(blocked_address(a) for a in addresses):
