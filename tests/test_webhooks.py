@@ -408,3 +408,33 @@ def test_a_replay_keeps_the_webhook(client: httpx.Client, receiver: Receiver):
         60,
         message="the replayed job's delivery (a new job id, the same webhook)",
     )
+
+
+def test_the_readme_receiver_verifies_and_prints_a_delivery(client: httpx.Client, tmp_path: Path):
+    """The README's copy-paste receiver, run as written (on a free port), gets a job's succeeded event."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Webhooks", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert '("127.0.0.1", 9000)' in code
+    script = tmp_path / "receiver.py"
+    script.write_text(code.replace('("127.0.0.1", 9000)', f'("127.0.0.1", {port})'))
+    secret = client.get("/v1/webhook-secret").json()["secret"]
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-u", str(script)], env={"JOBSTREAM_WEBHOOK_SECRET": secret}, stdout=sink
+        )
+    try:
+        job = submit(client, webhook=f"http://127.0.0.1:{port}/hooks/jobstream")
+        wait_until(lambda: f"{job} succeeded" in out.read_text(), 60, message="the README receiver's line")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
