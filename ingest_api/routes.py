@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from calculations import registry
 from edge.auth import current_tenant, tenant_of
 from edge.problems import MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses, validation_errors
+from edge.webhook_url import WebhookPolicy
 from ingest_api import listing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
@@ -270,11 +271,13 @@ class _Parsed:
     body: JobSubmission
 
 
-def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_errors: int) -> _Parsed:
+def _parse_submit(
+    raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_errors: int, webhooks: WebhookPolicy
+) -> _Parsed:
     """Body → validated job records (and the fingerprint a key needs); raises Problem. Pure and CPU-bound."""
     body = _json_body(JobSubmission, raw, max_errors)
     try:
-        job = prepare(body, tenant, job_id, max_errors)
+        job = prepare(body, tenant, job_id, max_errors, webhooks)
     except InvalidSubmission as exc:
         raise _invalid(exc) from None
     return _Parsed(job, body.fingerprint() if keyed else None, body)
@@ -353,6 +356,7 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
             job_id,
             idempotency_key is not None,
             settings.max_listed_errors,
+            request.app.state.webhook_policy,
         )
         kind = parsed.job.kind
         if wait_s is None:
@@ -497,7 +501,9 @@ class BatchAccepted(BaseModel):
     jobs: list[BatchItem]
 
 
-def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Prepared], list[dict[str, Any]]]:
+def _prepare_batch(
+    raw: bytes, tenant: str, settings: Settings, webhooks: WebhookPolicy
+) -> tuple[list[Prepared], list[dict[str, Any]]]:
     """Body → the valid jobs' records and one item per submission; raises Problem. Pure and CPU-bound."""
     body = _json_body(BatchSubmission, raw, settings.max_listed_errors)
     if len(body.jobs) > settings.batch_max_jobs:
@@ -511,7 +517,9 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> tuple[list[Pr
     ready = []
     for index, item in enumerate(body.jobs):
         try:
-            job = prepare(JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors)
+            job = prepare(
+                JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors, webhooks=webhooks
+            )
         except ValidationError as exc:
             errors, count = validation_errors(exc, ("jobs", str(index)), settings.max_listed_errors)
             items.append(
@@ -558,7 +566,9 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
     settings: Settings = request.app.state.settings
     raw = await request.body()
     try:
-        ready, items = await _off_loop(settings, len(raw), _prepare_batch, raw, tenant, settings)
+        ready, items = await _off_loop(
+            settings, len(raw), _prepare_batch, raw, tenant, settings, request.app.state.webhook_policy
+        )
         _admit(request)
     except Problem as exc:
         metrics.rejected(BATCH_ROUTE, None, exc.status)

@@ -10,20 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from calculations import registry
 from edge.problems import MAX_LISTED_ERRORS, validation_errors
+from edge.webhook_url import WebhookPolicy, WebhookRefused, check_url
 from streams.errors import JobstreamError
-from streams.events import new_job_id
+from streams.events import DEFAULT_WEBHOOK_EVENTS, new_job_id
 from streams.producer import AsyncProducer, Outgoing
 from streams.topics import JobTopics
 from streams.wire import Prepared, build, records
 
 _IDEMPOTENT_IDS = uuid.UUID("6c1b0c1e-2f54-4f7e-9d1a-6a0c6d1f3b7e")
+
+
+WebhookEvent = Literal["running", "progress", "retrying", "succeeded", "failed", "cancelled"]
 
 
 class JobSubmission(BaseModel):
@@ -38,13 +42,23 @@ class JobSubmission(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, le=86_400, strict=True, description="Give up after this long running."
     )
+    webhook: str | None = Field(
+        default=None,
+        description="An https URL the job's events are POSTed to, signed (Standard Webhooks).",
+        examples=["https://example.com/hooks/jobstream"],
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        description="Which events are sent to webhook (default: succeeded, failed, cancelled).",
+    )
 
     def fingerprint(self) -> str:
         """A hash of the submission's content (key order and defaults do not matter), to tell a
         retry from a different request. ``v2:`` marks orjson's canonical form: stdlib json held the
         GIL, and so the event loop, ~115 ms for 1M values; it stays only for ints past 64 bits,
         which orjson refuses (a body always takes the same path, so its hash is stable)."""
-        content = self.model_dump(mode="json")
+        content = self._content()
         try:
             canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
@@ -56,8 +70,16 @@ class JobSubmission(BaseModel):
         written before ``v2:`` still carry (kept ``JOBSTREAM_IDEMPOTENCY_TTL_S``)."""
         if fingerprint.startswith("v2:"):
             return fingerprint == self.fingerprint()
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self._content(), sort_keys=True, separators=(",", ":"))
         return fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _content(self) -> dict[str, Any]:
+        """What the fingerprint covers; without unset webhook fields, so keys stored before they
+        existed still match the same body."""
+        content = self.model_dump(mode="json")
+        if content["webhook"] is None and content["webhook_events"] is None:
+            del content["webhook"], content["webhook_events"]
+        return content
 
 
 class InvalidSubmission(JobstreamError):
@@ -77,11 +99,17 @@ def idempotent_job_id(tenant: str, key: str) -> str:
 
 
 def prepare(
-    submission: JobSubmission, tenant: str, job_id: str | None = None, max_errors: int = MAX_LISTED_ERRORS
+    submission: JobSubmission,
+    tenant: str,
+    job_id: str | None = None,
+    max_errors: int = MAX_LISTED_ERRORS,
+    webhooks: WebhookPolicy | None = None,
 ) -> Prepared:
-    """Validate params against the calculation and build the request + its queued event
-    (an invalid one lists its first ``max_errors`` errors and counts them all)."""
+    """Validate params against the calculation (and a webhook against ``webhooks``: without a policy a
+    webhook is refused) and build the request + its queued event (an invalid one lists its first
+    ``max_errors`` errors and counts them all)."""
     kind, params = submission.kind, submission.params
+    webhook, webhook_events = _webhook(submission, webhooks)
     try:
         calc = registry.get(kind)
     except registry.UnknownKind:
@@ -97,9 +125,41 @@ def prepare(
         errors, count = validation_errors(exc, ("params",), max_errors)
         raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}", errors, error_count=count) from None
     try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
-        return build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
+        return build(
+            job_id or new_job_id(),
+            tenant,
+            kind,
+            params,
+            submission.priority,
+            submission.timeout_s,
+            webhook=webhook,
+            webhook_events=webhook_events,
+        )
     except TypeError as exc:
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
+
+
+def _webhook(submission: JobSubmission, policy: WebhookPolicy | None) -> tuple[str | None, list[str] | None]:
+    """The submission's webhook and its event types (defaulted, deduplicated), or 422 naming the field."""
+    if submission.webhook is None:
+        if submission.webhook_events is not None:
+            raise InvalidSubmission(
+                "Invalid webhook",
+                "webhook_events needs a webhook",
+                [{"field": "webhook_events", "reason": "given without webhook"}],
+            )
+        return None, None
+    try:
+        if policy is None:
+            raise WebhookRefused("webhooks are not accepted here")
+        check_url(submission.webhook, policy)
+    except WebhookRefused as exc:
+        raise InvalidSubmission("Invalid webhook", str(exc), [{"field": "webhook", "reason": str(exc)}]) from None
+    events = list(dict.fromkeys(submission.webhook_events or DEFAULT_WEBHOOK_EVENTS))
+    if len(events) > policy.max_events:
+        reason = f"at most {policy.max_events} event types"
+        raise InvalidSubmission("Invalid webhook", reason, [{"field": "webhook_events", "reason": reason}])
+    return submission.webhook, events
 
 
 async def publish(

@@ -97,6 +97,14 @@ def _refuse_open_bind_without_keys(settings: Settings) -> None:
         )
 
 
+def _local_webhooks(settings: Settings) -> Settings:
+    """Without API keys (loopback only) a developer may point webhooks at a receiver on this machine, over
+    http: JOBSTREAM_WEBHOOK_ALLOW_PRIVATE goes on unless it was set explicitly."""
+    if settings.api_keys or settings.api_keys_file or "webhook_allow_private" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"webhook_allow_private": True})
+
+
 def _serve(settings: Settings, connection: KafkaConnection, roles: set[str]) -> None:
     import uvicorn
 
@@ -183,13 +191,14 @@ def up(
     data_dir: Path | None = typer.Option(None, help="Local state (env JOBSTREAM_DATA_DIR, default ./.jobstream)."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink."""
+    """Run everything on this machine: broker (unless KAFKA_BOOTSTRAP), workers, API + SSE + sink + webhooks."""
     from store.clickhouse import redact
 
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     _logging(log_level, settings)
     _tracing({"api", "gateway", "sink"})
     _refuse_open_bind_without_keys(settings)
+    settings = _local_webhooks(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.metrics:  # before anything imports prometheus_client; the workers inherit it
         from telemetry.multiprocess import use_directory
@@ -212,7 +221,7 @@ def up(
             f"{settings.data_dir.resolve()}\nCtrl-C stops everything.\n"
         )
         try:
-            _serve(settings, connection, {"api", "gateway", "sink"})
+            _serve(settings, connection, {"api", "gateway", "sink", "notifier"})
         finally:
             logger.info("stopping %d worker(s)", settings.workers)
             supervisor.stop()
@@ -221,7 +230,9 @@ def up(
 
 @app.command()
 def serve(
-    role: list[str] = typer.Option(["api", "gateway", "sink"], help="Roles to run: api, gateway, sink."),
+    role: list[str] = typer.Option(
+        ["api", "gateway", "sink"], help="Roles to run: api, gateway, sink, notifier (webhooks)."
+    ),
     host: str | None = typer.Option(None, help="Bind address (env JOBSTREAM_HOST)."),
     port: int | None = typer.Option(None, help="HTTP port (env JOBSTREAM_PORT)."),
     log_level: str = typer.Option("info"),

@@ -1,4 +1,4 @@
-"""Builds the HTTP process: ingest API, SSE gateway and sink, in any combination.
+"""Builds the HTTP process: ingest API, SSE gateway, sink and webhook notifier, in any combination.
 
 ``jobstream up`` runs all three in one process (the only one that opens chDB);
 the distributed layout runs each role in its own container. The factory takes
@@ -21,12 +21,16 @@ from edge import cors, problems
 from edge import metrics as edge_metrics
 from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
+from edge.webhook_url import WebhookPolicy
 from ingest_api import routes as api_routes
 from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
 from ingest_api.finished import FinishedTail
 from ingest_api.idempotency import IdempotencyKeys, KeyConfig
 from ingest_api.shortcut import SubmitShortcut
 from ingest_api.waits import JobWaits
+from notifier import routes as notifier_routes
+from notifier.notifier import Notifier
+from notifier.tenant_secrets import WebhookSecrets
 from replay import diff as replay_diff
 from replay import routes as replay_routes
 from replay.book import ReplayBook
@@ -34,6 +38,7 @@ from replay.runner import ReplayConfig, Replayer
 from sink import routes as sink_routes
 from sink.query import analyst_login
 from sink.sink import Sink, SinkConfig
+from sink.webhook_log import WebhookLog
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout, FanoutConfig
 from store.clickhouse import ClickHouseStore, ServerAccess
@@ -49,7 +54,7 @@ from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
-ROLES = frozenset({"api", "gateway", "sink"})
+ROLES = frozenset({"api", "gateway", "sink", "notifier"})
 
 
 def create_app(
@@ -101,6 +106,9 @@ def create_app(
                 if "gateway" not in roles:  # long-polls learn of finished jobs from a tail of their own
                     app.state.finished_tail = _finished_tail(app, as_role["api"], settings).start()
                     started.append(app.state.finished_tail)
+            if roles & {"api", "notifier"}:
+                app.state.webhook_secrets = WebhookSecrets.from_settings(kafka, settings).start()
+                started.append(app.state.webhook_secrets)
             if "gateway" in roles:  # the fanout tells long-polls (and read-your-writes) what it sees
                 observers = [app.state.recent.observe, app.state.waits.observe]
                 app.state.fanout = Fanout(
@@ -110,11 +118,18 @@ def create_app(
             if "sink" in roles:
                 app.state.sink = Sink(as_role["sink"], app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
+                app.state.webhook_log = WebhookLog(kafka, app.state.store, settings).start()
+                started.append(app.state.webhook_log)
+            if "notifier" in roles:
+                app.state.notifier = await Notifier(kafka, settings, app.state.webhook_secrets).start()
+                started.append(app.state.notifier)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
                     raise RuntimeError("could not load the stored Idempotency-Keys from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.replays.loaded.wait, 120):
                     raise RuntimeError("could not load the recorded replays from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.webhook_secrets.loaded.wait, 120):
+                    raise RuntimeError("could not load the webhook secret generations from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).
@@ -124,6 +139,9 @@ def create_app(
         finally:
             app.state.ready = False
             for component in reversed(started):
+                if isinstance(component, Notifier):
+                    await component.aclose()
+                    continue
                 stop = getattr(component, "close", None) or component.stop
                 await asyncio.to_thread(stop)
             if own_store:
@@ -138,6 +156,7 @@ def create_app(
     app.state.job_topics = JobTopics.from_settings(settings)
     app.state.waits = JobWaits(settings.max_waits, settings.wait_memory_jobs)
     app.state.submits = SubmitSlots(settings.max_submits_in_flight)
+    app.state.webhook_policy = WebhookPolicy.from_settings(settings)
     app.state.keyring = KeyRing.parse(
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
     )
@@ -148,6 +167,7 @@ def create_app(
     if "api" in roles:
         app.include_router(api_routes.router)
         app.include_router(replay_routes.router)
+        app.include_router(notifier_routes.router)
     if "gateway" in roles:
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is

@@ -350,6 +350,8 @@ class Replayer:
             calc_version=replay.versions[original.kind],
             replay_of=original.job_id,
             replay_id=replay.replay_id,
+            webhook=original.webhook,
+            webhook_events=original.webhook_events,
         )
         request, queued = wire.records(job, self._config.jobs, headers)
         on_delivery = self._delivered

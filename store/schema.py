@@ -621,6 +621,35 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        5,
+        "webhook delivery attempts",
+        [
+            # One row per attempt (the notifier writes them to Kafka, the sink inserts them). A row
+            # read twice from Kafka has the same key and collapses; readers use FINAL (rows per job are few).
+            f"""
+            CREATE TABLE IF NOT EXISTS webhook_deliveries (
+                tenant LowCardinality(String),
+                job_id String,
+                event LowCardinality(String),
+                seq UInt32,
+                webhook_id String,
+                url String,
+                attempt UInt32,
+                attempted_at {_TS},
+                status_code UInt16,
+                duration_ms Float64,
+                outcome LowCardinality(String),
+                error String,
+                response String
+            )
+            ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(attempted_at)
+            ORDER BY (tenant, job_id, webhook_id, attempted_at, attempt)
+            {_DEDUP}
+            """,
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

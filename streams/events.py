@@ -57,6 +57,9 @@ class JobStatus(str, Enum):
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+#: Event types a webhook may ask for (``queued`` is the submit's own answer), and the default.
+WEBHOOK_EVENTS = ("running", "progress", "retrying", "succeeded", "failed", "cancelled")
+DEFAULT_WEBHOOK_EVENTS = ("succeeded", "failed", "cancelled")
 
 # The status an event moves a job to; progress/retrying keep the job running.
 _STATUS_AFTER: dict[EventType, JobStatus] = {
@@ -115,6 +118,8 @@ class JobRequested(_Record):
     calc_version: str | None = None  # None: the version registered when it runs
     replay_of: str | None = None  # the job this one re-runs (set by a replay)
     replay_id: str | None = None  # the replay that emitted it
+    webhook: str | None = None  # where the notifier posts this job's events (validated at submit)
+    webhook_events: list[str] | None = None  # which event types it posts (set whenever webhook is)
 
 
 class JobEvent(_Record):

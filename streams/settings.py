@@ -364,6 +364,59 @@ class Settings(BaseSettings):
         "0: none (under `jobstream up` the API's /metrics covers the workers).",
     )
 
+    # --- webhooks (notifier) ------------------------------------------------------
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook URLs over http and to loopback/private/link-local addresses "
+        "(`jobstream up` without API keys turns it on).",
+    )
+    webhook_max_url_length: int = Field(
+        default=2048, ge=16, le=65_536, description="Longest webhook URL (422 past it)."
+    )
+    webhook_max_events: int = Field(
+        default=6, ge=1, le=6, description="Most entries in a submission's webhook_events (422 past it)."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Longest wait for a receiver's answer.")
+    webhook_concurrency_per_endpoint: int = Field(
+        default=4, ge=1, le=1000, description="Deliveries in flight at once to one scheme://host:port per notifier."
+    )
+    webhook_endpoint_queue: int = Field(
+        default=100,
+        ge=0,
+        description="Deliveries waiting for one endpoint per notifier; past it they are deferred to the retry topic.",
+    )
+    webhook_retry_horizon_s: float = Field(
+        default=86_400.0, gt=0, description="How long a failing delivery is retried before it is recorded failed."
+    )
+    webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles per attempt, jittered.")
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_breaker_failures: int = Field(
+        default=5, ge=1, description="Failures in a row after which a host's circuit opens (deliveries deferred)."
+    )
+    webhook_breaker_open_s: float = Field(default=30.0, gt=0, description="How long an open circuit stays open.")
+    webhook_max_in_flight: int = Field(
+        default=10_000, ge=1, description="Deliveries a notifier holds (due or scheduled) before it stops reading."
+    )
+    webhook_response_prefix_bytes: int = Field(
+        default=256, ge=0, le=65_536, description="Bytes of a receiver's answer kept in webhook_deliveries."
+    )
+    webhook_secret_grace_s: float = Field(
+        default=86_400.0, ge=0, description="How long the previous secret keeps signing after a rotation."
+    )
+    webhook_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Server key tenants' webhook secrets are derived from (HMAC); unset: kept in "
+        "JOBSTREAM_WEBHOOK_SECRET_KEY_FILE. Set it (same value) on the API and notifier when they run apart.",
+    )
+    webhook_secret_key_file: Path | None = Field(
+        default=None,
+        description="Where the generated webhook key is kept (0600) when no key is set; unset: "
+        "<data dir>/webhook-secret.key.",
+    )
+    webhook_session_timeout_s: float = Field(
+        default=10.0, ge=1, le=300, description="Kafka session timeout of notifiers: how soon a dead one is replaced."
+    )
+
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
         return f"{self.topic_prefix}{name}"

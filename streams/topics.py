@@ -25,6 +25,12 @@ SINK_GROUP = "jobstream-sink"  #: the ClickHouse sink's consumer group (the gate
 IDEMPOTENCY = "jobs.idempotency"  #: Idempotency-Key → job, compacted, kept idempotency_ttl_s
 CONTROL = "jobs.control"  #: commands to running workers (cancel), keyed by job_id; every worker reads all
 REPLAYS = "jobs.replays"  #: replay plans and positions (and stop requests), keyed by replay id, compacted
+WEBHOOK_RETRIES = "webhooks.retry"  #: webhook deliveries waiting for their next attempt, keyed by job_id
+WEBHOOK_ATTEMPTS = "webhooks.attempts"  #: one record per delivery attempt (the sink stores them), keyed by job_id
+WEBHOOK_SUBSCRIPTIONS = "webhooks.subscriptions"  #: job_id → its webhook URL and events, compacted
+WEBHOOK_SECRETS = "webhooks.secrets"  #: tenant → secret generation (never a secret), compacted
+NOTIFIER_GROUP = "jobstream-notifier"  #: the notifier's consumer group (jobs.events and webhooks.retry)
+WEBHOOK_LOG_GROUP = "jobstream-sink-webhooks"  #: the sink's consumer group of webhooks.attempts
 
 
 def reader_group(topic: str) -> str:
@@ -70,6 +76,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
         TopicSpec(settings.topic(REPLAYS), 1, {"cleanup.policy": "compact"}),
+        *_webhook_specs(settings, common),
+    ]
+
+
+def _webhook_specs(settings: Settings, common: dict[str, str]) -> list[TopicSpec]:
+    """The notifier's topics: a retry outlives the horizon by a day; a subscription its job by as much."""
+    keep_ms = str(int((settings.webhook_retry_horizon_s + 86_400) * 1000))
+    return [
+        TopicSpec(settings.topic(WEBHOOK_RETRIES), settings.events_partitions, {**common, "retention.ms": keep_ms}),
+        TopicSpec(settings.topic(WEBHOOK_ATTEMPTS), 3, {"retention.ms": str(7 * 86_400_000)}),
+        TopicSpec(
+            settings.topic(WEBHOOK_SUBSCRIPTIONS),
+            3,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(int(keep_ms) + 2 * 86_400_000)},
+        ),
+        TopicSpec(settings.topic(WEBHOOK_SECRETS), 1, {"cleanup.policy": "compact"}),
     ]
 
 

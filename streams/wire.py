@@ -35,6 +35,8 @@ def encode_request(
     calc_version: str | None = None,
     replay_of: str | None = None,
     replay_id: str | None = None,
+    webhook: str | None = None,
+    webhook_events: list[str] | None = None,
     *,
     seq: int = 0,
     schema_version: int = SCHEMA_VERSION,
@@ -55,6 +57,8 @@ def encode_request(
             "calc_version": calc_version,
             "replay_of": replay_of,
             "replay_id": replay_id,
+            "webhook": webhook,
+            "webhook_events": webhook_events,
         },
         option=_OPTIONS,
     )
@@ -110,6 +114,8 @@ def dumps(record: JobEvent | JobRequested) -> bytes:
         record.calc_version,
         record.replay_of,
         record.replay_id,
+        record.webhook,
+        record.webhook_events,
         seq=record.seq,
         schema_version=record.schema_version,
     )
@@ -269,16 +275,35 @@ def build(
     calc_version: str | None = None,
     replay_of: str | None = None,
     replay_id: str | None = None,
+    webhook: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> Prepared:
     """A job's two records from fields already validated: a submission, or a replay re-emitting a
-    past request (``calc_version``, ``replay_of``, ``replay_id``, on both records).
+    past request (``calc_version``, ``replay_of``, ``replay_id``, on both records). A ``webhook``
+    (with its ``webhook_events``) is on both too: the notifier learns it from the queued event.
     Raises TypeError for an integer past 64 bits."""
     now = utcnow()
     replay = (
         {"calc_version": calc_version, "replay_of": replay_of, "replay_id": replay_id} if replay_id is not None else {}
     )  # a replay names all three; a submission none
-    request = encode_request(job_id, tenant, kind, params, priority, timeout_s, now, calc_version, replay_of, replay_id)
+    request = encode_request(
+        job_id,
+        tenant,
+        kind,
+        params,
+        priority,
+        timeout_s,
+        now,
+        calc_version,
+        replay_of,
+        replay_id,
+        webhook,
+        webhook_events,
+    )
     data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, **replay}
+    if webhook is not None:
+        data["webhook"] = webhook
+        data["webhook_events"] = webhook_events
     queued = encode_event(job_id, tenant, 0, _QUEUED, kind, data, now)
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 

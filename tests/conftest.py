@@ -77,6 +77,10 @@ def settings(session_dir: Path, kafka_bootstrap: str, clickhouse_url: str) -> Se
         # raises these for its own stack).
         replay_max_rate=20.0,
         replay_max_jobs=50,
+        # Webhook tests post to a receiver on 127.0.0.1 over http, and watch retries happen quickly.
+        webhook_allow_private=True,
+        webhook_backoff_s=0.2,
+        webhook_backoff_max_s=2.0,
     )
 
 

@@ -1,0 +1,161 @@
+"""Tenants' webhook secrets: derived from one server key, never stored.
+
+A tenant's secret is ``whsec_`` + HMAC-SHA256(server key, tenant, generation). Kafka holds only
+each tenant's *generation* (``webhooks.secrets``, compacted: a rotation bumps it and remembers
+when), so reading the topic, its backups or ClickHouse reveals no secret; the server key is
+``JOBSTREAM_WEBHOOK_SECRET_KEY`` or a 0600 file in the data dir (made on first start), and the
+API and every notifier must share it. Secrets never reach a log or an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from streams import topics
+from streams.errors import JobstreamError
+from streams.kafka_config import KafkaConnection
+from streams.mirror import TopicMirror
+from streams.producer import Outgoing
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE = "webhook-secret.key"
+_DOMAIN = b"jobstream webhook secret v1\n"  # keeps these MACs apart from any other use of the key
+
+
+class KeyFileError(JobstreamError, RuntimeError):
+    """The webhook key file is unsafe or unreadable (the message never holds its content)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Which secret signs for a tenant: ``number`` now, and ``previous`` until ``rotated_at`` + grace."""
+
+    number: int = 0
+    previous: int | None = None
+    rotated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    grace_s: float  #: JOBSTREAM_WEBHOOK_SECRET_GRACE_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretsConfig:
+        return cls(settings.webhook_secret_grace_s)
+
+
+class WebhookSecrets(TopicMirror):
+    """The tenants' secret generations, mirrored from Kafka; derives the secrets themselves."""
+
+    def __init__(self, kafka: KafkaConnection, settings: Settings, key: bytes, config: SecretsConfig) -> None:
+        super().__init__(kafka, settings.topic(topics.WEBHOOK_SECRETS))
+        if len(key) < 16:
+            raise ValueError("the webhook secret key must be at least 16 bytes")
+        self._key = key
+        self._grace_s = config.grace_s
+        self._generations: dict[str, Generation] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaConnection, settings: Settings) -> WebhookSecrets:
+        return cls(kafka, settings, server_key(settings), SecretsConfig.from_settings(settings))
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or value is None:
+            return
+        d = orjson.loads(value)
+        self._put(key.decode(), Generation(int(d["number"]), d.get("previous"), float(d["rotated_at"])))
+
+    def _put(self, tenant: str, generation: Generation) -> None:
+        with self._lock:
+            known = self._generations.get(tenant)
+            if known is None or generation.number >= known.number:
+                self._generations[tenant] = generation
+
+    def generation(self, tenant: str) -> Generation:
+        with self._lock:
+            return self._generations.get(tenant, Generation())
+
+    def secret(self, tenant: str, number: int | None = None) -> str:
+        """The tenant's secret of generation ``number`` (default: the current one)."""
+        number = self.generation(tenant).number if number is None else number
+        mac = hmac.new(self._key, _DOMAIN + f"{tenant}\x00{number}".encode(), hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(mac).decode()
+
+    def signing(self, tenant: str, now: float | None = None) -> list[str]:
+        """The secrets a delivery is signed with: the current one, and the previous within its grace period."""
+        generation = self.generation(tenant)
+        found = [self.secret(tenant, generation.number)]
+        now = time.time() if now is None else now
+        if generation.previous is not None and now < generation.rotated_at + self._grace_s:
+            found.append(self.secret(tenant, generation.previous))
+        return found
+
+    def rotation(self, tenant: str) -> tuple[Outgoing, Generation]:
+        """The record that rotates the tenant's secret, and the generation to remember once it is acked."""
+        current = self.generation(tenant)
+        nxt = Generation(current.number + 1, current.number, time.time())
+        value = orjson.dumps({"number": nxt.number, "previous": nxt.previous, "rotated_at": nxt.rotated_at})
+        return Outgoing(self.topic, tenant.encode(), value), nxt
+
+    def remember(self, tenant: str, generation: Generation) -> None:
+        self._put(tenant, generation)
+
+
+def server_key(settings: Settings) -> bytes:
+    """``JOBSTREAM_WEBHOOK_SECRET_KEY``, else the key kept in the key file (made on first use)."""
+    if settings.webhook_secret_key is not None:
+        return settings.webhook_secret_key.get_secret_value().encode()
+    path = settings.webhook_secret_key_file or Path(settings.data_dir) / KEY_FILE
+    return _load_or_create(path)
+
+
+def _load_or_create(path: Path) -> bytes:
+    """32 random bytes (hex) written to ``path`` (0600, atomically: a racing process's key wins) if it is
+    missing; a file that group or others may read, or another user owns, is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_hex(32).encode() + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        logger.info("webhook secrets are derived from the key kept in %s", path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise KeyFileError(f"cannot open the webhook key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            raise KeyFileError(f"the webhook key file {path} must be a regular file of ours with mode 0600")
+        text = f.read(4096)
+    try:
+        key = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise KeyFileError(f"the webhook key file {path} does not hold a hex key of 16+ bytes")
+    return key
