@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 
 from calculations import registry
+from dead_letters import routes as dead_letter_routes
+from dead_letters.book import DeadLetterBook, DeadLetterConfig
 from edge import cors, problems
 from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
@@ -82,6 +84,8 @@ def create_app(
                 started.append(app.state.replays)
                 app.state.replayer = _replayer(app, kafka, settings)
                 started.append(app.state.replayer)
+                app.state.dead_letters = DeadLetterBook(kafka, DeadLetterConfig.from_settings(settings)).start()
+                started.append(app.state.dead_letters)
             if "gateway" in roles:
                 app.state.fanout = Fanout(
                     kafka, FanoutConfig.from_settings(settings), observers=[app.state.recent.observe]
@@ -95,6 +99,8 @@ def create_app(
                     raise RuntimeError("could not load the stored Idempotency-Keys from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.replays.loaded.wait, 120):
                     raise RuntimeError("could not load the recorded replays from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.dead_letters.loaded.wait, 120):
+                    raise RuntimeError("could not read the dead letters from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).
@@ -127,6 +133,7 @@ def create_app(
     if "api" in roles:
         app.include_router(api_routes.router)
         app.include_router(replay_routes.router)
+        app.include_router(dead_letter_routes.router)
     if "gateway" in roles:
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
