@@ -36,6 +36,8 @@ PARAMS_HELP = (
 
 dead_letters_app = typer.Typer(help="Requests the processors could not handle: list them, re-drive them as new jobs.")
 out = Console(highlight=False)
+if not out.is_terminal:  # piped: whole rows, not the 80 columns rich assumes without a terminal
+    out = Console(highlight=False, width=240)
 err = Console(stderr=True, highlight=False)
 
 
@@ -117,16 +119,21 @@ def _fail(exc: ApiError, doing: str) -> NoReturn:
     """A refused request or an unreachable API: the problem on stderr, each bad field named; exit 2."""
     problem = exc.problem
     if exc.status == 0:
-        err.print(f"{doing}: cannot reach the API: {problem.get('detail', '')}", markup=False)
+        typer.echo(f"{doing}: cannot reach the API: {problem.get('detail', '')}", err=True)
     else:
-        err.print(f"{doing}: {exc.status} {problem.get('title', '')}: {problem.get('detail', '')}", markup=False)
+        typer.echo(f"{doing}: {exc.status} {problem.get('title', '')}: {problem.get('detail', '')}", err=True)
         for error in problem.get("errors") or []:
-            err.print(f"  {error.get('field')}: {error.get('reason')}", markup=False)
+            typer.echo(f"  {error.get('field')}: {error.get('reason')}", err=True)
     raise typer.Exit(EXIT_USAGE)
 
 
 def _echo_json(value: Any) -> None:
     typer.echo(orjson.dumps(value).decode())
+
+
+def _when(timestamp: str | None) -> str:
+    """An API timestamp as a table shows it: to the second, UTC."""
+    return (timestamp or "")[:19].replace("T", " ")
 
 
 def _status_exit(status: str | None) -> int:
@@ -178,7 +185,7 @@ def submit(
         if as_json:
             _echo_json(accepted)
         else:
-            out.print(f"{accepted['job_id']}  {accepted['status']}  {accepted['links']['self']}", markup=False)
+            typer.echo(f"{accepted['job_id']}  {accepted['status']}  {accepted['links']['self']}")
         return
     raise typer.Exit(_follow(base, accepted["job_id"], api_key, as_json))
 
@@ -209,7 +216,7 @@ def _follow(base: str, job_id: str, api_key: str | None, as_json: bool) -> int:
     except StreamError as exc:
         _fail(exc, f"cannot follow {job_id}")
     if terminal is None:  # the stream ended without an outcome (it always has one): report, do not guess
-        err.print(f"the stream of {job_id} ended before the job did", markup=False)
+        typer.echo(f"the stream of {job_id} ended before the job did", err=True)
         return EXIT_USAGE
     outcome, data = terminal["type"], terminal["data"]
     shown = {"job_id": job_id, "status": outcome}
@@ -222,7 +229,7 @@ def _follow(base: str, job_id: str, api_key: str | None, as_json: bool) -> int:
     elif outcome == "succeeded":
         typer.echo(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
     else:
-        err.print(f"{job_id} {outcome}: {orjson.dumps(data.get('error')).decode()}", markup=False)
+        typer.echo(f"{job_id} {outcome}: {orjson.dumps(data.get('error')).decode()}", err=True)
     return _status_exit(outcome)
 
 
@@ -246,12 +253,17 @@ def jobs(
     if as_json:
         _echo_json(page)
         return
-    table = Table("job", "kind", "status", "submitted", "updated", title=f"{len(page['jobs'])} job(s)")
+    table = Table(title=f"{len(page['jobs'])} job(s)")
+    table.add_column("job", overflow="fold")
+    table.add_column("kind", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("submitted", no_wrap=True)
+    table.add_column("updated", no_wrap=True)
     for job in page["jobs"]:
-        table.add_row(job["job_id"], job["kind"], job["status"], job["submitted_at"], job["updated_at"])
+        table.add_row(job["job_id"], job["kind"], job["status"], _when(job["submitted_at"]), _when(job["updated_at"]))
     out.print(table)
     if page.get("next_cursor"):
-        err.print(f"more: --cursor {page['next_cursor']}", markup=False)
+        typer.echo(f"more: --cursor {page['next_cursor']}", err=True)
 
 
 def status(
@@ -301,7 +313,7 @@ def result(
     except StreamError as exc:
         _fail(exc, f"no result for {job_id}")
     if terminal is None:
-        err.print(f"the stream of {job_id} ended before the job did", markup=False)
+        typer.echo(f"the stream of {job_id} ended before the job did", err=True)
         raise typer.Exit(EXIT_USAGE)
     data = terminal.data.get("data") or {}
     shown: dict[str, Any] = {"job_id": job_id, "status": terminal.type}
@@ -314,7 +326,7 @@ def result(
     elif terminal.type == "succeeded":
         typer.echo(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
     else:
-        err.print(f"{job_id} {terminal.type}: {orjson.dumps(data.get('error')).decode()}", markup=False)
+        typer.echo(f"{job_id} {terminal.type}: {orjson.dumps(data.get('error')).decode()}", err=True)
     raise typer.Exit(_status_exit(terminal.type))
 
 
@@ -332,7 +344,7 @@ def cancel(
             job = client.cancel(job_id)
         except ApiError as exc:
             if exc.status == 409:
-                err.print(f"{job_id}: {exc.problem.get('title', 'already finished')}", markup=False)
+                typer.echo(f"{job_id}: {exc.problem.get('title', 'already finished')}", err=True)
                 if as_json:
                     _echo_json(exc.problem)
                 raise typer.Exit(EXIT_FAILED) from None
@@ -340,7 +352,7 @@ def cancel(
     if as_json:
         _echo_json(job)
     else:
-        out.print(f"{job_id}  cancel requested (was {job['status']})", markup=False)
+        typer.echo(f"{job_id}  cancel requested (was {job['status']})")
 
 
 @dead_letters_app.command("list")
@@ -362,23 +374,28 @@ def list_dead_letters(
     if as_json:
         _echo_json(page)
         return
-    table = Table(
-        "id", "created", "reason", "kind", "job", "source", "error", title=f"{len(page['dead_letters'])} dead letter(s)"
-    )
+    table = Table(title=f"{len(page['dead_letters'])} dead letter(s)")
+    table.add_column("id", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("reason", no_wrap=True)
+    table.add_column("kind", overflow="fold")
+    table.add_column("job", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=60)
     for letter in page["dead_letters"]:
         source = letter.get("source")
         table.add_row(
             letter["id"],
-            letter["created_at"],
+            _when(letter["created_at"]),
             letter["reason"],
             letter.get("kind") or "",
             letter.get("job_id") or "",
             f"{source['partition']}:{source['offset']}" if source else "",
-            (letter.get("error") or "")[:120],
+            (letter.get("error") or "").splitlines()[0][:200] if letter.get("error") else "",
         )
     out.print(table)
     if page.get("next_cursor"):
-        err.print(f"more: --cursor {page['next_cursor']}", markup=False)
+        typer.echo(f"more: --cursor {page['next_cursor']}", err=True)
 
 
 @dead_letters_app.command("redrive")
@@ -404,7 +421,7 @@ def redrive(
     if as_json:
         _echo_json(accepted)
     else:
-        out.print(f"{accepted['job_id']}  {accepted['status']}  {accepted['links']['self']}", markup=False)
+        typer.echo(f"{accepted['job_id']}  {accepted['status']}  {accepted['links']['self']}")
 
 
 def install(app: typer.Typer) -> None:
