@@ -14,7 +14,6 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -133,16 +132,65 @@ def _field(original: bytes, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_ALL = object()  # the key of the list of every entry, next to one list per tenant
+
+
+class DeadLetterIndex:
+    """The list entries, oldest first by ``key``, in one list of all and one per tenant (so a tenant's
+    page costs O(log n + limit) however few of the entries are its), bounded by ``max_kept``; safe
+    from any thread."""
+
+    def __init__(self, max_kept: int) -> None:
+        self.max_kept = max_kept
+        self._lock = threading.Lock()
+        self._by_id: dict[str, DeadLetter] = {}
+        self._lists: dict[object, list[tuple[SortKey, str]]] = {_ALL: []}  # each sorted by key: oldest first
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, entry: DeadLetter) -> None:
+        with self._lock:
+            if entry.id in self._by_id:
+                return
+            self._by_id[entry.id] = entry
+            item = (entry.key, entry.id)
+            bisect.insort(self._lists[_ALL], item)
+            bisect.insort(self._lists.setdefault(entry.tenant, []), item)
+            while len(self._by_id) > self.max_kept:  # the oldest of all is the oldest of its tenant's too
+                _, oldest = self._lists[_ALL].pop(0)
+                tenant = self._by_id.pop(oldest).tenant
+                own = self._lists[tenant]
+                own.pop(0)
+                if not own:
+                    del self._lists[tenant]
+
+    def get(self, dead_letter_id: str) -> DeadLetter | None:
+        with self._lock:
+            return self._by_id.get(dead_letter_id)
+
+    def page(self, limit: int, cursor: str | None, tenant: object = _ALL) -> tuple[list[DeadLetter], str | None]:
+        """Newest first: up to ``limit`` entries (of ``tenant``; default all) older than the cursor's,
+        and the next page's cursor (None on the last page)."""
+        before = decode_cursor(cursor) if cursor is not None else None
+        with self._lock:
+            items = self._lists.get(tenant, [])
+            end = len(items) if before is None else bisect.bisect_left(items, (before, ""))
+            chosen = [self._by_id[items[i][1]] for i in range(end - 1, max(end - limit - 1, 0) - 1, -1)]
+        if len(chosen) > limit:
+            return chosen[:limit], encode_cursor(chosen[limit - 1].key)
+        return chosen, None
+
+
 class DeadLetterBook(KafkaReader):
-    """The index, read on its own thread; ``page`` and ``get`` are safe from any thread."""
+    """Reads the topic into a ``DeadLetterIndex`` on its own thread; ``get`` and ``page`` are the index's."""
 
     def __init__(self, kafka: KafkaConnection, config: DeadLetterConfig) -> None:
         super().__init__(kafka, config.topic, group_id="unused", name=f"dead-letters-{config.topic}")
         self.config = config
         self._kafka = kafka
-        self._lock = threading.Lock()
-        self._by_id: dict[str, DeadLetter] = {}
-        self._order: list[tuple[SortKey, str]] = []  # sorted by key: oldest first
+        self.index = DeadLetterIndex(config.max_kept)
+        self.get = self.index.get
 
     def handle_message(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()
@@ -151,47 +199,26 @@ class DeadLetterBook(KafkaReader):
         except ValueError:
             logger.warning("skipping a record that is not a dead letter at %s[%d]@%d", self.topic, partition, offset)
             return
-        self.add(entry_of(partition, offset, record))
-
-    def add(self, entry: DeadLetter) -> None:
-        with self._lock:
-            if entry.id in self._by_id:
-                return
-            self._by_id[entry.id] = entry
-            bisect.insort(self._order, (entry.key, entry.id))
-            while len(self._order) > self.config.max_kept:
-                _, oldest = self._order.pop(0)
-                del self._by_id[oldest]
+        self.index.add(entry_of(partition, offset, record))
 
     def sees_all(self, tenant: str, keys_enabled: bool) -> bool:
         """Operators (and everyone without API keys: loopback only) see every tenant's dead letters."""
         return not keys_enabled or tenant in self.config.operators
 
+    def visible(self, entry: DeadLetter, tenant: str, keys_enabled: bool) -> bool:
+        return entry.tenant == tenant or self.sees_all(tenant, keys_enabled)
+
+    def page_for(
+        self, tenant: str, keys_enabled: bool, limit: int, cursor: str | None
+    ) -> tuple[list[DeadLetter], str | None]:
+        """A page of what ``tenant`` may see: every dead letter for operators, else its own."""
+        if self.sees_all(tenant, keys_enabled):
+            return self.index.page(limit, cursor)
+        return self.index.page(limit, cursor, tenant)
+
     def record(self, entry: DeadLetter, timeout_s: float = 10.0) -> dict:
         """The entry's whole record from Kafka (blocking): ``original`` as bytes; RecordGone past retention."""
         return fetch(self._kafka, self.topic, entry.partition, entry.offset, timeout_s)
-
-    def get(self, dead_letter_id: str) -> DeadLetter | None:
-        with self._lock:
-            return self._by_id.get(dead_letter_id)
-
-    def page(
-        self, visible: Callable[[DeadLetter], bool], limit: int, cursor: str | None
-    ) -> tuple[list[DeadLetter], str | None]:
-        """Newest first: up to ``limit`` visible entries older than the cursor's, and the next cursor."""
-        before = decode_cursor(cursor) if cursor is not None else None
-        out: list[DeadLetter] = []
-        with self._lock:
-            end = len(self._order) if before is None else bisect.bisect_left(self._order, (before, ""))
-            for index in range(end - 1, -1, -1):
-                entry = self._by_id[self._order[index][1]]
-                if visible(entry):
-                    out.append(entry)
-                    if len(out) > limit:
-                        break
-        if len(out) > limit:
-            return out[:limit], encode_cursor(out[limit - 1].key)
-        return out, None
 
 
 class RecordGone(JobstreamError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -93,12 +92,9 @@ def _out(settings: Settings, entry: DeadLetter) -> DeadLetterOut:
     )
 
 
-def _visible_to(request: Request, tenant: str) -> Callable[[DeadLetter], bool]:
-    book: DeadLetterBook = request.app.state.dead_letters
+def _keys_enabled(request: Request) -> bool:
     keyring: KeyRing = request.app.state.keyring
-    if book.sees_all(tenant, keyring.enabled):
-        return lambda entry: True
-    return lambda entry: entry.tenant == tenant
+    return keyring.enabled
 
 
 @router.get("/v1/dead-letters", response_model=DeadLetterPage)
@@ -119,7 +115,7 @@ async def list_dead_letters(
         )
     book: DeadLetterBook = request.app.state.dead_letters
     try:
-        entries, next_cursor = book.page(_visible_to(request, tenant), limit, cursor)
+        entries, next_cursor = book.page_for(tenant, _keys_enabled(request), limit, cursor)
     except BadCursor:
         raise Problem(
             400,
@@ -255,7 +251,7 @@ async def redrive(dead_letter_id: str, request: Request, tenant: str = Depends(c
     settings: Settings = request.app.state.settings
     book: DeadLetterBook = request.app.state.dead_letters
     entry = book.get(dead_letter_id) if parse_id(dead_letter_id) is not None else None
-    if entry is None or not _visible_to(request, tenant)(entry):
+    if entry is None or not book.visible(entry, tenant, _keys_enabled(request)):
         raise _not_found(dead_letter_id)
     body = _body(request, await request.body())
     try:
