@@ -183,7 +183,9 @@ class DeadLetterIndex:
 
 
 class DeadLetterBook(KafkaReader):
-    """Reads the topic into a ``DeadLetterIndex`` on its own thread; ``get`` and ``page`` are the index's."""
+    """Reads the topic into a ``DeadLetterIndex`` on its own thread; ``get`` is the index's."""
+
+    chunk_size = 100  #: records in hand at once: each may carry an original as large as a Kafka message
 
     def __init__(self, kafka: KafkaConnection, config: DeadLetterConfig) -> None:
         super().__init__(kafka, config.topic, group_id="unused", name=f"dead-letters-{config.topic}")
