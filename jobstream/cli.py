@@ -354,49 +354,6 @@ def kafka_acls(
 
 
 @app.command()
-def submit(
-    kind: str = typer.Argument(..., help="A registered calculation, e.g. stats.describe (see GET /v1/kinds)."),
-    params: str = typer.Argument(..., help="The calculation's params as JSON, e.g. '{\"values\": [1, 2, 3]}'."),
-    priority: int | None = typer.Option(None, help="0..9, higher runs first."),
-    timeout_s: float | None = typer.Option(None, help="Give up after this long running."),
-    idempotency_key: str | None = typer.Option(
-        None, help="Reuse to make a repeated command return the same job (default: a new UUID per command)."
-    ),
-    url: str | None = typer.Option(
-        None, envvar="JOBSTREAM_URL", help="Base URL of the API (default http://JOBSTREAM_HOST:JOBSTREAM_PORT)."
-    ),
-    api_key: str | None = typer.Option(None, envvar="JOBSTREAM_API_KEY", help="API key (Bearer)."),
-) -> None:
-    """Submit a job and print its id and links as JSON. Always sends an Idempotency-Key and reuses it on
-    retries (503/429/connection errors), so a retry never makes a second job.
-
-    Exit status: 0 accepted, 1 refused (the problem is printed on stderr).
-    """
-    import orjson
-
-    from jobstream.client import SubmitError, submit_job
-
-    try:
-        parsed = orjson.loads(params)
-    except orjson.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
-    try:
-        accepted = submit_job(
-            base_url(url),
-            kind,
-            parsed,
-            priority=priority,
-            timeout_s=timeout_s,
-            idempotency_key=idempotency_key,
-            api_key=api_key,
-        )
-    except SubmitError as exc:
-        typer.echo(f"not submitted: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(orjson.dumps(accepted).decode())
-
-
-@app.command()
 def watch(
     job_id: str = typer.Argument(..., help="The job to watch."),
     url: str | None = typer.Option(
@@ -489,7 +446,14 @@ def _add_replay() -> None:
     app.add_typer(replay_app, name="replay")
 
 
+def _add_client() -> None:
+    from jobstream import client_cli
+
+    client_cli.install(app)
+
+
 _add_replay()
+_add_client()
 
 
 def main() -> None:

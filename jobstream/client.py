@@ -1,10 +1,10 @@
-"""A small Python client for jobstream's event streams that resumes by itself.
+"""A small Python client for jobstream: submit, read, cancel, list, dead letters, and streams that resume.
 
 ``watch_job`` (httpx + httpx-sse) reconnects after a drop with ``Last-Event-ID`` and the
 server's ``retry:`` hint, so the caller sees every event once, in order; ``event.type ==
 "reset"`` means reload ``GET /v1/jobs/{id}``. ``submit_job`` sends an ``Idempotency-Key`` (a
 new UUID unless given) and reuses it on every retry, so a retry never makes a second job.
-Examples in the README.
+``JobstreamClient`` covers the other routes the CLI uses, raising ``ApiError``. Examples in the README.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -32,13 +33,18 @@ CONTROL_TYPES = frozenset({"disconnect"})
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
-class StreamError(JobstreamError):
-    """The server refused the stream for good (401, 403, 404, 400, ...); ``problem`` is its body."""
+class ApiError(JobstreamError):
+    """The API refused a request (``status``, ``problem`` is its problem+json body), or could not be
+    reached (``status`` 0)."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
         self.status = status
         self.problem = problem
+
+
+class StreamError(ApiError):
+    """The server refused the stream for good (401, 403, 404, 400, ...); ``problem`` is its body."""
 
 
 @dataclass(frozen=True)
@@ -220,13 +226,8 @@ def watch_events(
             http.close()
 
 
-class SubmitError(JobstreamError):
+class SubmitError(ApiError):
     """The server refused the submit (4xx), or every attempt failed; ``problem`` is its body."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
-        self.status = status
-        self.problem = problem
 
 
 class _SubmitAgain(JobstreamError):
@@ -317,3 +318,86 @@ def submit_job(
         if client is None:
             http.close()
     raise AssertionError("unreachable")  # Retrying either returns or raises
+
+
+def _problem_of(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"title": response.reason_phrase, "detail": response.text[:200]}
+    return body if isinstance(body, dict) else {"title": response.reason_phrase}
+
+
+class JobstreamClient:
+    """The job, listing and dead-letter routes over one HTTP connection; every error is an ``ApiError``.
+
+    Ids go into paths quoted, so an id can never name another route.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, client: httpx.Client | None = None) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.http = _client(base_url, api_key, client)
+        self._own = client is None
+
+    def __enter__(self) -> JobstreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: frozenset[int] = frozenset({200}),
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self.http.request(method, path, params=query, json=json)
+        except httpx.TransportError as exc:
+            raise ApiError(0, {"title": "Unreachable", "detail": f"{self.base_url}: {exc}"}) from None
+        if response.status_code not in ok:
+            raise ApiError(response.status_code, _problem_of(response))
+        return response
+
+    @staticmethod
+    def _job_path(job_id: str) -> str:
+        return f"/v1/jobs/{quote(job_id, safe='')}"
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: status, progress, timings, and the result or error when finished."""
+        return self._call("GET", self._job_path(job_id)).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /v1/jobs/{id}``: the job as it is now; ``ApiError`` 409 when it already finished."""
+        return self._call("DELETE", self._job_path(job_id), ok=frozenset({202})).json()
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """``GET /v1/jobs``: one page, newest first (``jobs``, ``next_cursor``)."""
+        return self._call(
+            "GET", "/v1/jobs", params={"status": status, "kind": kind, "limit": limit, "cursor": cursor}
+        ).json()
+
+    def dead_letters(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """``GET /v1/dead-letters``: one page, newest first (``dead_letters``, ``next_cursor``)."""
+        return self._call("GET", "/v1/dead-letters", params={"limit": limit, "cursor": cursor}).json()
+
+    def redrive(self, dead_letter_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /v1/dead-letters/{id}:redrive``: the new job (``job_id``, ``links``)."""
+        path = f"/v1/dead-letters/{quote(dead_letter_id, safe='')}:redrive"
+        return self._call("POST", path, ok=frozenset({202}), json={} if params is None else {"params": params}).json()

@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 
 from calculations import registry
+from dead_letters import routes as dead_letter_routes
+from dead_letters.book import DeadLetterBook, DeadLetterConfig
 from edge import cors, problems
 from edge import metrics as edge_metrics
 from edge.auth import KeyRing
@@ -106,6 +108,8 @@ def create_app(
                 if "gateway" not in roles:  # long-polls learn of finished jobs from a tail of their own
                     app.state.finished_tail = _finished_tail(app, as_role["api"], settings).start()
                     started.append(app.state.finished_tail)
+                app.state.dead_letters = DeadLetterBook(kafka, DeadLetterConfig.from_settings(settings)).start()
+                started.append(app.state.dead_letters)
             if roles & {"api", "notifier"}:
                 app.state.webhook_secrets = WebhookSecrets.from_settings(kafka, settings).start()
                 started.append(app.state.webhook_secrets)
@@ -130,6 +134,8 @@ def create_app(
                     raise RuntimeError("could not load the recorded replays from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.webhook_secrets.loaded.wait, 120):
                     raise RuntimeError("could not load the webhook secret generations from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.dead_letters.loaded.wait, 120):
+                    raise RuntimeError("could not read the dead letters from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).
@@ -168,6 +174,7 @@ def create_app(
         app.include_router(api_routes.router)
         app.include_router(replay_routes.router)
         app.include_router(notifier_routes.router)
+        app.include_router(dead_letter_routes.router)
     if "gateway" in roles:
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is

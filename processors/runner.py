@@ -317,6 +317,7 @@ class Runner:
                 error=message,
                 job_id=job.job_id,
                 tenant=job.request.tenant,
+                kind=job.request.kind,
                 source=job.source,
                 key=job.job_id.encode(),
             )
@@ -395,7 +396,7 @@ class Runner:
     async def _undecodable(self, raw: bytes, ack: Ack, source: Source | None, exc: Exception) -> None:
         job_id, tenant, kind = _salvage_ids(raw)
         await self._dead_letters.send(
-            raw, reason=UNDECODABLE, error=str(exc), job_id=job_id, tenant=tenant, source=source
+            raw, reason=UNDECODABLE, error=str(exc), job_id=job_id, tenant=tenant, kind=kind, source=source
         )
         if job_id is not None:
             request = JobRequested.model_construct(

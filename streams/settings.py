@@ -144,7 +144,9 @@ class Settings(BaseSettings):
     idempotency_max_keys: int = Field(default=1_000_000, ge=1, description="Most keys held in memory per API process.")
     max_queued_jobs: int = Field(default=100_000, ge=1, description="Processor lag past which submits get 429.")
     lag_check_s: float = Field(default=1.0, gt=0, description="How often the API measures processor lag.")
-    list_max_limit: int = Field(default=1000, ge=1, description="Largest page of GET /v1/jobs.")
+    list_max_limit: int = Field(
+        default=1000, ge=1, description="Largest page of GET /v1/jobs and GET /v1/dead-letters."
+    )
     max_submits_in_flight: int = Field(
         default=1024, ge=1, description="Submits waiting for Kafka at once per API process; past it 503 at once."
     )
@@ -319,6 +321,16 @@ class Settings(BaseSettings):
     replay_max_jobs: int = Field(default=1_000_000, ge=1, description="Most jobs one replay may select.")
     replay_checkpoint_jobs: int = Field(
         default=200, ge=1, le=100_000, description="A replay records its position after every this many jobs."
+    )
+
+    # --- dead letters -----------------------------------------------------------
+    dead_letter_tenants: str = Field(
+        default="",
+        description="Tenants (comma-separated) that see and re-drive every tenant's dead letters (and those whose "
+        "tenant cannot be read) when API keys are set; others see their own only.",
+    )
+    dead_letters_max_kept: int = Field(
+        default=100_000, ge=1, description="Dead letters each API process indexes in memory (the oldest forgotten)."
     )
 
     # --- SQL for analysts -----------------------------------------------------

@@ -15,6 +15,9 @@ from jobstream.cli import app
         (["worker"], ["env JOBSTREAM_BATCH_MAX_SIZE"]),
         (["watch"], ["default http://JOBSTREAM_HOST:JOBSTREAM_PORT"]),
         (["replay"], ["default: JOBSTREAM_REPLAY_DEFAULT_RATE", "dry run"]),
+        (["submit"], ["env JOBSTREAM_URL", "env JOBSTREAM_API_KEY", "@FILE", "JOBSTREAM_MAX_BODY_BYTES"]),
+        (["jobs"], ["env JOBSTREAM_URL", "JOBSTREAM_LIST_MAX_LIMIT"]),
+        (["dead-letters", "redrive"], ["env JOBSTREAM_URL", "@FILE", "the original request's"]),
     ],
 )
 def test_help_names_the_environment_variable_and_default(command: list[str], expected: list[str]):

@@ -54,13 +54,15 @@ def test_submit_job_and_the_cli_against_the_stack(stack: str):
     again = submit_job(stack, "stats.describe", {"values": [1, 2]}, idempotency_key=key)
     assert first["job_id"] == again["job_id"]
     result = CliRunner().invoke(
-        app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli"]
+        app,
+        ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli", "--json"],
     )
     assert result.exit_code == 0, result.output
     job_id = orjson.loads(result.output)["job_id"]
     repeated = CliRunner().invoke(
-        app, ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli"]
+        app,
+        ["submit", "stats.describe", '{"values": [4, 5]}', "--url", stack, "--idempotency-key", key + "-cli", "--json"],
     )
     assert orjson.loads(repeated.output)["job_id"] == job_id
     refused = CliRunner().invoke(app, ["submit", "stats.describe", '{"values": ["x"]}', "--url", stack])
-    assert refused.exit_code == 1 and "not submitted: 422" in refused.output
+    assert refused.exit_code == 2 and "not submitted: 422" in refused.output

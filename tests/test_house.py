@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay", "notifier"})
+SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay", "notifier", "dead_letters"})
 SHARED = frozenset({"edge", "calculations", "store", "streams", "telemetry"})
 TOP = "jobstream"
 

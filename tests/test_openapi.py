@@ -27,6 +27,8 @@ def test_openapi_lists_every_route(client: httpx.Client):
         "/v1/jobs/{job_id}:cancel",
         "/v1/jobs/{job_id}/events",
         "/v1/kinds",
+        "/v1/dead-letters",
+        "/v1/dead-letters/{dead_letter_id}:redrive",
         "/healthz",
     } <= set(paths)
     assert {"get", "delete"} <= set(paths["/v1/jobs/{job_id}"])

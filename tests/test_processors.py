@@ -252,6 +252,7 @@ def test_undecodable_requests_go_to_dead_letters_with_their_bytes(scenario):
     by_original = {d["original"]: d for d in kafka.dead}
     assert by_original[garbage]["job_id"] is None and by_original[garbage]["source"]["topic"].endswith(topics.REQUESTED)
     assert by_original[half]["job_id"] == known_id and "params" in by_original[half]["error"]
+    assert by_original[half]["kind"] == "stats.describe" and by_original[garbage]["kind"] == "unknown"
     kafka.wait_terminal([known_id], worker=worker)
     failed = kafka.terminal(known_id)
     assert failed.type.value == "failed" and failed.tenant == "acme" and failed.data["error"]["type"] == "undecodable"
@@ -272,6 +273,7 @@ def test_a_job_that_keeps_crashing_its_process_is_dead_lettered_alone(scenario):
     letter = next(d for d in kafka.dead if d["job_id"] == crasher)
     assert (
         letter["reason"] == "crashed"
+        and letter["kind"] == "test.work"
         and JobRequested.model_validate(orjson.loads(letter["original"])).job_id == crasher
     )
     for i, job_id in enumerate(ids):

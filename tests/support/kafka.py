@@ -84,3 +84,18 @@ def request_headers(bootstrap: str, topic: str, job_id: str) -> list[tuple[str, 
         if decode_request(message.value()).job_id == job_id:
             return message.headers()
     raise AssertionError(f"no request of job {job_id} on {topic}")
+
+
+def produce_requests(settings: Settings, *values: bytes, key: bytes = b"") -> None:
+    """Put raw records on ``jobs.requested`` (say, ones a worker cannot decode), acknowledged."""
+    producer = Producer(KafkaConnection.from_settings(settings).producer_config())
+    failures: list[str] = []
+    for value in values:
+        producer.produce(
+            settings.topic(topics.REQUESTED),
+            key=key or uuid.uuid4().hex.encode(),
+            value=value,
+            on_delivery=lambda err, _: failures.append(str(err)) if err else None,
+        )
+    if producer.flush(30) != 0 or failures:
+        raise RuntimeError(f"requests not acknowledged: {failures[:3]}")
