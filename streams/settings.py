@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     sql_clickhouse_password: SecretStr | None = Field(
         default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER."
     )
+    stats_series_max_buckets: int = Field(
+        default=1440, ge=1, le=100_000, description="Most buckets one GET /v1/stats/series may answer (since / step)."
+    )
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
