@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 
 from calculations import registry
+from console import routes as console_routes
 from edge import cors, problems
 from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
@@ -131,6 +132,8 @@ def create_app(
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
         app.include_router(sink_routes.router)
+    if "api" in roles:  # the console (/ui) talks to this process's API
+        console_routes.install(app)
     cors.install(app, settings)
 
     @app.get("/healthz", responses=problems.problem_responses(503))

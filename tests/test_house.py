@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay"})
+SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay", "console"})
 SHARED = frozenset({"edge", "calculations", "store", "streams"})
 TOP = "jobstream"
 
