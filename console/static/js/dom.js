@@ -17,16 +17,20 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// One formatter each (toLocale*String builds a new one per call: too slow for a live table).
+const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false, fractionalSecondDigits: 3 });
+const DATE = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "2-digit", day: "2-digit" });
+
 export function time(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? "–" : d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  return Number.isNaN(d.getTime()) ? "–" : TIME.format(d);
 }
 
 export function dateTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return `${d.toLocaleDateString()} ${time(iso)}`;
+  return Number.isNaN(d.getTime()) ? "–" : `${DATE.format(d)} ${TIME.format(d)}`;
 }
 
 export function seconds(value) {

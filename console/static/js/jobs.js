@@ -1,11 +1,15 @@
 // Jobs, live: the tenant's jobs from GET /v1/jobs, kept current by /v1/events.
 // Events are queued as they arrive and applied once per animation frame, touching only the rows
-// that changed, so a burst of 1,000 events/s costs a few DOM writes per frame.
+// that changed, so a burst of 1,000 events/s costs a few DOM writes per frame. New jobs go on top
+// only while the reader is not using the table (scrolled down, pointer or focus in it): then they
+// wait behind a "Show N new jobs" button whose space is always reserved, so nothing moves under them.
 import { api, follow } from "./api.js";
 import { badge, h, time, toast } from "./dom.js";
 
 const PAGE = 50;
 const MAX_ROWS = 500; // live rows kept on screen (older ones are a page away)
+const MAX_WAITING = 5000; // new jobs held back while the table is in use
+const ROWS_PER_FRAME = 100; // new rows built per frame at most: a burst is spread over a few frames
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 export function statusOf(type) {
@@ -16,6 +20,7 @@ export function render(main, { params, navigate }) {
   const kind = params.get("kind") || "";
   const status = params.get("status") || "";
   const rows = new Map(); // job_id -> { tr, cells, state }
+  const waiting = new Map(); // job_id -> state: new jobs not on screen yet, oldest first
   const pending = [];
   let frame = 0, cursor = null, stream = null, loadedRows = 0;
   const stats = (window.consoleStats = { events: 0, frames: 0, maxFrameWorkMs: 0, rows: 0 });
@@ -30,6 +35,9 @@ export function render(main, { params, navigate }) {
   const liveState = h("span", { class: "live", id: "live-state" }, "connecting…");
   const tbody = h("tbody", { id: "jobs-body" });
   const older = h("button", { type: "button", id: "older", onclick: () => loadPage() }, "Load older jobs");
+  const showNew = h("button", { type: "button", id: "show-new", class: "link", hidden: true, onclick: () => { release(true); window.scrollTo({ top: 0 }); } });
+  const newBar = h("div", { class: "new-bar", "aria-live": "polite" }, showNew);
+  let pointerInTable = false;
   const empty = h("p", { class: "empty", hidden: true }, "No jobs yet. ", h("a", { href: "/ui/submit" }, "Submit one"), ".");
 
   function applyFilters() {
@@ -51,9 +59,15 @@ export function render(main, { params, navigate }) {
       h("label", { for: "filter-status" }, "Status"),
       statusSelect,
     ),
+    newBar,
     h(
       "div",
-      { class: "table-wrap" },
+      {
+        class: "table-wrap",
+        id: "jobs-table",
+        onpointerenter: () => { pointerInTable = true; },
+        onpointerleave: () => { pointerInTable = false; schedule(); },
+      },
       h(
         "table",
         { class: "jobs", "aria-describedby": "live-state" },
@@ -134,14 +148,33 @@ export function render(main, { params, navigate }) {
     }
   }
 
+  function paused() {
+    const table = document.getElementById("jobs-table");
+    return pointerInTable || window.scrollY > 4 || (table && table.contains(document.activeElement));
+  }
+
+  /** Put waiting jobs on top, oldest first, ROWS_PER_FRAME at a time (the next frame takes the rest). */
+  function release(all = false) {
+    const ready = [...waiting.values()].filter(matches);
+    const skipped = ready.slice(0, Math.max(0, ready.length - Math.max(MAX_ROWS, loadedRows))); // would be trimmed
+    for (const state of skipped) waiting.delete(state.job_id);
+    const batch = ready.slice(skipped.length, all ? undefined : skipped.length + ROWS_PER_FRAME);
+    for (const state of batch) waiting.delete(state.job_id);
+    addRows(batch.reverse(), "top"); // newest first
+    if (!all && ready.length > skipped.length + batch.length) schedule();
+  }
+
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(flush);
+  }
+
   function flush() {
     frame = 0;
     const started = performance.now();
-    const fresh = new Map();
     const changed = new Set();
     for (const event of pending.splice(0)) {
-      let row = rows.get(event.job_id);
-      const state = row ? row.state : fresh.get(event.job_id);
+      const row = rows.get(event.job_id);
+      const state = row ? row.state : waiting.get(event.job_id);
       if (state) {
         if (event.seq <= state.seq) continue; // a duplicate or older event
         state.seq = event.seq;
@@ -160,11 +193,14 @@ export function render(main, { params, navigate }) {
         updated_at: event.ts,
         seq: event.seq,
       };
-      fresh.set(created.job_id, created);
+      waiting.set(created.job_id, created);
+      if (waiting.size > MAX_WAITING) waiting.delete(waiting.keys().next().value);
     }
-    const arrivals = [...fresh.values()].filter(matches);
-    if (arrivals.length) addRows(arrivals.reverse(), "top"); // newest first
     for (const row of changed) paint(row);
+    if (waiting.size && !paused()) release();
+    const held = waiting.size ? [...waiting.values()].filter(matches).length : 0;
+    showNew.textContent = held ? `Show ${held} new job${held === 1 ? "" : "s"}` : "";
+    showNew.hidden = !held;
     trim();
     empty.hidden = rows.size > 0;
     stats.frames += 1;
@@ -175,8 +211,10 @@ export function render(main, { params, navigate }) {
   function onEvent(event) {
     stats.events += 1;
     pending.push(event);
-    if (!frame) frame = requestAnimationFrame(flush);
+    schedule();
   }
+  const onScroll = () => { if (waiting.size) schedule(); };
+  window.addEventListener("scroll", onScroll, { passive: true });
 
   async function loadPage() {
     const query = new URLSearchParams({ limit: String(PAGE) });
@@ -211,6 +249,7 @@ export function render(main, { params, navigate }) {
   });
 
   return () => {
+    window.removeEventListener("scroll", onScroll);
     if (stream) stream.close();
     if (frame) cancelAnimationFrame(frame);
   };
