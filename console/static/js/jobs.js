@@ -111,7 +111,7 @@ export function render(main, { params, navigate }) {
       cells.submitted,
       cells.updated,
     );
-    return { tr, cells, state, shown: { status: state.status, progress: state.progress || 0, updated: state.updated_at } };
+    return { tr, cells, state, shown: { status: state.status, progress: state.progress || 0, submitted: state.submitted_at, updated: state.updated_at } };
   }
 
   function paint(row) {
@@ -123,6 +123,7 @@ export function render(main, { params, navigate }) {
     }
     const progress = state.status === "succeeded" ? 1 : state.progress || 0;
     if (shown.progress !== progress) { cells.bar.value = progress; shown.progress = progress; }
+    if (shown.submitted !== state.submitted_at) { cells.submitted.textContent = time(state.submitted_at); shown.submitted = state.submitted_at; }
     if (shown.updated !== state.updated_at) { cells.updated.textContent = time(state.updated_at); shown.updated = state.updated_at; }
     tr.classList.toggle("filtered-out", !matches(state));
   }
@@ -176,6 +177,10 @@ export function render(main, { params, navigate }) {
       const row = rows.get(event.job_id);
       const state = row ? row.state : waiting.get(event.job_id);
       if (state) {
+        if (event.type === "queued" && !state.submitted_at) {
+          state.submitted_at = event.ts; // the API's queued can land after the worker's running
+          if (row) changed.add(row);
+        }
         if (event.seq <= state.seq) continue; // a duplicate or older event
         state.seq = event.seq;
         state.status = statusOf(event.type);
