@@ -21,6 +21,7 @@ export function render(main, { params, navigate }) {
   const status = params.get("status") || "";
   const rows = new Map(); // job_id -> { tr, cells, state }
   const waiting = new Map(); // job_id -> state: new jobs not on screen yet, oldest first
+  const dropped = new Set(); // jobs pushed off the live table: their later events must not bring them back
   const pending = [];
   let frame = 0, cursor = null, stream = null, loadedRows = 0;
   const stats = (window.consoleStats = { events: 0, frames: 0, maxFrameWorkMs: 0, rows: 0 });
@@ -145,6 +146,7 @@ export function render(main, { params, navigate }) {
     while (rows.size > limit) {
       const last = tbody.lastElementChild;
       rows.delete(last.dataset.job);
+      drop(last.dataset.job);
       last.remove();
     }
   }
@@ -158,11 +160,16 @@ export function render(main, { params, navigate }) {
   function release(all = false) {
     const ready = [...waiting.values()].filter(matches);
     const skipped = ready.slice(0, Math.max(0, ready.length - Math.max(MAX_ROWS, loadedRows))); // would be trimmed
-    for (const state of skipped) waiting.delete(state.job_id);
+    for (const state of skipped) { waiting.delete(state.job_id); drop(state.job_id); }
     const batch = ready.slice(skipped.length, all ? undefined : skipped.length + ROWS_PER_FRAME);
     for (const state of batch) waiting.delete(state.job_id);
     addRows(batch.reverse(), "top"); // newest first
     if (!all && ready.length > skipped.length + batch.length) schedule();
+  }
+
+  function drop(jobId) {
+    dropped.add(jobId);
+    if (dropped.size > MAX_WAITING) dropped.delete(dropped.values().next().value);
   }
 
   function schedule() {
@@ -189,6 +196,7 @@ export function render(main, { params, navigate }) {
         if (row) changed.add(row);
         continue;
       }
+      if (dropped.has(event.job_id)) continue;
       const created = {
         job_id: event.job_id,
         kind: event.kind,
@@ -199,7 +207,7 @@ export function render(main, { params, navigate }) {
         seq: event.seq,
       };
       waiting.set(created.job_id, created);
-      if (waiting.size > MAX_WAITING) waiting.delete(waiting.keys().next().value);
+      if (waiting.size > MAX_WAITING) { const oldest = waiting.keys().next().value; waiting.delete(oldest); drop(oldest); }
     }
     for (const row of changed) paint(row);
     if (waiting.size && !paused()) release();
