@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: up test test-unit lint kafka-jars chromium prometheus clean
+.PHONY: up test test-unit lint kafka-jars chromium prometheus console clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,10 +40,19 @@ prometheus:
 		exit 1; \
 	fi
 
-up: $(STAMP) kafka-jars
+# The console's (/ui) front-end libraries, from npm at the versions in console/package-lock.json.
+CONSOLE_STAMP := console/node_modules/.installed
+$(CONSOLE_STAMP): console/package.json console/package-lock.json
+	@command -v npm >/dev/null || { echo "the console (/ui) needs Node.js 20+ and npm: apt-get install nodejs npm" >&2; exit 1; }
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	touch $(CONSOLE_STAMP)
+
+console: $(CONSOLE_STAMP)
+
+up: $(STAMP) kafka-jars console
 	$(BIN)/jobstream up
 
-test: $(STAMP) kafka-jars chromium prometheus
+test: $(STAMP) kafka-jars chromium prometheus console
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (lint, import order, format) and mypy over the packages; config in pyproject.toml.
@@ -56,4 +65,4 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .jobstream *.egg-info
+	rm -rf $(VENV) .jobstream *.egg-info console/node_modules

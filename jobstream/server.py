@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 
 from calculations import registry
+from console import routes as console_routes
 from dead_letters import routes as dead_letter_routes
 from dead_letters.book import DeadLetterBook, DeadLetterConfig
 from edge import cors, problems
@@ -182,6 +183,8 @@ def create_app(
     metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
     if settings.metrics:  # GET /metrics; outside BodyLimit (its 413s count), inside CORS
         edge_metrics.install(app)
+    if "api" in roles:  # the console (/ui) talks to this process's API
+        console_routes.install(app)
     cors.install(app, settings)
 
     @app.get("/healthz", responses=problems.problem_responses(503))

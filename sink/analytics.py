@@ -123,3 +123,109 @@ def _number(value: Any) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) else value
+
+
+class BadStep(JobstreamError, ValueError):
+    """``step`` is not a whole number of minutes between one minute and one day."""
+
+
+_STEP = re.compile(r"^(\d{1,6})\s*([smhd]?)$", re.ASCII)
+
+
+def parse_step(value: str | None, default: str = "1m") -> int:
+    """``1m``, ``5m``, ``1h`` or plain seconds (``300``) → seconds: a whole number of minutes, 1 min to 1 day."""
+    text = (value or default).strip()
+    shown = repr(text if len(text) <= 40 else text[:40] + "…")
+    match = _STEP.match(text)
+    if not match:
+        raise BadStep(f"step={shown}: use a duration in whole minutes (1m, 5m, 1h) or seconds (60, 300)")
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    if seconds % 60 or not 60 <= seconds <= 86400:
+        raise BadStep(f"step={shown}: a whole number of minutes between 1m and 1d")
+    return seconds
+
+
+def series(
+    store: ClickHouseStore,
+    tenant: str,
+    since: datetime,
+    step_s: int,
+    kind: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """One tenant's throughput, outcomes, failure rate, end-to-end latency and batch-size quantiles per bucket.
+
+    Read from the same one-row-per-job sources the per-minute rollups (``outcome_stats``,
+    ``failure_rates``, ``batch_sizes``) aggregate, grouped by ``step_s`` buckets: quantiles are
+    computed per bucket, not merged from minutes. Columns (``t`` = bucket start, epoch seconds),
+    one value per bucket from the first bucket at or before ``since`` to the one holding ``now``,
+    empty buckets included, so a chart needs no gap filling.
+    """
+    now = now or datetime.now(UTC)
+    first = int(since.timestamp()) // step_s * step_s
+    last = int(now.timestamp()) // step_s * step_s
+    times = list(range(first, last + 1, step_s))
+    where = "tenant = {{tenant:String}} AND {time} >= {{start:DateTime64(3, 'UTC')}}"
+    params: dict[str, Any] = {
+        "tenant": tenant,
+        "start": datetime.fromtimestamp(first, UTC).replace(tzinfo=None),
+        "step": step_s,
+    }
+    if kind is not None:
+        where += " AND kind = {{kind:String}}"
+        params["kind"] = kind
+
+    def bucket(column: str) -> str:
+        return f"toUnixTimestamp(toStartOfInterval(toDateTime({column}, 'UTC'), toIntervalSecond({{step:UInt32}})))"
+
+    outcomes = {
+        row[0]: row[1:]
+        for row in store.query(
+            f"SELECT {bucket('finished_at')} AS t, count(), countIf(status = 'succeeded'), "
+            f"countIf(status = 'failed'), countIf(status = 'cancelled'), quantiles({QUANTILES})(total_s) "
+            f"FROM job_outcomes WHERE {where.format(time='finished_at')} GROUP BY t",
+            params,
+        )
+    }
+    submitted = dict(
+        store.query(
+            f"SELECT {bucket('ts')} AS t, uniqExact(job_id) FROM job_events "
+            f"WHERE type = 'queued' AND {where.format(time='ts')} GROUP BY t",
+            params,
+        )
+    )
+    sizes = {
+        row[0]: row[1:]
+        for row in store.query(
+            f"SELECT {bucket('started_at')} AS t, avg(batch_size), quantiles({QUANTILES})(batch_size), "
+            f"max(batch_size) FROM ({FIRST_RUNS_OF_TENANT}) WHERE batch_size > 0 AND "
+            f"{where.format(time='started_at')} GROUP BY t",
+            params,
+        )
+    }
+    empty = (0, 0, 0, 0, None)
+    rows = [outcomes.get(t, empty) for t in times]
+    latency = [_levels(r[4]) for r in rows]
+    size_rows = [sizes.get(t) for t in times]
+    size_levels = [_levels(s[1] if s else None) for s in size_rows]
+    return {
+        "tenant": tenant,
+        "kind": kind,
+        "since": datetime.fromtimestamp(first, UTC).isoformat(),
+        "until": now.isoformat(),
+        "step_s": step_s,
+        "t": times,
+        "submitted": [int(submitted.get(t, 0)) for t in times],
+        "finished": [int(r[0]) for r in rows],
+        "succeeded": [int(r[1]) for r in rows],
+        "failed": [int(r[2]) for r in rows],
+        "cancelled": [int(r[3]) for r in rows],
+        "throughput_per_s": [r[0] / step_s for r in rows],
+        "failure_rate": [r[2] / r[0] if r[0] else None for r in rows],
+        "latency_s": {level: [values[level] for values in latency] for level in _LEVELS},
+        "batch_size": {
+            "avg": [_number(s[0]) if s else None for s in size_rows],
+            **{level: [values[level] for values in size_levels] for level in _LEVELS},
+            "max": [int(s[2]) if s else None for s in size_rows],
+        },
+    }

@@ -1,4 +1,4 @@
-"""The read side for analysts over HTTP: ``POST /v1/sql`` and ``GET /v1/stats``.
+"""The read side for analysts over HTTP: ``POST /v1/sql``, ``GET /v1/stats`` and ``/v1/stats/series``.
 
 ``/v1/sql`` exists because embedded chDB may be opened by one process only. It shows every
 tenant's data, so with API keys only ``JOBSTREAM_SQL_TENANTS`` may use it; ``store.sql_guard``
@@ -136,6 +136,47 @@ async def stats(
         return await asyncio.to_thread(analytics.headline, store, tenant, start, kind, now)
     except (OperationalError, StoreClosed) as exc:
         raise Problem(503, "ClickHouse unavailable", str(exc)) from None
+
+
+@router.get("/v1/stats/series", responses={**problem_responses(401, 422, 503)})
+async def stats_series(
+    request: Request,
+    tenant: str = Depends(current_tenant),
+    since: str | None = Query(default=None, description="Window start: 15m, 1h, 7d or ISO 8601 (default 1h)."),
+    step: str | None = Query(
+        default=None, description="Bucket width in whole minutes: 1m, 5m, 1h, or seconds (300); default 1m."
+    ),
+    kind: str | None = Query(default=None, min_length=1, max_length=256, description="Only this calculation."),
+) -> dict[str, Any]:
+    """The caller's throughput, failure rate, end-to-end latency and batch-size quantiles per bucket (for charts)."""
+    store: ClickHouseStore = request.app.state.store
+    settings: Settings = request.app.state.settings
+    now = datetime.now(UTC)
+    try:
+        start = analytics.parse_since(since, now)
+    except analytics.BadWindow as exc:
+        raise _invalid("since", str(exc)) from None
+    if start >= now:
+        raise _invalid("since", "since must be in the past")
+    try:
+        step_s = analytics.parse_step(step)
+    except analytics.BadStep as exc:
+        raise _invalid("step", str(exc)) from None
+    buckets = (now - start).total_seconds() / step_s + 1
+    if buckets > settings.stats_series_max_buckets:
+        raise _invalid(
+            "step",
+            f"since/step gives {buckets:.0f} buckets, at most {settings.stats_series_max_buckets} "
+            "(JOBSTREAM_STATS_SERIES_MAX_BUCKETS): use a wider step or a shorter window",
+        )
+    try:
+        return await asyncio.to_thread(analytics.series, store, tenant, start, step_s, kind, now)
+    except (OperationalError, StoreClosed) as exc:
+        raise Problem(503, "ClickHouse unavailable", str(exc)) from None
+
+
+def _invalid(field: str, reason: str) -> Problem:
+    return Problem(422, "Invalid request", reason, errors=[{"field": field, "reason": reason}])
 
 
 def _problem(exc: DatabaseError, limits) -> Problem:

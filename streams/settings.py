@@ -351,6 +351,9 @@ class Settings(BaseSettings):
     sql_clickhouse_password: SecretStr | None = Field(
         default=None, description="Password of JOBSTREAM_SQL_CLICKHOUSE_USER."
     )
+    stats_series_max_buckets: int = Field(
+        default=1440, ge=1, le=100_000, description="Most buckets one GET /v1/stats/series may answer (since / step)."
+    )
 
     # --- metrics ----------------------------------------------------------------
     metrics: bool = Field(

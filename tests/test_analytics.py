@@ -268,6 +268,50 @@ def test_rollups_and_the_stats_headline_match_numpy(store: ClickHouseStore):
     assert rates == [(12, 2)]
 
 
+def test_stats_series_buckets_match_what_was_written(store: ClickHouseStore):
+    tenant = f"series-{uuid.uuid4().hex[:8]}"
+    now = utcnow().replace(second=30, microsecond=0)
+    base = now.replace(second=0) - timedelta(minutes=10)  # a whole minute: buckets of 1m and 5m are known
+    # minute 0: 3 jobs (one failed), end to end 1+2=3 s, batches of 4; minute 2: 1 job of 5 s end to end, batch 8
+    events = [e for _ in range(2) for e in job_history(tenant, start=base, queue_s=1.0, run_s=2.0, batch_size=4)]
+    events += job_history(tenant, outcome="failed", start=base, queue_s=1.0, run_s=2.0, batch_size=4)
+    events += job_history(tenant, start=base + timedelta(minutes=2), queue_s=2.0, run_s=3.0, batch_size=8)
+    events += job_history(tenant, kind="linear.fit", start=base, queue_s=1.0, run_s=2.0, batch_size=1)
+    write(store, events)
+
+    got = analytics.series(store, tenant, base, 60, kind="stats.describe", now=now)
+    first = int(base.timestamp())
+    assert got["t"] == list(range(first, int(now.timestamp()) // 60 * 60 + 1, 60)) and len(got["t"]) == 11
+    assert got["submitted"][:4] == [3, 0, 1, 0] and sum(got["submitted"]) == 4
+    assert got["finished"][:4] == [3, 0, 1, 0] and got["failed"][:3] == [1, 0, 0]
+    assert got["succeeded"][0] == 2 and got["cancelled"] == [0] * 11
+    assert got["throughput_per_s"][0] == pytest.approx(3 / 60)
+    assert got["failure_rate"][:3] == [pytest.approx(1 / 3), None, 0.0]
+    assert got["latency_s"]["p50"][:3] == [pytest.approx(3.0), None, pytest.approx(5.0)]
+    assert got["batch_size"]["avg"][:3] == [4.0, None, 8.0] and got["batch_size"]["max"][:3] == [4, None, 8]
+
+    every_kind = analytics.series(store, tenant, base, 300, now=now)
+    assert every_kind["step_s"] == 300 and every_kind["t"][0] == first // 300 * 300
+    assert sum(every_kind["finished"]) == 5 and sum(every_kind["submitted"]) == 5
+    assert analytics.series(store, f"{tenant}-other", base, 60, now=now)["finished"] == [0] * 11
+
+
+@pytest.mark.parametrize(
+    "step,seconds", [(None, 60), ("1m", 60), ("5m", 300), ("300", 300), ("1h", 3600), ("1d", 86400)]
+)
+def test_parse_step_takes_whole_minutes(step: str | None, seconds: int):
+    assert analytics.parse_step(step) == seconds
+
+
+@pytest.mark.parametrize("step", ["30s", "90s", "0", "2d", "1.5m", "m", "-1m", "9" * 30, "５m", "1 minute", ""])
+def test_parse_step_refuses_anything_else(step: str):
+    if step == "":  # empty means the default, as for since
+        assert analytics.parse_step(step) == 60
+        return
+    with pytest.raises(analytics.BadStep):
+        analytics.parse_step(step)
+
+
 def test_parse_since_takes_durations_and_times():
     now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     assert analytics.parse_since("15m", now) == now - timedelta(minutes=15)
@@ -503,6 +547,35 @@ def test_stats_answers_every_bad_since_or_kind_with_a_422_naming_it(client: http
     assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", answer.text
     (name,) = params
     assert any(e["field"].endswith(name) for e in answer.json()["errors"]), answer.json()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    "params,field",
+    [({"since": v}, "since") for v in BAD_TIMES if v]
+    + [({"since": "2099-01-01"}, "since")]
+    + [({"step": v}, "step") for v in ["30s", "0", "2d", "1.5m", "9" * 30, "五m", "-60"]]
+    + [({"since": "2w", "step": "1m"}, "step"), ({"kind": ""}, "kind"), ({"kind": "k" * 257}, "kind")],
+)
+def test_stats_series_answers_every_bad_param_with_a_422_naming_it(client: httpx.Client, params: dict, field: str):
+    answer = client.get("/v1/stats/series", params=params)
+    assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", answer.text
+    assert any(e["field"].endswith(field) for e in answer.json()["errors"]), answer.json()
+
+
+@pytest.mark.kafka
+def test_stats_series_over_http_is_the_callers_tenant_only(analysts: Server, store: ClickHouseStore):
+    start = utcnow() - timedelta(minutes=3)
+    write(store, [e for _ in range(2) for e in job_history("alice", start=start, kind="demo.series")])
+    url = f"{analysts.url}/v1/stats/series"
+    alice = httpx.get(url, params={"since": "10m", "step": "5m", "kind": "demo.series"}, headers=bearer(ALICE))
+    assert alice.status_code == 200, alice.text
+    body = alice.json()
+    assert body["tenant"] == "alice" and body["step_s"] == 300 and sum(body["finished"]) == 2
+    assert len(body["t"]) == len(body["latency_s"]["p99"]) == len(body["batch_size"]["max"])
+    other = httpx.get(url, params={"since": "10m", "kind": "demo.series"}, headers=bearer(ADMIN)).json()
+    assert sum(other["finished"]) == 0
+    assert httpx.get(url).status_code == 401
 
 
 @pytest.mark.kafka

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = frozenset({"ingest_api", "processors", "sse_gateway", "sink", "replay", "notifier", "dead_letters"})
+SERVICES = frozenset(
+    {"ingest_api", "processors", "sse_gateway", "sink", "replay", "notifier", "dead_letters", "console"}
+)
 SHARED = frozenset({"edge", "calculations", "store", "streams", "telemetry"})
 TOP = "jobstream"
 
