@@ -230,14 +230,8 @@ async def traced(name: str, request: Request, handle: Callable[[tracing.JobTrace
     trace = tracing.from_http(name, request.headers)
     if trace is None:
         return await handle(None)
-    try:
+    with tracing.ending_on_error(trace):
         response: Response = await handle(trace)
-    except Problem as exc:
-        trace.end(str(exc.status), exc.title if exc.status >= 500 else None)
-        raise
-    except BaseException as exc:
-        trace.end("500", type(exc).__name__)
-        raise
     trace.end(str(response.status_code))
     return response
 

@@ -101,11 +101,11 @@ async def start_replay(
     """Select past requests of the caller's jobs and re-run them as new jobs (or, with ``dry_run``, plan only).
     Its jobs continue the request's trace (``traceparent`` in the answer)."""
     trace = tracing.from_http("jobstream.replay", request.headers)
-    try:
-        return await _start_replay(body, request, response, tenant, trace)
-    finally:
-        if trace is not None:
-            trace.end(str(response.status_code or 202))
+    with tracing.ending_on_error(trace):
+        out = await _start_replay(body, request, response, tenant, trace)
+    if trace is not None:
+        trace.end(str(response.status_code or 202))
+    return out
 
 
 async def _start_replay(
@@ -201,11 +201,11 @@ async def rerun(job_id: str, request: Request, response: Response, tenant: str =
     Answers once Kafka has the new job, so a GET of its Location right after never 404s. The new job
     continues the request's trace (``traceparent`` in the answer)."""
     trace = tracing.from_http("jobstream.rerun", request.headers)
-    try:
-        return await _rerun(job_id, request, response, tenant, trace)
-    finally:
-        if trace is not None:
-            trace.end(str(response.status_code or 202))
+    with tracing.ending_on_error(trace):
+        answer = await _rerun(job_id, request, response, tenant, trace)
+    if trace is not None:
+        trace.end(str(response.status_code or 202))
+    return answer
 
 
 async def _rerun(

@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -49,8 +50,10 @@ class ProduceError(JobstreamError, RuntimeError):
         self.outcome = outcome
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """One record to produce. A named tuple, not a dataclass: two are built per submitted job, and a
+    tuple is the cheapest immutable value to build (docs/benchmarks.md, "Tracing")."""
+
     topic: str
     key: bytes
     value: bytes

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -141,6 +142,21 @@ class JobTrace:
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end()
+
+
+@contextmanager
+def ending_on_error(trace: JobTrace | None) -> Iterator[None]:
+    """End ``trace``'s span if the block raises: its outcome is the error's HTTP ``status`` (500 for
+    an error without one), marked failed from 500 up. The block ends it itself when it succeeds."""
+    if trace is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        status = getattr(exc, "status", 500)
+        trace.end(str(status), type(exc).__name__ if not isinstance(status, int) or status >= 500 else None)
+        raise
 
 
 def _headers_of(context: SpanContext) -> Headers:

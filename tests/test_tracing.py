@@ -331,3 +331,12 @@ def test_a_replays_jobs_continue_the_trace_of_the_request_that_started_it(traced
     assert traced.finished(new_id) == "succeeded"
     (run,) = traced.spans(trace_id, JOB)[JOB]
     assert run.attributes["jobstream.job_id"] == new_id and run.parent_span_id == replay_span
+
+
+def test_a_refused_traced_request_is_a_4xx_and_its_span_says_so(traced: Stack):
+    header, client_trace, _ = traceparent()
+    response = traced.client.post("/v1/jobs/no-such-job:rerun", headers={"traceparent": header})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    (span,) = traced.spans(client_trace, "jobstream.rerun")["jobstream.rerun"]
+    assert span.attributes["jobstream.outcome"] == "404"
