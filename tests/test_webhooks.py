@@ -172,6 +172,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period(client: httpx.
     new = rotated.json()["secret"]
     assert new != old and new.startswith("whsec_") and rotated.json()["previous_valid_until"] is not None
     assert client.get("/v1/webhook-secret").json()["secret"] == new
+    assert rotated.headers["cache-control"] == "no-store"
     where = path()
     submit(client, webhook=receiver.url(where))
     got = wait_until(lambda: receiver.at(where), 60, message="a delivery after the rotation")[0]  # type: ignore[index]
