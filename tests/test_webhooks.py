@@ -439,3 +439,11 @@ def test_the_readme_receiver_verifies_and_prints_a_delivery(client: httpx.Client
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_up_without_api_keys_allows_local_receivers_unless_told_otherwise():
+    from jobstream.cli import _local_webhooks
+
+    assert _local_webhooks(Settings()).webhook_allow_private is True
+    assert _local_webhooks(Settings(api_keys="acme=" + "k" * 32)).webhook_allow_private is False
+    assert _local_webhooks(Settings(webhook_allow_private=False)).webhook_allow_private is False
