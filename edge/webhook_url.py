@@ -54,7 +54,7 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
     """``(host, port)`` of a URL the policy allows, before DNS; raises ``WebhookRefused``."""
     if len(url) > policy.max_url_length:
         raise WebhookRefused(f"longer than {policy.max_url_length} characters")
-    if not url.isascii() or any(c.isspace() or ord(c) < 0x21 for c in url):
+    if not (url.isascii() and url.isprintable()) or " " in url:  # ASCII, no controls or spaces
         raise WebhookRefused("not an ASCII URL without spaces (encode international names as punycode)")
     try:
         parts = urlsplit(url)

@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from edge.auth import current_tenant
@@ -70,15 +70,17 @@ def _answer(secrets: WebhookSecrets, tenant: str, grace_s: float) -> WebhookSecr
 
 
 @router.get("/v1/webhook-secret", response_model=WebhookSecret)
-async def webhook_secret(request: Request, tenant: str = Depends(current_tenant)) -> WebhookSecret:
+async def webhook_secret(request: Request, response: Response, tenant: str = Depends(current_tenant)) -> WebhookSecret:
     """The secret your webhook deliveries are signed with."""
+    response.headers["Cache-Control"] = "no-store"
     settings: Settings = request.app.state.settings
     return _answer(_secrets(request), tenant, settings.webhook_secret_grace_s)
 
 
 @router.post("/v1/webhook-secret:rotate", response_model=WebhookSecret, responses=problem_responses(503))
-async def rotate_secret(request: Request, tenant: str = Depends(current_tenant)) -> WebhookSecret:
+async def rotate_secret(request: Request, response: Response, tenant: str = Depends(current_tenant)) -> WebhookSecret:
     """A new secret; the previous one keeps signing too for JOBSTREAM_WEBHOOK_SECRET_GRACE_S."""
+    response.headers["Cache-Control"] = "no-store"
     settings: Settings = request.app.state.settings
     secrets = _secrets(request)
     record, generation = secrets.rotation(tenant)

@@ -69,6 +69,7 @@ class WebhookSecrets(TopicMirror):
         self._key = key
         self._grace_s = config.grace_s
         self._generations: dict[str, Generation] = {}
+        self._derived: dict[tuple[str, int], str] = {}  # per delivery otherwise: two HMACs each
         self._lock = threading.Lock()
 
     @classmethod
@@ -94,8 +95,11 @@ class WebhookSecrets(TopicMirror):
     def secret(self, tenant: str, number: int | None = None) -> str:
         """The tenant's secret of generation ``number`` (default: the current one)."""
         number = self.generation(tenant).number if number is None else number
-        mac = hmac.new(self._key, _DOMAIN + f"{tenant}\x00{number}".encode(), hashlib.sha256).digest()
-        return "whsec_" + base64.b64encode(mac).decode()
+        found = self._derived.get((tenant, number))
+        if found is None:
+            mac = hmac.new(self._key, _DOMAIN + f"{tenant}\x00{number}".encode(), hashlib.sha256).digest()
+            found = self._derived[(tenant, number)] = "whsec_" + base64.b64encode(mac).decode()
+        return found
 
     def signing(self, tenant: str, now: float | None = None) -> list[str]:
         """The secrets a delivery is signed with: the current one, and the previous within its grace period."""

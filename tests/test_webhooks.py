@@ -172,6 +172,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period(client: httpx.
     new = rotated.json()["secret"]
     assert new != old and new.startswith("whsec_") and rotated.json()["previous_valid_until"] is not None
     assert client.get("/v1/webhook-secret").json()["secret"] == new
+    assert rotated.headers["cache-control"] == "no-store"
     where = path()
     submit(client, webhook=receiver.url(where))
     got = wait_until(lambda: receiver.at(where), 60, message="a delivery after the rotation")[0]  # type: ignore[index]
@@ -438,3 +439,11 @@ def test_the_readme_receiver_verifies_and_prints_a_delivery(client: httpx.Client
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_up_without_api_keys_allows_local_receivers_unless_told_otherwise():
+    from jobstream.cli import _local_webhooks
+
+    assert _local_webhooks(Settings()).webhook_allow_private is True
+    assert _local_webhooks(Settings(api_keys="acme=" + "k" * 32)).webhook_allow_private is False
+    assert _local_webhooks(Settings(webhook_allow_private=False)).webhook_allow_private is False
