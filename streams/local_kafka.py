@@ -168,6 +168,11 @@ class LocalKafka:
         if formatted and path.exists():
             self._passwords = json.loads(path.read_text())
             return
+        if formatted:
+            raise LocalKafkaError(
+                f"{self.data_dir} was formatted without SCRAM users (a plaintext broker): "
+                "use another data dir for the secured broker, or delete this one"
+            )
         self._passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
         self.security_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
