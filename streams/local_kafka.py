@@ -278,7 +278,9 @@ class LocalKafka:
             *args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> LocalKafka:
+    def start(self, timeout_s: float = 180.0) -> LocalKafka:
+        """Format (once) and start the broker; ready when it answers metadata, failing after ``timeout_s``
+        (generous: on a loaded 2-core machine a JVM, TLS included, can take a minute or more)."""
         classpath = provision()
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         if self.secured:

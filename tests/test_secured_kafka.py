@@ -57,7 +57,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory, store: ClickHouseStore, cl
 
     home = tmp_path_factory.mktemp("secured")
     broker = LocalKafka(home / "kafka", heap="512m", security="sasl_ssl")
-    broker.start(timeout_s=240)  # a loaded CI machine: the JVM's start is slower than the plaintext session broker's
+    broker.start(timeout_s=240)  # on a loaded CI machine the JVM with TLS can take minutes to start
     try:
         settings = Settings(
             kafka_bootstrap=broker.bootstrap,
