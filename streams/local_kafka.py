@@ -168,6 +168,11 @@ class LocalKafka:
         if formatted and path.exists():
             self._passwords = json.loads(path.read_text())
             return
+        if formatted:
+            raise LocalKafkaError(
+                f"{self.data_dir} was formatted without SCRAM users (a plaintext broker): "
+                "use another data dir for the secured broker, or delete this one"
+            )
         self._passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
         self.security_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -273,7 +278,9 @@ class LocalKafka:
             *args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> LocalKafka:
+    def start(self, timeout_s: float = 180.0) -> LocalKafka:
+        """Format (once) and start the broker; ready when it answers metadata, failing after ``timeout_s``
+        (generous: on a loaded 2-core machine a JVM, TLS included, can take a minute or more)."""
         classpath = provision()
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         if self.secured:

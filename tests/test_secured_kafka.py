@@ -56,7 +56,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory, store: ClickHouseStore, cl
     from jobstream.server import create_app
 
     home = tmp_path_factory.mktemp("secured")
-    with LocalKafka(home / "kafka", heap="512m", security="sasl_ssl") as broker:
+    broker = LocalKafka(home / "kafka", heap="512m", security="sasl_ssl")
+    broker.start(timeout_s=240)  # on a loaded CI machine the JVM with TLS can take minutes to start
+    try:
         settings = Settings(
             kafka_bootstrap=broker.bootstrap,
             clickhouse_url=clickhouse_url,
@@ -70,8 +72,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory, store: ClickHouseStore, cl
             plugins=PLUGIN,
             worker_session_timeout_s=6.0,
         )
-        kafka = local_connection(broker, settings)  # grants every role its ACLs for these topics
-        ensure_topics(kafka.for_role("admin"), settings)
+        kafka = local_connection(broker, settings)  # creates the topics, grants every role its ACLs on them
         worker = Worker(settings, kafka=kafka).start()
         server = Server(create_app(settings, kafka=kafka, store=store)).start()
         try:
@@ -81,6 +82,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory, store: ClickHouseStore, cl
         finally:
             server.stop()
             worker.stop()
+    finally:
+        broker.stop()
 
 
 def wait_status(client: httpx.Client, job_id: str, statuses: set[str], timeout_s: float = 90) -> dict:
