@@ -22,6 +22,7 @@ import asyncio
 import resource
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,17 @@ def finish_all(bootstrap: str, prefix: str, job_ids: list[str]) -> float:
     return time.monotonic()
 
 
+async def settle(pid: int, quiet_cores: float = 0.05, limit_s: float = 120) -> float:
+    """Wait until the process uses less than ``quiet_cores`` over a second (its first reads are done)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(1)  # one sampling second, bench only
+        if cpu_seconds(pid) - before < quiet_cores:
+            break
+    return time.monotonic() - started
+
+
 async def idle(service: Service, hold_s: float) -> dict[str, float]:
     cpu0 = cpu_seconds(service.pid)
     await asyncio.sleep(hold_s)  # measuring a quiet process over a fixed time, bench only
@@ -85,9 +97,11 @@ async def waits(service: Service, bootstrap: str, prefix: str, count: int, hold_
         await asyncio.sleep(2)  # let submitting settle before the baseline sample, bench only
         rss0 = rss_mib(service.pid)
         answered: dict[str, float] = {}
+        outcomes: Counter[str] = Counter()
 
         async def wait_for(job_id: str) -> None:
             answer = await client.get(f"/v1/jobs/{job_id}", params={"wait": str(hold_s + 30)})
+            outcomes[f"{answer.status_code} {answer.json().get('status')}"] += 1
             if answer.json()["status"] == "succeeded":
                 answered[job_id] = time.monotonic()
 
@@ -95,7 +109,7 @@ async def waits(service: Service, bootstrap: str, prefix: str, count: int, hold_
         for start in range(0, count, 50):  # open connections in steps: a burst of 1,000 connects times out here
             tasks += [asyncio.create_task(wait_for(j)) for j in job_ids[start : start + 50]]
             await asyncio.sleep(0.1)  # pacing the ramp, bench only
-        await asyncio.sleep(5)  # the requests reach the server and start waiting, bench only
+        settled_s = await settle(service.pid)  # every request read its job once and now only waits
         cpu0 = cpu_seconds(service.pid)
         await asyncio.sleep(hold_s)  # the holding under measure, bench only
         cpu_waiting = (cpu_seconds(service.pid) - cpu0) / hold_s
@@ -109,9 +123,11 @@ async def waits(service: Service, bootstrap: str, prefix: str, count: int, hold_
     return {
         "waits": count,
         "answered_finished": len(answered),
+        "answers": dict(outcomes),
         "rss_mib_before": rss0,
         "rss_mib_waiting": rss_waiting,
         "kib_per_wait": (rss_waiting - rss0) * 1024 / count,
+        "s_to_settle": settled_s,
         "cpu_cores_waiting": cpu_waiting,
         "cpu_s_answering_all": cpu_answering,
         "answer_after_produce_p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
@@ -143,7 +159,8 @@ async def polls(service: Service, count: int, hold_s: float) -> dict[str, float]
         cpu = (cpu_seconds(service.pid) - cpu0) / hold_s
         rate = (done - done0) / hold_s
         await asyncio.gather(*tasks)
-    return {"pollers": count, "cpu_cores": cpu, "requests_per_s": rate, "cpu_ms_per_request": cpu * 1000 / rate}
+    per_request = cpu * 1000 / rate if rate else float("nan")
+    return {"pollers": count, "cpu_cores": cpu, "requests_per_s": rate, "cpu_ms_per_request": per_request}
 
 
 def service(bootstrap: str, prefix: str, root: Path = ROOT):  # noqa: ANN201 - a context manager
