@@ -35,7 +35,7 @@ from ingest_api.waits import JobWaits, parse_prefer, wait_seconds
 from store.jobs import job_view
 from store.recent import RecentJobs
 from streams.control import cancel_record
-from streams.events import JobEvent, JobStatus, JobView
+from streams.events import EventType, JobEvent, JobStatus, JobView
 from streams.producer import ProduceError
 from streams.settings import Settings
 from telemetry import metrics, tracing
@@ -724,7 +724,15 @@ async def _waited_view(request: Request, tenant: str, job_id: str, wait_s: float
 
 
 async def _finished_view(request: Request, tenant: str, job_id: str, event: JobEvent) -> JobView:
-    view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id, finished=event)
+    """The job after its terminal event: from memory when this process accepted it (every event since
+    its ``queued`` passed through here), else from the store as well."""
+    recent: RecentJobs = request.app.state.recent
+    known = recent.events(tenant, job_id)
+    if known and known[0].type is EventType.QUEUED:
+        folded = JobView.fold([*known, event])
+        if folded is not None and folded.status.terminal:
+            return folded
+    view = await job_view(request.app.state.store, recent, tenant, job_id, finished=event)
     assert view is not None  # finish() always gives one
     return view
 

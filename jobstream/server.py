@@ -227,13 +227,16 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[JobEvent], None], 
 
 
 def _finished_tail(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> FinishedTail:
+    """What the fanout's observers get where no gateway runs: live events for waits and read-your-writes."""
     waits: JobWaits = app.state.waits
+    recent: RecentJobs = app.state.recent
 
-    def finished(events: list[JobEvent]) -> None:
+    def observe(events: list[JobEvent]) -> None:
         for event in events:
+            recent.observe(event)
             waits.observe(event)
 
-    return FinishedTail(kafka, settings.topic(topics.EVENTS), finished)
+    return FinishedTail(kafka, settings.topic(topics.EVENTS), observe)
 
 
 def _replayer(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> Replayer:
