@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streams import dead_letters as fmt
+from streams import topics
 from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
@@ -188,7 +189,9 @@ class DeadLetterBook(KafkaReader):
     chunk_size = 100  #: records in hand at once: each may carry an original as large as a Kafka message
 
     def __init__(self, kafka: KafkaConnection, config: DeadLetterConfig) -> None:
-        super().__init__(kafka, config.topic, group_id="unused", name=f"dead-letters-{config.topic}")
+        super().__init__(
+            kafka, config.topic, group_id=topics.reader_group(config.topic), name=f"dead-letters-{config.topic}"
+        )
         self.config = config
         self._kafka = kafka
         self.index = DeadLetterIndex(config.max_kept)
@@ -229,7 +232,7 @@ class RecordGone(JobstreamError):
 
 def fetch(kafka: KafkaConnection, topic: str, partition: int, offset: int, timeout_s: float = 10.0) -> dict:
     """The whole dead-letter record at ``partition``/``offset`` (``original`` as bytes), read by offset."""
-    consumer = Consumer(kafka.consumer_config("unused", **{"enable.partition.eof": True}))
+    consumer = Consumer(kafka.consumer_config(topics.reader_group(topic), **{"enable.partition.eof": True}))
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout_s

@@ -109,10 +109,14 @@ def create_app(
                 if "gateway" not in roles:  # long-polls learn of finished jobs from a tail of their own
                     app.state.finished_tail = _finished_tail(app, as_role["api"], settings).start()
                     started.append(app.state.finished_tail)
-                app.state.dead_letters = DeadLetterBook(kafka, DeadLetterConfig.from_settings(settings)).start()
+                app.state.dead_letters = DeadLetterBook(
+                    as_role["api"], DeadLetterConfig.from_settings(settings)
+                ).start()
                 started.append(app.state.dead_letters)
             if roles & {"api", "notifier"}:
-                app.state.webhook_secrets = WebhookSecrets.from_settings(kafka, settings).start()
+                app.state.webhook_secrets = WebhookSecrets.from_settings(
+                    as_role["api" if "api" in roles else "notifier"], settings
+                ).start()
                 started.append(app.state.webhook_secrets)
             if "gateway" in roles:  # the fanout tells long-polls (and read-your-writes) what it sees
                 observers = [app.state.recent.observe, app.state.waits.observe]
@@ -123,10 +127,10 @@ def create_app(
             if "sink" in roles:
                 app.state.sink = Sink(as_role["sink"], app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
-                app.state.webhook_log = WebhookLog(kafka, app.state.store, settings).start()
+                app.state.webhook_log = WebhookLog(as_role["sink"], app.state.store, settings).start()
                 started.append(app.state.webhook_log)
             if "notifier" in roles:
-                app.state.notifier = await Notifier(kafka, settings, app.state.webhook_secrets).start()
+                app.state.notifier = await Notifier(as_role["notifier"], settings, app.state.webhook_secrets).start()
                 started.append(app.state.notifier)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
@@ -198,7 +202,9 @@ def create_app(
 
 def kafka_roles(roles: Iterable[str]) -> list[str]:
     """The Kafka principals an HTTP process with ``roles`` acts as (the API runs replays too)."""
-    return [r for r in ("api", "replay", "gateway", "sink") if r in roles or (r == "replay" and "api" in roles)]
+    return [
+        r for r in ("api", "replay", "gateway", "sink", "notifier") if r in roles or (r == "replay" and "api" in roles)
+    ]
 
 
 def _telemetry() -> TelemetryConfig:

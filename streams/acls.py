@@ -69,7 +69,9 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
     return {
         "api": describe_all
         + writes(topics.REQUESTED, topics.EVENTS, topics.CONTROL, topics.IDEMPOTENCY)
-        + mirrors(topics.IDEMPOTENCY)
+        + writes(topics.WEBHOOK_SECRETS, topics.WEBHOOK_RETRIES)  # rotations; redeliveries
+        + mirrors(topics.IDEMPOTENCY, topics.DEAD_LETTERS, topics.WEBHOOK_SECRETS)
+        + mirrors(topics.EVENTS)  # long-polls in an API-only process (ingest_api/finished.py)
         + [Grant("group", t(topics.PROCESSORS_GROUP), "DESCRIBE")],  # reads its committed offsets: lag, 429s
         "worker": describe_all
         + reads(topics.REQUESTED, topics.CONTROL)
@@ -84,7 +86,14 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
             Grant("group", SSE_GATEWAY_GROUP, "DESCRIBE"),  # assigns, never joins
             Grant("group", t(topics.SINK_GROUP), "DESCRIBE"),  # reads the sink's committed offsets
         ],
-        "sink": describe_all + reads(topics.EVENTS) + [Grant("group", t(topics.SINK_GROUP), "READ")],
+        "sink": describe_all
+        + reads(topics.EVENTS, topics.WEBHOOK_ATTEMPTS)
+        + [Grant("group", t(topics.SINK_GROUP), "READ"), Grant("group", t(topics.WEBHOOK_LOG_GROUP), "READ")],
+        "notifier": describe_all
+        + reads(topics.EVENTS, topics.WEBHOOK_RETRIES)
+        + mirrors(topics.WEBHOOK_SUBSCRIPTIONS, topics.WEBHOOK_SECRETS)
+        + writes(topics.WEBHOOK_RETRIES, topics.WEBHOOK_ATTEMPTS, topics.WEBHOOK_SUBSCRIPTIONS)
+        + [Grant("group", t(topics.NOTIFIER_GROUP), "READ")],
         "replay": describe_all
         + mirrors(topics.REQUESTED, topics.REPLAYS)
         + writes(topics.REQUESTED, topics.EVENTS, topics.REPLAYS),

@@ -29,7 +29,7 @@ RDKAFKA_LOGGER = logging.getLogger("rdkafka")
 ROLE_CREDENTIALS_ENV = "JOBSTREAM_KAFKA_ROLE_CREDENTIALS"
 
 #: The principals jobstream's clients connect as; each may get its own login and ACLs (streams.acls).
-ROLES = ("admin", "api", "worker", "gateway", "sink", "replay")
+ROLES = ("admin", "api", "worker", "gateway", "sink", "replay", "notifier")
 
 
 class KafkaConfigError(JobstreamError, ValueError):

@@ -169,7 +169,8 @@ def test_every_role_has_least_privilege_acls_and_the_operator_gets_commands():
         role: {g.name for g in gs if g.resource == "topic" and g.operation == "READ"} for role, gs in grants.items()
     }
     assert writes["gateway"] == writes["sink"] == set()
-    assert reads["sink"] == reads["gateway"] == {"p.jobs.events"}
+    assert reads["gateway"] == {"p.jobs.events"}
+    assert reads["sink"] == {"p.jobs.events", "p.webhooks.attempts"}
     assert writes["worker"] == {"p.jobs.events", "p.jobs.dead-letters"}
     assert "p.jobs.requested" not in writes["worker"] and "p.jobs.control" not in writes["replay"]
     joins = {
@@ -179,9 +180,11 @@ def test_every_role_has_least_privilege_acls_and_the_operator_gets_commands():
         "api": set(),
         "worker": {"p.jobstream-processors"},
         "gateway": set(),
-        "sink": {"p.jobstream-sink"},
+        "sink": {"p.jobstream-sink", "p.jobstream-sink-webhooks"},
         "replay": set(),
+        "notifier": {"p.jobstream-notifier"},
     }
+    assert writes["notifier"] == {"p.webhooks.retry", "p.webhooks.attempts", "p.webhooks.subscriptions"}
     text = acl_commands({role: f"u-{role}" for role in grants}, Settings(topic_prefix="p."))
     assert "--allow-principal 'User:u-sink' --operation Read --topic 'p.jobs.events'" in text
     assert "--operation IdempotentWrite --cluster" in text
