@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
+from confluent_kafka import OFFSET_END, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 
 from streams import topics
 from streams.kafka_config import KafkaConnection
@@ -62,11 +62,12 @@ class LagMonitor(KafkaReader):
             config.topic,
             group_id=config.group_id,
             name="lag-monitor",
-            # it reads only the first waiting record of a partition (for its age): small fetches, no read-ahead
-            **{"max.partition.fetch.bytes": 65536, "fetch.max.bytes": 1048576, "queued.min.messages": 1},
         )
         self._config = config
+        self._kafka = kafka
         self._group = config.group_id
+        self._peek: Consumer | None = None
+        self._peek_partitions: set[int] = set()
         self.lag = 0
         self.rate = 0.0  # jobs/s the processors got through, smoothed
         self._last: tuple[float, int] | None = None
@@ -107,25 +108,55 @@ class LagMonitor(KafkaReader):
 
     def _oldest_ages(self, partitions: list[PartitionLag]) -> dict[int, float]:
         """Seconds since the first record the processors have not committed was appended, per lagging
-        partition: read that one record (never committing: the group's offsets are the processors')."""
+        partition: read that one record with a consumer of its own (never committing).
+
+        The reader is assigned every partition once; each check only ``seek``s, which releases the
+        GIL while it waits (``assign`` does not: repeated every check it could stall the event loop)."""
         waiting = {p.partition: max(p.committed, p.low) for p in partitions if p.lag > 0}
         if not waiting:
             return {}
+        peek = self._peek_reader({p.partition for p in partitions})
         ages: dict[int, float] = {}
-        self.consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in waiting.items()])
         try:
+            for partition, offset in waiting.items():
+                peek.seek(TopicPartition(self.topic, partition, offset))
             deadline = time.monotonic() + PEEK_TIMEOUT_S
             while len(ages) < len(waiting) and time.monotonic() < deadline and not self.stopping:
-                for message in self.consumer.consume(len(waiting), timeout=0.2):
+                for message in peek.consume(len(waiting), timeout=0.2):
                     partition = message.partition()
-                    if message.error() is not None or partition not in waiting or partition in ages:
+                    if message.error() is not None or partition in ages or partition not in waiting:
+                        continue
+                    if message.offset() < waiting[partition]:  # fetched before the seek
                         continue
                     kind, ts_ms = message.timestamp()
                     if kind != TIMESTAMP_NOT_AVAILABLE:
                         ages[partition] = max(0.0, time.time() - ts_ms / 1000)
-        finally:
-            self.consumer.unassign()
+        except KafkaException as exc:  # e.g. the assignment is not active yet: next check
+            logger.info("oldest waiting job not measured: %s", exc)
         return ages
+
+    def _peek_reader(self, partitions: set[int]) -> Consumer:
+        if self._peek is None or self._peek_partitions != partitions:
+            if self._peek is None:
+                # it reads one record per lagging partition per check: small fetches, little read-ahead
+                self._peek = Consumer(
+                    self._kafka.consumer_config(
+                        self._group,
+                        **{
+                            "max.partition.fetch.bytes": 65536,
+                            "queued.min.messages": 1,
+                            "queued.max.messages.kbytes": 1024,
+                        },
+                    )
+                )
+            self._peek.assign([TopicPartition(self.topic, p, OFFSET_END) for p in sorted(partitions)])
+            self._peek_partitions = partitions
+        return self._peek
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        super().stop(timeout_s)
+        if self._peek is not None and not self.running:  # its thread (if it ever ran) is done with it
+            self._peek.close()
 
     @property
     def overloaded(self) -> bool:

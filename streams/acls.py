@@ -72,6 +72,7 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
         + writes(topics.WEBHOOK_SECRETS, topics.WEBHOOK_RETRIES)  # rotations; redeliveries
         + mirrors(topics.IDEMPOTENCY, topics.DEAD_LETTERS, topics.WEBHOOK_SECRETS)
         + mirrors(topics.EVENTS)  # long-polls in an API-only process (ingest_api/finished.py)
+        + reads(topics.REQUESTED)  # the oldest waiting job's age (jobstream_processor_oldest_waiting_seconds)
         + [Grant("group", t(topics.PROCESSORS_GROUP), "DESCRIBE")],  # reads its committed offsets: lag, 429s
         "worker": describe_all
         + reads(topics.REQUESTED, topics.CONTROL)

@@ -184,3 +184,42 @@ def test_sse_streams_report_events_resumes_and_open_streams(client: httpx.Client
     )
     assert value("jobstream_sse_resumes_total", 'endpoint="job"') - before["resumes"] == 1
     assert value("jobstream_sse_open_streams", 'endpoint="job"') == before["open"]
+
+
+@pytest.mark.kafka
+def test_lag_and_the_oldest_waiting_jobs_age_are_measured_per_partition(settings):
+    """No worker reads these topics: two requests wait, and their age grows."""
+    from confluent_kafka import Producer
+
+    from ingest_api.backpressure import LagMonitor
+    from streams import topics
+    from streams.events import JobRequested
+    from streams.kafka_config import KafkaConnection
+    from streams.topics import ensure_topics
+    from streams.wire import dumps
+    from tests.support.waiting import wait_until
+
+    scoped = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}lag{uuid.uuid4().hex[:6]}."})
+    kafka = KafkaConnection.from_settings(scoped)
+    ensure_topics(kafka, scoped)
+    producer = Producer(kafka.producer_config())
+    for job_id in ("a" * 32, "b" * 32):
+        request = JobRequested(job_id=job_id, kind="stats.describe", params={"values": [1]})
+        producer.produce(scoped.topic(topics.REQUESTED), key=job_id.encode(), value=dumps(request), partition=1)
+    assert producer.flush(30) == 0
+    group = scoped.topic(topics.PROCESSORS_GROUP)
+
+    def gauge(family, partition: str) -> float:
+        return family.labels(group, partition)._value.get()
+
+    monitor = LagMonitor(kafka, scoped)
+    try:
+        first = wait_until(
+            lambda: monitor.measure() and gauge(metrics.OLDEST_WAITING, "1"), 30, message="an age for partition 1"
+        )
+        assert gauge(metrics.PROCESSOR_LAG, "1") == 2
+        assert gauge(metrics.PROCESSOR_LAG, "0") == 0 and gauge(metrics.OLDEST_WAITING, "0") == 0
+        assert 0 < first < 60
+        wait_until(lambda: monitor.measure() and gauge(metrics.OLDEST_WAITING, "1") > first + 0.5, 30)
+    finally:
+        monitor.stop()
