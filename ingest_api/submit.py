@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from calculations import registry
 from edge.problems import MAX_LISTED_ERRORS, validation_errors
+from ingest_api.reuse import ReuseRequest, reuse_key
 from streams.errors import JobstreamError
 from streams.events import new_job_id
 from streams.producer import AsyncProducer, Outgoing
@@ -38,25 +40,38 @@ class JobSubmission(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, le=86_400, strict=True, description="Give up after this long running."
     )
+    reuse: ReuseRequest | None = Field(
+        default=None,
+        description="Answer with an identical earlier job (same tenant, kind, version and canonical params) "
+        "instead of running a new one; only for deterministic kinds (GET /v1/kinds).",
+    )
 
     def fingerprint(self) -> str:
         """A hash of the submission's content (key order and defaults do not matter), to tell a
         retry from a different request. ``v2:`` marks orjson's canonical form: stdlib json held the
         GIL, and so the event loop, ~115 ms for 1M values; it stays only for ints past 64 bits,
         which orjson refuses (a body always takes the same path, so its hash is stable)."""
-        content = self.model_dump(mode="json")
+        content = self._content()
         try:
             canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
             canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
         return "v2:" + hashlib.sha256(canonical).hexdigest()
 
+    def _content(self) -> dict[str, Any]:
+        """The submission as JSON; without ``reuse`` when not asked for, so fingerprints of submissions
+        without it stay what they were before the field existed."""
+        content = self.model_dump(mode="json")
+        if content["reuse"] is None:
+            del content["reuse"]
+        return content
+
     def matches(self, fingerprint: str) -> bool:
         """Whether a stored fingerprint is this submission's, including unversioned ones that keys
         written before ``v2:`` still carry (kept ``JOBSTREAM_IDEMPOTENCY_TTL_S``)."""
         if fingerprint.startswith("v2:"):
             return fingerprint == self.fingerprint()
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self._content(), sort_keys=True, separators=(",", ":"))
         return fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -76,11 +91,48 @@ def idempotent_job_id(tenant: str, key: str) -> str:
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x00{key}").hex
 
 
+@dataclass(frozen=True)
+class Reusable:
+    """What reuse needs of a submission that asked for it."""
+
+    key: bytes  #: tenant, kind, version and the canonical params' hash (``ingest_api.reuse``)
+    version: str  #: the calculation version the key names
+    max_age_s: float
+
+
 def prepare(
     submission: JobSubmission, tenant: str, job_id: str | None = None, max_errors: int = MAX_LISTED_ERRORS
 ) -> Prepared:
     """Validate params against the calculation and build the request + its queued event
     (an invalid one lists its first ``max_errors`` errors and counts them all)."""
+    return _prepare(submission, tenant, job_id, max_errors)[0]
+
+
+def prepare_reusable(
+    submission: JobSubmission,
+    tenant: str,
+    max_age_limit_s: float,
+    job_id: str | None = None,
+    max_errors: int = MAX_LISTED_ERRORS,
+) -> tuple[Prepared, Reusable | None]:
+    """``prepare``, and for a submission with ``reuse`` its reuse key; refuses reuse of a kind that is
+    not deterministic, or a ``max_age_s`` past ``max_age_limit_s`` (JOBSTREAM_REUSE_MAX_AGE_S)."""
+    reuse = submission.reuse
+    if reuse is not None and reuse.max_age_s > max_age_limit_s:
+        raise InvalidSubmission(
+            "Invalid reuse",
+            f"reuse.max_age_s is at most {max_age_limit_s:g} seconds",
+            [{"field": "reuse.max_age_s", "reason": f"at most {max_age_limit_s:g}"}],
+        )
+    job, calc, model = _prepare(submission, tenant, job_id, max_errors, reuse is not None)
+    if reuse is None:
+        return job, None
+    return job, Reusable(reuse_key(tenant, calc.kind, calc.version, model), calc.version, reuse.max_age_s)
+
+
+def _prepare(
+    submission: JobSubmission, tenant: str, job_id: str | None, max_errors: int, reuse: bool = False
+) -> tuple[Prepared, registry.Calculation, BaseModel]:
     kind, params = submission.kind, submission.params
     try:
         calc = registry.get(kind)
@@ -91,13 +143,21 @@ def prepare(
             [{"field": "kind", "reason": "unknown kind"}],
             known_kinds=[c.kind for c in registry.kinds()],
         ) from None
+    if reuse and not calc.deterministic:
+        raise InvalidSubmission(
+            "Reuse not possible",
+            f"{kind!r} is not deterministic (its result may differ for the same params), so no earlier "
+            "result can stand for a new one; submit without 'reuse'",
+            [{"field": "reuse", "reason": f"{kind!r} is not deterministic"}],
+        )
     try:
-        calc.validate(params)
+        model = calc.validate(params)
     except ValidationError as exc:
         errors, count = validation_errors(exc, ("params",), max_errors)
         raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}", errors, error_count=count) from None
     try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
-        return build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
+        job = build(job_id or new_job_id(), tenant, kind, params, submission.priority, submission.timeout_s)
+        return job, calc, model
     except TypeError as exc:
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
 

@@ -23,6 +23,7 @@ from edge.body_limit import BodyLimit
 from ingest_api import routes as api_routes
 from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, KeyConfig
+from ingest_api.reuse import ReuseConfig, ReuseIndex
 from ingest_api.shortcut import SubmitShortcut
 from replay import diff as replay_diff
 from replay import routes as replay_routes
@@ -30,6 +31,7 @@ from replay.book import ReplayBook
 from replay.runner import ReplayConfig, Replayer
 from sink import routes as sink_routes
 from sink.query import analyst_login
+from sink.reuses import ReuseSink, ReuseSinkConfig
 from sink.sink import Sink, SinkConfig
 from sse_gateway import routes as sse_routes
 from sse_gateway.fanout import Fanout, FanoutConfig
@@ -76,6 +78,8 @@ def create_app(
                 started.append(app.state.producer)
                 app.state.idempotency = IdempotencyKeys(kafka, KeyConfig.from_settings(settings)).start()
                 started.append(app.state.idempotency)
+                app.state.reuse = ReuseIndex(kafka, ReuseConfig.from_settings(settings)).start()
+                started.append(app.state.reuse)
                 app.state.lag = LagMonitor(kafka, LagConfig.from_settings(settings)).start()
                 started.append(app.state.lag)
                 app.state.replays = ReplayBook(kafka, settings.topic(topics.REPLAYS)).start()
@@ -90,11 +94,17 @@ def create_app(
             if "sink" in roles:
                 app.state.sink = Sink(kafka, app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
+                app.state.reuse_sink = ReuseSink(
+                    kafka, app.state.store, ReuseSinkConfig.from_settings(settings)
+                ).start()
+                started.append(app.state.reuse_sink)
             if "api" in roles:  # not ready before every stored Idempotency-Key is known
                 if not await asyncio.to_thread(app.state.idempotency.loaded.wait, 120):
                     raise RuntimeError("could not load the stored Idempotency-Keys from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.replays.loaded.wait, 120):
                     raise RuntimeError("could not load the recorded replays from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.reuse.loaded.wait, 120):
+                    raise RuntimeError("could not load the reuse index from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).

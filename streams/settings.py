@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest wait for the next part of a request body; 408 past it."
     )
+    reuse_max_age_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=31_536_000,
+        description="Largest reuse.max_age_s a submit may ask for; also how long jobs.reuse keeps an entry.",
+    )
+    reuse_max_entries: int = Field(
+        default=1_000_000, ge=1, description="Most reusable jobs each API process remembers (the oldest go first)."
+    )
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

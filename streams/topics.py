@@ -25,6 +25,8 @@ SINK_GROUP = "jobstream-sink"  #: the ClickHouse sink's consumer group (the gate
 IDEMPOTENCY = "jobs.idempotency"  #: Idempotency-Key → job, compacted, kept idempotency_ttl_s
 CONTROL = "jobs.control"  #: commands to running workers (cancel), keyed by job_id; every worker reads all
 REPLAYS = "jobs.replays"  #: replay plans and positions (and stop requests), keyed by replay id, compacted
+REUSE = "jobs.reuse"  #: reusable jobs: (tenant, kind, version, canonical params) → job, compacted
+REUSES = "jobs.reuses"  #: one record per request answered by an earlier job (hit or join), for analytics
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
         TopicSpec(settings.topic(REPLAYS), 1, {"cleanup.policy": "compact"}),
+        TopicSpec(
+            settings.topic(REUSE),
+            3,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(max(settings.reuse_max_age_s, 60) * 1000)},
+        ),
+        TopicSpec(settings.topic(REUSES), 3, common),
     ]
 
 
