@@ -11,7 +11,8 @@ the same stream (with their own seeds, so the second cannot reuse the first's re
 ``--concurrency`` clients in a closed loop: a client posts, waits for the answer — a 200 is the
 answer; after a 202 it is the job's terminal event read from ``jobs.events`` — and posts the next.
 Reported per phase: answered requests/s, p50/p99 of the time to the answer, jobs the processors
-ran, and the CPU of the worker and its calculation processes per request (from ``/proc``).
+ran, the CPU of the worker and its calculation processes per request, and of the ``up`` process
+itself (API, gateway, sink) per request (from ``/proc``).
 The herd: ``--herd`` concurrent identical requests with reuse; how many jobs were created.
 """
 
@@ -89,7 +90,8 @@ async def run_phase(
     ids: set[str] = set()
     hits = 0
     queue = list(reversed(bodies))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # idle connections go before uvicorn's 5 s keep-alive closes them (a client may wait longer for a job)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
 
         async def client_loop() -> None:
@@ -161,15 +163,16 @@ def main() -> None:
                 asyncio.run(run_phase(up.url, [job(i, 10**9, 1000, False) for i in range(32)], 8, terminals))  # warm
                 for reuse, base_seed in ((False, 1), (True, 10**6)):
                     bodies = [job(i, base_seed, args.n, reuse) for i in identities]
-                    cpu0 = workers_cpu(up.pid)
+                    cpu0, api0 = workers_cpu(up.pid), cpu_seconds(up.pid)
                     rate, latencies, ids, hits = asyncio.run(run_phase(up.url, bodies, args.concurrency, terminals))
-                    cpu = workers_cpu(up.pid) - cpu0
-                    rows.append((reuse, rate, percentiles_ms(latencies), len(ids), hits, cpu / len(bodies)))
+                    cpu, api = workers_cpu(up.pid) - cpu0, cpu_seconds(up.pid) - api0
+                    n = len(bodies)
+                    rows.append((reuse, rate, percentiles_ms(latencies), len(ids), hits, cpu / n, api / n))
                 before = requested_records(bootstrap, settings)
                 body = job(0, 10**8, args.n * 5, True)  # a slower calculation, so the herd arrives while it runs
-                t0 = time.monotonic()
+                t0, api0 = time.monotonic(), cpu_seconds(up.pid)
                 answers = asyncio.run(herd(up.url, args.herd, body))
-                herd_s = time.monotonic() - t0
+                herd_s, herd_api = time.monotonic() - t0, cpu_seconds(up.pid) - api0
                 created = requested_records(bootstrap, settings) - before
                 herd_ids = {a.json()["job_id"] for a in answers}
                 codes = sorted({a.status_code for a in answers})
@@ -181,15 +184,16 @@ def main() -> None:
         f"stats.describe of {args.n:,} seeded values, {args.concurrency} clients in a closed loop, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print("| reuse | answers/s | p50 ms | p99 ms | jobs run | 200 hits | worker CPU ms / request |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for reuse, rate, pct, jobs, hits, cpu in rows:
+    print("| reuse | answers/s | p50 ms | p99 ms | jobs run | 200 hits | calculation CPU ms/req | API CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for reuse, rate, pct, jobs, hits, cpu, api in rows:
         print(
             f"| {'on' if reuse else 'off'} | {rate:.1f} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | {jobs} | "
-            f"{hits} | {cpu * 1000:.1f} |"
+            f"{hits} | {cpu * 1000:.1f} | {api * 1000:.1f} |"
         )
     print(
-        f"herd: {args.herd} concurrent identical requests with reuse answered in {herd_s:.2f} s, "
+        f"herd: {args.herd} concurrent identical requests with reuse answered in {herd_s:.2f} s "
+        f"({herd_api * 1000 / args.herd:.1f} ms API CPU per request), "
         f"status codes {codes}, {len(herd_ids)} distinct job id(s), {created} request record(s) on "
         f"jobs.requested: calculations run = {created}"
     )
