@@ -36,8 +36,8 @@ from ingest_api.submit import (
     Prepared,
     Reusable,
     idempotent_job_id,
-    prepare,
     prepare_reusable,
+    prepare_validated,
     publish,
     records,
 )
@@ -281,7 +281,7 @@ def _parse_submit(raw: bytes, tenant: str, job_id: str | None, keyed: bool, sett
     reusable = None
     try:
         if body.reuse is None:
-            job = prepare(body, tenant, job_id, max_errors)
+            job = prepare_validated(body, tenant, job_id, max_errors)[0]
         else:
             job, reusable = prepare_reusable(body, tenant, settings.reuse_max_age_s, job_id, max_errors)
     except InvalidSubmission as exc:
@@ -554,7 +554,7 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings) -> _BatchParts:
         try:
             submission = JobSubmission.model_validate(item)
             if submission.reuse is None:
-                job = prepare(submission, tenant, max_errors=settings.max_listed_errors)
+                job = prepare_validated(submission, tenant, None, settings.max_listed_errors)[0]
             else:
                 job, reusable = prepare_reusable(
                     submission, tenant, settings.reuse_max_age_s, max_errors=settings.max_listed_errors

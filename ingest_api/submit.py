@@ -105,7 +105,7 @@ def prepare(
 ) -> Prepared:
     """Validate params against the calculation and build the request + its queued event
     (an invalid one lists its first ``max_errors`` errors and counts them all)."""
-    return _prepare(submission, tenant, job_id, max_errors)[0]
+    return prepare_validated(submission, tenant, job_id, max_errors)[0]
 
 
 def prepare_reusable(
@@ -124,15 +124,17 @@ def prepare_reusable(
             f"reuse.max_age_s is at most {max_age_limit_s:g} seconds",
             [{"field": "reuse.max_age_s", "reason": f"at most {max_age_limit_s:g}"}],
         )
-    job, calc, model = _prepare(submission, tenant, job_id, max_errors, reuse is not None)
+    job, calc, model = prepare_validated(submission, tenant, job_id, max_errors, reuse is not None)
     if reuse is None:
         return job, None
     return job, Reusable(reuse_key(tenant, calc.kind, calc.version, model), calc.version, reuse.max_age_s)
 
 
-def _prepare(
+def prepare_validated(
     submission: JobSubmission, tenant: str, job_id: str | None, max_errors: int, reuse: bool = False
 ) -> tuple[Prepared, registry.Calculation, BaseModel]:
+    """``prepare``, also giving the calculation and the validated params (``reuse``: refuse a kind that
+    is not deterministic). The single submit's hot path calls this directly: one call, as before."""
     kind, params = submission.kind, submission.params
     try:
         calc = registry.get(kind)
