@@ -349,3 +349,20 @@ def test_the_index_survives_an_api_restart_and_is_shared_with_another_api(
                 assert answer.json()["reused_from"] == job_id
         finally:
             again.stop()
+
+
+def test_a_submission_without_reuse_keeps_the_fingerprint_it_had_before_the_field():
+    import hashlib
+
+    import orjson
+
+    from ingest_api.submit import JobSubmission
+
+    body = JobSubmission.model_validate({"kind": "k", "params": {"x": 1}})
+    before = orjson.dumps(
+        {"kind": "k", "params": {"x": 1}, "priority": 0, "timeout_s": None}, option=orjson.OPT_SORT_KEYS
+    )
+    assert body.fingerprint() == "v2:" + hashlib.sha256(before).hexdigest()
+    assert JobSubmission.model_validate({"kind": "k", "params": {"x": 1}, "reuse": {"max_age_s": 5}}).fingerprint() != (
+        body.fingerprint()
+    )
