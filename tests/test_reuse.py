@@ -309,6 +309,9 @@ def test_reused_answers_are_counted_apart_and_add_no_result_row(api: Server, sto
     with _client(api.url) as client:
         job_id = client.post("/v1/jobs", json=job).json()["job_id"]
         _finished(client, job_id)
+        results = "SELECT count() FROM job_results WHERE job_id = {j:String}"
+        # the sink wrote the job (its queued event comes first): /v1/stats counts it from now on
+        wait_until(lambda: store.query(results, {"j": job_id}) == [(1,)], 30, 0.1, message="the sink")
         before = client.get("/v1/stats", params={"kind": "test.counted"}).json()
         for _ in range(3):
             assert client.post("/v1/jobs", json=job).status_code == 200
@@ -321,8 +324,7 @@ def test_reused_answers_are_counted_apart_and_add_no_result_row(api: Server, sto
         stats = client.get("/v1/stats", params={"kind": "test.counted"}).json()
         assert stats["reused_by"]["hit"] >= before["reused_by"]["hit"] + 3
         assert stats["submitted"] == before["submitted"]
-    rows = store.query("SELECT count() FROM job_results WHERE job_id = {j:String}", {"j": job_id})
-    assert rows == [(1,)]
+    assert store.query(results, {"j": job_id}) == [(1,)]
     ((reused,),) = store.query(
         "SELECT sum(reused) FROM reuse_stats WHERE tenant = 'alice' AND kind = 'test.counted' AND how = 'hit'"
     )
