@@ -88,7 +88,7 @@ def fit_stacked(a: np.ndarray, y: np.ndarray, intercept: np.ndarray) -> list[dic
     ]
 
 
-@calculation("linear.fit", version="1", params=FitParams)
+@calculation("linear.fit", version="1", params=FitParams, deterministic=True)
 def fit(batch: Sequence[FitParams], progress: Progress) -> list[dict]:
     """Least-squares coefficients, R² and residual standard error (matches np.linalg.lstsq)."""
     results: list[dict | None] = [None] * len(batch)

@@ -106,7 +106,7 @@ def _report(progress: Progress, index: int, paths: int, done: int) -> None:
     progress(index, done / paths)
 
 
-@calculation("montecarlo.var", version="1", params=VarParams)
+@calculation("montecarlo.var", version="1", params=VarParams, deterministic=True)
 def var(batch: Sequence[VarParams], progress: Progress) -> list[dict[str, float]]:
     """Monte Carlo VaR and CVaR (as positive loss fractions) of a normal portfolio."""
     results = []

@@ -67,6 +67,7 @@ class Calculation:
     fn: BatchFn
     description: str
     batch_key: BatchKey | None = None
+    deterministic: bool = False  #: same params, same version → same result, so a past result may be reused
 
     def validate(self, params: dict[str, Any]) -> BaseModel:
         return self.params.model_validate(params)
@@ -88,12 +89,20 @@ def _version_order(version: str) -> tuple[int, Any]:
 
 
 def calculation(
-    kind: str, *, version: str, params: type[BaseModel], batch_key: BatchKey | None = None
+    kind: str,
+    *,
+    version: str,
+    params: type[BaseModel],
+    batch_key: BatchKey | None = None,
+    deterministic: bool = False,
 ) -> Callable[[BatchFn], BatchFn]:
     """Register ``fn`` as calculation ``kind`` at ``version`` taking ``params`` per job.
 
     ``batch_key(raw_params)`` (optional, must be cheap and never raise) splits a kind
     into groups that vectorise together; without it every job of a kind can share a batch.
+    ``deterministic``: the result depends on the params alone (randomness only from a seed
+    in the params), so a submit may ask to reuse an earlier job's result (``reuse``). Off by
+    default: a kind must promise it.
     """
 
     def register(fn: BatchFn) -> BatchFn:
@@ -102,7 +111,7 @@ def calculation(
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"calculation {kind!r} version {version} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        versions[version] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key)
+        versions[version] = Calculation(kind, version, params, fn, doc[0] if doc else "", batch_key, deterministic)
         _CURRENT[kind] = versions[max(versions, key=_version_order)]
         return fn
 

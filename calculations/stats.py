@@ -72,7 +72,7 @@ def describe_rows(samples: np.ndarray) -> list[dict[str, float]]:
     ]
 
 
-@calculation("stats.describe", version="1", params=DescribeParams)
+@calculation("stats.describe", version="1", params=DescribeParams, deterministic=True)
 def describe(batch: Sequence[DescribeParams], progress: Progress) -> list[dict[str, float]]:
     """Summary statistics of a sample (numpy's linear percentiles, population std)."""
     results: list[dict[str, float] | None] = [None] * len(batch)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,13 +30,24 @@ from edge.webhook_url import WebhookPolicy
 from ingest_api import listing
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
-from ingest_api.submit import InvalidSubmission, JobSubmission, Prepared, idempotent_job_id, prepare, publish, records
+from ingest_api.reuse import Found, ReuseIndex
+from ingest_api.submit import (
+    InvalidSubmission,
+    JobSubmission,
+    Prepared,
+    Reusable,
+    idempotent_job_id,
+    prepare_reusable,
+    prepare_validated,
+    publish,
+    records,
+)
 from ingest_api.waits import JobWaits, parse_prefer, wait_seconds
 from store.jobs import job_view
 from store.recent import RecentJobs
 from streams.control import cancel_record
 from streams.events import EventType, JobEvent, JobStatus, JobView
-from streams.producer import ProduceError
+from streams.producer import Outgoing, ProduceError
 from streams.settings import Settings
 from telemetry import metrics, tracing
 
@@ -79,6 +90,18 @@ class JobOut(BaseModel):
     error: dict[str, Any] | None = None
     replay_of: str | None = Field(default=None, description="For a replayed job: the job it re-runs.")
     links: Links
+
+
+class Reused(JobOut):
+    """The answer to a submit with ``reuse`` that an earlier, succeeded job answered."""
+
+    reused_from: str = Field(description="The earlier job whose result this is (also job_id and Location).")
+
+
+class Joined(Accepted):
+    """The answer to a submit with ``reuse`` that joined an identical queued or running job."""
+
+    reused_from: str = Field(description="The job joined (also job_id and Location).")
 
 
 def links_for(request: Request, job_id: str) -> Links:
@@ -263,18 +286,30 @@ class _Parsed:
     job: Prepared
     fingerprint: str | None
     body: JobSubmission
+    reusable: Reusable | None = None
 
 
 def _parse_submit(
-    raw: bytes, tenant: str, job_id: str | None, keyed: bool, max_errors: int, webhooks: WebhookPolicy
+    raw: bytes,
+    tenant: str,
+    job_id: str | None,
+    keyed: bool,
+    max_errors: int,
+    webhooks: WebhookPolicy,
+    reuse_max_age_s: float,
 ) -> _Parsed:
-    """Body → validated job records (and the fingerprint a key needs); raises Problem. Pure and CPU-bound."""
+    """Body → validated job records (and the fingerprint a key needs, the reuse key reuse needs);
+    raises Problem. Pure and CPU-bound."""
     body = _json_body(JobSubmission, raw, max_errors)
+    reusable = None
     try:
-        job = prepare(body, tenant, job_id, max_errors, webhooks)
+        if body.reuse is None:
+            job = prepare_validated(body, tenant, job_id, max_errors, webhooks=webhooks)[0]
+        else:
+            job, reusable = prepare_reusable(body, tenant, reuse_max_age_s, job_id, max_errors, webhooks)
     except InvalidSubmission as exc:
         raise _invalid(exc) from None
-    return _Parsed(job, body.fingerprint() if keyed else None, body)
+    return _Parsed(job, body.fingerprint() if keyed else None, body, reusable)
 
 
 # POST /v1/jobs reads its body and header itself (see ``submit``), so the OpenAPI document gets them here.
@@ -311,11 +346,16 @@ _SUBMIT_OPENAPI = {
     response_model=None,
     openapi_extra=_SUBMIT_OPENAPI,
     responses={
-        202: {"model": Accepted, "description": "Accepted: Kafka acknowledged the job; poll Location"},
+        202: {
+            "model": Accepted | Joined,
+            "description": "Accepted: Kafka acknowledged the job; poll Location. With reuse, possibly an "
+            "identical queued or running job joined (reused_from)",
+        },
         200: {
-            "model": Accepted | JobOut,
-            "description": "Same Idempotency-Key and body as an earlier request: that job; or, with "
-            "`Prefer: wait=S`, the job finished within S seconds: its status (a JobOut, with the result)",
+            "model": Accepted | JobOut | Reused,
+            "description": "Same Idempotency-Key and body as an earlier request: that job; with "
+            "`Prefer: wait=S`, the job finished within S seconds: its status (a JobOut, with the result); or, "
+            "with reuse, an identical job that succeeded within max_age_s: its status with the result and reused_from",
         },
         **problem_responses(409, 429, 503, s409="Idempotency-Key reused with another body"),
     },
@@ -351,6 +391,7 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
             idempotency_key is not None,
             settings.max_listed_errors,
             request.app.state.webhook_policy,
+            settings.reuse_max_age_s,
         )
         kind = parsed.job.kind
         if wait_s is None:
@@ -366,6 +407,8 @@ async def _submit_job(
 ) -> Response:
     with _submit_slot(request):
         if idempotency_key is None:
+            if parsed.reusable is not None:
+                return await _reusing(parsed, parsed.reusable, request, tenant, None, trace)
             return await _submit_once(parsed, request, tenant, None, trace)
         keys: IdempotencyKeys = request.app.state.idempotency
         with await keys.exclusive(tenant, idempotency_key):
@@ -411,8 +454,15 @@ def _same_body(fingerprint: str, parsed: _Parsed) -> None:
 
 
 async def _submit_once(
-    parsed: _Parsed, request: Request, tenant: str, idempotency_key: str | None, trace: tracing.JobTrace | None = None
+    parsed: _Parsed,
+    request: Request,
+    tenant: str,
+    idempotency_key: str | None,
+    trace: tracing.JobTrace | None = None,
+    extra: Outgoing | None = None,
 ) -> Response:
+    """Publish the parsed job (keyed: unless the key already names a job); ``extra``: one more record
+    for the same flush (a reuse index entry)."""
     job = parsed.job
     outgoing = records(job, request.app.state.job_topics, None if trace is None else trace.headers)
     entry = None
@@ -426,8 +476,12 @@ async def _submit_once(
         if pending is not None:  # an earlier attempt's outcome was unknown: never produce the job twice
             _same_body(pending.entry.fingerprint, parsed)
             return await _settle_pending(request, tenant, idempotency_key, pending)
+        if parsed.reusable is not None and extra is None:  # the key's rules first, then reuse
+            return await _reusing(parsed, parsed.reusable, request, tenant, idempotency_key, trace)
         key_record, entry = keys.record(tenant, idempotency_key, job.job_id, parsed.fingerprint or "")
         outgoing.append(key_record)
+    if extra is not None:
+        outgoing.append(extra)
     _admit(request)
     recent: RecentJobs = request.app.state.recent
     recent.add(job.queued)  # before the send: the fanout may see this job's next events before we resume
@@ -448,6 +502,92 @@ async def _submit_once(
         extra={"job_id": job.job_id, "tenant": tenant, "trace_id": None if trace is None else trace.trace_id},
     )
     return _accepted(request, job.job_id, trace=trace)
+
+
+def _view_loader(request: Request, tenant: str) -> Callable[[str], Awaitable[JobView | None]]:
+    """How reuse learns what became of a job. Where a gateway runs in this process, the recent events
+    of a job accepted here are live, so they answer without a query (a herd of joins costs no
+    ClickHouse round trip each); otherwise, and for jobs accepted elsewhere, the job view."""
+    state = request.app.state
+    recent: RecentJobs = state.recent
+    live = getattr(state, "fanout", None) is not None
+
+    async def load(job_id: str) -> JobView | None:
+        if live:
+            events = recent.events(tenant, job_id)
+            if events:
+                return JobView.fold(events)
+        return await job_view(state.store, recent, tenant, job_id)
+
+    return load
+
+
+async def _reusing(
+    parsed: _Parsed,
+    reusable: Reusable,
+    request: Request,
+    tenant: str,
+    idempotency_key: str | None,
+    trace: tracing.JobTrace | None = None,
+) -> Response:
+    """A submit with ``reuse``: answered by an identical earlier job if one fits, else a new job that
+    later identical requests can reuse. One request per key at a time per process submits (single
+    flight): the others wait for its job, then join it."""
+    index: ReuseIndex = request.app.state.reuse
+    load = _view_loader(request, tenant)
+    found = await index.find(reusable.key, reusable.max_age_s, load)
+    if found is None:
+        with await index.single_flight(reusable.key):
+            found = await index.find(reusable.key, reusable.max_age_s, load)
+            if found is None:
+                index_record, entry = index.record(reusable.key, parsed.job.job_id, reusable.version)
+                response = await _submit_once(parsed, request, tenant, idempotency_key, trace, index_record)
+                if response.status_code == 202:
+                    index.remember(reusable.key, entry)
+                return response
+    return await _answer_reused(request, tenant, idempotency_key, parsed, found)
+
+
+async def _answer_reused(
+    request: Request, tenant: str, idempotency_key: str | None, parsed: _Parsed, found: Found
+) -> Response:
+    """200 with the earlier job's status and result (a hit), or 202 with the job joined. Records the
+    answer on jobs.reuses for analytics and, with a key, the key → that job."""
+    index: ReuseIndex = request.app.state.reuse
+    outgoing = [index.answer_record(tenant, found, parsed.job.kind)]
+    entry = None
+    if idempotency_key is not None:
+        keys: IdempotencyKeys = request.app.state.idempotency
+        key_record, entry = keys.record(tenant, idempotency_key, found.job_id, parsed.fingerprint or "")
+        outgoing.append(key_record)
+    try:
+        await request.app.state.producer.send_many(outgoing)
+    except ProduceError as exc:
+        if idempotency_key is None:  # the answer stands; only its count in the analytics may be missing
+            logger.warning("a reuse answer was not recorded: %s", exc, extra={"job_id": found.job_id})
+        else:
+            if entry is not None and exc.outcome is not None:
+                request.app.state.idempotency.track(tenant, idempotency_key, entry, outgoing, exc.outcome)
+            raise _unavailable(request, exc, [found.job_id], keyed=True) from None
+    else:
+        if idempotency_key is not None and entry is not None:
+            request.app.state.idempotency.remember(tenant, idempotency_key, entry)
+    links = _links(request, found.job_id)
+    if found.hit and found.view is not None:
+        body = JobOut(
+            **found.view.model_dump(exclude={"tenant", "seq", "calc_version"}), links=Links(**links)
+        ).model_dump(mode="json")
+        body["reused_from"] = found.job_id
+        return Response(
+            orjson.dumps(body), status_code=200, media_type="application/json", headers={"Location": links["self"]}
+        )
+    body = {"job_id": found.job_id, "status": found.status.value, "links": links, "reused_from": found.job_id}
+    return Response(
+        orjson.dumps(body),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": links["self"], "Retry-After": _retry_after(request)},
+    )
 
 
 async def _settle_pending(request: Request, tenant: str, key: str, pending: PendingKey) -> Response:
@@ -487,18 +627,24 @@ class BatchItem(BaseModel):
     status: JobStatus | None = None
     links: Links | None = None
     error: dict[str, Any] | None = None
+    reused_from: str | None = Field(
+        default=None, description="With reuse: the earlier (or same-batch) job that answers this item."
+    )
 
 
 class BatchAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="New jobs.")
     rejected: int
+    reused: int | None = Field(default=None, description="Items answered by an earlier job (when any asked).")
     jobs: list[BatchItem]
 
 
-def _prepare_batch(
-    raw: bytes, tenant: str, settings: Settings, webhooks: WebhookPolicy
-) -> tuple[list[Prepared], list[dict[str, Any]]]:
-    """Body → the valid jobs' records and one item per submission; raises Problem. Pure and CPU-bound."""
+_BatchParts = tuple[list[Prepared], list[dict[str, Any]], list[tuple[int, Prepared, Reusable]]]
+
+
+def _prepare_batch(raw: bytes, tenant: str, settings: Settings, webhooks: WebhookPolicy) -> _BatchParts:
+    """Body → the valid jobs' records, one item per submission, and (item index, job, reuse key) of
+    the jobs that asked for reuse; raises Problem. Pure and CPU-bound."""
     body = _json_body(BatchSubmission, raw, settings.max_listed_errors)
     if len(body.jobs) > settings.batch_max_jobs:
         raise Problem(
@@ -509,11 +655,22 @@ def _prepare_batch(
         )
     items: list[dict[str, Any]] = []  # BatchItem's fields, every one present (null when unset)
     ready = []
+    reusing: list[tuple[int, Prepared, Reusable]] = []
     for index, item in enumerate(body.jobs):
         try:
-            job = prepare(
-                JobSubmission.model_validate(item), tenant, max_errors=settings.max_listed_errors, webhooks=webhooks
-            )
+            submission = JobSubmission.model_validate(item)
+            if submission.reuse is None:
+                job = prepare_validated(submission, tenant, None, settings.max_listed_errors, webhooks=webhooks)[0]
+            else:
+                job, reusable = prepare_reusable(
+                    submission,
+                    tenant,
+                    settings.reuse_max_age_s,
+                    max_errors=settings.max_listed_errors,
+                    webhooks=webhooks,
+                )
+                if reusable is not None:
+                    reusing.append((index, job, reusable))
         except ValidationError as exc:
             errors, count = validation_errors(exc, ("jobs", str(index)), settings.max_listed_errors)
             items.append(
@@ -526,7 +683,37 @@ def _prepare_batch(
             continue
         ready.append(job)
         items.append(_batch_item(index, job.job_id, _links_from(settings, job.job_id)))
-    return ready, items
+    return ready, items, reusing
+
+
+async def _reuse_in_batch(
+    request: Request, tenant: str, ready: list[Prepared], items: list[dict[str, Any]], reusing: list[Any]
+) -> tuple[list[Prepared], list[Outgoing], list[Any]]:
+    """Answer the batch's reuse items from earlier jobs (or an identical item before them in the same
+    batch); returns the jobs still to publish, the records to add to the flush (index entries, reuse
+    answers), and the index entries to remember once acked."""
+    index: ReuseIndex = request.app.state.reuse
+    load = _view_loader(request, tenant)
+    answered: set[str] = set()
+    extra: list[Outgoing] = []
+    remember: list[Any] = []
+    first: dict[bytes, Prepared] = {}  # reuse key → the new job of this batch that has it
+    for position, job, reusable in reusing:
+        found = await index.find(reusable.key, reusable.max_age_s, load)
+        if found is None and reusable.key in first:
+            found = Found(first[reusable.key].job_id, False, None)
+        if found is None:
+            first[reusable.key] = job
+            record, entry = index.record(reusable.key, job.job_id, reusable.version)
+            extra.append(record)
+            remember.append((reusable.key, entry))
+            continue
+        answered.add(job.job_id)
+        extra.append(index.answer_record(tenant, found, job.kind))
+        item = items[position]
+        item.update(job_id=found.job_id, status=found.status.value, links=_links(request, found.job_id))
+        item["reused_from"] = found.job_id
+    return [job for job in ready if job.job_id not in answered], extra, remember
 
 
 _BATCH_OPENAPI = {
@@ -560,15 +747,21 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
     settings: Settings = request.app.state.settings
     raw = await request.body()
     try:
-        ready, items = await _off_loop(
+        ready, items, reusing = await _off_loop(
             settings, len(raw), _prepare_batch, raw, tenant, settings, request.app.state.webhook_policy
         )
-        _admit(request)
+        valid = len(ready)
+        extra: list[Outgoing] = []
+        remember: list[Any] = []
+        if reusing:
+            ready, extra, remember = await _reuse_in_batch(request, tenant, ready, items, reusing)
+        if ready or not reusing:  # answers from earlier jobs add no work: they are not held back by lag
+            _admit(request)
     except Problem as exc:
         metrics.rejected(BATCH_ROUTE, None, exc.status)
         raise
     headers = {}
-    if ready:
+    if ready or extra:
         recent: RecentJobs = request.app.state.recent
         for job in ready:
             recent.add(job.queued)
@@ -579,6 +772,7 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
                         request.app.state.producer,
                         request.app.state.job_topics,
                         ready,
+                        extra,
                         headers=None if trace is None else trace.headers,
                     )
                 except ProduceError as exc:
@@ -588,16 +782,22 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
         except Problem as exc:
             metrics.rejected(BATCH_ROUTE, None, exc.status, len(ready))
             raise
+        for key, entry in remember:
+            request.app.state.reuse.remember(key, entry)
         _count_batch(ready, tenant)
         headers["Retry-After"] = _retry_after(request)
         if trace is not None:
             headers["traceparent"] = trace.traceparent
-    if len(items) > len(ready):
-        metrics.rejected(BATCH_ROUTE, None, 422, len(items) - len(ready))
+    if len(items) > valid:
+        metrics.rejected(BATCH_ROUTE, None, 422, len(items) - valid)
     # Serialised directly, like a single submit's answer: validating 1,000 items we built ourselves
     # against BatchAccepted cost more than producing them.
-    body_bytes = orjson.dumps({"accepted": len(ready), "rejected": len(items) - len(ready), "jobs": items})
-    return Response(body_bytes, status_code=202 if ready else 422, media_type="application/json", headers=headers)
+    body = {"accepted": len(ready), "rejected": len(items) - valid, "jobs": items}
+    if reusing:
+        body["reused"] = valid - len(ready)
+    return Response(
+        orjson.dumps(body), status_code=202 if valid else 422, media_type="application/json", headers=headers
+    )
 
 
 def _count_batch(ready: list[Prepared], tenant: str) -> None:
@@ -847,6 +1047,7 @@ async def kinds() -> list[dict[str, Any]]:
             "version": c.version,
             "versions": registry.versions(c.kind),
             "description": c.description,
+            "deterministic": c.deterministic,
             "params": c.params.model_json_schema(),
         }
         for c in registry.kinds()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from calculations import registry
 from edge.problems import MAX_LISTED_ERRORS, validation_errors
 from edge.webhook_url import WebhookPolicy, WebhookRefused, check_url
+from ingest_api.reuse import ReuseRequest, reuse_key
 from streams.errors import JobstreamError
 from streams.events import DEFAULT_WEBHOOK_EVENTS, new_job_id
 from streams.producer import AsyncProducer, Outgoing
@@ -52,6 +54,11 @@ class JobSubmission(BaseModel):
         min_length=1,
         description="Which events are sent to webhook (default: succeeded, failed, cancelled).",
     )
+    reuse: ReuseRequest | None = Field(
+        default=None,
+        description="Answer with an identical earlier job (same tenant, kind, version and canonical params) "
+        "instead of running a new one; only for deterministic kinds (GET /v1/kinds).",
+    )
 
     def fingerprint(self) -> str:
         """A hash of the submission's content (key order and defaults do not matter), to tell a
@@ -74,11 +81,13 @@ class JobSubmission(BaseModel):
         return fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
 
     def _content(self) -> dict[str, Any]:
-        """What the fingerprint covers; without unset webhook fields, so keys stored before they
-        existed still match the same body."""
+        """What the fingerprint covers; without unset webhook and reuse fields, so keys stored before
+        they existed still match the same body."""
         content = self.model_dump(mode="json")
         if content["webhook"] is None and content["webhook_events"] is None:
             del content["webhook"], content["webhook_events"]
+        if content["reuse"] is None:
+            del content["reuse"]
         return content
 
 
@@ -98,6 +107,15 @@ def idempotent_job_id(tenant: str, key: str) -> str:
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x00{key}").hex
 
 
+@dataclass(frozen=True)
+class Reusable:
+    """What reuse needs of a submission that asked for it."""
+
+    key: bytes  #: tenant, kind, version and the canonical params' hash (``ingest_api.reuse``)
+    version: str  #: the calculation version the key names
+    max_age_s: float
+
+
 def prepare(
     submission: JobSubmission,
     tenant: str,
@@ -108,6 +126,42 @@ def prepare(
     """Validate params against the calculation (and a webhook against ``webhooks``: without a policy a
     webhook is refused) and build the request + its queued event (an invalid one lists its first
     ``max_errors`` errors and counts them all)."""
+    return prepare_validated(submission, tenant, job_id, max_errors, webhooks=webhooks)[0]
+
+
+def prepare_reusable(
+    submission: JobSubmission,
+    tenant: str,
+    max_age_limit_s: float,
+    job_id: str | None = None,
+    max_errors: int = MAX_LISTED_ERRORS,
+    webhooks: WebhookPolicy | None = None,
+) -> tuple[Prepared, Reusable | None]:
+    """``prepare``, and for a submission with ``reuse`` its reuse key; refuses reuse of a kind that is
+    not deterministic, or a ``max_age_s`` past ``max_age_limit_s`` (JOBSTREAM_REUSE_MAX_AGE_S)."""
+    reuse = submission.reuse
+    if reuse is not None and reuse.max_age_s > max_age_limit_s:
+        raise InvalidSubmission(
+            "Invalid reuse",
+            f"reuse.max_age_s is at most {max_age_limit_s:g} seconds",
+            [{"field": "reuse.max_age_s", "reason": f"at most {max_age_limit_s:g}"}],
+        )
+    job, calc, model = prepare_validated(submission, tenant, job_id, max_errors, reuse is not None, webhooks)
+    if reuse is None:
+        return job, None
+    return job, Reusable(reuse_key(tenant, calc.kind, calc.version, model), calc.version, reuse.max_age_s)
+
+
+def prepare_validated(
+    submission: JobSubmission,
+    tenant: str,
+    job_id: str | None,
+    max_errors: int,
+    reuse: bool = False,
+    webhooks: WebhookPolicy | None = None,
+) -> tuple[Prepared, registry.Calculation, BaseModel]:
+    """``prepare``, also giving the calculation and the validated params (``reuse``: refuse a kind that
+    is not deterministic). The single submit's hot path calls this directly: one call, as before."""
     kind, params = submission.kind, submission.params
     webhook, webhook_events = _webhook(submission, webhooks)
     try:
@@ -119,13 +173,20 @@ def prepare(
             [{"field": "kind", "reason": "unknown kind"}],
             known_kinds=[c.kind for c in registry.kinds()],
         ) from None
+    if reuse and not calc.deterministic:
+        raise InvalidSubmission(
+            "Reuse not possible",
+            f"{kind!r} is not deterministic (its result may differ for the same params), so no earlier "
+            "result can stand for a new one; submit without 'reuse'",
+            [{"field": "reuse", "reason": f"{kind!r} is not deterministic"}],
+        )
     try:
-        calc.validate(params)
+        model = calc.validate(params)
     except ValidationError as exc:
         errors, count = validation_errors(exc, ("params",), max_errors)
         raise InvalidSubmission("Invalid params", f"params do not fit {kind!r}", errors, error_count=count) from None
     try:  # the wire format: integers must fit in 64 bits (orjson says so with a TypeError)
-        return build(
+        job = build(
             job_id or new_job_id(),
             tenant,
             kind,
@@ -135,6 +196,7 @@ def prepare(
             webhook=webhook,
             webhook_events=webhook_events,
         )
+        return job, calc, model
     except TypeError as exc:
         raise InvalidSubmission("Invalid params", str(exc), [{"field": "params", "reason": str(exc)}]) from None
 

@@ -29,6 +29,7 @@ from ingest_api import routes as api_routes
 from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
 from ingest_api.finished import FinishedTail
 from ingest_api.idempotency import IdempotencyKeys, KeyConfig
+from ingest_api.reuse import ReuseConfig, ReuseIndex
 from ingest_api.shortcut import SubmitShortcut
 from ingest_api.waits import JobWaits
 from notifier import routes as notifier_routes
@@ -40,6 +41,7 @@ from replay.book import ReplayBook
 from replay.runner import ReplayConfig, Replayer
 from sink import routes as sink_routes
 from sink.query import analyst_login
+from sink.reuses import ReuseSink, ReuseSinkConfig
 from sink.sink import Sink, SinkConfig
 from sink.webhook_log import WebhookLog
 from sse_gateway import routes as sse_routes
@@ -100,6 +102,8 @@ def create_app(
                 started.append(app.state.producer)
                 app.state.idempotency = IdempotencyKeys(as_role["api"], KeyConfig.from_settings(settings)).start()
                 started.append(app.state.idempotency)
+                app.state.reuse = ReuseIndex(as_role["api"], ReuseConfig.from_settings(settings)).start()
+                started.append(app.state.reuse)
                 app.state.lag = LagMonitor(as_role["api"], LagConfig.from_settings(settings)).start()
                 started.append(app.state.lag)
                 app.state.replays = ReplayBook(as_role["replay"], settings.topic(topics.REPLAYS)).start()
@@ -127,6 +131,10 @@ def create_app(
             if "sink" in roles:
                 app.state.sink = Sink(as_role["sink"], app.state.store, SinkConfig.from_settings(settings)).start()
                 started.append(app.state.sink)
+                app.state.reuse_sink = ReuseSink(
+                    as_role["sink"], app.state.store, ReuseSinkConfig.from_settings(settings)
+                ).start()
+                started.append(app.state.reuse_sink)
                 app.state.webhook_log = WebhookLog(as_role["sink"], app.state.store, settings).start()
                 started.append(app.state.webhook_log)
             if "notifier" in roles:
@@ -141,6 +149,8 @@ def create_app(
                     raise RuntimeError("could not load the webhook secret generations from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.dead_letters.loaded.wait, 120):
                     raise RuntimeError("could not read the dead letters from Kafka in 120 s")
+                if not await asyncio.to_thread(app.state.reuse.loaded.wait, 120):
+                    raise RuntimeError("could not load the reuse index from Kafka in 120 s")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).

@@ -89,6 +89,11 @@ def headline(
         params,
     )
 
+    reused = dict(
+        store.query(
+            f"SELECT how, uniqExact(answer_id) FROM job_reuses WHERE {where.format(time='ts')} GROUP BY how", params
+        )
+    )
     finished = int(sum(counts.values()))
     window_s = max((now - start).total_seconds(), 1.0)
     return {
@@ -102,6 +107,9 @@ def headline(
         "succeeded": int(counts.get("succeeded", 0)),
         "failed": int(counts.get("failed", 0)),
         "cancelled": int(counts.get("cancelled", 0)),
+        # requests answered by an earlier job (reuse): no job of their own, no result row
+        "reused": int(sum(reused.values())),
+        "reused_by": {"hit": int(reused.get("hit", 0)), "join": int(reused.get("join", 0))},
         "throughput_per_s": finished / window_s,
         "failure_rate": counts.get("failed", 0) / finished if finished else None,
         "latency_s": {"queue_wait": _levels(queue_wait), "run": _levels(run), "end_to_end": _levels(total)},

@@ -650,6 +650,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        6,
+        "result reuse: one row per request answered by an earlier job, and its per-minute rollup",
+        [
+            """
+            CREATE TABLE IF NOT EXISTS job_reuses (
+                tenant LowCardinality(String),
+                answer_id String,
+                kind LowCardinality(String),
+                job_id String,
+                how LowCardinality(String),
+                ts DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (tenant, answer_id)
+            """,
+            # uniqExact(answer_id): a record the sink wrote twice counts once, without FINAL
+            """
+            CREATE VIEW IF NOT EXISTS reuse_stats AS
+            SELECT tenant, toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, kind, how, uniqExact(answer_id) AS reused
+            FROM job_reuses GROUP BY tenant, minute, kind, how
+            """,
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

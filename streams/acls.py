@@ -70,7 +70,8 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
         "api": describe_all
         + writes(topics.REQUESTED, topics.EVENTS, topics.CONTROL, topics.IDEMPOTENCY)
         + writes(topics.WEBHOOK_SECRETS, topics.WEBHOOK_RETRIES)  # rotations; redeliveries
-        + mirrors(topics.IDEMPOTENCY, topics.DEAD_LETTERS, topics.WEBHOOK_SECRETS)
+        + writes(topics.REUSE, topics.REUSES)  # the reuse index; a record per reused answer (analytics)
+        + mirrors(topics.IDEMPOTENCY, topics.DEAD_LETTERS, topics.WEBHOOK_SECRETS, topics.REUSE)
         + mirrors(topics.EVENTS)  # long-polls in an API-only process (ingest_api/finished.py)
         + reads(topics.REQUESTED)  # the oldest waiting job's age (jobstream_processor_oldest_waiting_seconds)
         + [Grant("group", t(topics.PROCESSORS_GROUP), "DESCRIBE")],  # reads its committed offsets: lag, 429s
@@ -88,8 +89,12 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
             Grant("group", t(topics.SINK_GROUP), "DESCRIBE"),  # reads the sink's committed offsets
         ],
         "sink": describe_all
-        + reads(topics.EVENTS, topics.WEBHOOK_ATTEMPTS)
-        + [Grant("group", t(topics.SINK_GROUP), "READ"), Grant("group", t(topics.WEBHOOK_LOG_GROUP), "READ")],
+        + reads(topics.EVENTS, topics.WEBHOOK_ATTEMPTS, topics.REUSES)
+        + [
+            Grant("group", t(topics.SINK_GROUP), "READ"),
+            Grant("group", t(topics.WEBHOOK_LOG_GROUP), "READ"),
+            Grant("group", t(topics.REUSE_SINK_GROUP), "READ"),
+        ],
         "notifier": describe_all
         + reads(topics.EVENTS, topics.WEBHOOK_RETRIES)
         + mirrors(topics.WEBHOOK_SUBSCRIPTIONS, topics.WEBHOOK_SECRETS)

@@ -139,6 +139,30 @@ class JobEvent(_Record):
         return self.type in TERMINAL_EVENTS
 
 
+class ReuseHow(str, Enum):
+    """How an earlier job answered a request that asked for ``reuse``."""
+
+    HIT = "hit"  #: it had succeeded within max_age_s: its result, at once
+    JOIN = "join"  #: it was queued or running: the request joined it
+
+
+class JobReused(BaseModel):
+    """One request answered by an earlier job, on ``jobs.reuses`` (for analytics; no job is made).
+
+    ``answer_id`` names the answer (random), so a record delivered twice is counted once.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    answer_id: str
+    tenant: str
+    kind: str
+    job_id: str  #: the earlier job that answered
+    how: ReuseHow
+    ts: datetime = Field(default_factory=utcnow)
+
+
 class JobView(BaseModel):
     """A job's current state, folded from its events (``apply`` in seq order)."""
 

@@ -180,6 +180,15 @@ class Settings(BaseSettings):
     wait_memory_jobs: int = Field(
         default=10_000, ge=1, description="Finished jobs an API process remembers for waits (their terminal events)."
     )
+    reuse_max_age_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=31_536_000,
+        description="Largest reuse.max_age_s a submit may ask for; also how long jobs.reuse keeps an entry.",
+    )
+    reuse_max_entries: int = Field(
+        default=1_000_000, ge=1, description="Most reusable jobs each API process remembers (the oldest go first)."
+    )
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

@@ -31,6 +31,9 @@ WEBHOOK_SUBSCRIPTIONS = "webhooks.subscriptions"  #: job_id → its webhook URL 
 WEBHOOK_SECRETS = "webhooks.secrets"  #: tenant → secret generation (never a secret), compacted
 NOTIFIER_GROUP = "jobstream-notifier"  #: the notifier's consumer group (jobs.events and webhooks.retry)
 WEBHOOK_LOG_GROUP = "jobstream-sink-webhooks"  #: the sink's consumer group of webhooks.attempts
+REUSE = "jobs.reuse"  #: reusable jobs: (tenant, kind, version, canonical params) → job, compacted
+REUSES = "jobs.reuses"  #: one record per request answered by an earlier job (hit or join), for analytics
+REUSE_SINK_GROUP = "jobstream-sink-reuses"  #: the sink's consumer group of jobs.reuses
 
 
 def reader_group(topic: str) -> str:
@@ -76,6 +79,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.topic(CONTROL), 3, {"retention.ms": str(int(settings.control_retention_s * 1000))}),
         TopicSpec(settings.topic(REPLAYS), 1, {"cleanup.policy": "compact"}),
+        TopicSpec(
+            settings.topic(REUSE),
+            3,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(max(settings.reuse_max_age_s, 60) * 1000)},
+        ),
+        TopicSpec(settings.topic(REUSES), 3, common),
         *_webhook_specs(settings, common),
     ]
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel
 
-from streams.events import SCHEMA_VERSION, EventType, JobEvent, JobRequested, utcnow
+from streams.events import SCHEMA_VERSION, EventType, JobEvent, JobRequested, JobReused, utcnow
 from streams.producer import Outgoing
 from streams.topics import JobTopics
 
@@ -315,3 +315,16 @@ def records(prepared: Prepared, topics: JobTopics, headers: list[tuple[str, byte
         Outgoing(topics.requested, key, prepared.request, headers),
         Outgoing(topics.events, key, prepared.queued_value, headers),
     ]
+
+
+# --- reuse answers (jobs.reuses) --------------------------------------------------------------
+def encode_reused(record: JobReused) -> bytes:
+    """A reuse answer's record; keyed by the earlier job's id, like its other records."""
+    return orjson.dumps(record.model_dump(mode="json"))
+
+
+def decode_reused(raw: bytes | None) -> JobReused:
+    """A reuse answer from Kafka; raises ValueError for anything else."""
+    if not raw:
+        raise ValueError("not a reuse record: empty")
+    return JobReused.model_validate_json(raw)  # a ValidationError is a ValueError

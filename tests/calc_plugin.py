@@ -77,3 +77,21 @@ def square_v1(batch: Sequence[SquareParams], progress: Progress) -> list[dict]:
         if p.x < 0:
             raise CalculationError("negative x", index=index)
     return [{"y": p.x * p.x + (1 if p.x > 5 else 0)} for p in batch]
+
+
+class CountedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: float
+    sleep_s: float = 0.0
+    counter: str  # a file that gets one line per job calculated
+
+
+@calculation("test.counted", version="1", params=CountedParams, deterministic=True)
+def counted(batch: Sequence[CountedParams], progress: Progress) -> list[dict]:
+    """x squared after sleep_s; appends a line to ``counter`` per job, so tests count calculations."""
+    for p in batch:
+        with open(p.counter, "a") as f:
+            f.write("1\n")
+    time.sleep(max((p.sleep_s for p in batch), default=0.0))
+    return [{"y": p.x * p.x} for p in batch]

@@ -83,9 +83,11 @@ def test_keys_stored_before_v2_fingerprints_still_match_their_body():
 
     body = JobSubmission.model_validate({"kind": "k", "params": {"x": 1}})
     legacy = hashlib.sha256(
-        # the body as it was dumped before the webhook fields existed
+        # the body as it was dumped before the webhook and reuse fields existed
         json.dumps(
-            body.model_dump(mode="json", exclude={"webhook", "webhook_events"}), sort_keys=True, separators=(",", ":")
+            body.model_dump(mode="json", exclude={"webhook", "webhook_events", "reuse"}),
+            sort_keys=True,
+            separators=(",", ":"),
         ).encode()
     ).hexdigest()
     other = JobSubmission.model_validate({"kind": "k", "params": {"x": 2}})

@@ -170,7 +170,7 @@ def test_every_role_has_least_privilege_acls_and_the_operator_gets_commands():
     }
     assert writes["gateway"] == writes["sink"] == set()
     assert reads["gateway"] == {"p.jobs.events"}
-    assert reads["sink"] == {"p.jobs.events", "p.webhooks.attempts"}
+    assert reads["sink"] == {"p.jobs.events", "p.webhooks.attempts", "p.jobs.reuses"}
     assert writes["worker"] == {"p.jobs.events", "p.jobs.dead-letters"}
     assert "p.jobs.requested" not in writes["worker"] and "p.jobs.control" not in writes["replay"]
     joins = {
@@ -180,7 +180,7 @@ def test_every_role_has_least_privilege_acls_and_the_operator_gets_commands():
         "api": set(),
         "worker": {"p.jobstream-processors"},
         "gateway": set(),
-        "sink": {"p.jobstream-sink", "p.jobstream-sink-webhooks"},
+        "sink": {"p.jobstream-sink", "p.jobstream-sink-webhooks", "p.jobstream-sink-reuses"},
         "replay": set(),
         "notifier": {"p.jobstream-notifier"},
     }

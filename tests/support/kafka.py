@@ -99,3 +99,17 @@ def produce_requests(settings: Settings, *values: bytes, key: bytes = b"") -> No
         )
     if producer.flush(30) != 0 or failures:
         raise RuntimeError(f"requests not acknowledged: {failures[:3]}")
+
+
+def record_count(bootstrap: str, topic: str) -> int:
+    """How many records the topic holds (the sum of its partitions' watermark spans)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        total = 0
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
