@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from jobstream.client import api_client, watch_job
 from streams.certs import LocalCA
@@ -68,7 +69,7 @@ def test_cli_submits_over_https_trusting_the_ca_file_and_the_client_follows_the_
 ):
     assert served.url.startswith("https://")
     submitted = cli(
-        ["submit", "test.work", '{"value": 7, "sleep_s": 0.3, "steps": 3}'],
+        ["submit", "test.work", '{"value": 7, "sleep_s": 0.3, "steps": 3}', "--json"],
         JOBSTREAM_URL=served.url,
         JOBSTREAM_CA_FILE=str(ca.cert_path),
     )
@@ -91,7 +92,7 @@ def test_without_the_ca_the_certificate_is_refused_and_plain_http_gets_no_answer
         with api_client(served.url, None, ca_file=LocalCA(tmp_path / "other").cert_path) as client:
             client.get("/healthz")
     refused = cli(["submit", "test.work", "{}"], JOBSTREAM_URL=served.url, JOBSTREAM_CA_FILE="")
-    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    assert refused.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr  # 2: a connection error
     with pytest.raises(httpx.TransportError):  # the port speaks TLS only
         httpx.get(served.url.replace("https://", "http://") + "/healthz", timeout=5)
 
@@ -113,3 +114,21 @@ def test_api_keys_over_plain_http_on_a_reachable_address_are_warned_about(capsys
 def test_tls_needs_both_files():
     with pytest.raises(ValueError, match="tls_certfile and tls_keyfile"):
         Settings(tls_certfile=Path("c.pem"))
+
+
+def test_a_websocket_over_tls_follows_a_job_to_its_end_and_is_refused_without_the_ca(
+    served: ServiceProcess, ca: LocalCA, tmp_path: Path
+):
+    with api_client(served.url, None, ca_file=ca.cert_path) as client:
+        answer = client.post("/v1/jobs", json={"kind": "test.work", "params": {"value": 3, "steps": 2}})
+    assert answer.status_code == 202, answer.text
+    url = served.url.replace("https://", "wss://", 1) + f"/v1/jobs/{answer.json()['job_id']}/ws"
+    trusted = ssl.create_default_context(cafile=ca.cert_path)
+    with ws_connect(url, ssl=trusted, open_timeout=30) as socket:
+        types = []
+        while not types or types[-1] not in ("succeeded", "failed", "cancelled"):
+            types.append(orjson.loads(socket.recv(timeout=60))["event"])
+    assert types[0] == "queued" and types[-1] == "succeeded"
+    untrusted = ssl.create_default_context(cafile=LocalCA(tmp_path / "other").cert_path)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ws_connect(url, ssl=untrusted, open_timeout=30)

@@ -22,10 +22,12 @@ from ingest_api.submit import InvalidSubmission, JobSubmission, prepare
 from notifier.records import Delivery, webhook_id
 from notifier.sender import Sender, SenderConfig, Verdict
 from notifier.tenant_secrets import WebhookSecrets
+from store.clickhouse import ClickHouseStore
 from streams.events import EventType, JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.support.conformance import Delivered, assert_channels_agree, normalised
 from tests.support.kafka import produce
 from tests.support.receiver import Receiver
 from tests.support.service_process import ServiceProcess, service_env
@@ -447,3 +449,27 @@ def test_up_without_api_keys_allows_local_receivers_unless_told_otherwise():
     assert _local_webhooks(Settings()).webhook_allow_private is True
     assert _local_webhooks(Settings(api_keys="acme=" + "k" * 32)).webhook_allow_private is False
     assert _local_webhooks(Settings(webhook_allow_private=False)).webhook_allow_private is False
+
+
+def test_webhook_deliveries_agree_with_sse_websocket_and_clickhouse(
+    client: httpx.Client, stack: str, store: ClickHouseStore, receiver: Receiver
+):
+    """The conformance check with the webhook leg: every event a webhook asked for arrives exactly as
+    SSE, WebSocket and ClickHouse have it (``queued`` is not a webhook event)."""
+    where = path()
+    every = ["running", "progress", "retrying", "succeeded", "failed", "cancelled"]
+    job = submit(client, webhook=receiver.url(where), webhook_events=every)
+    legs = assert_channels_agree(stack, store, "default", job)
+
+    def webhook_leg() -> list[Delivered]:
+        by_id: dict[str, bytes] = {}
+        for request in receiver.at(where):  # at least once: a repeat carries the same webhook-id
+            by_id.setdefault(request.headers["webhook-id"], request.body)
+        events = sorted((orjson.loads(body) for body in by_id.values()), key=lambda e: e["seq"])
+        if not events or events[-1]["type"] not in ("succeeded", "failed", "cancelled"):
+            return []
+        return [Delivered(str(e["seq"]), e["type"], normalised(e)) for e in events]
+
+    delivered = wait_until(webhook_leg, 60, message="the webhook's terminal delivery")
+    expected = [d for d in legs["sse"] if d.type != "queued"]
+    assert [(d.id, d.type, d.event) for d in delivered] == [(d.id, d.type, d.event) for d in expected]  # type: ignore[union-attr]
