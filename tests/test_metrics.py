@@ -212,7 +212,7 @@ def test_lag_and_the_oldest_waiting_jobs_age_are_measured_per_partition(settings
     def gauge(family, partition: str) -> float:
         return family.labels(group, partition)._value.get()
 
-    monitor = LagMonitor(kafka, scoped)
+    monitor = LagMonitor(kafka, LagConfig.from_settings(scoped))
     try:
         first = wait_until(
             lambda: monitor.measure() and gauge(metrics.OLDEST_WAITING, "1"), 30, message="an age for partition 1"

@@ -143,7 +143,7 @@ def test_the_whole_pipeline_runs_with_each_role_holding_only_its_acls(secured: S
         0.2,
         message="replay to complete",
     )
-    assert done["emitted"] == 2 and done["outcomes"]["equal"] == 2  # same calculation version: same results
+    assert done["emitted"] == 2 and done["outcomes"]["equal"] == 2, done  # same calculation version: same results
 
 
 def test_a_role_is_refused_where_it_has_no_acl(secured: Secured):

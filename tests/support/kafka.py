@@ -7,13 +7,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams import topics
 from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.wire import decode_request, dumps
+from tests.support.waiting import wait_until
 
 
 class EventProducer:
@@ -53,6 +54,21 @@ def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) 
         raise RuntimeError(f"events not acknowledged: {failures[:3]}")
 
 
+def _end(consumer: Consumer, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+    """The partition's end offset; a broker that just came back may not know its leader for a moment."""
+
+    def end() -> int | None:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)[1]
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION:
+                raise
+            return None
+
+    found = wait_until(lambda: (e := end()) is not None and (e,), timeout_s, message=f"{topic}[{partition}]'s end")
+    return found[0]  # type: ignore[index]
+
+
 def _requests(bootstrap: str, topic: str) -> Iterator[Message]:
     """Every record on the topic up to its current end (read with a real consumer)."""
     consumer = Consumer(
@@ -60,7 +76,7 @@ def _requests(bootstrap: str, topic: str) -> Iterator[Message]:
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        ends = {p: _end(consumer, topic, p) for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         seen = {p: 0 for p in partitions}
         while any(seen[p] < ends[p] for p in partitions):
@@ -73,15 +89,24 @@ def _requests(bootstrap: str, topic: str) -> Iterator[Message]:
         consumer.close()
 
 
+def _job_of(message: Message) -> str | None:
+    """The job id of a request record; None for one that is not a request (other tests put
+    undecodable records on the topic on purpose)."""
+    try:
+        return decode_request(message.value()).job_id
+    except ValueError:
+        return None
+
+
 def requests_for(bootstrap: str, topic: str, job_id: str) -> int:
     """How many JobRequested records for ``job_id`` are on the topic."""
-    return sum(decode_request(m.value()).job_id == job_id for m in _requests(bootstrap, topic))
+    return sum(_job_of(m) == job_id for m in _requests(bootstrap, topic))
 
 
 def request_headers(bootstrap: str, topic: str, job_id: str) -> list[tuple[str, bytes]] | None:
     """The Kafka headers of ``job_id``'s (first) JobRequested record; None: it has none."""
     for message in _requests(bootstrap, topic):
-        if decode_request(message.value()).job_id == job_id:
+        if _job_of(message) == job_id:
             return message.headers()
     raise AssertionError(f"no request of job {job_id} on {topic}")
 
