@@ -191,7 +191,7 @@ def test_lag_and_the_oldest_waiting_jobs_age_are_measured_per_partition(settings
     """No worker reads these topics: two requests wait, and their age grows."""
     from confluent_kafka import Producer
 
-    from ingest_api.backpressure import LagMonitor
+    from ingest_api.backpressure import LagConfig, LagMonitor
     from streams import topics
     from streams.events import JobRequested
     from streams.kafka_config import KafkaConnection
