@@ -6,6 +6,9 @@
 import { api, follow } from "./api.js";
 import { badge, h, time, toast } from "./dom.js";
 
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const REFRESH_MAX = 100; // unfinished rows re-read once the stream is live (a page holds fewer)
+
 const PAGE = 50;
 const MAX_ROWS = 500; // live rows kept on screen (older ones are a page away)
 const MAX_WAITING = 5000; // new jobs held back while the table is in use
@@ -249,12 +252,33 @@ export function render(main, { params, navigate }) {
     }
   }
 
+  // The list came from the store before the stream opened: a job that ended in between sends no
+  // more events, so once the stream is live, unfinished listed rows ask for their current state.
+  async function refreshUnfinished() {
+    const open = [...rows.values()].filter((r) => r.state.seq === -1 && !FINISHED.has(r.state.status));
+    for (const row of open.slice(0, REFRESH_MAX)) {
+      try {
+        const { data } = await api(`/v1/jobs/${encodeURIComponent(row.state.job_id)}`);
+        if (row.state.seq !== -1 || data.status === row.state.status) continue; // the stream got there first
+        row.state.status = data.status;
+        row.state.progress = data.progress ?? row.state.progress;
+        row.state.updated_at = data.finished_at || data.started_at || row.state.updated_at;
+        paint(row);
+      } catch {
+        // the row stays as listed; its next event (if any) updates it
+      }
+    }
+  }
+
   loadPage().then(() => {
     performance.mark("jobs-listed");
     stream = follow("/v1/events", kind ? { kind } : {}, {
       onEvent,
       onState: (s) => {
-        if (s === "live" && !performance.getEntriesByName("jobs-live").length) performance.mark("jobs-live");
+        if (s === "live" && !performance.getEntriesByName("jobs-live").length) {
+          performance.mark("jobs-live");
+          refreshUnfinished();
+        }
         liveState.textContent = s === "live" ? "● live" : s;
         liveState.dataset.state = s;
       },
