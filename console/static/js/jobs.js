@@ -275,9 +275,9 @@ export function render(main, { params, navigate }) {
     stream = follow("/v1/events", kind ? { kind } : {}, {
       onEvent,
       onState: (s) => {
-        if (s === "live" && !performance.getEntriesByName("jobs-live").length) {
-          performance.mark("jobs-live");
-          refreshUnfinished();
+        if (s === "live") {
+          if (!performance.getEntriesByName("jobs-live").length) performance.mark("jobs-live");
+          refreshUnfinished(); // on every (re)open: events sent while the stream was down are not replayed
         }
         liveState.textContent = s === "live" ? "● live" : s;
         liveState.dataset.state = s;
