@@ -11,8 +11,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import to_json
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TenantOverrides(BaseModel):
+    """One tenant's departures from the tenant defaults (``JOBSTREAM_TENANT_OVERRIDES``); unset: the default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float | None = Field(default=None, gt=0, le=1_000, description="Share of a busy worker, relative.")
+    max_queued_jobs: int | None = Field(default=None, ge=1, description="Jobs waiting past which submits get 429.")
+    rate_per_s: float | None = Field(default=None, gt=0, description="Submits per second (token bucket).")
+    rate_burst: int | None = Field(default=None, ge=1, description="Submits allowed at once above the rate.")
 
 
 class Settings(BaseSettings):
@@ -188,6 +200,23 @@ class Settings(BaseSettings):
     )
     reuse_max_entries: int = Field(
         default=1_000_000, ge=1, description="Most reusable jobs each API process remembers (the oldest go first)."
+    )
+
+    # --- tenants: fair sharing and admission ------------------------------------
+    tenant_weight: float = Field(
+        default=1.0, gt=0, le=1_000, description="A tenant's share of a busy worker, relative to the others."
+    )
+    tenant_max_queued_jobs: int = Field(
+        default=20_000, ge=1, description="Jobs of one tenant waiting to start past which its submits get 429."
+    )
+    tenant_rate_per_s: float | None = Field(
+        default=None, gt=0, description="Submits per second one tenant may make (unset: no rate limit)."
+    )
+    tenant_rate_burst: int = Field(default=100, ge=1, description="Submits one tenant may make at once above its rate.")
+    tenant_overrides: dict[str, TenantOverrides] = Field(
+        default_factory=dict,
+        description="Per-tenant overrides of the four above, JSON keyed by the tenant names of the API keys: "
+        '{"acme": {"weight": 3, "max_queued_jobs": 50000, "rate_per_s": 200, "rate_burst": 400}}.',
     )
 
     # --- processors -------------------------------------------------------
@@ -463,5 +492,6 @@ class Settings(BaseSettings):
             if value is None or isinstance(value, SecretStr):
                 continue
             choices = getattr(field.validation_alias, "choices", None)
-            env[choices[0] if choices else f"JOBSTREAM_{name.upper()}"] = str(value)
+            text = to_json(value, exclude_none=True).decode() if isinstance(value, dict) else str(value)
+            env[choices[0] if choices else f"JOBSTREAM_{name.upper()}"] = text
         return env
