@@ -13,10 +13,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
-import secrets
-import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,8 +21,8 @@ from pathlib import Path
 import orjson
 
 from streams import topics
-from streams.errors import JobstreamError
 from streams.kafka_config import KafkaConnection
+from streams.key_files import load_or_create_key
 from streams.mirror import TopicMirror
 from streams.producer import Outgoing
 from streams.settings import Settings
@@ -35,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 KEY_FILE = "webhook-secret.key"
 _DOMAIN = b"jobstream webhook secret v1\n"  # keeps these MACs apart from any other use of the key
-
-
-class KeyFileError(JobstreamError, RuntimeError):
-    """The webhook key file is unsafe or unreadable (the message never holds its content)."""
 
 
 @dataclass(frozen=True)
@@ -130,36 +122,7 @@ def server_key(settings: Settings) -> bytes:
 
 
 def _load_or_create(path: Path) -> bytes:
-    """32 random bytes (hex) written to ``path`` (0600, atomically: a racing process's key wins) if it is
-    missing; a file that group or others may read, or another user owns, is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.path.lexists(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_hex(32).encode() + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
+    key, made = load_or_create_key(path, "webhook key")
+    if made:
         logger.info("webhook secrets are derived from the key kept in %s", path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise KeyFileError(f"cannot open the webhook key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
-            raise KeyFileError(f"the webhook key file {path} must be a regular file of ours with mode 0600")
-        text = f.read(4096)
-    try:
-        key = bytes.fromhex(text.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) < 16:
-        raise KeyFileError(f"the webhook key file {path} does not hold a hex key of 16+ bytes")
     return key

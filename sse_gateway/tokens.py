@@ -14,10 +14,6 @@ import binascii
 import hashlib
 import hmac
 import logging
-import os
-import secrets
-import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +22,7 @@ from pathlib import Path
 import orjson
 
 from streams.errors import JobstreamError
+from streams.key_files import KeyFileError, load_or_create_key
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -113,8 +110,7 @@ class StreamTokens:
         return hmac.new(self._secret, _DOMAIN + payload, hashlib.sha256).digest()
 
 
-class SecretFileError(JobstreamError, RuntimeError):
-    """The stream token key file is unsafe or unreadable (the message never holds its content)."""
+SecretFileError = KeyFileError  #: the name tests and callers know
 
 
 def secret_file(settings: Settings) -> Path:
@@ -123,54 +119,5 @@ def secret_file(settings: Settings) -> Path:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The key kept in ``path``; 32 random bytes written there first (hex, mode 0600) if it is missing.
-
-    Creation is atomic and exclusive: the key goes to a private temp file in the same dir, which is
-    then hard-linked into place; the link fails if another process got there first, and its key is
-    used. Like ssh with a private key, a file that group or others may read or write, or that
-    another user owns, is refused: anyone who can read it can mint tokens for every tenant.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.path.lexists(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_hex(32).encode() + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process created it meanwhile: its key wins
-        finally:
-            os.unlink(tmp)
-    return _read_secret(path)
-
-
-def _read_secret(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise SecretFileError(f"cannot open the stream token key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SecretFileError(f"the stream token key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise SecretFileError(
-                f"the stream token key file {path} is open to group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); `chmod 600` it or remove it"
-            )
-        if st.st_uid != os.geteuid():
-            raise SecretFileError(f"the stream token key file {path} belongs to another user (uid {st.st_uid})")
-        text = f.read(4096)
-    try:
-        key = bytes.fromhex(text.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) < 16:
-        raise SecretFileError(
-            f"the stream token key file {path} does not hold a hex key of 16+ bytes; remove it "
-            "to have a new one made (tokens issued before stop working)"
-        )
-    return key
+    """The stream-token key kept in ``path`` (made there first if missing; see ``streams.key_files``)."""
+    return load_or_create_key(path, "stream token key")[0]
