@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+from starlette.requests import ClientDisconnect
 
 from edge import problems
 from streams.errors import JobstreamError
+
+logger = logging.getLogger(__name__)
 
 
 class BodyLimit:
@@ -62,6 +67,11 @@ class BodyLimit:
         except _BodyTimeout:
             if not started:
                 await self._timed_out(scope, receive, send)
+        except ClientDisconnect:
+            if started:
+                raise
+            # the client left before its body was read: nobody to answer, nothing accepted, not an error
+            logger.debug("%s %s: the client left before its body was read", scope["method"], scope["path"])
 
     async def _too_large(self, scope, receive, send):
         response = problems.problem_response(

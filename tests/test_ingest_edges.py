@@ -271,6 +271,23 @@ def test_a_body_shorter_than_its_content_length_is_408(edge: Server):
     assert 0.9 <= elapsed < 5, elapsed
 
 
+def test_a_client_gone_mid_body_is_not_a_server_error(edge: Server, caplog: pytest.LogCaptureFixture):
+    host, port = edge.url.removeprefix("http://").split(":")
+    request = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode() + b'{"kind": '
+    with caplog.at_level("DEBUG", logger="edge.body_limit"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+        wait_until(
+            lambda: any("client left" in r.getMessage() for r in caplog.records), 10, message="the request ended"
+        )
+        response = httpx.post(f"{edge.url}/v1/jobs", json=JOB, headers=auth())
+        assert response.status_code == 202
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+
+
 def test_a_slow_but_steady_body_is_not_cut(edge: Server):
     def chunks() -> Iterator[bytes]:
         raw = orjson.dumps(JOB)
