@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=40 * 1024 * 1024, ge=1024, description="Largest Kafka message (topic max.message.bytes)."
     )
+    kafka_linger_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000,
+        description="How long a producer waits to fill a request to Kafka: fewer, larger requests for that latency.",
+    )
     local_kafka_port: int = Field(
         default=9092, ge=0, le=65535, description="Port of the local broker `jobstream up` starts (0: any free)."
     )
