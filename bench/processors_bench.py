@@ -324,7 +324,7 @@ def run_via_kafka(
     submitter = KafkaSubmitter(kafka, settings)
 
     def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
-        with profiled(pid, args.profile, f"{tag}-{name}"), cpu_meter(pid) as cpu:
+        with profiled(pid, args.profile, f"{tag}-{root.name}-{name}"), cpu_meter(pid) as cpu:
             submitted = submitter.burst(jobs)
             terminals.wait(list(submitted), 900)
         result = _result(name, terminals, submitted, None)
@@ -452,6 +452,12 @@ def main() -> None:
         "commit): each configuration runs its worker first, then this checkout's, in one run",
     )
     parser.add_argument(
+        "--candidate",
+        type=Path,
+        help="the checkout run after --baseline (default: this one); e.g. swap the two for ABBA order, "
+        "or pass the baseline again for an A/A run that shows the order's own effect",
+    )
+    parser.add_argument(
         "--security",
         choices=SECURITY_CHOICES,
         default="plaintext",
@@ -463,7 +469,8 @@ def main() -> None:
     results: dict[str, list[Result]] = {}
     labels: dict[str, str] = {}
     load = [os.getloadavg()[0]]
-    roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
+    candidate = (args.candidate or ROOT).resolve()
+    roots = [("before", args.baseline.resolve()), ("after", candidate)] if args.baseline else [("", candidate)]
     with broker_connection(args.security) as kafka:
         for size in args.configs:
             for label, root in roots:
