@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from processors import runner
+from processors.runner import Job
+from streams.events import EventType, JobRequested, new_job_id
 from telemetry import metrics, multiprocess
 from tests.support import ROOT
 from tests.support.prometheus import (
@@ -93,6 +97,38 @@ def test_per_tenant_counts_only_when_turned_on():
         metrics.accepted("/v1/jobs", "stats.describe", tenant, 3)
         counts = [s.value for m in family.collect() for s in m.samples if s.labels.get("tenant") == tenant]
         assert counts[0] == 3, counts
+    finally:
+        metrics.configure(False, 100)
+
+
+def test_a_worker_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest.MonkeyPatch):
+    """No port and no multiprocess directory: nothing could read a worker's values, so it skips them."""
+    monkeypatch.delenv(multiprocess.ENV, raising=False)
+    assert not metrics.readable_here(0)
+    assert metrics.readable_here(9464)
+    monkeypatch.setenv(multiprocess.ENV, "/nonexistent")
+    assert metrics.readable_here(0)
+
+    kind = "stats.describe"
+    request = JobRequested(job_id=new_job_id(), kind=kind, params={"values": [1, 2]})
+    job = Job(request, b"", [], None, [], time.monotonic())
+
+    def finished() -> float:
+        return sum(
+            s.value
+            for m in metrics.JOBS_FINISHED.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels == {"kind": kind, "status": "succeeded"}
+        )
+
+    try:
+        before = finished()
+        metrics.configure(False, 100, recording=False)
+        runner._count_finish(job, EventType.SUCCEEDED, {})
+        assert finished() == before
+        metrics.configure(False, 100)
+        runner._count_finish(job, EventType.SUCCEEDED, {})
+        assert finished() == before + 1
     finally:
         metrics.configure(False, 100)
 
