@@ -493,8 +493,16 @@ def main() -> None:
                 labels[key] = f"{label}: {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')}".lstrip(": ")
             if args.side_by_side and len(roots) == 2:
                 barrier = threading.Barrier(2, timeout=900)
+
+                def side(root: Path, size: str = size, barrier: threading.Barrier = barrier) -> list[Result]:
+                    try:
+                        return run_config(kafka, size, args, root, barrier.wait)
+                    except BaseException:
+                        barrier.abort()  # the other side stops waiting for this one
+                        raise
+
                 with ThreadPoolExecutor(2) as pool:
-                    futures = [pool.submit(run_config, kafka, size, args, root, barrier.wait) for _, root in roots]
+                    futures = [pool.submit(side, root) for _, root in roots]
                     for key, future in zip(keys, futures, strict=True):
                         results[key] = future.result()
             else:
