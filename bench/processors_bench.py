@@ -232,7 +232,8 @@ class KafkaSubmitter:
         self._failures: list[str] = []
         self._producer = Producer(
             kafka.for_role("api").producer_config(  # writes requests, as the API does
-                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None
+                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None,
+                **{"message.timeout.ms": 300_000},  # a burst on a loaded machine may wait long for its acks
             )
         )
         self._topic = settings.topic(topics.REQUESTED)
