@@ -216,6 +216,8 @@ _accepted: dict[tuple[str, str], Any] = {}
 
 
 def accepted(route: str, kind: str, tenant: str, count: int = 1) -> None:
+    if not _recording:
+        return
     child = _accepted.get((route, kind))
     if child is None:
         child = SUBMISSIONS_ACCEPTED.labels(route, kind_label(kind))
@@ -227,6 +229,8 @@ def accepted(route: str, kind: str, tenant: str, count: int = 1) -> None:
 
 
 def rejected(route: str, kind: str | None, status: int, count: int = 1) -> None:
+    if not _recording:
+        return
     SUBMISSIONS_REJECTED.labels(route, "unknown" if kind is None else kind_label(kind), str(status)).inc(count)
 
 

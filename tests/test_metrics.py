@@ -101,8 +101,9 @@ def test_per_tenant_counts_only_when_turned_on():
         metrics.configure(False, 100)
 
 
-def test_a_worker_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest.MonkeyPatch):
-    """No port and no multiprocess directory: nothing could read a worker's values, so it skips them."""
+def test_a_process_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest.MonkeyPatch):
+    """No port and no multiprocess directory (a worker), or JOBSTREAM_METRICS=false (the API): nothing
+    could read the values, so the per-job helpers skip them."""
     monkeypatch.delenv(multiprocess.ENV, raising=False)
     assert not metrics.readable_here(0)
     assert metrics.readable_here(9464)
@@ -121,11 +122,20 @@ def test_a_worker_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest.
             if s.name.endswith("_total") and s.labels == {"kind": kind, "status": "succeeded"}
         )
 
+    def accepted() -> float:
+        return sum(
+            s.value
+            for m in metrics.SUBMISSIONS_ACCEPTED.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels == {"route": "/v1/jobs", "kind": kind}
+        )
+
     try:
-        before = finished()
+        before, submitted = finished(), accepted()
         metrics.configure(False, 100, recording=False)
         runner._count_finish(job, EventType.SUCCEEDED, {})
-        assert finished() == before
+        metrics.accepted("/v1/jobs", kind, "default")
+        assert (finished(), accepted()) == (before, submitted)
         metrics.configure(False, 100)
         runner._count_finish(job, EventType.SUCCEEDED, {})
         assert finished() == before + 1
