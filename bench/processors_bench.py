@@ -38,7 +38,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,7 +232,8 @@ class KafkaSubmitter:
         self._failures: list[str] = []
         self._producer = Producer(
             kafka.for_role("api").producer_config(  # writes requests, as the API does
-                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None
+                on_delivery=lambda err, _msg: self._failures.append(str(err)) if err else None,
+                **{"message.timeout.ms": 300_000},  # a burst on a loaded machine may wait long for its acks
             )
         )
         self._topic = settings.topic(topics.REQUESTED)
@@ -320,11 +322,13 @@ def run_via_kafka(
     args: argparse.Namespace,
     tag: str,
     root: Path,
+    sync: Callable[[], object] = lambda: None,
 ) -> list[Result]:
     submitter = KafkaSubmitter(kafka, settings)
 
     def burst(jobs: list[dict], name: str, pid: int | None = None) -> Result:
-        with profiled(pid, args.profile, f"{tag}-{name}"), cpu_meter(pid) as cpu:
+        sync()  # --side-by-side: both checkouts start each phase together
+        with profiled(pid, args.profile, f"{tag}-{root.name}-{name}"), cpu_meter(pid) as cpu:
             submitted = submitter.burst(jobs)
             terminals.wait(list(submitted), 900)
         result = _result(name, terminals, submitted, None)
@@ -338,6 +342,7 @@ def run_via_kafka(
             burst([montecarlo_job(i) for i in range(args.montecarlo)], "montecarlo.var burst", worker.pid),
         ]
         for rate in args.rates:
+            sync()
             submitted = submitter.paced([small_job(i) for i in range(int(rate * args.seconds))], rate)
             terminals.wait(list(submitted), 300)
             results.append(_result(f"steady {rate:g}/s", terminals, submitted, args.seconds))
@@ -396,7 +401,11 @@ def run_via_api(env: dict[str, str], terminals: Terminals, args: argparse.Namesp
 
 
 def run_config(
-    kafka: KafkaConnection, batch_max_size: str, args: argparse.Namespace, root: Path = ROOT
+    kafka: KafkaConnection,
+    batch_max_size: str,
+    args: argparse.Namespace,
+    root: Path = ROOT,
+    sync: Callable[[], object] = lambda: None,
 ) -> list[Result]:
     prefix = f"pb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix)
@@ -412,7 +421,7 @@ def run_config(
     try:
         if args.via == "api":
             return run_via_api(env, terminals, args, root)
-        return run_via_kafka(kafka, settings, env, terminals, args, f"batch{batch_max_size}", root)
+        return run_via_kafka(kafka, settings, env, terminals, args, f"batch{batch_max_size}", root, sync)
     finally:
         terminals.close()
 
@@ -452,6 +461,18 @@ def main() -> None:
         "commit): each configuration runs its worker first, then this checkout's, in one run",
     )
     parser.add_argument(
+        "--candidate",
+        type=Path,
+        help="the checkout run after --baseline (default: this one); e.g. swap the two for ABBA order, "
+        "or pass the baseline again for an A/A run that shows the order's own effect",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --baseline (--via kafka): run both checkouts' workers at the same time, each phase "
+        "started together, so both see the same machine load (the broker's CPU is then shared)",
+    )
+    parser.add_argument(
         "--security",
         choices=SECURITY_CHOICES,
         default="plaintext",
@@ -463,14 +484,32 @@ def main() -> None:
     results: dict[str, list[Result]] = {}
     labels: dict[str, str] = {}
     load = [os.getloadavg()[0]]
-    roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
+    candidate = (args.candidate or ROOT).resolve()
+    roots = [("before", args.baseline.resolve()), ("after", candidate)] if args.baseline else [("", candidate)]
     with broker_connection(args.security) as kafka:
         for size in args.configs:
-            for label, root in roots:
-                key = f"{label}:{size}"
+            keys = []
+            for label, _ in roots:
+                keys.append(key := f"{label}:{size}")
                 labels[key] = f"{label}: {CONFIGS.get(size, f'BATCH_MAX_SIZE={size}')}".lstrip(": ")
-                results[key] = run_config(kafka, size, args, root)
-                load.append(os.getloadavg()[0])
+            if args.side_by_side and len(roots) == 2:
+                barrier = threading.Barrier(2, timeout=900)
+
+                def side(root: Path, size: str = size, barrier: threading.Barrier = barrier) -> list[Result]:
+                    try:
+                        return run_config(kafka, size, args, root, barrier.wait)
+                    except BaseException:
+                        barrier.abort()  # the other side stops waiting for this one
+                        raise
+
+                with ThreadPoolExecutor(2) as pool:
+                    futures = [pool.submit(side, root) for _, root in roots]
+                    for key, future in zip(keys, futures, strict=True):
+                        results[key] = future.result()
+            else:
+                for key, (_, root) in zip(keys, roots, strict=True):
+                    results[key] = run_config(kafka, size, args, root)
+            load.append(os.getloadavg()[0])
     print(f"via {args.via}; Kafka {args.security}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
     print(
         "| workload | configuration | jobs/s | p50 ms | p99 ms | mean batch | max batch | failed "

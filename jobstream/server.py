@@ -194,7 +194,8 @@ def create_app(
         sse_routes.install(app, settings)
     if roles & {"api", "sink"}:  # SQL for analysts and /v1/stats: served where the store is
         app.include_router(sink_routes.router)
-    metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
+    # JOBSTREAM_METRICS=false: no endpoint, so the submit path records nothing either
+    metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants, recording=settings.metrics)
     if settings.metrics:  # GET /metrics; outside BodyLimit (its 413s count), inside CORS
         edge_metrics.install(app)
     if "api" in roles:  # the console (/ui) talks to this process's API

@@ -67,7 +67,12 @@ class WorkerRuntime:
 
     async def _start(self) -> Runner:
         settings = self.settings
-        metrics.configure(settings.metrics_tenant_label, settings.metrics_max_tenants)
+        # a worker whose values no scrape can see (no port, no multiprocess directory) records none
+        metrics.configure(
+            settings.metrics_tenant_label,
+            settings.metrics_max_tenants,
+            recording=settings.metrics and metrics.readable_here(settings.worker_metrics_port),
+        )
         self._producer = AsyncProducer(
             self.kafka, settings.produce_timeout_s, poll_on_loop=False
         )  # sends are mostly chunks

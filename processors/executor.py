@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from calculations import registry
 from streams.lifeline import kill_with_parent
-from telemetry import metrics
+from telemetry import metrics, multiprocess
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +290,8 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     registry.load_plugins(plugins)
+    # Only the multiprocess directory makes this process's values visible: otherwise they would die with it unread.
+    record = multiprocess.directory() is not None
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -300,10 +302,10 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
             return
         if message[0] == "run":
             _, call_id, kind, version, jobs = message  # jobs and outcomes travel as plain tuples (cheaper)
-            started = time.perf_counter()
+            started = time.perf_counter() if record else 0.0
             outcomes = run_jobs(kind, [JobSpec(*fields) for fields in jobs], _PipeControl(conn), version)
-            label = metrics.kind_label(kind)
-            metrics.BATCH_RUN.labels(label).observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.labels(label).observe(len(jobs))
+            ran_s = time.perf_counter() - started if record else 0.0
             conn.send(("done", call_id, [(o.job_id, o.status, o.result, o.error, o.calc_version) for o in outcomes]))
+            if record:  # after the answer: the worker does not wait for it
+                metrics.batch(kind, ran_s, len(jobs))
         # a "cancel" read here came after its batch ended: nothing to stop

@@ -224,12 +224,14 @@ class Runner:
             return
         kind = jobs[0].request.kind
         now = time.monotonic()
-        wall = time.time()
+        record = metrics.recording()
+        wall = time.time() if record else 0.0
         specs = []
         for job in jobs:
             if job.started_at is None:
                 job.started_at = now
-                metrics.queue_wait(kind, wall - job.request.ts.timestamp())
+                if record:
+                    metrics.queue_wait(kind, wall - job.request.ts.timestamp())
             if job.announced_attempt != job.attempt:
                 if job.trace is not None and job.announced_attempt == 0:
                     job.trace.start(
@@ -450,6 +452,8 @@ def _group(request: JobRequested) -> Hashable:
 
 def _count_finish(job: Job, type_: EventType, data: dict[str, Any]) -> None:
     request = job.request
+    if not metrics.recording():
+        return
     metrics.finished(request.kind, type_.value, request.tenant, time.time() - request.ts.timestamp())
     if type_ is EventType.CANCELLED:
         stage = "waiting" if job.started_at is None else "running"

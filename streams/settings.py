@@ -403,7 +403,8 @@ class Settings(BaseSettings):
     metrics: bool = Field(
         default=True,
         description="Serve GET /metrics (Prometheus text) and, under `jobstream up`, collect the workers' and "
-        "calculation processes' metrics there; false: no endpoint, no HTTP middleware, no metric files.",
+        "calculation processes' metrics there; false: no endpoint, no HTTP middleware, no metric files, "
+        "nothing recorded per job.",
     )
     metrics_tenant_label: bool = Field(
         default=False,

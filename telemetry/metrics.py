@@ -188,12 +188,27 @@ class TenantLabels:
 
 
 tenants = TenantLabels()
+_recording = True
 
 
-def configure(tenant_label: bool, max_tenants: int) -> None:
-    """Apply JOBSTREAM_METRICS_TENANT_LABEL and JOBSTREAM_METRICS_MAX_TENANTS to this process."""
-    global tenants
+def configure(tenant_label: bool, max_tenants: int, recording: bool = True) -> None:
+    """Apply JOBSTREAM_METRICS_TENANT_LABEL and JOBSTREAM_METRICS_MAX_TENANTS to this process.
+    ``recording=False``: nothing can read this process's values (no endpoint, no multiprocess
+    directory), so the per-job helpers skip their clock reads and writes."""
+    global tenants, _recording
     tenants = TenantLabels(tenant_label, max_tenants)
+    _recording = recording
+
+
+def recording() -> bool:
+    """Whether per-job values are recorded here (see ``configure``)."""
+    return _recording
+
+
+def readable_here(port: int) -> bool:
+    """Whether a scrape can see this process's values: it serves them (``port``) or writes them to
+    the multiprocess directory another process serves."""
+    return bool(port) or directory() is not None
 
 
 # --- recording helpers used on hot paths -----------------------------------------------------------
@@ -201,6 +216,8 @@ _accepted: dict[tuple[str, str], Any] = {}
 
 
 def accepted(route: str, kind: str, tenant: str, count: int = 1) -> None:
+    if not _recording:
+        return
     child = _accepted.get((route, kind))
     if child is None:
         child = SUBMISSIONS_ACCEPTED.labels(route, kind_label(kind))
@@ -212,11 +229,14 @@ def accepted(route: str, kind: str, tenant: str, count: int = 1) -> None:
 
 
 def rejected(route: str, kind: str | None, status: int, count: int = 1) -> None:
+    if not _recording:
+        return
     SUBMISSIONS_REJECTED.labels(route, "unknown" if kind is None else kind_label(kind), str(status)).inc(count)
 
 
 _finished: dict[tuple[str, str], tuple[Any, Any]] = {}
 _waits: dict[str, Any] = {}
+_batches: dict[str, tuple[Any, Any]] = {}
 
 
 def finished(kind: str, status: str, tenant: str, latency_s: float) -> None:
@@ -240,6 +260,18 @@ def queue_wait(kind: str, seconds: float) -> None:
         if len(_waits) < _MAX_KINDS:
             _waits[kind] = child
     child.observe(seconds)
+
+
+def batch(kind: str, run_s: float, size: int) -> None:
+    """A batch run by a calculation process: its run time and size (label children cached)."""
+    children = _batches.get(kind)
+    if children is None:
+        label = kind_label(kind)
+        children = (BATCH_RUN.labels(label), BATCH_SIZE.labels(label))
+        if len(_batches) < _MAX_KINDS:
+            _batches[kind] = children
+    children[0].observe(run_s)
+    children[1].observe(size)
 
 
 # --- exposition ------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from processors import runner
+from processors.runner import Job
+from streams.events import EventType, JobRequested, new_job_id
 from telemetry import metrics, multiprocess
 from tests.support import ROOT
 from tests.support.prometheus import (
@@ -93,6 +97,48 @@ def test_per_tenant_counts_only_when_turned_on():
         metrics.accepted("/v1/jobs", "stats.describe", tenant, 3)
         counts = [s.value for m in family.collect() for s in m.samples if s.labels.get("tenant") == tenant]
         assert counts[0] == 3, counts
+    finally:
+        metrics.configure(False, 100)
+
+
+def test_a_process_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest.MonkeyPatch):
+    """No port and no multiprocess directory (a worker), or JOBSTREAM_METRICS=false (the API): nothing
+    could read the values, so the per-job helpers skip them."""
+    monkeypatch.delenv(multiprocess.ENV, raising=False)
+    assert not metrics.readable_here(0)
+    assert metrics.readable_here(9464)
+    monkeypatch.setenv(multiprocess.ENV, "/nonexistent")
+    assert metrics.readable_here(0)
+
+    kind = "stats.describe"
+    request = JobRequested(job_id=new_job_id(), kind=kind, params={"values": [1, 2]})
+    job = Job(request, b"", [], None, [], time.monotonic())
+
+    def finished() -> float:
+        return sum(
+            s.value
+            for m in metrics.JOBS_FINISHED.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels == {"kind": kind, "status": "succeeded"}
+        )
+
+    def accepted() -> float:
+        return sum(
+            s.value
+            for m in metrics.SUBMISSIONS_ACCEPTED.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels == {"route": "/v1/jobs", "kind": kind}
+        )
+
+    try:
+        before, submitted = finished(), accepted()
+        metrics.configure(False, 100, recording=False)
+        runner._count_finish(job, EventType.SUCCEEDED, {})
+        metrics.accepted("/v1/jobs", kind, "default")
+        assert (finished(), accepted()) == (before, submitted)
+        metrics.configure(False, 100)
+        runner._count_finish(job, EventType.SUCCEEDED, {})
+        assert finished() == before + 1
     finally:
         metrics.configure(False, 100)
 
