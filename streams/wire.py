@@ -300,7 +300,8 @@ def build(
         webhook,
         webhook_events,
     )
-    data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, **replay}
+    # params ride on the queued event too, so the job view (store or recent memory) can show them
+    data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, "params": params, **replay}
     if webhook is not None:
         data["webhook"] = webhook
         data["webhook_events"] = webhook_events
