@@ -89,6 +89,7 @@ def test_on_loopback_without_keys_the_console_lists_and_submits_without_asking_f
     page.locator("#live-state[data-state='live']").wait_for(timeout=60_000)
     page.locator(f"tr[data-job='{earlier.json()['job_id']}']").wait_for(timeout=30_000)  # the jobs list loaded
     assert page.get_by_role("dialog", name="API key").is_hidden()
+    assert page.get_by_role("button", name="Forget API key").is_hidden()  # there is no key to forget
     shot(page, "20-loopback-jobs")
 
     nav(page, "Submit")
@@ -134,6 +135,7 @@ def test_a_real_dead_letter_is_redriven_from_the_console_and_then_shows_as_redri
     row = page.locator("#dead-letters-body tr", has=page.get_by_role("link", name=job_id, exact=True))
     row.wait_for(timeout=30_000)
     assert row.get_attribute("data-redriven") == "false" and "undecodable" in row.inner_text()
+    assert page.get_by_role("button", name="Load more").is_hidden()  # one page holds them all
     letter_id = row.get_attribute("data-id")
     shot(page, "23-dead-letters-open")
     page.get_by_role("button", name=f"Re-drive {job_id}").click()

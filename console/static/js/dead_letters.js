@@ -74,7 +74,7 @@ export function render(main, { navigate }) {
           h("td", {}, h("code", {}, typeof item.error === "string" ? item.error : json(item.error))),
           h("td", { class: "num" }, offsetOf(item)),
           h("td", { class: "num" }, dateTime(item.created_at)),
-          h("td", {}, stateOf(item)),
+          h("td", { class: "state" }, stateOf(item)),
           h("td", {}, button)));
       }
       cursor = data.next_cursor;
