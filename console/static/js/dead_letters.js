@@ -39,7 +39,7 @@ export function render(main, { navigate }) {
       h("label", { for: "filter-redriven" }, "Show"), show),
     status,
     h("div", { class: "table-wrap" }, h("table", { class: "data" },
-      h("thead", {}, h("tr", {}, ["Job", "Reason", "Error", "Source offset", "Dead since", "State", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Job", "Reason", "Error", "Source offset", "Dead since", "State"].map((t) => h("th", { scope: "col" }, t)))),
       tbody)),
     h("p", {}, more),
   );
@@ -71,11 +71,10 @@ export function render(main, { navigate }) {
         tbody.append(h("tr", { "data-id": item.id, "data-redriven": item.redriven ? "true" : "false" },
           h("td", { class: "id" }, item.job_id ? h("a", { href: `/ui/jobs/${encodeURIComponent(item.job_id)}` }, item.job_id) : "–"),
           h("td", {}, item.reason || "–"),
-          h("td", {}, h("code", {}, typeof item.error === "string" ? item.error : json(item.error))),
+          h("td", { class: "error-text" }, h("code", {}, typeof item.error === "string" ? item.error : json(item.error))),
           h("td", { class: "num" }, offsetOf(item)),
           h("td", { class: "num" }, dateTime(item.created_at)),
-          h("td", { class: "state" }, stateOf(item)),
-          h("td", {}, button)));
+          h("td", { class: "state" }, stateOf(item), " ", button)));
       }
       cursor = data.next_cursor;
       more.hidden = !cursor;
