@@ -5,12 +5,17 @@ A request that could not be read may not name its tenant: such dead letters (and
 are seen only by the operators of ``JOBSTREAM_DEAD_LETTER_TENANTS`` (everyone without API keys,
 which binds loopback only). A re-drive submits the dead-lettered request again as a new job,
 with fixed ``params`` if given, owned by the dead letter's tenant (the caller's when it has none).
+It is recorded on the dead-letter topic with the new job (``book.py``): the list marks re-driven
+letters (``?redriven=`` filters), and an ``Idempotency-Key`` works as on ``POST /v1/jobs``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +29,9 @@ from dead_letters.book import BadCursor, DeadLetter, DeadLetterBook, RecordGone,
 from edge.auth import KeyRing, current_tenant
 from edge.problems import Problem, problem_responses, validation_errors
 from store.recent import RecentJobs
+from streams import dead_letters as fmt
 from streams.events import JobStatus, new_job_id
-from streams.producer import ProduceError
+from streams.producer import Outcome, Outgoing, ProduceError
 from streams.settings import Settings
 from streams.wire import Prepared, build, decode_request, records
 
@@ -33,10 +39,20 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["dead letters"], responses=problem_responses(400, 401, 422))
 
+# An Idempotency-Key as POST /v1/jobs takes it: 1 to 255 visible ASCII characters, no spaces.
+_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
+_REDRIVE_IDS = uuid.UUID("5d0c1d7e-2b8a-4c3e-9a51-7f3a0e6b2c44")  # namespace of keyed re-drives' job ids
+
 
 class SourceOut(BaseModel):
     partition: int = Field(description="Partition of jobs.requested the request was read from.")
     offset: int = Field(description="Its offset there.")
+
+
+class RedriveOut(BaseModel):
+    job_id: str = Field(description="The latest job it was re-driven as.")
+    job_ids: list[str] = Field(description="Every job it was re-driven as, oldest first.")
+    redriven_at: datetime = Field(description="When it was last re-driven.")
 
 
 class DeadLetterOut(BaseModel):
@@ -48,6 +64,7 @@ class DeadLetterOut(BaseModel):
     error: str
     source: SourceOut | None
     created_at: datetime
+    redriven: RedriveOut | None = Field(description="Whether and as what it was re-driven; null if never.")
     links: dict[str, str]
 
 
@@ -75,10 +92,15 @@ def _base(settings: Settings) -> str:
     return (settings.public_url or "").rstrip("/")
 
 
-def _out(settings: Settings, entry: DeadLetter) -> DeadLetterOut:
+def _out(settings: Settings, book: DeadLetterBook, entry: DeadLetter) -> DeadLetterOut:
     links = {"redrive": f"{_base(settings)}/v1/dead-letters/{entry.id}:redrive"}
     if entry.job_id is not None:
         links["job"] = f"{_base(settings)}/v1/jobs/{entry.job_id}"
+    mark = book.redrive_of(entry.id)
+    redriven = None
+    if mark is not None:
+        redriven = RedriveOut(job_id=mark.job_ids[-1], job_ids=list(mark.job_ids), redriven_at=mark.at)
+        links["redriven_job"] = f"{_base(settings)}/v1/jobs/{mark.job_ids[-1]}"
     return DeadLetterOut(
         id=entry.id,
         job_id=entry.job_id,
@@ -88,6 +110,7 @@ def _out(settings: Settings, entry: DeadLetter) -> DeadLetterOut:
         error=entry.error,
         source=SourceOut(**entry.source) if entry.source else None,
         created_at=entry.created_at,
+        redriven=redriven,
         links=links,
     )
 
@@ -103,8 +126,11 @@ async def list_dead_letters(
     tenant: str = Depends(current_tenant),
     limit: int = Query(default=50, ge=1),
     cursor: str | None = None,
+    redriven: bool | None = Query(
+        default=None, description="true: only re-driven ones; false: only those never re-driven; default: all."
+    ),
 ) -> DeadLetterPage:
-    """The caller's dead letters (an operator's: everyone's), newest first."""
+    """The caller's dead letters (an operator's: everyone's), newest first, each marked if re-driven."""
     settings: Settings = request.app.state.settings
     if limit > settings.list_max_limit:
         raise Problem(
@@ -115,7 +141,7 @@ async def list_dead_letters(
         )
     book: DeadLetterBook = request.app.state.dead_letters
     try:
-        entries, next_cursor = book.page_for(tenant, _keys_enabled(request), limit, cursor)
+        entries, next_cursor = book.page_for(tenant, _keys_enabled(request), limit, cursor, redriven)
     except BadCursor:
         raise Problem(
             400,
@@ -123,7 +149,7 @@ async def list_dead_letters(
             "use the next_cursor of a previous page",
             errors=[{"field": "cursor", "reason": "not a cursor of this API"}],
         ) from None
-    return DeadLetterPage(dead_letters=[_out(settings, e) for e in entries], next_cursor=next_cursor)
+    return DeadLetterPage(dead_letters=[_out(settings, book, e) for e in entries], next_cursor=next_cursor)
 
 
 def _not_found(dead_letter_id: str) -> Problem:
@@ -186,7 +212,12 @@ def _original_fields(original: bytes) -> dict[str, Any]:
 
 
 def _prepare(
-    entry: DeadLetter, record: dict[str, Any], fixed: dict[str, Any] | None, tenant: str, max_errors: int
+    entry: DeadLetter,
+    record: dict[str, Any],
+    fixed: dict[str, Any] | None,
+    tenant: str,
+    max_errors: int,
+    job_id: str | None = None,
 ) -> Prepared:
     """The new job's records, validated like a submission; raises Problem. CPU-bound: runs off the loop."""
     fields = _original_fields(record["original"])
@@ -222,9 +253,44 @@ def _prepare(
         detail = f"params do not fit {kind!r}" + ("" if fixed is not None else " (send fixed params)")
         raise Problem(422, "Invalid params", detail, errors=errors, error_count=count) from None
     try:
-        return build(new_job_id(), tenant, kind, params, fields.get("priority", 0), fields.get("timeout_s"))
+        return build(job_id or new_job_id(), tenant, kind, params, fields.get("priority", 0), fields.get("timeout_s"))
     except TypeError as exc:
         raise Problem(422, "Invalid params", str(exc), errors=[{"field": "params", "reason": str(exc)}]) from None
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, checked as ``POST /v1/jobs`` checks it; else 400 naming it."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _KEY_PATTERN.fullmatch(key):
+        raise Problem(
+            400,
+            "Invalid Idempotency-Key",
+            "an Idempotency-Key is 1 to 255 visible ASCII characters (no spaces)",
+            errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}],
+        )
+    return key
+
+
+def _fingerprint(dead_letter_id: str, body: Redrive) -> str:
+    """What a keyed re-drive asked for (the letter and its fixed params), to tell a retry from another request."""
+    content = {"dead_letter_id": dead_letter_id, "params": body.params}
+    try:
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer past 64 bits: refused later as invalid params anyway
+        canonical = repr(content).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _answer(settings: Settings, job_id: str, dead_letter_id: str, status_code: int) -> Response:
+    path = f"{_base(settings)}/v1/jobs/{job_id}"
+    links = {"self": path, "events": f"{path}/events", "result": f"{path}/result"}
+    body_out = {"job_id": job_id, "status": JobStatus.QUEUED.value, "redrive_of": dead_letter_id, "links": links}
+    return Response(
+        orjson.dumps(body_out),
+        status_code=status_code,
+        media_type="application/json",
+        headers={"Location": path, "Retry-After": str(settings.retry_after_s)},
+    )
 
 
 @router.post(
@@ -232,28 +298,71 @@ def _prepare(
     status_code=202,
     response_model=Redriven,
     openapi_extra={
-        "requestBody": {"required": False, "content": {"application/json": {"schema": Redrive.model_json_schema()}}}
+        "requestBody": {"required": False, "content": {"application/json": {"schema": Redrive.model_json_schema()}}},
+        "parameters": [
+            {
+                "in": "header",
+                "name": "idempotency-key",
+                "required": False,
+                "description": "As on POST /v1/jobs: a retry with the same key, letter and body answers 200 with "
+                "the same job and makes no second one; the key with another letter or body is 409.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _KEY_PATTERN.pattern},
+            }
+        ],
     },
-    responses=problem_responses(
-        404,
-        409,
-        410,
-        413,
-        415,
-        503,
-        s404="No such dead letter (or another tenant's)",
-        s409="The dead letter names no registered calculation",
-        s410="The dead letter's record is no longer in Kafka (retention)",
-    ),
+    responses={
+        200: {"description": "An earlier re-drive with this Idempotency-Key: its job", "model": Redriven},
+        **problem_responses(
+            404,
+            409,
+            410,
+            413,
+            415,
+            503,
+            s404="No such dead letter (or another tenant's)",
+            s409="The dead letter names no registered calculation, or the Idempotency-Key names another re-drive",
+            s410="The dead letter's record is no longer in Kafka (retention)",
+        ),
+    },
 )
 async def redrive(dead_letter_id: str, request: Request, tenant: str = Depends(current_tenant)) -> Response:
-    """Submit the dead-lettered request again as a new job (with fixed ``params`` if given): 202 + Location."""
+    """Submit the dead-lettered request again as a new job (with fixed ``params`` if given): 202 + Location.
+    With an ``Idempotency-Key``, a retry with the same letter and body answers 200 with the same job."""
     settings: Settings = request.app.state.settings
     book: DeadLetterBook = request.app.state.dead_letters
+    key = _idempotency_key(request)
     entry = book.get(dead_letter_id) if parse_id(dead_letter_id) is not None else None
     if entry is None or not book.visible(entry, tenant, _keys_enabled(request)):
         raise _not_found(dead_letter_id)
     body = _body(request, await request.body())
+    if key is None:
+        return await _redrive(request, book, entry, body, tenant, None, None)
+    fingerprint = _fingerprint(entry.id, body)
+    async with book.exclusive(tenant, key):
+        seen = book.lookup(tenant, key)
+        if seen is not None:
+            if seen.fingerprint != fingerprint:
+                raise Problem(
+                    409,
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was used for another re-drive (another dead letter or other params)",
+                    errors=[{"field": "Idempotency-Key", "reason": "reused with a different request"}],
+                )
+            return _answer(settings, seen.job_id, seen.dead_letter_id, 200)
+        return await _redrive(request, book, entry, body, tenant, key, fingerprint)
+
+
+async def _redrive(
+    request: Request,
+    book: DeadLetterBook,
+    entry: DeadLetter,
+    body: Redrive,
+    tenant: str,
+    key: str | None,
+    fingerprint: str | None,
+) -> Response:
+    settings: Settings = request.app.state.settings
+    dead_letter_id = entry.id
     try:
         record = await asyncio.to_thread(book.record, entry)
     except RecordGone:
@@ -262,14 +371,29 @@ async def redrive(dead_letter_id: str, request: Request, tenant: str = Depends(c
         logger.warning("could not read dead letter %s: %s", dead_letter_id, exc)
         raise Problem(503, "Kafka unavailable", "could not read the dead letter; retry later") from None
     owner = entry.tenant if entry.tenant is not None else tenant
-    job: Prepared = await asyncio.to_thread(_prepare, entry, record, body.params, owner, settings.max_listed_errors)
+    # a keyed re-drive's job id derives from (caller, key): racing replicas name the same job
+    job_id = uuid.uuid5(_REDRIVE_IDS, f"{tenant}\x00{key}").hex if key is not None else None
+    job: Prepared = await asyncio.to_thread(
+        _prepare, entry, record, body.params, owner, settings.max_listed_errors, job_id
+    )
+    mark = fmt.redrive_record(
+        dead_letter_id=dead_letter_id,
+        job_id=job.job_id,
+        tenant=owner,
+        by=tenant,
+        idempotency_key=key,
+        fingerprint=fingerprint,
+    )
+    outgoing = [*records(job, request.app.state.job_topics), Outgoing(book.topic, dead_letter_id.encode(), mark)]
     recent: RecentJobs = request.app.state.recent
     recent.add(job.queued)
     try:
-        await request.app.state.producer.send_many(records(job, request.app.state.job_topics))
+        await request.app.state.producer.send_many(outgoing)
     except ProduceError as exc:
         recent.discard(owner, job.job_id)
         unknown = exc.outcome is not None
+        if unknown and exc.outcome is not None and key is not None:
+            _settle_later(book, fmt.load_redrive(mark), exc.outcome)  # a retry with the key answers with this job
         raise Problem(
             503,
             "Outcome unknown" if unknown else "Kafka unavailable",
@@ -280,13 +404,18 @@ async def redrive(dead_letter_id: str, request: Request, tenant: str = Depends(c
             outcome="unknown" if unknown else "not_accepted",
             job_id=job.job_id,
         ) from None
+    book.apply_redrive(fmt.load_redrive(mark))  # the list shows it at once, before the record is read back
     logger.info("re-drove dead letter %s as job %s", dead_letter_id, job.job_id, extra={"tenant": owner})
-    path = f"{_base(settings)}/v1/jobs/{job.job_id}"
-    links = {"self": path, "events": f"{path}/events", "result": f"{path}/result"}
-    body_out = {"job_id": job.job_id, "status": JobStatus.QUEUED.value, "redrive_of": dead_letter_id, "links": links}
-    return Response(
-        orjson.dumps(body_out),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": path, "Retry-After": str(settings.retry_after_s)},
-    )
+    return _answer(settings, job.job_id, dead_letter_id, 202)
+
+
+def _settle_later(book: DeadLetterBook, mark: dict[str, Any], outcome: asyncio.Future[Outcome]) -> None:
+    """A keyed re-drive whose outcome is unknown: hold its key now (a retry must not make a second job),
+    and let go of it if Kafka did not take the records after all."""
+    book.apply_redrive(mark)
+
+    def landed(done: asyncio.Future[Outcome]) -> None:
+        if done.cancelled() or not done.result().ok:
+            book.forget_redrive(mark)
+
+    outcome.add_done_callback(landed)

@@ -89,6 +89,9 @@ class JobOut(BaseModel):
     result: Any = None
     error: dict[str, Any] | None = None
     replay_of: str | None = Field(default=None, description="For a replayed job: the job it re-runs.")
+    params: dict[str, Any] | None = Field(
+        default=None, description="The params it was submitted with (null for jobs queued before they were kept)."
+    )
     links: Links
 
 

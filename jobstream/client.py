@@ -358,10 +358,11 @@ class JobstreamClient:
         ok: frozenset[int] = frozenset({200}),
         params: dict[str, Any] | None = None,
         json: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self.http.request(method, path, params=query, json=json)
+            response = self.http.request(method, path, params=query, json=json, headers=headers)
         except httpx.TransportError as exc:
             raise ApiError(0, {"title": "Unreachable", "detail": f"{self.base_url}: {exc}"}) from None
         if response.status_code not in ok:
@@ -393,11 +394,20 @@ class JobstreamClient:
             "GET", "/v1/jobs", params={"status": status, "kind": kind, "limit": limit, "cursor": cursor}
         ).json()
 
-    def dead_letters(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
-        """``GET /v1/dead-letters``: one page, newest first (``dead_letters``, ``next_cursor``)."""
-        return self._call("GET", "/v1/dead-letters", params={"limit": limit, "cursor": cursor}).json()
+    def dead_letters(
+        self, *, limit: int | None = None, cursor: str | None = None, redriven: bool | None = None
+    ) -> dict[str, Any]:
+        """``GET /v1/dead-letters``: one page, newest first (``dead_letters``, ``next_cursor``); ``redriven``:
+        only those that were (True) or were not (False) re-driven."""
+        query = {"limit": limit, "cursor": cursor, "redriven": None if redriven is None else str(redriven).lower()}
+        return self._call("GET", "/v1/dead-letters", params=query).json()
 
-    def redrive(self, dead_letter_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``POST /v1/dead-letters/{id}:redrive``: the new job (``job_id``, ``links``)."""
+    def redrive(
+        self, dead_letter_id: str, params: dict[str, Any] | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/dead-letters/{id}:redrive``: the new job (``job_id``, ``links``); with ``idempotency_key``,
+        a retry answers with the same job (200) and never makes a second one."""
         path = f"/v1/dead-letters/{quote(dead_letter_id, safe='')}:redrive"
-        return self._call("POST", path, ok=frozenset({202}), json={} if params is None else {"params": params}).json()
+        body = {} if params is None else {"params": params}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self._call("POST", path, ok=frozenset({200, 202}), json=body, headers=headers).json()

@@ -361,14 +361,21 @@ def list_dead_letters(
         20, "--limit", "-n", help="Most dead letters to show (at most JOBSTREAM_LIST_MAX_LIMIT)."
     ),
     cursor: str | None = typer.Option(None, help="Go on from a previous page's next_cursor.", show_default=False),
+    redriven: bool | None = typer.Option(
+        None,
+        "--redriven/--not-redriven",
+        help="Only those re-driven already, or only those never re-driven (default: all).",
+        show_default=False,
+    ),
     as_json: bool = _json_option(),
     url: str | None = _url_option(),
     api_key: str | None = _key_option(),
 ) -> None:
-    """Your dead letters, newest first (GET /v1/dead-letters). Exit status: 0, or 2 for a refused request."""
+    """Your dead letters, newest first, each with its state: open, or re-driven as which job
+    (GET /v1/dead-letters). Exit status: 0, or 2 for a refused request."""
     with JobstreamClient(_url(url), api_key) as client:
         try:
-            page = client.dead_letters(limit=limit, cursor=cursor)
+            page = client.dead_letters(limit=limit, cursor=cursor, redriven=redriven)
         except ApiError as exc:
             _fail(exc, "cannot list dead letters")
     if as_json:
@@ -381,9 +388,11 @@ def list_dead_letters(
     table.add_column("kind", overflow="fold")
     table.add_column("job", overflow="fold")
     table.add_column("source", no_wrap=True)
+    table.add_column("state", overflow="fold")
     table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=60)
     for letter in page["dead_letters"]:
         source = letter.get("source")
+        again = letter.get("redriven")
         table.add_row(
             letter["id"],
             _when(letter["created_at"]),
@@ -391,6 +400,9 @@ def list_dead_letters(
             letter.get("kind") or "",
             letter.get("job_id") or "",
             f"{source['partition']}:{source['offset']}" if source else "",
+            f"re-driven as {again['job_id']}" + (f" ({len(again['job_ids'])}x)" if len(again["job_ids"]) > 1 else "")
+            if again
+            else "open",
             (letter.get("error") or "").splitlines()[0][:200] if letter.get("error") else "",
         )
     out.print(table)
@@ -404,6 +416,11 @@ def redrive(
     params: str | None = typer.Option(
         None, "--params", "-p", help=PARAMS_HELP + " Default: the original request's.", show_default=False
     ),
+    idempotency_key: str | None = typer.Option(
+        None,
+        help="Repeating the command with this key answers with the same new job (never a second one).",
+        show_default=False,
+    ),
     as_json: bool = _json_option(),
     url: str | None = _url_option(),
     api_key: str | None = _key_option(),
@@ -415,7 +432,7 @@ def redrive(
     fixed = read_params(params, _max_params_bytes()) if params is not None else None
     with JobstreamClient(_url(url), api_key) as client:
         try:
-            accepted = client.redrive(dead_letter_id, fixed)
+            accepted = client.redrive(dead_letter_id, fixed, idempotency_key)
         except ApiError as exc:
             _fail(exc, f"cannot re-drive {dead_letter_id}")
     if as_json:

@@ -71,6 +71,7 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
         + writes(topics.REQUESTED, topics.EVENTS, topics.CONTROL, topics.IDEMPOTENCY)
         + writes(topics.WEBHOOK_SECRETS, topics.WEBHOOK_RETRIES)  # rotations; redeliveries
         + writes(topics.REUSE, topics.REUSES)  # the reuse index; a record per reused answer (analytics)
+        + writes(topics.DEAD_LETTERS)  # a record per re-drive (dead_letters/book.py)
         + mirrors(topics.IDEMPOTENCY, topics.DEAD_LETTERS, topics.WEBHOOK_SECRETS, topics.REUSE)
         + mirrors(topics.EVENTS)  # long-polls in an API-only process (ingest_api/finished.py)
         + reads(topics.REQUESTED)  # the oldest waiting job's age (jobstream_processor_oldest_waiting_seconds)

@@ -180,6 +180,7 @@ class JobView(BaseModel):
     error: dict[str, Any] | None = None
     calc_version: str | None = None
     replay_of: str | None = None  #: for a replayed job, the job it re-runs
+    params: dict[str, Any] | None = None  #: from the queued event; None for jobs queued before it carried them
 
     @classmethod
     def fold(cls, events: list[JobEvent]) -> JobView | None:
@@ -213,6 +214,8 @@ def event_to_view(view: JobView | None, event: JobEvent) -> JobView:
         update["submitted_at"] = event.ts
         if event.data.get("replay_of"):
             update["replay_of"] = event.data["replay_of"]
+        if isinstance(event.data.get("params"), dict):
+            update["params"] = event.data["params"]
     elif event.type is EventType.RUNNING:
         update["started_at"] = view.started_at or event.ts
         update["attempts"] = max(view.attempts, int(event.data.get("attempt", 1)))

@@ -28,7 +28,7 @@ def encode_request(
     job_id: str,
     tenant: str,
     kind: str,
-    params: dict[str, Any],
+    params: dict[str, Any] | orjson.Fragment,
     priority: int,
     timeout_s: float | None,
     ts: datetime,
@@ -286,11 +286,13 @@ def build(
     replay = (
         {"calc_version": calc_version, "replay_of": replay_of, "replay_id": replay_id} if replay_id is not None else {}
     )  # a replay names all three; a submission none
+    # params go on both records: encoded once, embedded twice (large params cost one encode, not two)
+    encoded = orjson.Fragment(orjson.dumps(params))
     request = encode_request(
         job_id,
         tenant,
         kind,
-        params,
+        encoded,
         priority,
         timeout_s,
         now,
@@ -300,11 +302,12 @@ def build(
         webhook,
         webhook_events,
     )
-    data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, **replay}
+    # params ride on the queued event too, so the job view (store or recent memory) can show them
+    data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, "params": params, **replay}
     if webhook is not None:
         data["webhook"] = webhook
         data["webhook_events"] = webhook_events
-    queued = encode_event(job_id, tenant, 0, _QUEUED, kind, data, now)
+    queued = encode_event(job_id, tenant, 0, _QUEUED, kind, {**data, "params": encoded}, now)
     return Prepared(job_id, tenant, kind, now, data, request, queued)
 
 

@@ -146,6 +146,35 @@ def test_dead_letters_list_and_redrive_with_fixed_params(stack: str, settings: S
     assert redriven["redrive_of"] == letter["id"] and redriven["job_id"] != job_id
     result = jobstream("result", redriven["job_id"], "--json", url=stack)
     assert result.returncode == 0 and orjson.loads(result.stdout)["result"]["mean"] == 5
+    state = jobstream("dead-letters", "list", "--redriven", "--limit", "1000", url=stack)
+    assert state.returncode == 0 and f"re-driven as {redriven['job_id']}" in state.stdout, state.stdout
+    still_open = as_json(jobstream("dead-letters", "list", "--not-redriven", "--limit", "1000", "--json", url=stack))
+    assert letter["id"] not in {d["id"] for d in still_open["dead_letters"]}
+    key = f"cli-{uuid.uuid4().hex}"
+    keyed = [
+        as_json(
+            jobstream(
+                "dead-letters",
+                "redrive",
+                letter["id"],
+                "-p",
+                f"@{fixed}",
+                "--idempotency-key",
+                key,
+                "--json",
+                url=stack,
+            )
+        )
+        for _ in range(2)
+    ]
+    assert keyed[0]["job_id"] == keyed[1]["job_id"] != redriven["job_id"]  # the retry: the same job, no second
+    listed_twice = as_json(jobstream("dead-letters", "list", "--redriven", "--limit", "1000", "--json", url=stack))
+    mine = next(d for d in listed_twice["dead_letters"] if d["id"] == letter["id"])
+    assert mine["redriven"]["job_ids"] == [redriven["job_id"], keyed[0]["job_id"]]
+    reused = jobstream("dead-letters", "redrive", letter["id"], "--idempotency-key", key, url=stack)  # other body
+    assert reused.returncode == 2 and "Idempotency-Key" in reused.stderr, reused.stderr
+    bad_key = jobstream("dead-letters", "redrive", letter["id"], "--idempotency-key", "has space", url=stack)
+    assert bad_key.returncode == 2 and "Idempotency-Key" in bad_key.stderr, bad_key.stderr
     unknown = jobstream("dead-letters", "redrive", "0-99999999", url=stack)
     assert unknown.returncode == 2 and "id: unknown dead letter" in unknown.stderr
 

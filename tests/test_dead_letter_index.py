@@ -94,3 +94,31 @@ def test_an_entry_from_a_record_and_from_an_older_record_without_a_kind():
     assert entry.source == {"partition": 2, "offset": 40} and entry.created_at.tzinfo is not None
     with pytest.raises(ValueError):
         load(b'{"reason": "x"}')
+
+
+def test_redriven_marks_filter_pages_count_each_job_once_and_a_redrive_record_reads_back():
+    from streams.dead_letters import load_redrive, redrive_record
+
+    index = DeadLetterIndex(max_kept=100)
+    for offset in range(6):
+        index.add(letter(offset))
+    index.mark("0-4", "new-a", T0)
+    index.mark("0-4", "new-a", T0 + timedelta(seconds=5))  # the same re-drive read back: counted once
+    index.mark("0-1", "new-b", T0)
+    index.mark("0-4", "new-c", T0 + timedelta(seconds=9))
+    assert index.redrive_of("0-4").job_ids == ("new-a", "new-c")  # type: ignore[union-attr]
+    assert index.redrive_of("0-4").at == T0 + timedelta(seconds=9)  # type: ignore[union-attr]
+    done, cursor = index.page(1, None, "a", redriven=True)
+    assert [e.offset for e in done] == [4] and cursor is not None
+    done, cursor = index.page(1, cursor, "a", redriven=True)
+    assert [e.offset for e in done] == [1] and cursor is None
+    still, _ = index.page(10, None, redriven=False)
+    assert [e.offset for e in still] == [5, 3, 2, 0]
+    index.unmark("0-1", "new-b")
+    assert index.redrive_of("0-1") is None and len(index.page(10, None, redriven=False)[0]) == 5
+    raw = redrive_record(dead_letter_id="0-4", job_id="j", tenant="a", by="ops", idempotency_key="k", fingerprint="f")
+    assert load_redrive(raw)["idempotency_key"] == "k"
+    with pytest.raises(ValueError):
+        load(raw)  # not a dead letter: the book tells the two apart
+    with pytest.raises(ValueError):
+        load_redrive(record(b"x", reason="crashed", error="e"))

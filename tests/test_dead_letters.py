@@ -128,6 +128,9 @@ def test_the_list_pages_newest_first(client: httpx.Client, settings: Settings):
         ({"cursor": base64.urlsafe_b64encode(b"[1,2]").decode()}, "cursor"),
         ({"cursor": base64.urlsafe_b64encode(b"[-1,0,0]").decode()}, "cursor"),
         ({"cursor": base64.urlsafe_b64encode(b"[1e400,0,0]").decode()}, "cursor"),
+        ({"redriven": "maybe"}, "redriven"),
+        ({"redriven": "ünïcødé"}, "redriven"),
+        ({"redriven": "1" * 5000}, "redriven"),
     ],
 )
 def test_bad_list_parameters_are_problems_naming_them(client: httpx.Client, params: dict[str, Any], field: str):
@@ -202,3 +205,98 @@ def test_dead_letters_are_tenant_scoped_and_operators_see_every_tenants(
             assert client.get(f"/v1/jobs/{new_job}", headers=alice).status_code == 200
             assert client.get(f"/v1/jobs/{new_job}", headers=ops).status_code == 404
             assert finished(client, new_job, alice)["result"]["mean"] == 2.5
+
+
+def test_a_redrive_is_recorded_filtered_and_keyed_and_a_fresh_api_process_knows_it(
+    client: httpx.Client, settings: Settings, store: ClickHouseStore
+):
+    job_id, value = unreadable()
+    produce_requests(settings, value)
+    letter = letter_of(client, job_id)
+    assert letter["redriven"] is None
+    listed = {
+        d["id"]
+        for d in client.get("/v1/dead-letters", params={"limit": 1000, "redriven": "false"}).json()["dead_letters"]
+    }
+    assert letter["id"] in listed
+    key = f"redrive-{uuid.uuid4().hex}"
+    first = client.post(letter["links"]["redrive"], headers={"Idempotency-Key": key})
+    assert first.status_code == 202, first.text
+    new_job = first.json()["job_id"]
+    again = client.post(letter["links"]["redrive"], headers={"Idempotency-Key": key})  # a retry: the same job
+    assert again.status_code == 200 and again.json()["job_id"] == new_job and again.json()["redrive_of"] == letter["id"]
+    assert again.headers["location"] == f"/v1/jobs/{new_job}"
+    other = client.post(letter["links"]["redrive"], json={"params": {"values": [9]}}, headers={"Idempotency-Key": key})
+    assert other.status_code == 409 and other.headers["content-type"] == PROBLEM, other.text
+    assert other.json()["errors"] == [{"field": "Idempotency-Key", "reason": "reused with a different request"}]
+    assert finished(client, new_job)["result"]["mean"] == 2.5
+
+    def marked(api: httpx.Client, redriven: str | None) -> dict[str, Any] | None:
+        query = {"limit": 1000, **({"redriven": redriven} if redriven else {})}
+        return next(
+            (d for d in api.get("/v1/dead-letters", params=query).json()["dead_letters"] if d["id"] == letter["id"]),
+            None,
+        )
+
+    shown = marked(client, None)
+    assert shown is not None and shown["redriven"]["job_id"] == new_job and shown["redriven"]["job_ids"] == [new_job]
+    assert shown["links"]["redriven_job"] == f"/v1/jobs/{new_job}" and shown["redriven"]["redriven_at"]
+    assert marked(client, "true") is not None and marked(client, "false") is None
+    # a new API process reads the record back from Kafka: the mark and the key survive a restart
+    with gateway(settings, store, frozenset({"api"})) as api:
+        with httpx.Client(base_url=api.url, timeout=30) as fresh:
+            remembered = marked(fresh, "true")
+            assert remembered is not None and remembered["redriven"]["job_ids"] == [new_job]
+            assert marked(fresh, "false") is None
+            retry = fresh.post(letter["links"]["redrive"], headers={"Idempotency-Key": key})
+            assert retry.status_code == 200 and retry.json()["job_id"] == new_job
+            assert (
+                fresh.post(
+                    letter["links"]["redrive"], json={"params": {"values": [1]}}, headers={"Idempotency-Key": key}
+                ).status_code
+                == 409
+            )
+    # no second job was made by the retries: one running of the new job id in the store
+    events = store.query("SELECT count() FROM job_events WHERE job_id = {j:String} AND type = 'queued'", {"j": new_job})
+    assert events[0][0] == 1
+    # without a key, a re-drive makes another job, and the letter lists both
+    plain = client.post(letter["links"]["redrive"])
+    assert plain.status_code == 202 and plain.json()["job_id"] != new_job
+    latest = marked(client, "true")
+    assert latest is not None and latest["redriven"]["job_ids"] == [new_job, plain.json()["job_id"]]
+    assert latest["redriven"]["job_id"] == plain.json()["job_id"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "with space", "x" * 256, "ünïcødé", "tab\there"],
+)
+def test_a_bad_redrive_idempotency_key_is_400_naming_it(client: httpx.Client, settings: Settings, key: str):
+    answer = client.post("/v1/dead-letters/0-0:redrive", headers={"Idempotency-Key": key.encode("utf-8")})  # type: ignore[dict-item]
+    assert answer.status_code == 400 and answer.headers["content-type"] == PROBLEM, answer.text
+    assert answer.json()["errors"] == [{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}]
+
+
+def test_a_keyed_redrive_of_an_unknown_or_other_tenants_letter_is_404(
+    stack: str, settings: Settings, store: ClickHouseStore
+):
+    api_keys, t = keys("alice", "bob")
+    alice, bob = bearer(t["alice:key"]), bearer(t["bob:key"])
+    with gateway(settings, store, frozenset({"api"}), api_keys=api_keys) as api:
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            job_id, value = unreadable(tenant=t["alice"])
+            produce_requests(settings, value)
+            letter = letter_of(client, job_id, alice)
+            key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+            refused = client.post(f"/v1/dead-letters/{letter['id']}:redrive", headers={**bob, **key})
+            assert refused.status_code == 404 and refused.json()["errors"] == [
+                {"field": "id", "reason": "unknown dead letter"}
+            ]
+            assert client.post("/v1/dead-letters/0-999999999:redrive", headers={**alice, **key}).status_code == 404
+            assert client.get("/v1/dead-letters", params={"redriven": "maybe"}, headers=alice).status_code == 422
+            mine = client.post(f"/v1/dead-letters/{letter['id']}:redrive", headers={**alice, **key})
+            assert mine.status_code == 202, mine.text
+            # bob's same key is his own: it names no re-drive of his, and alice's letter stays hidden from him
+            assert client.post(f"/v1/dead-letters/{letter['id']}:redrive", headers={**bob, **key}).status_code == 404
+            bobs = client.get("/v1/dead-letters", params={"redriven": "true", "limit": 1000}, headers=bob).json()
+            assert letter["id"] not in {d["id"] for d in bobs["dead_letters"]}

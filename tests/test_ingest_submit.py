@@ -65,7 +65,7 @@ def test_records_are_byte_for_byte_what_the_models_write(
         ts=job.ts,
         type=EventType.QUEUED,
         kind=body.kind,
-        data={"priority": body.priority, "timeout_s": body.timeout_s},
+        data={"priority": body.priority, "timeout_s": body.timeout_s, "params": body.params},
     )
     assert job.request == orjson.dumps(request.model_dump(mode="json"))  # the models' own serialisation
     assert job.queued_value == orjson.dumps(queued.model_dump(mode="json"))

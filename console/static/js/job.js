@@ -1,5 +1,5 @@
 // One job: its state (GET /v1/jobs/{id}), its events live (the job's own stream), timings,
-// params (when submitted from this tab), result or error, and Cancel / Re-run.
+// params, result or error, and Cancel / Re-run.
 import { api, follow } from "./api.js";
 import { badge, between, dateTime, h, json, seconds, time, toast } from "./dom.js";
 import { statusOf } from "./jobs.js";
@@ -31,14 +31,15 @@ export function render(main, { id, navigate }) {
   const timeline = h("ol", { class: "timeline", id: "timeline", "aria-live": "polite", "aria-relevant": "additions" });
   const outcome = h("section", { id: "outcome", "aria-labelledby": "outcome-title" }, h("h2", { id: "outcome-title" }, "Result"));
   const stored = sessionStorage.getItem(paramsKey(id));
-  const params = h(
-    "section",
-    { "aria-labelledby": "params-title" },
-    h("h2", { id: "params-title" }, "Params"),
-    stored
-      ? h("pre", { class: "json", id: "params" }, json(JSON.parse(stored)))
-      : h("p", { class: "muted" }, "Params live with the request in Kafka; the API does not return them. Jobs submitted from this tab show theirs."),
-  );
+  const paramsTitle = h("h2", { id: "params-title" }, "Params");
+  const params = h("section", { "aria-labelledby": "params-title" }, paramsTitle, h("p", { class: "muted" }, "Loading…"));
+  function showParams(value) {
+    // the API's (GET /v1/jobs/{id}); this tab's copy only for jobs queued before the API kept them
+    const known = value ?? (stored ? JSON.parse(stored) : null);
+    params.replaceChildren(paramsTitle, known
+      ? h("pre", { class: "json", id: "params" }, json(known))
+      : h("p", { class: "muted" }, "Not known: this job was queued before jobstream kept params with its events."));
+  }
   const seen = new Set();
   let job = null, stream = null;
 
@@ -54,6 +55,7 @@ export function render(main, { id, navigate }) {
 
   function showJob(view) {
     job = view;
+    showParams(view.params);
     status.replaceChildren(badge(view.status));
     bar.value = view.status === "succeeded" ? 1 : view.progress || 0;
     const terminal = ["succeeded", "failed", "cancelled"].includes(view.status);
