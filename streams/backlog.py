@@ -74,7 +74,11 @@ class TenantBacklog(KafkaReader):
         self._next = 0  # the next queue number
         # job id -> (tenant, or None for a replay; queue number; when queued, epoch seconds)
         self._jobs: dict[str, tuple[str | None, int, float]] = {}
-        self._order: list[int] = []  # queue numbers of the waiting jobs, ascending
+        # Queue numbers in order, from ``_head`` on; ``_removed``: those in it that left out of order.
+        # Jobs mostly leave from the front, so a removal is O(1) and a position O(log n + out of order).
+        self._order: list[int] = []
+        self._head = 0
+        self._removed: set[int] = set()
         self._by_number: dict[int, str] = {}
         self._waiting: dict[str, int] = {}  # tenant -> waiting jobs (replays not counted)
         self._starts: dict[str, int] = {}  # tenant -> first starts since the last tick
@@ -101,7 +105,9 @@ class TenantBacklog(KafkaReader):
             known = self._jobs.get(job_id)
             if known is None:
                 return None
-            ahead = bisect.bisect_left(self._order, known[1])
+            number = known[1]
+            ahead = bisect.bisect_left(self._order, number, self._head) - self._head
+            ahead -= sum(1 for r in self._removed if r < number)
         rate = self.rate
         return QueuePlace(ahead, round(ahead / rate, 1) if rate > 0 else None)
 
@@ -179,9 +185,17 @@ class TenantBacklog(KafkaReader):
         if known is None:
             return
         tenant, number, _ = known
-        i = bisect.bisect_left(self._order, number)
-        if i < len(self._order) and self._order[i] == number:
-            del self._order[i]
+        order = self._order
+        if number != order[self._head]:
+            self._removed.add(number)
+        else:
+            self._head += 1
+            while self._head < len(order) and order[self._head] in self._removed:
+                self._removed.discard(order[self._head])
+                self._head += 1
+            if self._head > 4096 and self._head * 2 > len(order):
+                del order[: self._head]
+                self._head = 0
         self._by_number.pop(number, None)
         if tenant is not None:
             left = self._waiting.get(tenant, 1) - 1
@@ -208,8 +222,8 @@ class TenantBacklog(KafkaReader):
             instant = total / elapsed
             self.rate = instant if self.rate == 0 else (1 - _SMOOTHING) * self.rate + _SMOOTHING * instant
             cutoff = time.time() - self.window_s  # never started within the window: no longer counted
-            while self._order:
-                job_id = self._by_number[self._order[0]]
+            while self._head < len(self._order):
+                job_id = self._by_number[self._order[self._head]]
                 if self._jobs[job_id][2] >= cutoff:
                     break
                 self._remove(job_id)

@@ -12,7 +12,10 @@ import pytest
 
 from ingest_api.admission import Admission, AdmissionConfig
 from store.clickhouse import ClickHouseStore
+from streams import topics
+from streams.backlog import TenantBacklog
 from streams.events import JobRequested
+from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.wire import decode_request, dumps
 from tests.support.sse import app_state, bearer, gateway, keys
@@ -63,6 +66,23 @@ def test_start_within_s_rides_the_request_and_old_records_decode_without_it() ->
     old = orjson.loads(dumps(request))
     del old["start_within_s"]  # a record written before the field existed
     assert decode_request(orjson.dumps(old)).start_within_s is None
+
+
+# --- queue positions ------------------------------------------------------------------------------
+def test_positions_count_the_jobs_still_waiting_ahead_whatever_order_they_leave_in(settings: Settings) -> None:
+    backlog = TenantBacklog(KafkaConnection.from_settings(settings), settings.topic(topics.EVENTS), 3600)
+    try:
+        backlog.hold("a", ["j0", "j1", "j2"])
+        backlog.hold("b", ["j3", "j4"])
+        assert [backlog.place(j).ahead for j in ("j0", "j2", "j4")] == [0, 2, 4]  # type: ignore[union-attr]
+        backlog.release(["j2"])  # out of order (a priority, another partition)
+        assert backlog.place("j4").ahead == 3 and backlog.place("j2") is None  # type: ignore[union-attr]
+        backlog.release(["j0", "j1"])  # from the front: j2's leftover mark goes with them
+        assert backlog.place("j3").ahead == 0 and backlog.place("j4").ahead == 1  # type: ignore[union-attr]
+        assert (backlog.waiting("a"), backlog.waiting("b")) == (0, 2)
+        assert backlog.place("j4").eta_s is None  # type: ignore[union-attr]  # no start measured
+    finally:
+        backlog.stop()
 
 
 # --- the rate limit (per API process) -------------------------------------------------------------
