@@ -40,6 +40,14 @@ _GONE = frozenset({"running", "succeeded", "failed", "cancelled"})  # no longer 
 _SMOOTHING = 0.3  # weight of the last second in the start rates
 
 
+def _queued(raw: bytes) -> bool:
+    """Whether an event is a ``queued`` one, without parsing it: the first ``"type":"`` in a record
+    ``streams.wire`` wrote is its own type (the fields before it are strings and numbers, in which
+    those bytes cannot appear unescaped)."""
+    at = raw.find(b'"type":"')
+    return at >= 0 and raw.startswith(b'queued"', at + 8)
+
+
 @dataclass(frozen=True, slots=True)
 class QueuePlace:
     """Where a waiting job stands: jobs ahead of it, and an estimate of seconds until it starts."""
@@ -144,9 +152,13 @@ class TenantBacklog(KafkaReader):
     def handle(self, messages: list[Message]) -> None:
         now = time.time()
         with self._lock:
+            jobs = self._jobs
             for message in messages:
+                raw = message.value() or b""
+                if _queued(raw) and (message.key() or b"").decode(errors="replace") in jobs:
+                    continue  # counted already (this process held it): the common case, without a parse
                 try:
-                    event = orjson.loads(message.value() or b"")
+                    event = orjson.loads(raw)
                     type_, job_id, tenant = event["type"], event["job_id"], event["tenant"]
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     continue  # not an event: the services that need it say so
