@@ -202,6 +202,7 @@ def main() -> None:
             **kafka.env(roles=["api", "replay"]),
             "JOBSTREAM_TOPIC_PREFIX": prefix,
             "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+            "JOBSTREAM_TENANT_MAX_QUEUED_JOBS": str(10**9),  # no worker runs: every job stays waiting
         }
         api_rows = []
         for label, root in roots:

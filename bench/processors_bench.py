@@ -416,6 +416,7 @@ def run_config(
         "JOBSTREAM_TOPIC_PREFIX": prefix,
         "JOBSTREAM_BATCH_MAX_SIZE": batch_max_size,
         "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+        "JOBSTREAM_TENANT_MAX_QUEUED_JOBS": str(10**9),  # one tenant submits the whole backlog
     }
     terminals = Terminals(kafka, settings)
     try:

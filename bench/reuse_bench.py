@@ -156,6 +156,7 @@ def main() -> None:
             "JOBSTREAM_TOPIC_PREFIX": prefix,
             "JOBSTREAM_WORKERS": "1",
             "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+            "JOBSTREAM_TENANT_MAX_QUEUED_JOBS": str(10**9),  # one tenant submits the whole backlog
         }
         terminals = Terminals(bootstrap, settings)
         try:

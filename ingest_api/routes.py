@@ -28,6 +28,7 @@ from edge.auth import current_tenant, tenant_of
 from edge.problems import MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses, validation_errors
 from edge.webhook_url import WebhookPolicy
 from ingest_api import listing
+from ingest_api.admission import Admission
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
 from ingest_api.reuse import Found, ReuseIndex
@@ -45,6 +46,7 @@ from ingest_api.submit import (
 from ingest_api.waits import JobWaits, parse_prefer, wait_seconds
 from store.jobs import job_view
 from store.recent import RecentJobs
+from streams.backlog import TenantBacklog
 from streams.control import cancel_record
 from streams.events import EventType, JobEvent, JobStatus, JobView
 from streams.producer import Outgoing, ProduceError
@@ -91,6 +93,16 @@ class JobOut(BaseModel):
     replay_of: str | None = Field(default=None, description="For a replayed job: the job it re-runs.")
     params: dict[str, Any] | None = Field(
         default=None, description="The params it was submitted with (null for jobs queued before they were kept)."
+    )
+    queue_position: int | None = Field(
+        default=None,
+        description="While queued: jobs (every tenant's) still waiting that were queued before this one, "
+        "as this API process counts them. An estimate: priorities and fair sharing reorder jobs.",
+    )
+    start_eta_s: float | None = Field(
+        default=None,
+        description="While queued: seconds until it likely starts, queue_position over the measured start "
+        "rate (null before a start was measured).",
     )
     links: Links
 
@@ -156,6 +168,16 @@ def _admit(request: Request) -> None:
             headers={"Retry-After": str(retry)},
             queued_jobs=lag.lag,
         )
+
+
+def _admit_tenant(request: Request, tenant: str, n: int) -> TenantBacklog | None:
+    """429 when ``tenant`` is at its own cap on waiting jobs or past its rate (others are not touched);
+    returns the backlog that counts the jobs (``hold`` them before producing)."""
+    admission: Admission | None = getattr(request.app.state, "admission", None)
+    if admission is None:
+        return None
+    admission.check(tenant, n)
+    return admission.backlog
 
 
 def _retry_after(request: Request) -> str:
@@ -300,6 +322,7 @@ def _parse_submit(
     max_errors: int,
     webhooks: WebhookPolicy,
     reuse_max_age_s: float,
+    max_start_within_s: float,
 ) -> _Parsed:
     """Body → validated job records (and the fingerprint a key needs, the reuse key reuse needs);
     raises Problem. Pure and CPU-bound."""
@@ -307,9 +330,13 @@ def _parse_submit(
     reusable = None
     try:
         if body.reuse is None:
-            job = prepare_validated(body, tenant, job_id, max_errors, webhooks=webhooks)[0]
+            job = prepare_validated(
+                body, tenant, job_id, max_errors, webhooks=webhooks, max_start_within_s=max_start_within_s
+            )[0]
         else:
-            job, reusable = prepare_reusable(body, tenant, reuse_max_age_s, job_id, max_errors, webhooks)
+            job, reusable = prepare_reusable(
+                body, tenant, reuse_max_age_s, job_id, max_errors, webhooks, max_start_within_s
+            )
     except InvalidSubmission as exc:
         raise _invalid(exc) from None
     return _Parsed(job, body.fingerprint() if keyed else None, body, reusable)
@@ -395,6 +422,7 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
             settings.max_listed_errors,
             request.app.state.webhook_policy,
             settings.reuse_max_age_s,
+            settings.max_start_within_s,
         )
         kind = parsed.job.kind
         if wait_s is None:
@@ -485,13 +513,18 @@ async def _submit_once(
         outgoing.append(key_record)
     if extra is not None:
         outgoing.append(extra)
+    backlog = _admit_tenant(request, tenant, 1)
     _admit(request)
     recent: RecentJobs = request.app.state.recent
     recent.add(job.queued)  # before the send: the fanout may see this job's next events before we resume
+    if backlog is not None:
+        backlog.hold(tenant, [job.job_id])
     try:
         await request.app.state.producer.send_many(outgoing)
     except ProduceError as exc:
         recent.discard(tenant, job.job_id)
+        if backlog is not None:
+            backlog.release([job.job_id])
         if idempotency_key is not None and entry is not None and exc.outcome is not None:
             request.app.state.idempotency.track(tenant, idempotency_key, entry, outgoing, exc.outcome)
         raise _unavailable(request, exc, [job.job_id], keyed=idempotency_key is not None) from None
@@ -663,7 +696,14 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings, webhooks: Webhoo
         try:
             submission = JobSubmission.model_validate(item)
             if submission.reuse is None:
-                job = prepare_validated(submission, tenant, None, settings.max_listed_errors, webhooks=webhooks)[0]
+                job = prepare_validated(
+                    submission,
+                    tenant,
+                    None,
+                    settings.max_listed_errors,
+                    webhooks=webhooks,
+                    max_start_within_s=settings.max_start_within_s,
+                )[0]
             else:
                 job, reusable = prepare_reusable(
                     submission,
@@ -671,6 +711,7 @@ def _prepare_batch(raw: bytes, tenant: str, settings: Settings, webhooks: Webhoo
                     settings.reuse_max_age_s,
                     max_errors=settings.max_listed_errors,
                     webhooks=webhooks,
+                    max_start_within_s=settings.max_start_within_s,
                 )
                 if reusable is not None:
                     reusing.append((index, job, reusable))
@@ -758,6 +799,9 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
         remember: list[Any] = []
         if reusing:
             ready, extra, remember = await _reuse_in_batch(request, tenant, ready, items, reusing)
+        backlog = None
+        if ready:
+            backlog = _admit_tenant(request, tenant, len(ready))
         if ready or not reusing:  # answers from earlier jobs add no work: they are not held back by lag
             _admit(request)
     except Problem as exc:
@@ -768,6 +812,8 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
         recent: RecentJobs = request.app.state.recent
         for job in ready:
             recent.add(job.queued)
+        if backlog is not None:
+            backlog.hold(tenant, [job.job_id for job in ready])
         try:
             with _submit_slot(request):
                 try:
@@ -781,6 +827,8 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
                 except ProduceError as exc:
                     for job in ready:
                         recent.discard(tenant, job.job_id)
+                    if backlog is not None:
+                        backlog.release([job.job_id for job in ready])
                     raise _unavailable(request, exc, [job.job_id for job in ready]) from None
         except Problem as exc:
             metrics.rejected(BATCH_ROUTE, None, exc.status, len(ready))
@@ -973,7 +1021,13 @@ async def status(
         response.headers["Retry-After"] = _retry_after(request)
     if preferred:
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-    return _job_out(request, view)
+    out = _job_out(request, view)
+    admission: Admission | None = getattr(request.app.state, "admission", None)
+    if view.status is JobStatus.QUEUED and admission is not None and admission.backlog is not None:
+        place = admission.backlog.place(job_id)
+        if place is not None:
+            out.queue_position, out.start_eta_s = place.ahead, place.eta_s
+    return out
 
 
 @router.get(

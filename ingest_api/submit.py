@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +44,13 @@ class JobSubmission(BaseModel):
     priority: int = Field(default=0, ge=0, le=9, strict=True, description="Higher runs first (0..9).")
     timeout_s: float | None = Field(
         default=None, gt=0, le=86_400, strict=True, description="Give up after this long running."
+    )
+    start_within_s: float | None = Field(
+        default=None,
+        gt=0,
+        strict=True,
+        description="Deadline to start: a job not started this many seconds after its submit ends failed with "
+        "error type 'expired', without running (at most JOBSTREAM_MAX_START_WITHIN_S).",
     )
     webhook: str | None = Field(
         default=None,
@@ -88,6 +96,8 @@ class JobSubmission(BaseModel):
             del content["webhook"], content["webhook_events"]
         if content["reuse"] is None:
             del content["reuse"]
+        if content["start_within_s"] is None:
+            del content["start_within_s"]
         return content
 
 
@@ -136,6 +146,7 @@ def prepare_reusable(
     job_id: str | None = None,
     max_errors: int = MAX_LISTED_ERRORS,
     webhooks: WebhookPolicy | None = None,
+    max_start_within_s: float = math.inf,
 ) -> tuple[Prepared, Reusable | None]:
     """``prepare``, and for a submission with ``reuse`` its reuse key; refuses reuse of a kind that is
     not deterministic, or a ``max_age_s`` past ``max_age_limit_s`` (JOBSTREAM_REUSE_MAX_AGE_S)."""
@@ -146,7 +157,9 @@ def prepare_reusable(
             f"reuse.max_age_s is at most {max_age_limit_s:g} seconds",
             [{"field": "reuse.max_age_s", "reason": f"at most {max_age_limit_s:g}"}],
         )
-    job, calc, model = prepare_validated(submission, tenant, job_id, max_errors, reuse is not None, webhooks)
+    job, calc, model = prepare_validated(
+        submission, tenant, job_id, max_errors, reuse is not None, webhooks, max_start_within_s
+    )
     if reuse is None:
         return job, None
     return job, Reusable(reuse_key(tenant, calc.kind, calc.version, model), calc.version, reuse.max_age_s)
@@ -159,10 +172,18 @@ def prepare_validated(
     max_errors: int,
     reuse: bool = False,
     webhooks: WebhookPolicy | None = None,
+    max_start_within_s: float = math.inf,
 ) -> tuple[Prepared, registry.Calculation, BaseModel]:
     """``prepare``, also giving the calculation and the validated params (``reuse``: refuse a kind that
-    is not deterministic). The single submit's hot path calls this directly: one call, as before."""
+    is not deterministic; a ``start_within_s`` past ``max_start_within_s``, JOBSTREAM_MAX_START_WITHIN_S).
+    The single submit's hot path calls this directly: one call, as before."""
     kind, params = submission.kind, submission.params
+    start_within_s = submission.start_within_s
+    if start_within_s is not None and not start_within_s <= max_start_within_s:
+        reason = f"at most {max_start_within_s:g} seconds"
+        raise InvalidSubmission(
+            "Invalid start_within_s", f"start_within_s is {reason}", [{"field": "start_within_s", "reason": reason}]
+        )
     webhook, webhook_events = _webhook(submission, webhooks)
     try:
         calc = registry.get(kind)
@@ -195,6 +216,7 @@ def prepare_validated(
             submission.timeout_s,
             webhook=webhook,
             webhook_events=webhook_events,
+            start_within_s=start_within_s,
         )
         return job, calc, model
     except TypeError as exc:

@@ -26,6 +26,7 @@ from edge.auth import KeyRing
 from edge.body_limit import BodyLimit
 from edge.webhook_url import WebhookPolicy
 from ingest_api import routes as api_routes
+from ingest_api.admission import Admission, AdmissionConfig
 from ingest_api.backpressure import LagConfig, LagMonitor, SubmitSlots
 from ingest_api.finished import FinishedTail
 from ingest_api.idempotency import IdempotencyKeys, KeyConfig
@@ -50,6 +51,7 @@ from store.clickhouse import ClickHouseStore, ServerAccess
 from store.recent import RecentJobs
 from streams import topics
 from streams.acls import check_access
+from streams.backlog import TenantBacklog
 from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
@@ -106,6 +108,14 @@ def create_app(
                 started.append(app.state.reuse)
                 app.state.lag = LagMonitor(as_role["api"], LagConfig.from_settings(settings)).start()
                 started.append(app.state.lag)
+                backlog = TenantBacklog(
+                    as_role["api"],
+                    settings.topic(topics.EVENTS),
+                    settings.tenant_backlog_window_s,
+                    on_tick=_export_waiting if settings.metrics else None,
+                ).start()
+                started.append(backlog)
+                app.state.admission = Admission(AdmissionConfig.from_settings(settings), backlog)
                 app.state.replays = ReplayBook(as_role["replay"], settings.topic(topics.REPLAYS)).start()
                 started.append(app.state.replays)
                 app.state.replayer = _replayer(app, as_role["replay"], settings)
@@ -151,6 +161,8 @@ def create_app(
                     raise RuntimeError("could not read the dead letters from Kafka in 120 s")
                 if not await asyncio.to_thread(app.state.reuse.loaded.wait, 120):
                     raise RuntimeError("could not load the reuse index from Kafka in 120 s")
+                if not await asyncio.to_thread(backlog.loaded.wait, 60):  # admits meanwhile: a soft limit
+                    logger.warning("tenant backlog not counted within 60 s; per-tenant caps see part of it")
             app.state.ready = True
             # What start-up built (chDB, FastAPI, models) lives as long as the process: keep it out
             # of the collector's full passes, which otherwise pause the loop 100+ ms (SSE p99).
@@ -241,6 +253,10 @@ def _telemetry() -> TelemetryConfig:
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[JobEvent], None], event: JobEvent) -> None:
     loop.call_soon_threadsafe(fn, event)
+
+
+def _export_waiting(backlog: TenantBacklog) -> None:
+    metrics.waiting(backlog.waiting_by_tenant())
 
 
 def _finished_tail(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> FinishedTail:

@@ -68,6 +68,12 @@ class Job:
             return None
         return self.started_at + self.request.timeout_s
 
+    @property
+    def expired(self) -> bool:
+        """Not started and past its deadline to start (``start_within_s`` from the submit, wall clock)."""
+        within = self.request.start_within_s
+        return self.started_at is None and within is not None and time.time() >= self.request.ts.timestamp() + within
+
 
 @dataclass
 class RunnerStats:
@@ -85,6 +91,7 @@ class RunnerConfig:
     max_pending: int  #: JOBSTREAM_WORKER_MAX_PENDING: jobs held before the worker stops reading
     crash_max: int  #: JOBSTREAM_CRASH_MAX: crashes of its process before a job is dead-lettered
     cancel_memory: int  #: JOBSTREAM_CANCEL_MEMORY: cancelled job ids remembered
+    expiry_check_s: float = 1.0  #: JOBSTREAM_EXPIRY_CHECK_S: how often held jobs past start_within_s end
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -94,6 +101,7 @@ class RunnerConfig:
             settings.worker_max_pending,
             settings.crash_max,
             settings.cancel_memory,
+            settings.expiry_check_s,
         )
 
 
@@ -112,14 +120,18 @@ class Runner:
         self._room.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stats = RunnerStats()
 
     def start(self) -> Runner:
         self._dispatcher = asyncio.ensure_future(self._dispatch_forever())
+        self._expiry = asyncio.ensure_future(self._expire_forever())
         return self
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
         if self._tasks:
@@ -195,6 +207,25 @@ class Runner:
             logger.info("dropped %d pending jobs on rebalance", len(dropped))
         self._room.set()
         return len(dropped)
+
+    def expire_held(self) -> int:
+        """End the held jobs whose deadline to start passed (``start_within_s``): failed, ``expired``,
+        never run. Without this they would end only when their turn comes (``_stopped_before_start``)."""
+        late = [job for job in self.jobs.values() if not job.finished and job.expired]
+        if not late:
+            return 0
+        late_ids = {id(job) for job in late}
+        for job in self.batcher.remove_where(lambda j: id(j) in late_ids):
+            self._finish(job, EventType.FAILED, _expired(job))
+        return len(late)
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.expiry_check_s)
+            try:
+                self.expire_held()
+            except Exception:  # a bug of ours must not stop the timer; jobs still expire at start
+                logger.exception("expiring held jobs failed")
 
     # --- dispatch ----------------------------------------------------------------------
     async def _dispatch_forever(self) -> None:
@@ -358,6 +389,9 @@ class Runner:
         if self.cancels.cancelled(job.job_id, job.request.tenant):
             self._finish(job, EventType.CANCELLED, _error("cancelled", "cancelled before it started"))
             return True
+        if job.expired:
+            self._finish(job, EventType.FAILED, _expired(job))
+            return True
         deadline = job.deadline
         if deadline is not None and time.monotonic() >= deadline:
             self._finish(job, EventType.FAILED, _error("timeout", "timeout_s passed"))
@@ -462,6 +496,8 @@ def _count_finish(job: Job, type_: EventType, data: dict[str, Any]) -> None:
         error = data.get("error")
         if isinstance(error, dict) and error.get("type") == "timeout":
             metrics.TIMEOUTS.labels(metrics.kind_label(request.kind)).inc()
+        elif isinstance(error, dict) and error.get("type") == "expired":
+            metrics.EXPIRED.labels(metrics.kind_label(request.kind)).inc()
 
 
 def _halves(jobs: list[Job]) -> list[list[Job]]:
@@ -473,6 +509,10 @@ def _halves(jobs: list[Job]) -> list[list[Job]]:
 
 def _error(type_: str, message: str) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message}}
+
+
+def _expired(job: Job) -> dict[str, Any]:
+    return _error("expired", f"not started within start_within_s ({job.request.start_within_s:g}s of its submit)")
 
 
 def _salvage_ids(raw: bytes) -> tuple[str | None, str | None, str]:

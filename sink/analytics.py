@@ -70,11 +70,13 @@ def headline(
         where += " AND kind = {{kind:String}}"
         params["kind"] = kind
 
-    counts = dict(
-        store.query(
-            f"SELECT status, count() FROM job_outcomes WHERE {where.format(time='finished_at')} GROUP BY status", params
-        )
+    outcomes = store.query(
+        f"SELECT status, count(), countIf(error_type = 'expired') FROM job_outcomes "
+        f"WHERE {where.format(time='finished_at')} GROUP BY status",
+        params,
     )
+    counts = {status: n for status, n, _ in outcomes}
+    expired = sum(int(e) for _, _, e in outcomes)
     ((queue_wait, run, total),) = store.query(
         f"SELECT quantiles({QUANTILES})(queue_wait_s), quantiles({QUANTILES})(run_s), "
         f"quantiles({QUANTILES})(total_s) FROM job_outcomes WHERE {where.format(time='finished_at')}",
@@ -107,6 +109,7 @@ def headline(
         "succeeded": int(counts.get("succeeded", 0)),
         "failed": int(counts.get("failed", 0)),
         "cancelled": int(counts.get("cancelled", 0)),
+        "expired": expired,  # of the failed: not started within their start_within_s
         # requests answered by an earlier job (reuse): no job of their own, no result row
         "reused": int(sum(reused.values())),
         "reused_by": {"hit": int(reused.get("hit", 0)), "join": int(reused.get("join", 0))},

@@ -133,9 +133,25 @@ async def stats(
             errors=[{"field": "since", "reason": "not in the past"}],
         )
     try:
-        return await asyncio.to_thread(analytics.headline, store, tenant, start, kind, now)
+        body = await asyncio.to_thread(analytics.headline, store, tenant, start, kind, now)
     except (OperationalError, StoreClosed) as exc:
         raise Problem(503, "ClickHouse unavailable", str(exc)) from None
+    body["admission"] = _admission(request, tenant)
+    return body
+
+
+def _admission(request: Request, tenant: str) -> dict[str, Any] | None:
+    """The caller's jobs waiting to start now and its submits throttled by its own limits (429s of this
+    API process since it started); None where no API runs in this process."""
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        return None
+    backlog = admission.backlog
+    return {
+        "waiting": None if backlog is None else backlog.waiting(tenant),
+        "start_rate_per_s": None if backlog is None else round(backlog.tenant_rate(tenant), 3),
+        "throttled": dict(admission.throttled.get(tenant, {"queue": 0, "rate": 0})),
+    }
 
 
 @router.get("/v1/stats/series", responses={**problem_responses(401, 422, 503)})

@@ -120,6 +120,7 @@ class JobRequested(_Record):
     replay_id: str | None = None  # the replay that emitted it
     webhook: str | None = None  # where the notifier posts this job's events (validated at submit)
     webhook_events: list[str] | None = None  # which event types it posts (set whenever webhook is)
+    start_within_s: float | None = None  # not started this long after ts: it ends failed, "expired", unrun
 
 
 class JobEvent(_Record):

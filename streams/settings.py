@@ -224,6 +224,22 @@ class Settings(BaseSettings):
         description="Per-tenant overrides of the four above, JSON keyed by the tenant names of the API keys: "
         '{"acme": {"weight": 3, "max_queued_jobs": 50000, "rate_per_s": 200, "rate_burst": 400}}.',
     )
+    tenant_backlog_window_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="How far back in jobs.events an API process looks at start-up to count each tenant's waiting "
+        "jobs; a job still waiting after this long is no longer counted.",
+    )
+    max_start_within_s: float = Field(
+        default=86_400.0, gt=0, le=30 * 86_400, description="Largest start_within_s a submission may ask for."
+    )
+    expiry_check_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="How often a worker ends the held jobs whose start_within_s passed (they also end at start).",
+    )
 
     # --- processors -------------------------------------------------------
     workers: int = Field(default=1, ge=0, le=64, description="Processor worker processes `jobstream up` starts.")

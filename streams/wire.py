@@ -37,6 +37,7 @@ def encode_request(
     replay_id: str | None = None,
     webhook: str | None = None,
     webhook_events: list[str] | None = None,
+    start_within_s: float | None = None,
     *,
     seq: int = 0,
     schema_version: int = SCHEMA_VERSION,
@@ -59,6 +60,7 @@ def encode_request(
             "replay_id": replay_id,
             "webhook": webhook,
             "webhook_events": webhook_events,
+            "start_within_s": start_within_s,
         },
         option=_OPTIONS,
     )
@@ -116,6 +118,7 @@ def dumps(record: JobEvent | JobRequested) -> bytes:
         record.replay_id,
         record.webhook,
         record.webhook_events,
+        record.start_within_s,
         seq=record.seq,
         schema_version=record.schema_version,
     )
@@ -277,10 +280,12 @@ def build(
     replay_id: str | None = None,
     webhook: str | None = None,
     webhook_events: list[str] | None = None,
+    start_within_s: float | None = None,
 ) -> Prepared:
     """A job's two records from fields already validated: a submission, or a replay re-emitting a
     past request (``calc_version``, ``replay_of``, ``replay_id``, on both records). A ``webhook``
     (with its ``webhook_events``) is on both too: the notifier learns it from the queued event.
+    ``start_within_s`` (a deadline to start, counted from ``ts``) is on both records when set.
     Raises TypeError for an integer past 64 bits."""
     now = utcnow()
     replay = (
@@ -301,9 +306,12 @@ def build(
         replay_id,
         webhook,
         webhook_events,
+        start_within_s,
     )
     # params ride on the queued event too, so the job view (store or recent memory) can show them
     data: dict[str, Any] = {"priority": priority, "timeout_s": timeout_s, "params": params, **replay}
+    if start_within_s is not None:
+        data["start_within_s"] = start_within_s
     if webhook is not None:
         data["webhook"] = webhook
         data["webhook_events"] = webhook_events

@@ -57,6 +57,28 @@ TENANT_SUBMISSIONS_ACCEPTED = Counter(
     "Jobs accepted per tenant (only with JOBSTREAM_METRICS_TENANT_LABEL=true).",
     ["tenant"],
 )
+SUBMISSIONS_THROTTLED = Counter(
+    "jobstream_submissions_throttled_total",
+    "Submits refused with 429 by a tenant's own limit: reason queue (its waiting jobs at its cap) or rate.",
+    ["reason"],
+)
+TENANT_SUBMISSIONS_THROTTLED = Counter(
+    "jobstream_tenant_submissions_throttled_total",
+    "Submits refused by a tenant's own limit, per tenant (only with JOBSTREAM_METRICS_TENANT_LABEL=true).",
+    ["tenant", "reason"],
+)
+TENANT_WAITING = Gauge(
+    "jobstream_tenant_waiting_jobs",
+    "Jobs of a tenant queued and not started yet, as an API process counts them (replays not counted; "
+    "only with JOBSTREAM_METRICS_TENANT_LABEL=true).",
+    ["tenant"],
+    multiprocess_mode="livemax",
+)
+WAITING = Gauge(
+    "jobstream_waiting_jobs",
+    "Jobs queued and not started yet, every tenant's, as an API process counts them (replays not counted).",
+    multiprocess_mode="livemax",
+)
 PROCESSOR_LAG = Gauge(
     "jobstream_processor_lag_jobs",
     "Jobs waiting on jobs.requested: records the processors' group has not committed.",
@@ -91,6 +113,9 @@ CANCELLATIONS = Counter(
     "jobstream_job_cancellations_total", "Jobs cancelled, while waiting or while running.", ["kind", "stage"]
 )
 TIMEOUTS = Counter("jobstream_job_timeouts_total", "Jobs failed because timeout_s passed.", ["kind"])
+EXPIRED = Counter(
+    "jobstream_jobs_expired_total", "Jobs failed unrun because start_within_s passed before they started.", ["kind"]
+)
 QUEUE_WAIT = Histogram(
     "jobstream_job_queue_wait_seconds", "From submit to the job's first start on a worker.", ["kind"], buckets=_SECONDS
 )
@@ -176,6 +201,7 @@ class TenantLabels:
         self.limit = limit
         self._seen: set[str] = set()
         self._lock = threading.Lock()
+        self.waiting_labels: set[str] = set()  # tenants whose waiting gauge is set (reset to 0 once none wait)
 
     def label(self, tenant: str) -> str:
         if tenant in self._seen:
@@ -226,6 +252,34 @@ def accepted(route: str, kind: str, tenant: str, count: int = 1) -> None:
     child.inc(count)
     if tenants.enabled:
         TENANT_SUBMISSIONS_ACCEPTED.labels(tenants.label(tenant)).inc(count)
+
+
+_throttled: dict[str, Any] = {}
+
+
+def throttled(tenant: str, reason: str) -> None:
+    """A 429 from a tenant's own limit (``ingest_api.admission``)."""
+    child = _throttled.get(reason)
+    if child is None:
+        child = _throttled[reason] = SUBMISSIONS_THROTTLED.labels(reason)
+    child.inc()
+    if tenants.enabled:
+        TENANT_SUBMISSIONS_THROTTLED.labels(tenants.label(tenant), reason).inc()
+
+
+def waiting(by_tenant: dict[str, int]) -> None:
+    """The waiting jobs an API process counts (each second, from ``streams.backlog``'s thread)."""
+    WAITING.set(sum(by_tenant.values()))
+    if tenants.enabled:
+        labelled: dict[str, int] = {}
+        for tenant, n in by_tenant.items():
+            label = tenants.label(tenant)
+            labelled[label] = labelled.get(label, 0) + n
+        for label in tenants.waiting_labels - labelled.keys():
+            TENANT_WAITING.labels(label).set(0)
+        for label, n in labelled.items():
+            TENANT_WAITING.labels(label).set(n)
+        tenants.waiting_labels = set(labelled)
 
 
 def rejected(route: str, kind: str | None, status: int, count: int = 1) -> None:

@@ -83,9 +83,9 @@ def test_keys_stored_before_v2_fingerprints_still_match_their_body():
 
     body = JobSubmission.model_validate({"kind": "k", "params": {"x": 1}})
     legacy = hashlib.sha256(
-        # the body as it was dumped before the webhook and reuse fields existed
+        # the body as it was dumped before the webhook, reuse and start_within_s fields existed
         json.dumps(
-            body.model_dump(mode="json", exclude={"webhook", "webhook_events", "reuse"}),
+            body.model_dump(mode="json", exclude={"webhook", "webhook_events", "reuse", "start_within_s"}),
             sort_keys=True,
             separators=(",", ":"),
         ).encode()
