@@ -433,6 +433,8 @@ async def _submit_and_wait(
         accepted = await _submit_job(parsed, request, tenant, idempotency_key, trace)
         if ticket is None:
             return accepted
+        if parsed.reusable is not None and (answered := orjson.loads(accepted.body)["job_id"]) != job_id:
+            return await _wait_reused(request, tenant, answered, accepted, deadline, wait_s)
         if accepted.status_code == 200:  # an earlier request's job (same Idempotency-Key): maybe done long ago
             view = await load_view(request, tenant, job_id)
             if view.status.terminal:
@@ -440,6 +442,27 @@ async def _submit_and_wait(
         event = await ticket.wait(deadline - loop.time())
     if event is None:
         return accepted
+    return _finished(request, await _finished_view(request, tenant, job_id, event), wait_s)
+
+
+async def _wait_reused(
+    request: Request, tenant: str, job_id: str, answer: Response, deadline: float, wait_s: float
+) -> Response:
+    """``Prefer: wait`` on a reuse answer: a hit (200) is the finished job already; a join waits for
+    the joined job (``job_id``), not for the new job that was never sent."""
+    if answer.status_code != 202:
+        return answer
+    loop = asyncio.get_running_loop()
+    waits: JobWaits = request.app.state.waits
+    with waits.expect(tenant, job_id) as ticket:
+        if ticket is None:
+            return answer
+        view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id)
+        if view is not None and view.status.terminal:  # finished before the ticket was taken
+            return _finished(request, view, wait_s)
+        event = await ticket.wait(deadline - loop.time())
+    if event is None:
+        return answer
     return _finished(request, await _finished_view(request, tenant, job_id, event), wait_s)
 
 
