@@ -23,6 +23,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -84,10 +85,10 @@ def workers_cpu(up_pid: int) -> float:
 
 async def run_phase(
     url: str, bodies: list[dict], concurrency: int, terminals: Terminals
-) -> tuple[float, list[float], set[str], int]:
-    """Closed loop: (answers/s, answer latencies, job ids answered, 200 answers)."""
+) -> tuple[float, list[float], dict[int, set[str]], int]:
+    """Closed loop: (answers/s, answer latencies, job ids answered per request seed, 200 answers)."""
     latencies: list[float] = []
-    ids: set[str] = set()
+    ids: dict[int, set[str]] = {}
     hits = 0
     queue = list(reversed(bodies))
     # idle connections go before uvicorn's 5 s keep-alive closes them (a client may wait longer for a job)
@@ -104,7 +105,7 @@ async def run_phase(
                     raise RuntimeError(f"{response.status_code}: {response.text}")
                 job_id = response.json()["job_id"]
                 answered = time.monotonic()
-                ids.add(job_id)
+                ids.setdefault(body["params"]["generate"]["seed"], set()).add(job_id)
                 if response.status_code == 200:  # the answer itself holds the result
                     hits += 1
                     latencies.append(answered - t0)
@@ -120,10 +121,13 @@ async def run_phase(
         return len(latencies) / (time.monotonic() - started), latencies, ids, hits
 
 
-async def herd(url: str, size: int, body: dict) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
-        return await asyncio.gather(*(client.post("/v1/jobs", json=body) for _ in range(size)))
+async def herd(url: str, size: int, body: dict) -> list[httpx.Response | BaseException]:
+    """Every answer, or the client's error (on a saturated machine a request may wait minutes for one
+    of the 200 connections: no pool timeout)."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=2)
+    timeout = httpx.Timeout(900, pool=None)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        return await asyncio.gather(*(client.post("/v1/jobs", json=body) for _ in range(size)), return_exceptions=True)
 
 
 def requested_records(bootstrap: str, settings: Settings) -> int:
@@ -136,6 +140,26 @@ def requested_records(bootstrap: str, settings: Settings) -> int:
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts)
     finally:
         consumer.close()
+
+
+def print_stream(args: argparse.Namespace, identities: list[int], rows: list[tuple]) -> None:
+    """The stream phases' table, printed as soon as they ran (a herd that fails keeps them)."""
+    distinct = len(set(identities))
+    print(
+        f"{args.requests} requests per phase, {distinct} distinct ({args.requests - distinct} repeats, Zipf-like), "
+        f"stats.describe of {args.n:,} seeded values, {args.concurrency} clients in a closed loop, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        "| reuse | answers/s | p50 ms | p99 ms | jobs run | 200 hits | calculation CPU ms/req | API CPU ms/req "
+        "| requests with 2+ jobs |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for reuse, rate, pct, jobs, hits, cpu, api, twice in rows:
+        print(
+            f"| {'on' if reuse else 'off'} | {rate:.1f} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | {jobs} | "
+            f"{hits} | {cpu * 1000:.1f} | {api * 1000:.1f} | {twice if reuse else '-'} |"
+        )
 
 
 def main() -> None:
@@ -158,7 +182,7 @@ def main() -> None:
             "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
             "JOBSTREAM_TENANT_MAX_QUEUED_JOBS": str(10**9),  # one tenant submits the whole backlog
         }
-        terminals = Terminals(bootstrap, settings)
+        terminals = Terminals(KafkaConnection.from_settings(settings), settings)
         try:
             with jobstream_service(["up", "--log-level", "warning"], env, free_port()) as up:
                 asyncio.run(run_phase(up.url, [job(i, 10**9, 1000, False) for i in range(32)], 8, terminals))  # warm
@@ -168,34 +192,27 @@ def main() -> None:
                     rate, latencies, ids, hits = asyncio.run(run_phase(up.url, bodies, args.concurrency, terminals))
                     cpu, api = workers_cpu(up.pid) - cpu0, cpu_seconds(up.pid) - api0
                     n = len(bodies)
-                    rows.append((reuse, rate, percentiles_ms(latencies), len(ids), hits, cpu / n, api / n))
+                    jobs = sum(len(v) for v in ids.values())
+                    twice = sum(len(v) > 1 for v in ids.values())  # requests answered by more than one job
+                    rows.append((reuse, rate, percentiles_ms(latencies), jobs, hits, cpu / n, api / n, twice))
+                print_stream(args, identities, rows)
                 before = requested_records(bootstrap, settings)
                 body = job(0, 10**8, args.n * 5, True)  # a slower calculation, so the herd arrives while it runs
                 t0, api0 = time.monotonic(), cpu_seconds(up.pid)
                 answers = asyncio.run(herd(up.url, args.herd, body))
                 herd_s, herd_api = time.monotonic() - t0, cpu_seconds(up.pid) - api0
                 created = requested_records(bootstrap, settings) - before
-                herd_ids = {a.json()["job_id"] for a in answers}
-                codes = sorted({a.status_code for a in answers})
+                responses = [a for a in answers if isinstance(a, httpx.Response)]
+                herd_ids = {a.json().get("job_id") for a in responses} - {None}
+                codes = sorted(Counter(a.status_code for a in responses).items())
+                errors = Counter(type(a).__name__ for a in answers if not isinstance(a, httpx.Response))
         finally:
             terminals.close()
-    distinct = len(set(identities))
-    print(
-        f"{args.requests} requests per phase, {distinct} distinct ({args.requests - distinct} repeats, Zipf-like), "
-        f"stats.describe of {args.n:,} seeded values, {args.concurrency} clients in a closed loop, "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-    )
-    print("| reuse | answers/s | p50 ms | p99 ms | jobs run | 200 hits | calculation CPU ms/req | API CPU ms/req |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for reuse, rate, pct, jobs, hits, cpu, api in rows:
-        print(
-            f"| {'on' if reuse else 'off'} | {rate:.1f} | {pct['p50_ms']:.0f} | {pct['p99_ms']:.0f} | {jobs} | "
-            f"{hits} | {cpu * 1000:.1f} | {api * 1000:.1f} |"
-        )
     print(
         f"herd: {args.herd} concurrent identical requests with reuse answered in {herd_s:.2f} s "
         f"({herd_api * 1000 / args.herd:.1f} ms API CPU per request), "
-        f"status codes {codes}, {len(herd_ids)} distinct job id(s), {created} request record(s) on "
+        f"status codes (code, count) {codes}, client errors {dict(errors)}, {len(herd_ids)} distinct job id(s), "
+        f"{created} request record(s) on "
         f"jobs.requested: calculations run = {created}"
     )
 

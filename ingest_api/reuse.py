@@ -15,6 +15,13 @@ survives restarts and is shared by replicas. What became of a job comes from the
 the entry and later hits need no query. Memory is bounded: at most
 ``JOBSTREAM_REUSE_MAX_ENTRIES`` entries, the oldest dropped first, none older than
 ``JOBSTREAM_REUSE_MAX_AGE_S``.
+
+Single flight (per API process): one request at a time submits the job for a key; identical
+requests wait for it and then join its job. When its submit ends in a 503 "outcome unknown" the
+job may still land, so the key stays *pending* until the delivery reports are in: identical
+requests wait for them (up to ``JOBSTREAM_PRODUCE_TIMEOUT_S``) and join the job if its request
+landed, start a new one only if it surely did not, and answer 503 "outcome unknown" naming that
+job if the reports are still out.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams import topics
+from streams.errors import JobstreamError
 from streams.events import JobReused, JobStatus, JobView, ReuseHow, new_job_id
 from streams.kafka_config import KafkaConnection
 from streams.mirror import TopicMirror
-from streams.producer import Outgoing
+from streams.producer import Outcome, Outgoing
 from streams.settings import Settings
 from streams.wire import encode_reused
 
@@ -98,6 +106,33 @@ class _Entry:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A new job for a reuse key: its index record (published with the job) and the entry to remember."""
+
+    key: bytes
+    record: Outgoing
+    entry: _Entry
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A claim whose submit was not acknowledged in time; ``request_at``: where its request record is
+    among the records of that send (the job exists once that one landed)."""
+
+    claim: Claim
+    outcome: asyncio.Future[Outcome]
+    request_at: int
+
+
+class StillUnknown(JobstreamError):
+    """The job an identical request submitted for this key may still land: its outcome is not known yet."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the outcome of job {job_id} is not known yet")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
 class Found:
     """An earlier job that answers a request: ``hit`` (succeeded; ``view`` has the result) or a join."""
 
@@ -124,6 +159,7 @@ class ReuseIndex(TopicMirror):
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._submitting: dict[bytes, asyncio.Future[None]] = {}
+        self._pending: dict[bytes, _Pending] = {}
 
     # --- the mirror (its own thread) -------------------------------------------------------------
     def apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -168,14 +204,37 @@ class ReuseIndex(TopicMirror):
             return None
         return Found(entry.job_id, False, view)
 
-    def record(self, key: bytes, job_id: str, version: str) -> tuple[Outgoing, _Entry]:
+    def claim(self, key: bytes, job_id: str, version: str) -> Claim:
         """The index record to publish with a new job, and the entry to remember once it is acked."""
         entry = _Entry(job_id, version, time.time())
         value = orjson.dumps({"job_id": job_id, "version": version, "submitted_at": entry.submitted_at})
-        return Outgoing(self.topic, key, value), entry
+        return Claim(key, Outgoing(self.topic, key, value), entry)
 
-    def remember(self, key: bytes, entry: _Entry) -> None:
-        self._put(key, entry)
+    def remember(self, claim: Claim) -> None:
+        self._put(claim.key, claim.entry)
+
+    def track(self, claim: Claim, outcome: asyncio.Future[Outcome], request_at: int) -> None:
+        """The claim's submit was not acknowledged in time (503 "outcome unknown"): hold its key as
+        pending until ``outcome`` says whether the job's request (record ``request_at`` of that send)
+        landed; if it did, remember the claim as after a 202."""
+        pending = _Pending(claim, outcome, request_at)
+        self._pending[claim.key] = pending
+        outcome.add_done_callback(lambda _: self._settle(pending))
+
+    def _settle(self, pending: _Pending) -> None:
+        """Once the reports are in (idempotent): forget the pending key, remember the job if it exists."""
+        key = pending.claim.key
+        if self._pending.get(key) is not pending:
+            return
+        del self._pending[key]
+        delivered = [] if pending.outcome.cancelled() else pending.outcome.result().delivered
+        if pending.request_at < len(delivered) and delivered[pending.request_at] is not None:
+            self.remember(pending.claim)
+        else:
+            logger.warning(
+                "a reuse job whose outcome was unknown was not written; the next identical request submits it",
+                extra={"job_id": pending.claim.entry.job_id},
+            )
 
     def answer_record(self, tenant: str, found: Found, kind: str) -> Outgoing:
         """The analytics record of one request answered by ``found`` (no job, no result row)."""
@@ -188,12 +247,21 @@ class ReuseIndex(TopicMirror):
         )
         return Outgoing(self.answers_topic, found.job_id.encode(), encode_reused(record))
 
-    async def single_flight(self, key: bytes) -> _Flight:
-        """Wait while another request of this process is submitting a job for ``key``; then own it.
-        Callers look the key up again after this: the job the other request made may answer them."""
-        while (pending := self._submitting.get(key)) is not None:
-            await asyncio.shield(pending)
-        return _Flight(self._submitting, key)
+    async def single_flight(self, key: bytes, unknown_wait_s: float) -> _Flight:
+        """Wait while another request of this process is submitting a job for ``key``, and while such a
+        job's outcome is unknown (at most ``unknown_wait_s`` each time: ``StillUnknown`` past it); then own
+        the key. Callers look the key up again after this: the job the other request made may answer them."""
+        while True:
+            if (flight := self._submitting.get(key)) is not None:
+                await asyncio.shield(flight)
+            elif (pending := self._pending.get(key)) is not None:
+                if not pending.outcome.done():
+                    await asyncio.wait([pending.outcome], timeout=unknown_wait_s)  # never cancels the outcome
+                    if not pending.outcome.done():
+                        raise StillUnknown(pending.claim.entry.job_id)
+                self._settle(pending)
+            else:
+                return _Flight(self._submitting, key)
 
 
 class _Flight:

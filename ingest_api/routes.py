@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from ingest_api import listing
 from ingest_api.admission import Admission
 from ingest_api.backpressure import LagMonitor, SubmitSlots
 from ingest_api.idempotency import IdempotencyKeys, PendingKey
-from ingest_api.reuse import Found, ReuseIndex
+from ingest_api.reuse import Claim, Found, ReuseIndex, StillUnknown
 from ingest_api.submit import (
     InvalidSubmission,
     JobSubmission,
@@ -464,6 +464,8 @@ async def _submit_and_wait(
         accepted = await _submit_job(parsed, request, tenant, idempotency_key, trace)
         if ticket is None:
             return accepted
+        if parsed.reusable is not None and (answered := orjson.loads(accepted.body)["job_id"]) != job_id:
+            return await _wait_reused(request, tenant, answered, accepted, deadline, wait_s)
         if accepted.status_code == 200:  # an earlier request's job (same Idempotency-Key): maybe done long ago
             view = await load_view(request, tenant, job_id)
             if view.status.terminal:
@@ -471,6 +473,27 @@ async def _submit_and_wait(
         event = await ticket.wait(deadline - loop.time())
     if event is None:
         return accepted
+    return _finished(request, await _finished_view(request, tenant, job_id, event), wait_s)
+
+
+async def _wait_reused(
+    request: Request, tenant: str, job_id: str, answer: Response, deadline: float, wait_s: float
+) -> Response:
+    """``Prefer: wait`` on a reuse answer: a hit (200) is the finished job already; a join waits for
+    the joined job (``job_id``), not for the new job that was never sent."""
+    if answer.status_code != 202:
+        return answer
+    loop = asyncio.get_running_loop()
+    waits: JobWaits = request.app.state.waits
+    with waits.expect(tenant, job_id) as ticket:
+        if ticket is None:
+            return answer
+        view = await job_view(request.app.state.store, request.app.state.recent, tenant, job_id)
+        if view is not None and view.status.terminal:  # finished before the ticket was taken
+            return _finished(request, view, wait_s)
+        event = await ticket.wait(deadline - loop.time())
+    if event is None:
+        return answer
     return _finished(request, await _finished_view(request, tenant, job_id, event), wait_s)
 
 
@@ -490,10 +513,10 @@ async def _submit_once(
     tenant: str,
     idempotency_key: str | None,
     trace: tracing.JobTrace | None = None,
-    extra: Outgoing | None = None,
+    claim: Claim | None = None,
 ) -> Response:
-    """Publish the parsed job (keyed: unless the key already names a job); ``extra``: one more record
-    for the same flush (a reuse index entry)."""
+    """Publish the parsed job (keyed: unless the key already names a job); ``claim``: the reuse index
+    entry published in the same flush (remembered once acked, tracked if the outcome is unknown)."""
     job = parsed.job
     outgoing = records(job, request.app.state.job_topics, None if trace is None else trace.headers)
     entry = None
@@ -507,12 +530,12 @@ async def _submit_once(
         if pending is not None:  # an earlier attempt's outcome was unknown: never produce the job twice
             _same_body(pending.entry.fingerprint, parsed)
             return await _settle_pending(request, tenant, idempotency_key, pending)
-        if parsed.reusable is not None and extra is None:  # the key's rules first, then reuse
+        if parsed.reusable is not None and claim is None:  # the key's rules first, then reuse
             return await _reusing(parsed, parsed.reusable, request, tenant, idempotency_key, trace)
         key_record, entry = keys.record(tenant, idempotency_key, job.job_id, parsed.fingerprint or "")
         outgoing.append(key_record)
-    if extra is not None:
-        outgoing.append(extra)
+    if claim is not None:
+        outgoing.append(claim.record)
     backlog = _admit_tenant(request, tenant, 1)
     _admit(request)
     recent: RecentJobs = request.app.state.recent
@@ -527,9 +550,13 @@ async def _submit_once(
             backlog.release([job.job_id])
         if idempotency_key is not None and entry is not None and exc.outcome is not None:
             request.app.state.idempotency.track(tenant, idempotency_key, entry, outgoing, exc.outcome)
+        if claim is not None and exc.outcome is not None:  # the request record is outgoing[0]
+            request.app.state.reuse.track(claim, exc.outcome, 0)
         raise _unavailable(request, exc, [job.job_id], keyed=idempotency_key is not None) from None
     if idempotency_key is not None and entry is not None:
         request.app.state.idempotency.remember(tenant, idempotency_key, entry)
+    if claim is not None:
+        request.app.state.reuse.remember(claim)
     metrics.accepted(SUBMIT_ROUTE, job.kind, tenant)
     # debug, not info: one line per job is a log line per request at thousands per second.
     logger.debug(
@@ -568,20 +595,38 @@ async def _reusing(
 ) -> Response:
     """A submit with ``reuse``: answered by an identical earlier job if one fits, else a new job that
     later identical requests can reuse. One request per key at a time per process submits (single
-    flight): the others wait for its job, then join it."""
+    flight): the others wait for its job, then join it — also when its outcome was unknown, once
+    it landed (``ReuseIndex.single_flight``)."""
     index: ReuseIndex = request.app.state.reuse
     load = _view_loader(request, tenant)
     found = await index.find(reusable.key, reusable.max_age_s, load)
     if found is None:
-        with await index.single_flight(reusable.key):
+        with await _flight(request, index, reusable.key):
             found = await index.find(reusable.key, reusable.max_age_s, load)
             if found is None:
-                index_record, entry = index.record(reusable.key, parsed.job.job_id, reusable.version)
-                response = await _submit_once(parsed, request, tenant, idempotency_key, trace, index_record)
-                if response.status_code == 202:
-                    index.remember(reusable.key, entry)
-                return response
+                claim = index.claim(reusable.key, parsed.job.job_id, reusable.version)
+                return await _submit_once(parsed, request, tenant, idempotency_key, trace, claim)
     return await _answer_reused(request, tenant, idempotency_key, parsed, found)
+
+
+async def _flight(request: Request, index: ReuseIndex, key: bytes) -> AbstractContextManager[None]:
+    """``index.single_flight(key)``; 503 'outcome unknown' naming the job of an identical request whose
+    delivery reports are still out after JOBSTREAM_PRODUCE_TIMEOUT_S (it may land: a retry joins it)."""
+    settings: Settings = request.app.state.settings
+    try:
+        return await index.single_flight(key, settings.produce_timeout_s)
+    except StillUnknown as exc:
+        raise Problem(
+            503,
+            "Outcome unknown",
+            f"an identical request's job {exc.job_id} was sent to Kafka but is not acknowledged after "
+            f"{settings.produce_timeout_s:g}s; it may still be accepted and run, and answers this request "
+            "if it does. Poll links.self, or retry: a retry joins it once it landed.",
+            headers={"Retry-After": _outage_retry_after(settings)},
+            outcome="unknown",
+            job_id=exc.job_id,
+            links=_links(request, exc.job_id),
+        ) from None
 
 
 async def _answer_reused(
@@ -735,12 +780,12 @@ async def _reuse_in_batch(
 ) -> tuple[list[Prepared], list[Outgoing], list[Any]]:
     """Answer the batch's reuse items from earlier jobs (or an identical item before them in the same
     batch); returns the jobs still to publish, the records to add to the flush (index entries, reuse
-    answers), and the index entries to remember once acked."""
+    answers), and the index entries to remember once acked. The caller holds the keys' flights."""
     index: ReuseIndex = request.app.state.reuse
     load = _view_loader(request, tenant)
     answered: set[str] = set()
     extra: list[Outgoing] = []
-    remember: list[Any] = []
+    claims: list[Claim] = []
     first: dict[bytes, Prepared] = {}  # reuse key → the new job of this batch that has it
     for position, job, reusable in reusing:
         found = await index.find(reusable.key, reusable.max_age_s, load)
@@ -748,16 +793,16 @@ async def _reuse_in_batch(
             found = Found(first[reusable.key].job_id, False, None)
         if found is None:
             first[reusable.key] = job
-            record, entry = index.record(reusable.key, job.job_id, reusable.version)
-            extra.append(record)
-            remember.append((reusable.key, entry))
+            claim = index.claim(reusable.key, job.job_id, reusable.version)
+            extra.append(claim.record)
+            claims.append(claim)
             continue
         answered.add(job.job_id)
         extra.append(index.answer_record(tenant, found, job.kind))
         item = items[position]
         item.update(job_id=found.job_id, status=found.status.value, links=_links(request, found.job_id))
         item["reused_from"] = found.job_id
-    return [job for job in ready if job.job_id not in answered], extra, remember
+    return [job for job in ready if job.job_id not in answered], extra, claims
 
 
 _BATCH_OPENAPI = {
@@ -788,6 +833,15 @@ async def submit_batch(request: Request, tenant: str = Depends(current_tenant)) 
 
 
 async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace | None) -> Response:
+    # Reuse items hold their keys' single flights until the index knows the batch's jobs, like a single
+    # submit does, so an identical request meanwhile joins a job rather than starting another.
+    with ExitStack() as flights:
+        return await _submit_batch_holding(request, tenant, trace, flights)
+
+
+async def _submit_batch_holding(
+    request: Request, tenant: str, trace: tracing.JobTrace | None, flights: ExitStack
+) -> Response:
     settings: Settings = request.app.state.settings
     raw = await request.body()
     try:
@@ -796,9 +850,12 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
         )
         valid = len(ready)
         extra: list[Outgoing] = []
-        remember: list[Any] = []
+        claims: list[Claim] = []
         if reusing:
-            ready, extra, remember = await _reuse_in_batch(request, tenant, ready, items, reusing)
+            index: ReuseIndex = request.app.state.reuse
+            for key in sorted({reusable.key for _, _, reusable in reusing}):  # one order: batches never wait in a cycle
+                flights.enter_context(await _flight(request, index, key))
+            ready, extra, claims = await _reuse_in_batch(request, tenant, ready, items, reusing)
         backlog = None
         if ready:
             backlog = _admit_tenant(request, tenant, len(ready))
@@ -829,12 +886,16 @@ async def _submit_batch(request: Request, tenant: str, trace: tracing.JobTrace |
                         recent.discard(tenant, job.job_id)
                     if backlog is not None:
                         backlog.release([job.job_id for job in ready])
+                    if exc.outcome is not None:  # each job's request record comes first of its two
+                        at = {job.job_id: 2 * i for i, job in enumerate(ready)}
+                        for claim in claims:
+                            request.app.state.reuse.track(claim, exc.outcome, at[claim.entry.job_id])
                     raise _unavailable(request, exc, [job.job_id for job in ready]) from None
         except Problem as exc:
             metrics.rejected(BATCH_ROUTE, None, exc.status, len(ready))
             raise
-        for key, entry in remember:
-            request.app.state.reuse.remember(key, entry)
+        for claim in claims:
+            request.app.state.reuse.remember(claim)
         _count_batch(ready, tenant)
         headers["Retry-After"] = _retry_after(request)
         if trace is not None:

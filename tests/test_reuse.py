@@ -368,3 +368,21 @@ def test_a_submission_without_reuse_keeps_the_fingerprint_it_had_before_the_fiel
     assert JobSubmission.model_validate({"kind": "k", "params": {"x": 1}, "reuse": {"max_age_s": 5}}).fingerprint() != (
         body.fingerprint()
     )
+
+
+def test_prefer_wait_with_reuse_waits_for_the_job_that_answers(api: Server, tmp_path: Path):
+    job = {
+        "kind": "test.counted",
+        "params": {"x": 12, "sleep_s": 1, "counter": _counter(tmp_path)},
+        "reuse": {"max_age_s": 600},
+    }
+    wait = {"Prefer": "wait=20"}
+    with _client(api.url) as client:
+        first = client.post("/v1/jobs", json=job).json()["job_id"]
+        joined = client.post("/v1/jobs", json=job, headers=wait)  # joins the running job, waits for it
+        assert joined.status_code == 200, joined.text
+        assert joined.json()["job_id"] == first and joined.json()["status"] == "succeeded"
+        assert joined.json()["result"] == {"y": 144.0}
+        hit = client.post("/v1/jobs", json=job, headers=wait)  # finished already: the hit is the answer
+        assert hit.status_code == 200, hit.text
+        assert hit.json()["reused_from"] == first and hit.json()["result"] == {"y": 144.0}
