@@ -121,13 +121,21 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._metrics_flush: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stats = RunnerStats()
 
     def start(self) -> Runner:
         self._dispatcher = asyncio.ensure_future(self._dispatch_forever())
         self._expiry = asyncio.ensure_future(self._expire_forever())
+        if metrics.recording():
+            self._metrics_flush = asyncio.ensure_future(self._flush_metrics_forever())
         return self
+
+    async def _flush_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_S)  # a period, not a wait for something
+            metrics.flush()
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -136,6 +144,9 @@ class Runner:
             self._dispatcher.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
+        if self._metrics_flush is not None:
+            self._metrics_flush.cancel()
+            metrics.flush()
 
     # --- intake ------------------------------------------------------------------------
     async def submit(

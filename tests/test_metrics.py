@@ -138,6 +138,7 @@ def test_a_process_no_scrape_can_read_records_no_job_metrics(monkeypatch: pytest
         assert (finished(), accepted()) == (before, submitted)
         metrics.configure(False, 100)
         runner._count_finish(job, EventType.SUCCEEDED, {})
+        metrics.flush()  # the worker's per-job values are tallied, written once a second
         assert finished() == before + 1
     finally:
         metrics.configure(False, 100)
@@ -269,3 +270,35 @@ def test_lag_and_the_oldest_waiting_jobs_age_are_measured_per_partition(settings
         wait_until(lambda: monitor.measure() and gauge(metrics.OLDEST_WAITING, "1") > first + 0.5, 30)
     finally:
         monitor.stop()
+
+
+def test_a_tally_writes_what_the_same_observations_would_have():
+    """The worker's per-job values go through metrics.Tally; its flush must equal observing each value
+    (this pins the prometheus_client internals it writes to)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from telemetry.metrics import Tally
+
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", ["kind"], buckets=(0.01, 0.1, 1.0), registry=registry)
+    tallied = Histogram("tallied_seconds", "t", ["kind"], buckets=(0.01, 0.1, 1.0), registry=registry)
+    count_direct = Counter("direct_jobs", "d", registry=registry)
+    count_tallied = Counter("tallied_jobs", "t", registry=registry)
+    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 7.0, 0.003]
+    tally = Tally()
+    for value in values:
+        direct.labels("k").observe(value)
+        count_direct.inc()
+        tally.observe(tallied.labels("k"), value)
+        tally.inc(count_tallied)
+    assert registry.get_sample_value("tallied_seconds_count", {"kind": "k"}) == 0  # nothing before the flush
+    tally.flush()
+    for le in ("0.01", "0.1", "1.0", "+Inf"):
+        labels = {"kind": "k", "le": le}
+        assert registry.get_sample_value("tallied_seconds_bucket", labels) == registry.get_sample_value(
+            "direct_seconds_bucket", labels
+        ), le
+    assert registry.get_sample_value("tallied_seconds_sum", {"kind": "k"}) == pytest.approx(sum(values))
+    assert registry.get_sample_value("tallied_jobs_total") == registry.get_sample_value("direct_jobs_total") == 9
+    tally.flush()  # a second flush adds nothing
+    assert registry.get_sample_value("tallied_jobs_total") == 9
