@@ -27,6 +27,16 @@ UPSTREAM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def resume_partitions(self, tps: Any) -> None:
+        """Resume, and wake a fetch waiting on the other partitions: the resumed ones' records are already
+        in the client's buffer, and would otherwise wait for the fetch's timeout (1 s) or other records."""
+        super().resume_partitions(tps)
+        thread = getattr(self, "_thread", None)
+        fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+        loop = getattr(thread, "thread_loop", None)
+        if fetcher is not None and loop is not None:
+            loop.call_soon_threadsafe(_wake, fetcher)
+
     async def _interrupted(self) -> None:
         """Returns once flow is suspended, or the consumer stopped or crashed (``wait_first`` adds those)."""
         await self.wait_first(self.suspend_flow.wait())
@@ -119,6 +129,13 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             interrupt.cancel()
             unset_flag(flag_consumer_fetching)
+
+
+def _wake(fetcher: Any) -> None:
+    """On the consumer thread's loop: end aiokafka's waits for fetched records (they look again)."""
+    for waiter in list(fetcher._fetch_waiters):
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class Transport(faust_aiokafka.Transport):

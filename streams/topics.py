@@ -13,11 +13,12 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.kafka_config import KafkaConnection
+from streams.partitioning import RequestPartitioner
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id
+REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id, partitioned by tenant (streams.partitioning)
 EVENTS = "jobs.events"  #: JobEvent history of every job, keyed by job_id
 DEAD_LETTERS = "jobs.dead-letters"  #: requests a processor could not handle, with the reason
 PROCESSORS_GROUP = "jobstream-processors"  #: the processors' consumer group (= Faust app id)
@@ -49,10 +50,11 @@ class JobTopics:
 
     requested: str
     events: str
+    partitioner: RequestPartitioner  #: where on ``requested`` a job's request goes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobTopics:
-        return cls(settings.topic(REQUESTED), settings.topic(EVENTS))
+        return cls(settings.topic(REQUESTED), settings.topic(EVENTS), RequestPartitioner.from_settings(settings))
 
 
 @dataclass(frozen=True)
