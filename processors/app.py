@@ -124,20 +124,24 @@ class WorkerRuntime:
 
 
 class ConsumerFlow:
-    """``PartitionFlow`` on the Faust consumer: pausing a partition stops handing over its records (those
-    already fetched stay in the client's buffer); a partition no longer assigned is left alone."""
+    """``PartitionFlow`` on the Faust consumer: pausing a partition stops handing over its records from the
+    next fetch on (those already fetched stay in the client's buffer); a partition no longer assigned is left
+    alone. Only with our consumer (``processors.consumer``): without it reading ahead is bounded by
+    ``JOBSTREAM_WORKER_MAX_PENDING`` alone."""
 
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
     def pause(self, topic: str, partition: int) -> None:
-        self._app.consumer.pause_partitions({TP(topic, partition)})
+        client = self._app.consumer
+        if isinstance(client, consumer.Consumer):  # Faust's own would skip the rest of the fetch: never pause it
+            client.pause_later({TP(topic, partition)})
 
     def resume(self, topic: str, partition: int) -> None:
         tp = TP(topic, partition)
-        consumer = self._app.consumer
-        if tp in consumer.assignment():
-            consumer.resume_partitions({tp})
+        client = self._app.consumer
+        if tp in client.assignment():
+            client.resume_partitions({tp})
 
 
 def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int = 0) -> faust.App:

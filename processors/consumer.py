@@ -1,9 +1,11 @@
 """Faust's Kafka consumer with a cheaper hand-over of each fetched record to the stream.
 
-``_drain_messages`` is Faust's loop with one step changed: a delivery is one task raced
+``_drain_messages`` is Faust's loop with two steps changed: a delivery is one task raced
 against one interrupt task per fetch loop (flow suspended, stopped, crashed) instead of four
-tasks per record (docs/benchmarks.md, "Processors"). It overrides a private method, so it is
-used only with the Faust version it was copied from (``COPIED_FROM``); ``UPSTREAM_SHA256``
+tasks per record (docs/benchmarks.md, "Processors"); and pauses asked for with ``pause_later``
+take effect between two fetches, as Faust's ``getmany`` silently skips the rest of a fetch's
+records of a partition paused while it hands them over (they would be lost until a rebalance).
+It overrides a private method, so it is used only with the Faust version it was copied from (``COPIED_FROM``); ``UPSTREAM_SHA256``
 makes tests/test_processors_units.py fail when the upstream source changes.
 """
 
@@ -27,9 +29,24 @@ UPSTREAM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93
 
 
 class Consumer(faust_aiokafka.Consumer):
+    _pause_pending: set[Any] | None = None
+
+    def pause_later(self, tps: set[Any]) -> None:
+        """Pause ``tps`` once the records of the current fetch are handed over (see the module's docstring)."""
+        if self._pause_pending is None:
+            self._pause_pending = set()
+        self._pause_pending |= tps
+
+    def _apply_pauses(self) -> None:
+        if self._pause_pending:
+            self.pause_partitions(self._pause_pending & self.assignment())
+            self._pause_pending.clear()
+
     def resume_partitions(self, tps: Any) -> None:
         """Resume, and wake a fetch waiting on the other partitions: the resumed ones' records are already
         in the client's buffer, and would otherwise wait for the fetch's timeout (1 s) or other records."""
+        if self._pause_pending:
+            self._pause_pending -= set(tps)
         super().resume_partitions(tps)
         thread = getattr(self, "_thread", None)
         fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
@@ -109,6 +126,7 @@ class Consumer(faust_aiokafka.Consumer):
                                 message.key,
                                 message.value,
                             )
+                    self._apply_pauses()  # not Faust's: pauses wait for the end of a fetch
                     unset_flag(flag_consumer_fetching)
 
         except self.consumer_stopped_errors:
