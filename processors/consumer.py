@@ -5,8 +5,9 @@ against one interrupt task per fetch loop (flow suspended, stopped, crashed) ins
 tasks per record (docs/benchmarks.md, "Processors"); and pauses asked for with ``pause_later``
 take effect between two fetches, as Faust's ``getmany`` silently skips the rest of a fetch's
 records of a partition paused while it hands them over (they would be lost until a rebalance).
-It overrides a private method, so it is used only with the Faust version it was copied from (``COPIED_FROM``); ``UPSTREAM_SHA256``
-makes tests/test_processors_units.py fail when the upstream source changes.
+It overrides a private method, so it is used only with the Faust version it was copied from
+(``COPIED_FROM``); ``UPSTREAM_SHA256`` makes tests/test_processors_units.py fail when the upstream
+source changes.
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ def test_a_high_priority_job_overtakes_a_backlog_it_is_behind_in_kafka(settings:
 
 def test_a_low_priority_job_starts_within_the_ageing_bound_under_a_steady_high_priority_load(settings: Settings):
     ageing_s = 2.0
-    scoped = scenario(settings, priority_ageing_s=ageing_s)
+    # the lane holds more than the load brings in a batch's time: the worker always has a priority-9 job
+    scoped = scenario(settings, priority_ageing_s=ageing_s, worker_partition_read_ahead=64, worker_max_pending=256)
     tenant, other = two_tenants(scoped)
     with running(scoped, "ageing") as (jobs, worker):
         warm_up(jobs, worker, tenant)
