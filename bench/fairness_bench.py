@@ -1,6 +1,6 @@
 """Fairness between tenants and priority across a backlog, on the whole pipeline (issue 17).
 
-    .venv/bin/python -m bench.fairness_bench [--jobs 20000] [--seconds 30] [--baseline DIR]
+    .venv/bin/python -m bench.fairness_bench [--jobs 20000] [--seconds 30] [--burst-via kafka|api] [--baseline DIR]
 
 ``jobstream up`` with one worker (API + SSE gateway + sink in one process), two tenants by API key,
 on a local broker; small ``stats.describe`` jobs, submitted over HTTP (bursts as ``POST /v1/jobs:batch``
@@ -12,6 +12,13 @@ of 500, one after another from one client; B's jobs as single ``POST /v1/jobs``)
    against phase 1 (target ≥ 90%).
 3. **priority**: A submits ``--jobs`` priority-0 jobs, then one priority-9 job: its time to start
    (submit → its ``running`` event read here; target < 1 s) and to end.
+
+``--burst-via kafka`` (the default) produces A's bursts straight onto ``jobs.requested`` with the API's
+record builder (``wire.build``/``wire.records``, request and queued event, on the partitions the code under
+test would choose: this checkout's partitioner, or the job id key for ``--baseline``), so the backlog is in
+Kafka at once: on a busy 2-core machine the API's submit rate otherwise caps the burst below what the worker
+runs, and no backlog forms. ``--burst-via api`` submits them over HTTP. B's and the priority-9 job always go
+through the API.
 
 With ``--baseline DIR`` the same phases run first on that checkout's code, on the same broker.
 Tenant names are picked so A and B have no ordinary partition in common under this checkout's
@@ -31,14 +38,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from bench.common import ROOT, broker_connection, free_port, jobstream_process, prepare
 from bench.processors_bench import small_job
-from streams import topics
+from streams import topics, wire
+from streams.events import new_job_id
 from streams.kafka_config import ROLES, KafkaConnection
 from streams.partitioning import RequestPartitioner
 from streams.settings import Settings
+from streams.topics import JobTopics
 
 SUBMIT_CHUNK = 500
 _PROGRESS = b'"type":"progress"'
@@ -99,6 +108,30 @@ def burst(client: httpx.Client, count: int, priority: int = 0) -> dict[str, floa
     return submitted
 
 
+class KafkaBurst:
+    """A tenant's burst produced as the API would write it, all at once."""
+
+    def __init__(self, kafka: KafkaConnection, settings: Settings, partitioned: bool) -> None:
+        self._producer = Producer(kafka.for_role("api").producer_config())
+        self._topics = JobTopics.from_settings(settings)
+        self._partitioned = partitioned
+
+    def __call__(self, tenant: str, count: int, priority: int = 0) -> dict[str, float]:
+        jobs = [
+            wire.build(new_job_id(), tenant, "stats.describe", small_job(i)["params"], priority, None)
+            for i in range(count)
+        ]
+        records = [r for job in jobs for r in wire.records(job, self._topics)]  # built before the clock starts
+        t0 = time.monotonic()
+        for r in records:
+            partition = r.partition if self._partitioned else -1
+            self._producer.produce(r.topic, key=r.key, value=r.value, partition=partition)
+            self._producer.poll(0)
+        if self._producer.flush(120):
+            raise RuntimeError("burst not acknowledged by Kafka")
+        return {job.job_id: t0 for job in jobs}
+
+
 def single(client: httpx.Client, priority: int = 0) -> tuple[str, float]:
     t0 = time.monotonic()
     response = client.post("/v1/jobs", json={**small_job(7), "priority": priority})
@@ -127,7 +160,9 @@ class Figures:
     backlog_left: int = 0  # priority-0 jobs still unfinished when the priority-9 job ended
 
 
-def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: tuple[str, str]) -> Figures:
+def run(
+    kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: tuple[str, str], baseline: bool
+) -> Figures:
     prefix = f"fb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix)
     prepare(kafka, settings)
@@ -150,8 +185,17 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
                 for t, k in keys.items()
             }
             events.wait(list(burst(clients[a], 200)) + list(burst(clients[b], 50)), 300)  # warm-up
+            if args.burst_via == "kafka":
+                a_burst = KafkaBurst(kafka, settings, partitioned=not baseline)
 
-            alone = burst(clients[a], args.jobs)
+                def flood_of_a(count: int) -> dict[str, float]:
+                    return a_burst(a, count)
+            else:
+
+                def flood_of_a(count: int) -> dict[str, float]:
+                    return burst(clients[a], count)
+
+            alone = flood_of_a(args.jobs)
             events.wait(list(alone), 900)
             figures.a_alone = throughput(events, alone)
 
@@ -167,7 +211,7 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
 
             b_thread = threading.Thread(target=tenant_b)
             b_thread.start()
-            flood = burst(clients[a], args.jobs)
+            flood = flood_of_a(args.jobs)
             b_thread.join()
             events.wait(list(flood) + list(mine), 900)
             figures.a_with_b = throughput(events, flood)
@@ -178,7 +222,7 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
                 ms(latencies, 100),
             )
 
-            backlog = burst(clients[a], args.jobs)
+            backlog = flood_of_a(args.jobs)
             urgent, t0 = single(clients[a], priority=9)
             events.wait([urgent], 900)
             figures.urgent_start_ms = (events.started[urgent] - t0) * 1000
@@ -204,6 +248,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000, help="tenant A's burst (and the priority backlog)")
     parser.add_argument("--seconds", type=int, default=30, help="how long tenant B submits 1 job/s")
+    parser.add_argument(
+        "--burst-via", choices=("kafka", "api"), default="kafka", help="how A's bursts are submitted (see above)"
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout: its code runs first, on the same broker")
     args = parser.parse_args()
     tenants = pick_tenants()
@@ -212,9 +259,12 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     with broker_connection() as kafka:
         for label, root in roots:
-            results[label] = run(kafka, args, root, tenants)
+            results[label] = run(kafka, args, root, tenants, baseline=label == "before")
             load.append(os.getloadavg()[0])
-    print(f"tenants {tenants}; A's burst {args.jobs:,}; load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}")
+    print(
+        f"tenants {tenants}; A's burst {args.jobs:,} via {args.burst_via}; "
+        f"load average (1 min) {' → '.join(f'{x:.1f}' for x in load)}"
+    )
     print(
         "| code | A alone jobs/s | A with B jobs/s (share) | B p50 ms | B p99 ms | B max ms "
         "| priority-9 start ms | end ms | backlog left behind it |"
