@@ -249,7 +249,7 @@ class Settings(BaseSettings):
         default=1, ge=0, le=1000, description="Partitions of jobs.requested kept for jobs of priority >= 5 (0: none)."
     )
     worker_partition_read_ahead: int = Field(
-        default=1000, ge=1, description="Jobs a worker holds per partition before it pauses reading that partition."
+        default=250, ge=1, description="Jobs a worker holds per partition before it pauses reading that partition."
     )
     priority_ageing_s: float = Field(
         default=10.0, gt=0, le=86_400, description="Wait after which a held job goes ahead of every younger job."
