@@ -29,8 +29,25 @@ COPIED_FROM = "0.15.3"
 UPSTREAM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: Any, timeout: Any = None, max_records: Any = None
+    ) -> Any:
+        """Take the client's buffered partitions in turn: aiokafka fills a fetch's ``max_records`` in the
+        order partitions were buffered, so one flooded partition, resumed again and again, would take every
+        fetch and a quiet tenant's (or the priority lane's) records would wait behind it."""
+        buffered = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+        if buffered:
+            first = next(iter(buffered))
+            buffered[first] = buffered.pop(first)  # the first goes last
+        return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+
+
 class Consumer(faust_aiokafka.Consumer):
     _pause_pending: set[Any] | None = None
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def pause_later(self, tps: set[Any]) -> None:
         """Pause ``tps`` once the records of the current fetch are handed over (see the module's docstring)."""
