@@ -53,8 +53,20 @@ class JobTopics:
     partitioner: RequestPartitioner  #: where on ``requested`` a job's request goes
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobTopics:
-        return cls(settings.topic(REQUESTED), settings.topic(EVENTS), RequestPartitioner.from_settings(settings))
+    def from_settings(cls, settings: Settings, partitions: int | None = None) -> JobTopics:
+        """``partitions``: jobs.requested's real partition count when known (``requested_partition_count``);
+        else ``JOBSTREAM_REQUESTED_PARTITIONS``."""
+        partitioner = RequestPartitioner.of(
+            partitions or settings.requested_partitions, settings.tenant_partitions, settings.priority_partitions
+        )
+        return cls(settings.topic(REQUESTED), settings.topic(EVENTS), partitioner)
+
+
+def requested_partition_count(kafka: KafkaConnection, settings: Settings, timeout_s: float = 30.0) -> int | None:
+    """How many partitions jobs.requested has (None: not found): a producer must not pick one it lacks."""
+    topic = settings.topic(REQUESTED)
+    found = AdminClient(kafka.admin_config()).list_topics(topic, timeout=timeout_s).topics.get(topic)
+    return len(found.partitions) if found is not None and found.partitions else None
 
 
 @dataclass(frozen=True)
