@@ -88,6 +88,11 @@ def create_app(
             await asyncio.to_thread(check_access, connection, settings)
         if as_role:
             await asyncio.to_thread(topics.ensure_topics, next(iter(as_role.values())), settings)
+            # requests go to partitions the topic has, whatever JOBSTREAM_REQUESTED_PARTITIONS says
+            partitions = await asyncio.to_thread(
+                topics.requested_partition_count, next(iter(as_role.values())), settings
+            )
+            app.state.job_topics = JobTopics.from_settings(settings, partitions)
         own_store = store is None
         app.state.store = store or await asyncio.to_thread(
             ClickHouseStore,

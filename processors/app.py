@@ -1,5 +1,9 @@
 """The Faust app: one agent reads ``jobs.requested`` and hands each request to the runner.
 
+The fetch loop never waits for the runner: a partition whose held jobs reach
+``JOBSTREAM_WORKER_PARTITION_READ_AHEAD`` is paused (and resumed at half), so one tenant's full
+partitions stop being read while the other tenants' partitions and the priority lane flow.
+
 Faust owns the consumer group (partitions, rebalances, offset commits); batching is ours
 (``processors.batching``), so the agent iterates ``stream.noack()`` and the runner acks a
 request only after its terminal event was acknowledged (at-least-once). On a rebalance Faust
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from calculations import registry
 from processors import consumer
@@ -25,7 +30,7 @@ from processors.cancellation import ControlTail
 from processors.dead_letters import DeadLetters, Source
 from processors.outbox import Outbox, OutboxConfig
 from processors.pool import CalcPool
-from processors.runner import Runner, RunnerConfig
+from processors.runner import PartitionFlow, Runner, RunnerConfig
 from streams import topics
 from streams.kafka_config import KafkaConnection
 from streams.lifeline import watch_parent
@@ -50,9 +55,10 @@ class WorkerRuntime:
     hook ``app.flow_control`` calls when partitions are revoked.
     """
 
-    def __init__(self, settings: Settings, kafka: KafkaConnection) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaConnection, flow: PartitionFlow | None = None) -> None:
         self.settings = settings
         self.kafka = kafka
+        self.flow = flow
         self.runner: Runner | None = None
         self.pool: CalcPool | None = None
         self.control: ControlTail | None = None
@@ -85,7 +91,7 @@ class WorkerRuntime:
             on_progress=self._on_progress,
         )
         await self.pool.start()
-        self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters).start()
+        self.runner = Runner(RunnerConfig.from_settings(settings), self.pool, outbox, dead_letters, self.flow).start()
         self.control = ControlTail(
             self.kafka,
             settings.topic(topics.CONTROL),
@@ -122,6 +128,27 @@ class WorkerRuntime:
             await asyncio.to_thread(self._producer.close)
 
 
+class ConsumerFlow:
+    """``PartitionFlow`` on the Faust consumer: pausing a partition stops handing over its records from the
+    next fetch on (those already fetched stay in the client's buffer); a partition no longer assigned is left
+    alone. Only with our consumer (``processors.consumer``): without it reading ahead is bounded by
+    ``JOBSTREAM_WORKER_MAX_PENDING`` alone."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    def pause(self, topic: str, partition: int) -> None:
+        client = self._app.consumer
+        if isinstance(client, consumer.Consumer):  # Faust's own would skip the rest of the fetch: never pause it
+            client.pause_later({TP(topic, partition)})
+
+    def resume(self, topic: str, partition: int) -> None:
+        tp = TP(topic, partition)
+        client = self._app.consumer
+        if tp in client.assignment():
+            client.resume_partitions({tp})
+
+
 def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int = 0) -> faust.App:
     """Build the processors' Faust app (one per worker process)."""
     registry.load_plugins(plugin_modules(settings))  # batch keys are computed here, in the worker
@@ -139,6 +166,7 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=settings.max_message_bytes,
+        broker_max_poll_records=settings.worker_partition_read_ahead,  # what a pause lets through, at most
         producer_max_request_size=settings.max_message_bytes,
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,
@@ -146,7 +174,7 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
     )
     consumer.install(app)  # a cheaper per-record hand-over from the fetch loop to the stream
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
-    runtime = WorkerRuntime(settings, kafka)
+    runtime = WorkerRuntime(settings, kafka, ConsumerFlow(app))
     app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  # duck-typed: Faust only calls .clear()
 
     @app.agent(requested)

@@ -1,10 +1,13 @@
 """Faust's Kafka consumer with a cheaper hand-over of each fetched record to the stream.
 
-``_drain_messages`` is Faust's loop with one step changed: a delivery is one task raced
+``_drain_messages`` is Faust's loop with two steps changed: a delivery is one task raced
 against one interrupt task per fetch loop (flow suspended, stopped, crashed) instead of four
-tasks per record (docs/benchmarks.md, "Processors"). It overrides a private method, so it is
-used only with the Faust version it was copied from (``COPIED_FROM``); ``UPSTREAM_SHA256``
-makes tests/test_processors_units.py fail when the upstream source changes.
+tasks per record (docs/benchmarks.md, "Processors"); and pauses asked for with ``pause_later``
+take effect between two fetches, as Faust's ``getmany`` silently skips the rest of a fetch's
+records of a partition paused while it hands them over (they would be lost until a rebalance).
+It overrides a private method, so it is used only with the Faust version it was copied from
+(``COPIED_FROM``); ``UPSTREAM_SHA256`` makes tests/test_processors_units.py fail when the upstream
+source changes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,49 @@ COPIED_FROM = "0.15.3"
 UPSTREAM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: Any, timeout: Any = None, max_records: Any = None
+    ) -> Any:
+        """Take the client's buffered partitions in turn: aiokafka fills a fetch's ``max_records`` in the
+        order partitions were buffered, so one flooded partition, resumed again and again, would take every
+        fetch and a quiet tenant's (or the priority lane's) records would wait behind it."""
+        buffered = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+        if buffered:
+            first = next(iter(buffered))
+            buffered[first] = buffered.pop(first)  # the first goes last
+        return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+
+
 class Consumer(faust_aiokafka.Consumer):
+    _pause_pending: set[Any] | None = None
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_later(self, tps: set[Any]) -> None:
+        """Pause ``tps`` once the records of the current fetch are handed over (see the module's docstring)."""
+        if self._pause_pending is None:
+            self._pause_pending = set()
+        self._pause_pending |= tps
+
+    def _apply_pauses(self) -> None:
+        if self._pause_pending:
+            self.pause_partitions(self._pause_pending & self.assignment())
+            self._pause_pending.clear()
+
+    def resume_partitions(self, tps: Any) -> None:
+        """Resume, and wake a fetch waiting on the other partitions: the resumed ones' records are already
+        in the client's buffer, and would otherwise wait for the fetch's timeout (1 s) or other records."""
+        if self._pause_pending:
+            self._pause_pending -= set(tps)
+        super().resume_partitions(tps)
+        thread = getattr(self, "_thread", None)
+        fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+        loop = getattr(thread, "thread_loop", None)
+        if fetcher is not None and loop is not None:
+            loop.call_soon_threadsafe(_wake, fetcher)
+
     async def _interrupted(self) -> None:
         """Returns once flow is suspended, or the consumer stopped or crashed (``wait_first`` adds those)."""
         await self.wait_first(self.suspend_flow.wait())
@@ -99,6 +144,7 @@ class Consumer(faust_aiokafka.Consumer):
                                 message.key,
                                 message.value,
                             )
+                    self._apply_pauses()  # not Faust's: pauses wait for the end of a fetch
                     unset_flag(flag_consumer_fetching)
 
         except self.consumer_stopped_errors:
@@ -119,6 +165,13 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             interrupt.cancel()
             unset_flag(flag_consumer_fetching)
+
+
+def _wake(fetcher: Any) -> None:
+    """On the consumer thread's loop: end aiokafka's waits for fetched records (they look again)."""
+    for waiter in list(fetcher._fetch_waiters):
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class Transport(faust_aiokafka.Transport):

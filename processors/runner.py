@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +31,7 @@ from processors.retry import RetryPolicy
 from streams.control import CancelCommand
 from streams.events import EventType, JobRequested, utcnow
 from streams.settings import Settings
+from streams.tenancy import TenantPolicies
 from streams.wire import decode_request
 from telemetry import metrics, tracing
 
@@ -38,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 Ack = Callable[[], Any]  # marks the request's Kafka record done (its offset may be committed)
 Forget = Callable[[], Any]  # lets go of the record without acking it (it will be delivered again)
+
+
+class PartitionFlow(Protocol):
+    """Stops and restarts reading one partition (the Kafka consumer's pause/resume)."""
+
+    def pause(self, topic: str, partition: int) -> None: ...
+
+    def resume(self, topic: str, partition: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -91,6 +100,9 @@ class RunnerConfig:
     max_pending: int  #: JOBSTREAM_WORKER_MAX_PENDING: jobs held before the worker stops reading
     crash_max: int  #: JOBSTREAM_CRASH_MAX: crashes of its process before a job is dead-lettered
     cancel_memory: int  #: JOBSTREAM_CANCEL_MEMORY: cancelled job ids remembered
+    read_ahead: int = 1_000_000  #: JOBSTREAM_WORKER_PARTITION_READ_AHEAD: jobs held per partition before pausing it
+    ageing_s: float = float("inf")  #: JOBSTREAM_PRIORITY_AGEING_S: a job held this long goes before younger ones
+    tenants: TenantPolicies | None = None  #: tenants' weights (None: all equal)
     expiry_check_s: float = 1.0  #: JOBSTREAM_EXPIRY_CHECK_S: how often held jobs past start_within_s end
 
     @classmethod
@@ -101,19 +113,35 @@ class RunnerConfig:
             settings.worker_max_pending,
             settings.crash_max,
             settings.cancel_memory,
+            settings.worker_partition_read_ahead,
+            settings.priority_ageing_s,
+            TenantPolicies.from_settings(settings),
             settings.expiry_check_s,
         )
 
 
 class Runner:
-    def __init__(self, config: RunnerConfig, pool: CalcPool, outbox: Outbox, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        pool: CalcPool,
+        outbox: Outbox,
+        dead_letters: DeadLetters,
+        flow: PartitionFlow | None = None,
+    ) -> None:
         self._config = config
         self._pool = pool
         self._outbox = outbox
         self._dead_letters = dead_letters
         self._retry = config.retry
         # The dispatcher holds one free slot while it plans: that one plus those still in the pool.
-        self.batcher: Batcher[Job] = Batcher(config.batch, idle_slots=lambda: pool.idle + 1)
+        self.batcher: Batcher[Job] = Batcher(config.batch, idle_slots=lambda: pool.idle + 1, ageing_s=config.ageing_s)
+        self._tenants = config.tenants
+        # Read-ahead per partition: a partition holding `read_ahead` jobs is paused, and resumed at half.
+        self._flow = flow
+        self.held: dict[tuple[str, int], int] = {}
+        self.paused: set[tuple[str, int]] = set()
+        self._resume_at = config.read_ahead // 2
         self.cancels = CancelledJobs(config.cancel_memory)
         self.jobs: dict[str, Job] = {}
         self._room = asyncio.Event()
@@ -183,7 +211,31 @@ class Runner:
             return
         job.group = _group(request)
         self.jobs[job.job_id] = job
-        self.batcher.add(job, job.group, request.priority)
+        if source is not None:
+            self._hold(source)
+        tenants = self._tenants
+        weight = 1.0 if tenants is None else tenants.of(request.tenant).weight
+        self.batcher.add(job, job.group, request.priority, tenant=request.tenant, weight=weight)
+
+    def _hold(self, source: Source) -> None:
+        """Count a held job against its partition; pause the partition at its read-ahead."""
+        tp = (source.topic, source.partition)
+        held = self.held[tp] = self.held.get(tp, 0) + 1
+        if held >= self._config.read_ahead and self._flow is not None and tp not in self.paused:
+            self.paused.add(tp)
+            self._flow.pause(*tp)
+
+    def _let_go(self, job: Job) -> None:
+        """A held job is gone (finished, or dropped): its partition may be read again."""
+        source = job.source
+        if source is None:
+            return
+        tp = (source.topic, source.partition)
+        held = self.held[tp] = self.held.get(tp, 1) - 1
+        if held <= self._resume_at and tp in self.paused:
+            self.paused.discard(tp)
+            if self._flow is not None:
+                self._flow.resume(*tp)
 
     def on_cancel(self, command: CancelCommand) -> None:
         """A cancel from jobs.control (on the loop): drop the job if it waits, stop it if it runs."""
@@ -208,6 +260,7 @@ class Runner:
         for job in dropped:
             if self.jobs.get(job.job_id) is job:
                 del self.jobs[job.job_id]
+                self._let_go(job)
             self._outbox.seqs.forget(job.job_id)
             if job.trace is not None:
                 self._outbox.traces.pop(job.job_id, None)
@@ -216,6 +269,10 @@ class Runner:
                 forget()
         if dropped:
             logger.info("dropped %d pending jobs on rebalance", len(dropped))
+        if self._flow is not None:  # read every partition again: what was held there is dropped
+            for tp in self.paused:
+                self._flow.resume(*tp)
+        self.paused.clear()
         self._room.set()
         return len(dropped)
 
@@ -417,6 +474,7 @@ class Runner:
         job.finished = True
         if self.jobs.get(job.job_id) is job:
             del self.jobs[job.job_id]
+            self._let_go(job)
             self._room.set()
         if type_ is EventType.SUCCEEDED and job.progress < 1.0:
             self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 1.0})

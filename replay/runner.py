@@ -364,7 +364,12 @@ class Replayer:
                     on_emit(job.queued)
 
         self._producer.produce(
-            request.topic, key=request.key, value=request.value, headers=headers, on_delivery=self._delivered
+            request.topic,
+            key=request.key,
+            value=request.value,
+            partition=request.partition,
+            headers=headers,
+            on_delivery=self._delivered,
         )
         self._producer.produce(
             queued.topic, key=queued.key, value=queued.value, headers=headers, on_delivery=on_delivery

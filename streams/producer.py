@@ -58,6 +58,7 @@ class Outgoing(NamedTuple):
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]] | None = None  #: Kafka record headers (a job's trace context), if any
+    partition: int = -1  #: -1: the producer's partitioner picks one from the key (requests: ``streams.partitioning``)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,11 @@ class AsyncProducer:
             for index, message in enumerate(messages):
                 if message.headers is None:
                     self._producer.produce(
-                        message.topic, key=message.key, value=message.value, on_delivery=send.reporter(index)
+                        message.topic,
+                        key=message.key,
+                        value=message.value,
+                        partition=message.partition,
+                        on_delivery=send.reporter(index),
                     )
                 else:
                     self._producer.produce(
@@ -150,6 +155,7 @@ class AsyncProducer:
                         key=message.key,
                         value=message.value,
                         headers=message.headers,
+                        partition=message.partition,
                         on_delivery=send.reporter(index),
                     )
         except Exception as exc:  # BufferError (queue full), KafkaException (too large, unknown topic...)

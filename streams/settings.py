@@ -264,6 +264,18 @@ class Settings(BaseSettings):
     worker_orphan_grace_s: float = Field(
         default=2.0, gt=0, le=60, description="Graceful stop of a worker whose `jobstream up` died, before it exits."
     )
+    tenant_partitions: int = Field(
+        default=2, ge=1, le=1000, description="Partitions of jobs.requested one tenant's jobs are spread over."
+    )
+    priority_partitions: int = Field(
+        default=1, ge=0, le=1000, description="Partitions of jobs.requested kept for jobs of priority >= 5 (0: none)."
+    )
+    worker_partition_read_ahead: int = Field(
+        default=250, ge=1, description="Jobs a worker holds per partition before it pauses reading that partition."
+    )
+    priority_ageing_s: float = Field(
+        default=10.0, gt=0, le=86_400, description="Wait after which a held job goes ahead of every younger job."
+    )
 
     # --- SSE gateway ------------------------------------------------------
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Comment line interval keeping proxies open.")

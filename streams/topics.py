@@ -13,11 +13,12 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.kafka_config import KafkaConnection
+from streams.partitioning import RequestPartitioner
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id
+REQUESTED = "jobs.requested"  #: JobRequested commands, keyed by job_id, partitioned by tenant (streams.partitioning)
 EVENTS = "jobs.events"  #: JobEvent history of every job, keyed by job_id
 DEAD_LETTERS = "jobs.dead-letters"  #: requests a processor could not handle, with the reason
 PROCESSORS_GROUP = "jobstream-processors"  #: the processors' consumer group (= Faust app id)
@@ -49,10 +50,23 @@ class JobTopics:
 
     requested: str
     events: str
+    partitioner: RequestPartitioner  #: where on ``requested`` a job's request goes
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobTopics:
-        return cls(settings.topic(REQUESTED), settings.topic(EVENTS))
+    def from_settings(cls, settings: Settings, partitions: int | None = None) -> JobTopics:
+        """``partitions``: jobs.requested's real partition count when known (``requested_partition_count``);
+        else ``JOBSTREAM_REQUESTED_PARTITIONS``."""
+        partitioner = RequestPartitioner.of(
+            partitions or settings.requested_partitions, settings.tenant_partitions, settings.priority_partitions
+        )
+        return cls(settings.topic(REQUESTED), settings.topic(EVENTS), partitioner)
+
+
+def requested_partition_count(kafka: KafkaConnection, settings: Settings, timeout_s: float = 30.0) -> int | None:
+    """How many partitions jobs.requested has (None: not found): a producer must not pick one it lacks."""
+    topic = settings.topic(REQUESTED)
+    found = AdminClient(kafka.admin_config()).list_topics(topic, timeout=timeout_s).topics.get(topic)
+    return len(found.partitions) if found is not None and found.partitions else None
 
 
 @dataclass(frozen=True)

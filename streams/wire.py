@@ -322,8 +322,9 @@ def build(
 def records(prepared: Prepared, topics: JobTopics, headers: list[tuple[str, bytes]] | None = None) -> list[Outgoing]:
     """The job's request and queued event; ``headers`` (its trace context, if any) go on both."""
     key = prepared.job_id.encode()
+    partition = topics.partitioner.partition(prepared.tenant, prepared.job_id, prepared.data["priority"])
     return [
-        Outgoing(topics.requested, key, prepared.request, headers),
+        Outgoing(topics.requested, key, prepared.request, headers, partition),
         Outgoing(topics.events, key, prepared.queued_value, headers),
     ]
 
