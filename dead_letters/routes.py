@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from calculations import registry
 from dead_letters.book import BadCursor, DeadLetter, DeadLetterBook, RecordGone, parse_id
 from edge.auth import KeyRing, current_tenant
+from edge.idempotency_key import OPENAPI_SCHEMA, idempotency_key_of
 from edge.problems import Problem, problem_responses, validation_errors
 from store.recent import RecentJobs
 from streams import dead_letters as fmt
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["dead letters"], responses=problem_responses(400, 401, 422))
 
 # An Idempotency-Key as POST /v1/jobs takes it: 1 to 255 visible ASCII characters, no spaces.
-_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 _REDRIVE_IDS = uuid.UUID("5d0c1d7e-2b8a-4c3e-9a51-7f3a0e6b2c44")  # namespace of keyed re-drives' job ids
 
 
@@ -258,19 +257,6 @@ def _prepare(
         raise Problem(422, "Invalid params", str(exc), errors=[{"field": "params", "reason": str(exc)}]) from None
 
 
-def _idempotency_key(request: Request) -> str | None:
-    """The ``Idempotency-Key`` header, checked as ``POST /v1/jobs`` checks it; else 400 naming it."""
-    key = request.headers.get("idempotency-key")
-    if key is not None and not _KEY_PATTERN.fullmatch(key):
-        raise Problem(
-            400,
-            "Invalid Idempotency-Key",
-            "an Idempotency-Key is 1 to 255 visible ASCII characters (no spaces)",
-            errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}],
-        )
-    return key
-
-
 def _fingerprint(dead_letter_id: str, body: Redrive) -> str:
     """What a keyed re-drive asked for (the letter and its fixed params), to tell a retry from another request."""
     content = {"dead_letter_id": dead_letter_id, "params": body.params}
@@ -306,7 +292,7 @@ def _answer(settings: Settings, job_id: str, dead_letter_id: str, status_code: i
                 "required": False,
                 "description": "As on POST /v1/jobs: a retry with the same key, letter and body answers 200 with "
                 "the same job and makes no second one; the key with another letter or body is 409.",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _KEY_PATTERN.pattern},
+                "schema": OPENAPI_SCHEMA,
             }
         ],
     },
@@ -330,7 +316,7 @@ async def redrive(dead_letter_id: str, request: Request, tenant: str = Depends(c
     With an ``Idempotency-Key``, a retry with the same letter and body answers 200 with the same job."""
     settings: Settings = request.app.state.settings
     book: DeadLetterBook = request.app.state.dead_letters
-    key = _idempotency_key(request)
+    key = idempotency_key_of(request)
     entry = book.get(dead_letter_id) if parse_id(dead_letter_id) is not None else None
     if entry is None or not book.visible(entry, tenant, _keys_enabled(request)):
         raise _not_found(dead_letter_id)

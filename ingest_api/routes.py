@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from calculations import registry
 from edge.auth import current_tenant, tenant_of
+from edge.idempotency_key import OPENAPI_SCHEMA, idempotency_key_of
 from edge.problems import MAX_LISTED_ERRORS, PROBLEM_JSON, Problem, ProblemDetails, problem_responses, validation_errors
 from edge.webhook_url import WebhookPolicy
 from ingest_api import listing
@@ -58,10 +58,8 @@ logger = logging.getLogger(__name__)
 _Body = TypeVar("_Body", bound=BaseModel)
 _T = TypeVar("_T")
 _QUEUED = JobStatus.QUEUED.value
-_MAX_KEY_LENGTH = 255  # of an Idempotency-Key
 SUBMIT_ROUTE = "/v1/jobs"  # route labels of the submission metrics
 BATCH_ROUTE = "/v1/jobs:batch"
-_KEY_PATTERN = re.compile(rf"^[\x21-\x7e]{{1,{_MAX_KEY_LENGTH}}}$")  # visible ASCII, no spaces
 
 # Every route may answer these (bad JSON, missing key, invalid parameters); routes add their own.
 router = APIRouter(responses=problem_responses(400, 401, 413, 415, 422))
@@ -141,19 +139,6 @@ async def _require_json(request: Request) -> None:
             "send the body as application/json",
             headers={"Accept-Post": "application/json"},
         )
-
-
-def _idempotency_key(request: Request) -> str | None:
-    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters (no spaces), else 400."""
-    key = request.headers.get("idempotency-key")
-    if key is not None and not _KEY_PATTERN.fullmatch(key):
-        raise Problem(
-            400,
-            "Invalid Idempotency-Key",
-            f"an Idempotency-Key is 1 to {_MAX_KEY_LENGTH} visible ASCII characters (no spaces)",
-            errors=[{"field": "Idempotency-Key", "reason": "empty, too long, or not visible ASCII"}],
-        )
-    return key
 
 
 def _admit(request: Request) -> None:
@@ -352,7 +337,7 @@ _SUBMIT_OPENAPI = {
             "required": False,
             "schema": {
                 "anyOf": [
-                    {"type": "string", "minLength": 1, "maxLength": _MAX_KEY_LENGTH, "pattern": _KEY_PATTERN.pattern},
+                    OPENAPI_SCHEMA,
                     {"type": "null"},
                 ],
                 "title": "Idempotency-Key",
@@ -405,7 +390,7 @@ async def _submit(request: Request, trace: tracing.JobTrace | None) -> Response:
     try:
         await _require_json(request)
         tenant = tenant_of(request)
-        idempotency_key = _idempotency_key(request)
+        idempotency_key = idempotency_key_of(request)
         settings: Settings = request.app.state.settings
         prefer = request.headers.getlist("prefer")
         wait_s = parse_prefer(prefer, settings.max_wait_s).wait_s if prefer else None
