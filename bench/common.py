@@ -70,6 +70,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc children lists)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def broker_pids() -> list[int]:
+    """The local broker (a JVM below this process), if any."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 @contextlib.contextmanager
 def jobstream_process(
     args: list[str], env: dict[str, str], port: int, timeout_s: float = 120, root: Path = ROOT

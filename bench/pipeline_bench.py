@@ -40,27 +40,20 @@ import numpy as np
 import orjson
 from httpx_sse import aconnect_sse
 
-from bench.common import ROOT, broker_connection, free_port, jobstream_service, percentiles_ms, prepare
+from bench.common import (
+    ROOT,
+    broker_connection,
+    broker_pids,
+    descendants,
+    free_port,
+    jobstream_service,
+    percentiles_ms,
+    prepare,
+)
 from streams.kafka_config import ROLES
 from streams.settings import Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc children lists)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                kids = [int(k) for k in task.read_text().split()]
-            except OSError:
-                continue
-            found.extend(kids)
-            todo.extend(kids)
-    return found
 
 
 def _cpu_s(pid: int) -> float:
@@ -73,18 +66,6 @@ def _cpu_s(pid: int) -> float:
 
 def tree_cpu_s(pids: Iterable[int]) -> dict[int, float]:
     return {pid: _cpu_s(pid) for pid in pids}
-
-
-def broker_pids() -> list[int]:
-    """The local broker (a JVM below this process), if any."""
-    found = []
-    for pid in descendants(os.getpid()):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
-                found.append(pid)
-        except OSError:
-            continue
-    return found
 
 
 def _name(pid: int) -> str:

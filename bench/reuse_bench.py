@@ -24,12 +24,11 @@ import os
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.common import broker, cpu_seconds, free_port, jobstream_service, percentiles_ms
+from bench.common import broker, cpu_seconds, descendants, free_port, jobstream_service, percentiles_ms
 from bench.processors_bench import Terminals
 from streams import topics
 from streams.kafka_config import KafkaConnection
@@ -57,19 +56,6 @@ def job(identity: int, base_seed: int, n: int, reuse: bool) -> dict:
     if reuse:
         body["reuse"] = {"max_age_s": 3600}
     return body
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc children lists)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            for child in task.read_text().split():
-                found.append(int(child))
-                todo.append(int(child))
-    return found
 
 
 def workers_cpu(up_pid: int) -> float:
