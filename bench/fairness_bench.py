@@ -15,7 +15,7 @@ of 500, one after another from one client; B's jobs as single ``POST /v1/jobs``)
 
 ``--burst-via kafka`` (the default) produces A's bursts straight onto ``jobs.requested`` with the API's
 record builder (``wire.build``/``wire.records``, request and queued event, on the partitions the code under
-test would choose: this checkout's partitioner, or the job id key for ``--baseline``), so the backlog is in
+test would choose: its partitioner, or the job id key for a ``--baseline`` from before it), so the backlog is in
 Kafka at once: on a busy 2-core machine the API's submit rate otherwise caps the burst below what the worker
 runs, and no backlog forms. ``--burst-via api`` submits them over HTTP. B's and the priority-9 job always go
 through the API.
@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,8 @@ class Events:
     def __init__(self, kafka: KafkaConnection, settings: Settings) -> None:
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
+        #: job id → (worker's emit, producer's CreateTime, read here) of its ``running`` event, wall clock seconds
+        self.started_wall: dict[str, tuple[float, float, float]] = {}
         self._consumer = Consumer(kafka.for_role("admin").consumer_config(f"bench-{uuid.uuid4().hex}"))
         self._consumer.subscribe([settings.topic(topics.EVENTS)])
         self._stop = threading.Event()
@@ -75,9 +78,12 @@ class Events:
                 value = message.value()
                 if _PROGRESS in value:
                     continue
-                job_id = orjson.loads(value)["job_id"]
+                event = orjson.loads(value)
+                job_id = event["job_id"]
                 if b'"type":"running"' in value:
                     self.started.setdefault(job_id, now)
+                    emitted = datetime.fromisoformat(event["ts"]).timestamp()
+                    self.started_wall.setdefault(job_id, (emitted, message.timestamp()[1] / 1000, time.time()))
                 elif any(t in value for t in _TERMINAL):
                     self.ended.setdefault(job_id, now)
 
@@ -133,14 +139,16 @@ class KafkaBurst:
 
 
 ACCEPTED: dict[str, float] = {}  # job id → seconds its POST took (the API's part of a single submit)
+SUBMITTED_WALL: dict[str, float] = {}  # job id → wall clock when its POST was sent
 
 
 def single(client: httpx.Client, priority: int = 0) -> tuple[str, float]:
-    t0 = time.monotonic()
+    wall, t0 = time.time(), time.monotonic()
     response = client.post("/v1/jobs", json={**small_job(7), "priority": priority})
     if response.status_code != 202:
         raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
     ACCEPTED[response.json()["job_id"]] = time.monotonic() - t0
+    SUBMITTED_WALL[response.json()["job_id"]] = wall
     return response.json()["job_id"], t0
 
 
@@ -161,14 +169,15 @@ class Figures:
     b_max_ms: float = 0.0
     b_accepted_p99_ms: float = 0.0  # of which its POST (the API)
     b_started_p99_ms: float = 0.0  # submit → running event
+    #: of which, p99 of each leg (wall clocks, one machine): submit → the worker emits ``running``;
+    #: emit → the worker's producer takes it (its outbox queue; the record's CreateTime); → read here
+    b_start_legs_p99_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     urgent_start_ms: float = 0.0
     urgent_end_ms: float = 0.0
     backlog_left: int = 0  # priority-0 jobs still unfinished when the priority-9 job ended
 
 
-def run(
-    kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: tuple[str, str], baseline: bool
-) -> Figures:
+def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: tuple[str, str]) -> Figures:
     prefix = f"fb{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix)
     prepare(kafka, settings)
@@ -192,7 +201,8 @@ def run(
             }
             events.wait(list(burst(clients[a], 200)) + list(burst(clients[b], 50)), 300)  # warm-up
             if args.burst_via == "kafka":
-                a_burst = KafkaBurst(kafka, settings, partitioned=not baseline)
+                # a checkout from before tenant partitions: A's burst keyed by job id, as its API would
+                a_burst = KafkaBurst(kafka, settings, partitioned=(root / "streams" / "partitioning.py").exists())
 
                 def flood_of_a(count: int) -> dict[str, float]:
                     return a_burst(a, count)
@@ -224,6 +234,19 @@ def run(
             latencies = [events.ended[j] - t0 for j, t0 in mine.items()]
             figures.b_accepted_p99_ms = ms([ACCEPTED[j] for j in mine], 99)
             figures.b_started_p99_ms = ms([events.started[j] - t0 for j, t0 in mine.items()], 99)
+            legs = [events.started_wall[j] for j in mine]
+            if args.verbose:
+                print("B's jobs: sent at s | POST ms | submit → emit ms | outbox ms | read ms | end ms")
+                first = min(mine.values())
+                for (j, t0), (emit, append, read) in zip(mine.items(), legs, strict=True):
+                    ended = events.ended[j] - t0
+                    figures_ms = (ACCEPTED[j], emit - SUBMITTED_WALL[j], append - emit, read - append, ended)
+                    print(f"  {t0 - first:5.1f} | " + " | ".join(f"{x * 1000:6.0f}" for x in figures_ms))
+            figures.b_start_legs_p99_ms = (
+                ms([emit - SUBMITTED_WALL[j] for j, (emit, _, _) in zip(mine, legs, strict=True)], 99),
+                ms([append - emit for emit, append, _ in legs], 99),
+                ms([read - append for _, append, read in legs], 99),
+            )
             figures.b_p50_ms, figures.b_p99_ms, figures.b_max_ms = (
                 ms(latencies, 50),
                 ms(latencies, 99),
@@ -260,6 +283,7 @@ def main() -> None:
         "--burst-via", choices=("kafka", "api"), default="kafka", help="how A's bursts are submitted (see above)"
     )
     parser.add_argument("--baseline", type=Path, help="another checkout: its code runs first, on the same broker")
+    parser.add_argument("--verbose", action="store_true", help="print each of B's jobs: its legs (ms)")
     args = parser.parse_args()
     tenants = pick_tenants()
     roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
@@ -267,7 +291,7 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     with broker_connection() as kafka:
         for label, root in roots:
-            results[label] = run(kafka, args, root, tenants, baseline=label == "before")
+            results[label] = run(kafka, args, root, tenants)
             load.append(os.getloadavg()[0])
     print(
         f"tenants {tenants}; A's burst {args.jobs:,} via {args.burst_via}; "
@@ -275,14 +299,15 @@ def main() -> None:
     )
     print(
         "| code | A alone jobs/s | A with B jobs/s (share) | B p50 ms | B p99 ms | B max ms | B p99 POST ms "
-        "| B p99 start ms | priority-9 start ms | end ms | backlog left behind it |"
+        "| B p99 start ms (emit / outbox / read) | priority-9 start ms | end ms | backlog left behind it |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, f in results.items():
         print(
             f"| {label or 'this'} | {f.a_alone:,.0f} | {f.a_with_b:,.0f} ({f.a_with_b / f.a_alone:.0%}) | "
             f"{f.b_p50_ms:,.0f} | {f.b_p99_ms:,.0f} | {f.b_max_ms:,.0f} | {f.b_accepted_p99_ms:,.0f} | "
-            f"{f.b_started_p99_ms:,.0f} | {f.urgent_start_ms:,.0f} | "
+            f"{f.b_started_p99_ms:,.0f} ({' / '.join(f'{x:,.0f}' for x in f.b_start_legs_p99_ms)}) | "
+            f"{f.urgent_start_ms:,.0f} | "
             f"{f.urgent_end_ms:,.0f} | {f.backlog_left:,} |"
         )
 

@@ -165,8 +165,16 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
         topic_allow_declare=False,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=settings.max_message_bytes,
-        broker_max_poll_records=settings.worker_partition_read_ahead,  # what a pause lets through, at most
+        # Small fetches: aiokafka sends no new fetch while another partition's fresh records wait, so a
+        # flooded partition's megabyte made a quiet tenant's next record wait a second or more (larger
+        # records still come, one per fetch).
+        consumer_max_fetch_size=settings.worker_fetch_bytes,
+        # Records one hand-over takes (from one partition, then the next in turn): what a pause lets through,
+        # and how long a record of another partition, already fetched, may wait (a few ms per record).
+        broker_max_poll_records=min(settings.worker_poll_records, settings.worker_partition_read_ahead),
+        # Records fetched but not yet taken in are not counted against any partition's read-ahead, and are
+        # taken in order: Faust's 4,096 would put seconds of a flooding tenant's backlog ahead of anyone.
+        stream_buffer_maxsize=settings.worker_stream_buffer,
         producer_max_request_size=settings.max_message_bytes,
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,

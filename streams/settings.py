@@ -273,6 +273,24 @@ class Settings(BaseSettings):
     worker_partition_read_ahead: int = Field(
         default=250, ge=1, description="Jobs a worker holds per partition before it pauses reading that partition."
     )
+    outbox_max_in_flight: int = Field(
+        default=4, ge=1, le=100, description="Chunks of job events a worker has sent and Kafka not yet acknowledged."
+    )
+    worker_fetch_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=100_000_000,
+        description="Bytes a worker fetches from one partition at a time (a bigger record still comes whole).",
+    )
+    worker_poll_records: int = Field(
+        default=64, ge=1, le=100_000, description="Fetched records a worker takes in at once, from one partition."
+    )
+    worker_stream_buffer: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Fetched records queued ahead of a worker's intake (a new tenant's job waits behind them).",
+    )
     priority_ageing_s: float = Field(
         default=10.0, gt=0, le=86_400, description="Wait after which a held job goes ahead of every younger job."
     )
