@@ -16,7 +16,6 @@ from collections.abc import Callable
 from confluent_kafka import Message
 
 from streams import topics, wire
-from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader
 
@@ -28,7 +27,7 @@ class FinishedTail(KafkaReader):
 
     chunk_size = 500
 
-    def __init__(self, kafka: KafkaConnection, topic: str, on_events: Callable[[list[JobEvent]], None]) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, on_events: Callable[[list[wire.WireEvent]], None]) -> None:
         super().__init__(
             kafka,
             topic,
@@ -45,7 +44,7 @@ class FinishedTail(KafkaReader):
         events = []
         for message in messages:
             try:
-                events.append(wire.decode_event(message.value()).model())
+                events.append(wire.decode_event(message.value()))
             except ValueError as exc:
                 logger.error("skipping record %s[%d]@%d: %s", self.topic, message.partition(), message.offset(), exc)
         if events:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from edge.problems import Problem
 from streams.events import TERMINAL_EVENTS, JobEvent
+from streams.wire import WireEvent, as_model
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,11 @@ class JobWaits:
         self._waiters: dict[_Key, set[asyncio.Future[JobEvent]]] = {}
         self._finished: OrderedDict[_Key, JobEvent] = OrderedDict()
 
-    def observe(self, event: JobEvent) -> None:
+    def observe(self, live: JobEvent | WireEvent) -> None:
         """A job event from the tail (on the loop): a terminal one wakes the job's waiters."""
-        if event.type not in TERMINAL_EVENTS:
+        if live.type not in TERMINAL_EVENTS:
             return
+        event = as_model(live)
         key = (event.tenant, event.job_id)
         if key not in self._finished:  # a re-run's terminal collapses into the first
             self._finished[key] = event

@@ -57,6 +57,7 @@ from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer
 from streams.settings import Settings
 from streams.topics import JobTopics
+from streams.wire import WireEvent
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def _finished_tail(app: FastAPI, kafka: KafkaConnection, settings: Settings) -> 
     waits: JobWaits = app.state.waits
     recent: RecentJobs = app.state.recent
 
-    def observe(events: list[JobEvent]) -> None:
+    def observe(events: list[WireEvent]) -> None:
         for event in events:
             recent.observe(event)
             waits.observe(event)

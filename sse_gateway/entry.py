@@ -43,7 +43,7 @@ class Entry:
         type_: str,
         kind: str,
         raw: bytes,
-        event: JobEvent | None = None,
+        event: JobEvent | wire.WireEvent | None = None,
     ) -> None:
         self.partition = partition
         self.offset = offset
@@ -75,7 +75,7 @@ class Entry:
             e.type.value,
             e.kind,
             e.raw,
-            e.model() if parse_model else None,
+            e if parse_model else None,  # the model is built only by whoever keeps the event
         )
 
     @classmethod

@@ -26,6 +26,7 @@ from streams import topics
 from streams.events import JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
+from streams.wire import WireEvent
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class Fanout:
     """The gateway's Kafka tail, recent window and subscriptions (all touched on the event loop only)."""
 
     def __init__(
-        self, kafka: KafkaConnection, config: FanoutConfig, observers: list[Callable[[JobEvent], None]] | None = None
+        self,
+        kafka: KafkaConnection,
+        config: FanoutConfig,
+        observers: list[Callable[[JobEvent | WireEvent], None]] | None = None,
     ) -> None:
         self._config = config
         self._observers = observers or []

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 
 from streams.events import JobEvent
+from streams.wire import WireEvent, as_model
 
 
 class RecentJobs:
@@ -30,11 +31,11 @@ class RecentJobs:
     def discard(self, tenant: str, job_id: str) -> None:
         self._jobs.pop((tenant, job_id), None)
 
-    def observe(self, event: JobEvent) -> None:
+    def observe(self, event: JobEvent | WireEvent) -> None:
         """Record a live event of a job accepted here (others are ignored)."""
         entry = self._jobs.get((event.tenant, event.job_id))
         if entry is not None:
-            entry[1].append(event)
+            entry[1].append(as_model(event))
 
     def events(self, tenant: str, job_id: str) -> list[JobEvent]:
         entry = self._jobs.get((tenant, job_id))

@@ -173,6 +173,11 @@ class WireEvent(NamedTuple):
         )
 
 
+def as_model(event: JobEvent | WireEvent) -> JobEvent:
+    """``event`` as a model: readers hand decoded events around and build the model only to keep one."""
+    return event.model() if isinstance(event, WireEvent) else event
+
+
 _TYPES = {t.value: t for t in EventType}
 _INJECTED = frozenset({"kafka_partition", "kafka_offset", "submitted_at", "started_at"})  # fields the sink adds
 _MAX_U32 = 2**32 - 1  # seq's column type in ClickHouse (schema_version's: UInt16)
