@@ -293,12 +293,22 @@ def child_main(conn: Any, plugins: Sequence[str], parent_pid: int) -> None:
     # Only the multiprocess directory makes this process's values visible: otherwise they would die with it unread.
     record = multiprocess.directory() is not None
     conn.send(("ready", os.getpid()))
+    flushed = time.monotonic()
     while True:
+        if (
+            record
+            and metrics.tally
+            and (not conn.poll(metrics.FLUSH_S) or time.monotonic() - flushed >= metrics.FLUSH_S)
+        ):  # idle for FLUSH_S, or busy that long: write the tallied values (a scrape sees them)
+            metrics.flush()
+            flushed = time.monotonic()
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            return
+            message = None
         if message is None:
+            if record:
+                metrics.flush()
             return
         if message[0] == "run":
             _, call_id, kind, version, jobs = message  # jobs and outcomes travel as plain tuples (cheaper)

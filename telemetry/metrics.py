@@ -295,17 +295,24 @@ _batches: dict[str, tuple[Any, Any]] = {}
 
 
 class Tally:
-    """The worker loop's per-job values, summed in memory and written in one go by ``flush``.
+    """Per-job values of a worker's loop or a calculation process, summed in memory and written in
+    one go by ``flush``.
 
     In multiprocess mode every ``inc``/``observe`` takes a lock and writes to a memory-mapped file
-    (~1.5 µs each, five per job); summed here a job costs a dict lookup and a bisect, and a flush
-    writes each touched bucket once. Values reach a scrape at the next flush (the runner flushes
-    every ``FLUSH_S`` and when it stops). Not thread-safe: the worker's event loop only.
+    (~1.5 µs each, five per job in the worker; a calculation process's two per batch cost ~9 µs);
+    summed here a job costs a dict lookup and a bisect, and a flush writes each touched bucket
+    once. Values reach a scrape at the next flush (the runner flushes every ``FLUSH_S`` and when it
+    stops; a calculation process when it has been idle or has not flushed for ``FLUSH_S``).
+    Not thread-safe: one thread per process uses it.
     """
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
         self._histograms: dict[Any, tuple[list[float], list[int]]] = {}
+
+    def __bool__(self) -> bool:
+        """Whether anything waits for a flush."""
+        return bool(self._counts or self._histograms)
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
         self._counts[child] = self._counts.get(child, 0.0) + amount
@@ -361,15 +368,15 @@ def queue_wait(kind: str, seconds: float) -> None:
 
 
 def batch(kind: str, run_s: float, size: int) -> None:
-    """A batch run by a calculation process: its run time and size (label children cached)."""
+    """A batch run by a calculation process: its run time and size (label children cached; tallied)."""
     children = _batches.get(kind)
     if children is None:
         label = kind_label(kind)
         children = (BATCH_RUN.labels(label), BATCH_SIZE.labels(label))
         if len(_batches) < _MAX_KINDS:
             _batches[kind] = children
-    children[0].observe(run_s)
-    children[1].observe(size)
+    tally.observe(children[0], run_s)
+    tally.observe(children[1], size)
 
 
 # --- exposition ------------------------------------------------------------------------------------

@@ -79,11 +79,15 @@ def test_one_scrape_of_the_api_port_covers_the_worker_and_its_calculation_proces
 ):
     """jobs_finished is counted in the worker process, batch_run/batch_size in the calculation process:
     neither runs in the API process that answers the scrape."""
+    # Both write tallied values (at most metrics.FLUSH_S late): wait for the one and the other.
     wait_until(
-        lambda: value(scrape(up), "jobstream_jobs_finished_total", 'status="succeeded"') == JOBS,
+        lambda: (
+            value(found := scrape(up), "jobstream_jobs_finished_total", 'status="succeeded"') == JOBS
+            and value(found, "jobstream_batch_size_sum", 'kind="stats.describe"') == JOBS
+        ),
         30,
         0.2,
-        message=f"{JOBS} finished jobs in /metrics",
+        message=f"{JOBS} finished jobs, and batches of {JOBS} jobs, in /metrics",
     )
     found = scrape(up)
     assert value(found, "jobstream_jobs_finished_total", 'kind="stats.describe"', 'status="succeeded"') == JOBS
@@ -143,15 +147,18 @@ def test_a_worker_on_its_own_serves_its_metrics_and_its_calculation_processes(se
         assert producer.flush(30) == 0
         url = f"http://127.0.0.1:{port}/metrics"
 
-        def finished_here() -> float:
+        def finished_here() -> bool:
             assert worker.process is not None and worker.process.poll() is None, worker.tail()
             try:
                 found = samples(httpx.get(url, timeout=5).text)
             except httpx.TransportError:
-                return 0.0
-            return value(found, "jobstream_jobs_finished_total", 'status="succeeded"')
+                return False
+            return (  # the worker's and its calculation process's tallies (each flushed on its own)
+                value(found, "jobstream_jobs_finished_total", 'status="succeeded"') == len(ids)
+                and value(found, "jobstream_batch_size_sum", 'kind="stats.describe"') == len(ids)
+            )
 
-        wait_until(lambda: finished_here() == len(ids), 120, 0.2, message="the worker's /metrics to count the jobs")
+        wait_until(finished_here, 120, 0.2, message="the worker's /metrics to count the jobs and their batches")
         found = samples(httpx.get(url, timeout=5).text)
         assert value(found, "jobstream_batch_size_sum", 'kind="stats.describe"') == len(ids)  # calculation process
     finally:
