@@ -165,9 +165,8 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
         topic_allow_declare=False,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        # Small fetches: aiokafka sends no new fetch while another partition's fresh records wait, so a
-        # flooded partition's megabyte made a quiet tenant's next record wait a second or more (larger
-        # records still come, one per fetch).
+        # aiokafka sends no new fetch while another partition's fresh records wait: under a flood a quiet
+        # tenant's next record waits behind the flooded partition's fetch (README: the trade-off measured).
         consumer_max_fetch_size=settings.worker_fetch_bytes,
         # Records one hand-over takes (from one partition, then the next in turn): what a pause lets through,
         # and how long a record of another partition, already fetched, may wait (a few ms per record).

@@ -46,6 +46,12 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     _pause_pending: set[Any] | None = None
 
+    def on_buffer_full(self, tp: Any) -> None:
+        """Keep handing over ``tp``: Faust would stop while the stream buffer is under pressure, and with every
+        partition stopped its ``_wait_next_records`` sleeps a whole second (single submits of one tenant ran at
+        half speed with a small buffer). A full buffer blocks the fetch loop by itself (its put waits), and
+        the runner's read-ahead pauses what it holds too much of."""
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

@@ -277,7 +277,7 @@ class Settings(BaseSettings):
         default=4, ge=1, le=100, description="Chunks of job events a worker has sent and Kafka not yet acknowledged."
     )
     worker_fetch_bytes: int = Field(
-        default=65_536,
+        default=1_048_576,
         ge=1024,
         le=100_000_000,
         description="Bytes a worker fetches from one partition at a time (a bigger record still comes whole).",
