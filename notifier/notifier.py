@@ -34,7 +34,7 @@ from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer, Outgoing, ProduceError
 from streams.reader import KafkaReader
 from streams.settings import Settings
-from streams.wire import decode_event
+from streams.wire import decode_event, peek
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,13 @@ class _Reader(KafkaReader):
 
     @staticmethod
     def _from_event(raw: bytes, subscriptions: Subscriptions) -> tuple[str, Any] | None:
+        head = peek(raw)
+        if head is not None:  # most events are of jobs without a webhook: skipped without a parse
+            type_, job_id, _ = head
+            if type_ == "queued" and b'"webhook"' not in raw:
+                return None  # no webhook ("webhook" as a key inside params only costs the parse below)
+            if type_ != "queued" and subscriptions.get(job_id) is None:
+                return None
         event = decode_event(raw)
         if event.type is _QUEUED:
             subscription = Subscription.from_queued(event.tenant, event.data)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import Message, TopicPartition
 
-from streams import topics
+from streams import topics, wire
 from streams.kafka_config import KafkaConnection
 from streams.reader import KafkaReader, partitions_of
 
@@ -38,14 +38,6 @@ logger = logging.getLogger(__name__)
 
 _GONE = frozenset({"running", "succeeded", "failed", "cancelled"})  # no longer waiting
 _SMOOTHING = 0.3  # weight of the last second in the start rates
-
-
-def _queued(raw: bytes) -> bool:
-    """Whether an event is a ``queued`` one, without parsing it: the first ``"type":"`` in a record
-    ``streams.wire`` wrote is its own type (the fields before it are strings and numbers, in which
-    those bytes cannot appear unescaped)."""
-    at = raw.find(b'"type":"')
-    return at >= 0 and raw.startswith(b'queued"', at + 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +147,16 @@ class TenantBacklog(KafkaReader):
             jobs = self._jobs
             for message in messages:
                 raw = message.value() or b""
-                if _queued(raw) and (message.key() or b"").decode(errors="replace") in jobs:
-                    continue  # counted already (this process held it): the common case, without a parse
+                head = wire.peek(raw)
+                if head is not None:  # most events need no parse (a running one does: its attempt counts)
+                    type_, job_id, _ = head
+                    if type_ == "queued":
+                        if job_id in jobs:
+                            continue  # counted already (this process held it)
+                    elif type_ != "running":
+                        if type_ in _GONE:
+                            self._remove(job_id)
+                        continue
                 try:
                     event = orjson.loads(raw)
                     type_, job_id, tenant = event["type"], event["job_id"], event["tenant"]

@@ -9,6 +9,7 @@ Kafka may be malformed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -242,6 +243,27 @@ def decode_event(raw: bytes | None) -> WireEvent:
             event.job_id, event.tenant, event.seq, event.type, event.kind, event.data, ts, event.schema_version
         ),
     )
+
+
+# What ``encode_event`` writes first: the fields before ``data``, all scalars, in this order (strings
+# without quotes or backslashes: ids, tenants and kinds are validated names, ts is ISO 8601).
+_HEAD = re.compile(
+    rb'\{"schema_version":\d+,"job_id":"([^"\\]*)","tenant":"([^"\\]*)","seq":\d+,"ts":"[^"\\]*","type":"([a-z_]+)",'
+)
+
+
+def peek(raw: bytes | None) -> tuple[str, str, str] | None:
+    """``(type, job_id, tenant)`` of an event in the canonical form, read from its first bytes
+    without parsing the rest (~10x cheaper than ``decode_event``); None for anything else, which
+    the caller decodes in full. For readers that skip most events (the notifier, the tenant
+    backlog): a skipped record is not validated, a kept one still goes through ``decode_event``."""
+    if not raw:
+        return None
+    head = _HEAD.match(raw)
+    if head is None:
+        return None
+    job_id, tenant, type_ = head.groups()
+    return type_.decode(), job_id.decode(), tenant.decode()
 
 
 def load_event(raw: bytes) -> JobEvent:

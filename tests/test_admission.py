@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ from ingest_api.admission import Admission, AdmissionConfig
 from store.clickhouse import ClickHouseStore
 from streams import topics
 from streams.backlog import TenantBacklog
-from streams.events import JobRequested
+from streams.events import EventType, JobRequested, utcnow
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
-from streams.wire import decode_request, dumps
+from streams.wire import decode_request, dumps, encode_event
 from tests.support.sse import app_state, bearer, gateway, keys
 from tests.support.waiting import wait_until
 from tests.support.workers import Worker, isolated
@@ -81,6 +82,57 @@ def test_positions_count_the_jobs_still_waiting_ahead_whatever_order_they_leave_
         assert backlog.place("j3").ahead == 0 and backlog.place("j4").ahead == 1  # type: ignore[union-attr]
         assert (backlog.waiting("a"), backlog.waiting("b")) == (0, 2)
         assert backlog.place("j4").eta_s is None  # type: ignore[union-attr]  # no start measured
+    finally:
+        backlog.stop()
+
+
+class _Record:
+    """What the backlog reads of a Kafka message."""
+
+    def __init__(self, value: bytes, key: bytes | None = None) -> None:
+        self._value, self._key = value, key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, int(time.time() * 1000))
+
+
+def _event(job_id: str, tenant: str, type_: EventType, data: dict | None = None) -> _Record:
+    return _Record(encode_event(job_id, tenant, 0, type_, "stats.describe", data or {}, utcnow()), job_id.encode())
+
+
+def test_the_backlog_counts_waiting_jobs_from_peeked_and_parsed_events_alike(settings: Settings) -> None:
+    """Most events are read from their first bytes (``wire.peek``), a running one and any event
+    not in the canonical form are parsed: the counts must not depend on which."""
+    backlog = TenantBacklog(KafkaConnection.from_settings(settings), settings.topic(topics.EVENTS), 3600)
+    try:
+        backlog.hold("a", ["held"])  # submitted through this process: its queued event is a repeat
+        not_canonical = b'{"job_id": "j4", "tenant": "c", "seq": 0, "type": "queued", "kind": "k", "ts": "%s"}' % (
+            utcnow().isoformat().encode()
+        )
+        backlog.handle(
+            [
+                _event("held", "a", EventType.QUEUED),
+                _event("j1", "a", EventType.QUEUED, {"params": {"type": "succeeded"}}),
+                _event("j2", "a", EventType.QUEUED),
+                _event("j3", "b", EventType.QUEUED),
+                _Record(not_canonical),
+                _event("j1", "a", EventType.PROGRESS, {"progress": 0.5}),  # not a start: j1 still waits
+                _event("j2", "a", EventType.RUNNING, {"attempt": 1}),
+                _event("j2", "a", EventType.SUCCEEDED),
+                _event("j3", "b", EventType.CANCELLED),  # cancelled while waiting
+                _event("gone", "a", EventType.SUCCEEDED),  # never seen waiting: nothing to remove
+                _Record(b"not an event"),
+            ]  # type: ignore[list-item]
+        )
+        assert backlog.waiting_by_tenant() == {"a": 2, "c": 1}
+        assert [backlog.place(j).ahead for j in ("held", "j1", "j4")] == [0, 1, 2]  # type: ignore[union-attr]
+        assert backlog.place("j2") is None and backlog.place("j3") is None
     finally:
         backlog.stop()
 

@@ -480,3 +480,48 @@ def test_webhook_deliveries_agree_with_sse_websocket_and_clickhouse(
     delivered = wait_until(webhook_leg, 60, message="the webhook's terminal delivery")
     expected = [d for d in legs["sse"] if d.type != "queued"]
     assert [(d.id, d.type, d.event) for d in delivered] == [(d.id, d.type, d.event) for d in expected]  # type: ignore[union-attr]
+
+
+class _Subscriptions:
+    """What the notifier's reader asks of ``notifier.subscriptions.Subscriptions``."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+
+    def get(self, job_id: str) -> Any:
+        return self.jobs.get(job_id)
+
+    def add(self, job_id: str, subscription: Any) -> str:
+        self.jobs[job_id] = subscription
+        return job_id
+
+
+def test_the_notifier_skips_events_of_jobs_without_a_webhook_and_acts_on_the_others():
+    """Most events are skipped from their first bytes (``wire.peek``); a queued event that may
+    carry a webhook, and every event of a subscribed job, are decoded as before."""
+    from notifier.notifier import _Reader
+    from streams.wire import encode_event
+
+    subscriptions, ts = _Subscriptions(), datetime.now().astimezone()
+    hook = {"webhook": "https://example.com/h", "webhook_events": ["succeeded"]}
+
+    def event(job_id: str, type_: EventType, data: dict[str, Any]) -> Any:
+        return _Reader._from_event(encode_event(job_id, "acme", 1, type_, "k", data, ts), subscriptions)  # type: ignore[arg-type]
+
+    assert event("plain", EventType.QUEUED, {"params": {"values": [1]}}) is None
+    assert event("decoy", EventType.QUEUED, {"params": {"webhook": "https://example.com/x"}}) is None  # not data's
+    assert subscriptions.jobs == {}
+    assert event("hooked", EventType.QUEUED, {"params": {}, **hook}) == ("subscribe", "hooked")
+    assert event("plain", EventType.SUCCEEDED, {"result": 1}) is None
+    assert event("hooked", EventType.RUNNING, {"attempt": 1}) is None  # not among its webhook_events
+    kind, delivery = event("hooked", EventType.SUCCEEDED, {"result": 1})
+    assert kind == "deliver" and (delivery.job_id, delivery.event, delivery.url) == (
+        "hooked",
+        "succeeded",
+        "https://example.com/h",
+    )
+    spaced = (
+        b'{"schema_version": 1, "job_id": "spaced", "tenant": "acme", "seq": 0, "ts": "2026-01-01T00:00:00Z", '
+        b'"type": "queued", "kind": "k", "data": {"webhook": "https://example.com/s", "webhook_events": ["failed"]}}'
+    )
+    assert _Reader._from_event(spaced, subscriptions)[0] == "subscribe"  # type: ignore[arg-type,index]  # not canonical: decoded

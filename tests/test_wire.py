@@ -157,3 +157,36 @@ def test_anything_else_is_refused_with_a_value_error(raw: bytes | None):
 def test_a_malformed_request_is_a_value_error(raw: bytes):
     with pytest.raises(ValueError):
         wire.decode_request(raw)
+
+
+# --- peek: the first fields of a canonical event, for readers that skip most events ---------------
+@pytest.mark.parametrize("type_", list(EventType))
+@pytest.mark.parametrize("job_id, tenant", [("j-1", "acme"), (str(uuid.uuid4()), "tenant é ✓"), ("", "")])
+def test_peek_reads_type_job_and_tenant_of_every_canonical_event_as_the_decoder_does(
+    type_: EventType, job_id: str, tenant: str
+):
+    data = {"params": {"type": "succeeded", "job_id": "other", "webhook": "x"}, "attempt": 1}
+    raw = wire.encode_event(job_id, tenant, 3, type_, "stats.describe", data, TIMES[1])
+    decoded = wire.decode_event(raw)
+    assert wire.peek(raw) == (decoded.type.value, decoded.job_id, decoded.tenant) == (type_.value, job_id, tenant)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        # valid events in another form: another field order (data before type), spaces, escapes
+        b'{"job_id":"j","tenant":"t","seq":0,"data":{"type":"succeeded"},"type":"queued","kind":"k",'
+        b'"ts":"2026-01-01T00:00:00Z"}',
+        b'{"schema_version": 1, "job_id": "j", "tenant": "t", "seq": 0, "ts": "2026-01-01T00:00:00Z", '
+        b'"type": "queued", "kind": "k", "data": {}}',
+        b'{"schema_version":1,"job_id":"j","tenant":"a\\"b","seq":0,"ts":"2026-01-01T00:00:00Z","type":"queued",'
+        b'"kind":"k","data":{}}',
+        b'{"schema_version":1,"job_id":"j\\u0022","tenant":"t","seq":0,"ts":"2026-01-01T00:00:00Z","type":"queued",'
+        b'"kind":"k","data":{}}',
+    ],
+)
+def test_peek_leaves_anything_not_canonical_to_the_decoder(raw: bytes | None):
+    assert wire.peek(raw) is None
