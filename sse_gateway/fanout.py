@@ -43,6 +43,7 @@ class FanoutConfig:
     heartbeat_s: float
     max_stream_s: float
     rerun_memory_jobs: int
+    tail_fetch_bytes: int = 65536  #: per partition and fetch; the tail queues 16 fetches' worth
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FanoutConfig:
@@ -55,6 +56,7 @@ class FanoutConfig:
             heartbeat_s=settings.sse_heartbeat_s,
             max_stream_s=settings.sse_max_stream_s,
             rerun_memory_jobs=settings.sse_rerun_memory_jobs,
+            tail_fetch_bytes=settings.sse_tail_fetch_bytes,
         )
 
 
@@ -70,7 +72,7 @@ class Fanout:
         self._config = config
         self._observers = observers or []
         self.topic = config.topic
-        self._tail = KafkaTail(kafka, config.topic, self._dispatch)
+        self._tail = KafkaTail(kafka, config.topic, self._dispatch, config.tail_fetch_bytes)
         self._offsets = TopicOffsets(kafka, config.topic, config.sink_group)
         self._window = RecentWindow(config.recent_window_s, config.recent_max_events)
         self._subs = Subscriptions(

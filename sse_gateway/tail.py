@@ -32,13 +32,21 @@ class KafkaTail(KafkaReader):
 
     chunk_size = CONSUME_BATCH
 
-    def __init__(self, kafka: KafkaConnection, topic: str, on_batch: OnBatch) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, on_batch: OnBatch, fetch_bytes: int = 65536) -> None:
+        """``fetch_bytes``: per partition and fetch. librdkafka's defaults (the record size limit, 40 MB,
+        per partition; 64 MB queued) let one flooded partition's fetched events sit seconds ahead of
+        another partition's next event: a shallow queue keeps the tail fair between partitions."""
         super().__init__(
             kafka,
             topic,
             group_id="jobstream-sse-gateway",
             name="sse-fanout",
-            **{"enable.partition.eof": False, "fetch.wait.max.ms": 100},
+            **{
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 100,
+                "max.partition.fetch.bytes": fetch_bytes,
+                "queued.max.messages.kbytes": max(1, fetch_bytes * 16 // 1024),
+            },
         )
         self._on_batch = on_batch
         self._parse_model = False

@@ -321,6 +321,13 @@ class Settings(BaseSettings):
     sse_resume_max_events: int = Field(
         default=100_000, ge=1, description="Most events a /v1/events resume replays; further behind gets `reset`."
     )
+    sse_tail_fetch_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Bytes the gateway's tail fetches per partition at a time (a bigger record still comes, alone); "
+        "it queues at most 16 such fetches: under a flood of one tenant's events another's wait behind that much.",
+    )
     sse_max_connections: int = Field(default=10_000, ge=1, description="Most SSE streams per gateway process (429).")
     sse_max_connections_per_tenant: int = Field(
         default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429)."

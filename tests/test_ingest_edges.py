@@ -364,3 +364,31 @@ def test_odd_job_ids_are_404(client: httpx.Client, job_id: str):
     for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/result"):
         response = client.get(path)
         assert response.status_code == 404 and response.headers["content-type"] == PROBLEM, path
+
+
+def test_a_7_mb_event_reaches_a_live_stream_whole(stack: str):
+    """The gateway's tail fetches 64 KB per partition and queues 1 MB (``sse_gateway.tail``): a
+    bigger record must still come through, alone, and whole."""
+    from tests.support.sse import Reader
+
+    reader = Reader(stack, "/v1/events").start()
+    try:
+        assert reader.status == 200
+        values = list(range(1_000_000))
+        with httpx.Client(base_url=stack, timeout=60) as client:
+            response = client.post("/v1/jobs", json={"kind": "stats.describe", "params": {"values": values}})
+        assert response.status_code == 202, response.text[:500]
+        job_id = response.json()["job_id"]
+
+        def seen(type_: str) -> dict[str, Any] | None:
+            for sse in list(reader.events):
+                if sse.event == type_ and f'"job_id":"{job_id}"' in sse.data[:200]:
+                    return orjson.loads(sse.data)
+            return None
+
+        wait_until(lambda: seen("succeeded") is not None, 120, message="the big job's end on the stream")
+        queued = seen("queued")
+        assert queued is not None and len(queued["data"]["params"]["values"]) == 1_000_000
+        assert seen("succeeded")["data"]["result"]["count"] == 1_000_000  # type: ignore[index]
+    finally:
+        reader.close()
