@@ -179,7 +179,8 @@ def create_app(settings: Settings, kafka: KafkaConnection, *, worker_index: int 
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 4),
     )
-    consumer.install(app)  # a cheaper per-record hand-over from the fetch loop to the stream
+    # a cheaper per-record hand-over from the fetch loop to the stream, and our fetch wait
+    consumer.install(app, fetch_wait_ms=settings.worker_fetch_wait_ms)
     requested = app.topic(settings.topic(topics.REQUESTED), key_type=bytes, value_type=bytes)
     runtime = WorkerRuntime(settings, kafka, ConsumerFlow(app))
     app.flow_control.manage_queue(runtime)  # type: ignore[arg-type]  # duck-typed: Faust only calls .clear()

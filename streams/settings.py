@@ -277,10 +277,16 @@ class Settings(BaseSettings):
         default=4, ge=1, le=100, description="Chunks of job events a worker has sent and Kafka not yet acknowledged."
     )
     worker_fetch_bytes: int = Field(
-        default=1_048_576,
+        default=65_536,
         ge=1024,
         le=100_000_000,
         description="Bytes a worker fetches from one partition at a time (a bigger record still comes whole).",
+    )
+    worker_fetch_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Longest a worker's fetch waits at the broker for partitions with nothing new (Faust's is 1,500).",
     )
     worker_poll_records: int = Field(
         default=64, ge=1, le=100_000, description="Fetched records a worker takes in at once, from one partition."

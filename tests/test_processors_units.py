@@ -256,6 +256,26 @@ def test_a_worker_app_fetches_with_the_cheaper_hand_over(tmp_path):
     assert type(app.transport) is consumer.Transport and app.transport.Consumer is consumer.Consumer
 
 
+def test_a_worker_fetch_waits_at_the_broker_as_set_not_faust_s_1500_ms(tmp_path):
+    """Faust builds aiokafka's client with a fixed 1,500 ms fetch wait; the worker's is the setting's
+    (with small fetches the fixed wait halved single-submit throughput: docs/benchmarks.md)."""
+    from processors.app import create_app
+    from streams.kafka_config import KafkaConnection
+    from streams.settings import Settings
+
+    async def client_wait_ms(wait_ms: int) -> int:
+        settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", worker_fetch_wait_ms=wait_ms)
+        app = create_app(settings, KafkaConnection.from_settings(settings))
+        client = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+        try:
+            return int(client._fetch_max_wait_ms)
+        finally:
+            await client.stop()  # never started: closes its connection pool
+
+    assert asyncio.run(client_wait_ms(37)) == 37
+    assert Settings().worker_fetch_wait_ms == 100
+
+
 def test_the_copied_fetch_loop_matches_the_pinned_faust():
     """``processors.consumer`` overrides a private Faust method with an edited copy: an upgrade that
     changes the original (or the pin) must be looked at, not silently run with the old copy."""
