@@ -254,9 +254,9 @@ _HEAD = re.compile(
 
 def peek(raw: bytes | None) -> tuple[str, str, str] | None:
     """``(type, job_id, tenant)`` of an event in the canonical form, read from its first bytes
-    without parsing the rest (~10x cheaper than ``decode_event``); None for anything else, which
-    the caller decodes in full. For readers that skip most events (the notifier, the tenant
-    backlog): a skipped record is not validated, a kept one still goes through ``decode_event``."""
+    without parsing the rest (~1 µs, a quarter to a third of ``decode_event``); None for anything
+    else, which the caller decodes in full. For readers that skip most events (the notifier, the
+    tenant backlog): a skipped record is not validated, a kept one still goes through ``decode_event``."""
     if not raw:
         return None
     head = _HEAD.match(raw)
