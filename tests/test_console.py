@@ -160,6 +160,22 @@ def test_the_console_asks_for_the_key_once_then_a_job_submitted_by_the_form_goes
     assert not errors, errors
 
 
+def test_a_job_that_succeeded_before_the_page_opened_shows_a_full_progress_bar(service: ServiceProcess, page: Any):
+    """The listing carries no progress: a row built from it must not show a succeeded job as 0% done."""
+    job_id = submit(service, {"values": [1, 2, 3]}, kind="stats.describe")
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def listed_succeeded() -> bool:
+        listing = httpx.get(f"{service.url}/v1/jobs", params={"limit": 50}, headers=headers, timeout=10).json()
+        return any(j["job_id"] == job_id and j["status"] == "succeeded" for j in listing["jobs"])
+
+    wait_until(listed_succeeded, 60, 0.1, message="the job to be listed as succeeded")
+    page.goto(f"{service.url}/ui")
+    bar = page.locator(f"tr[data-job='{job_id}'] progress")
+    bar.wait_for(timeout=30_000)
+    assert bar.evaluate("el => el.value") == 1
+
+
 def test_a_long_job_is_cancelled_from_its_page(service: ServiceProcess, page: Any):
     job_id = submit(service, {"sleep_s": 120, "steps": 240})
     page.goto(f"{service.url}/ui/jobs/{job_id}")

@@ -96,12 +96,17 @@ export function render(main, { params, navigate }) {
     return (!kind || state.kind === kind) && (!status || state.status === status);
   }
 
+  // The listing carries no progress: a succeeded job is done whatever the last progress event said.
+  function progressOf(state) {
+    return state.status === "succeeded" ? 1 : state.progress || 0;
+  }
+
   function makeRow(state) {
     const link = h("a", { href: `/ui/jobs/${encodeURIComponent(state.job_id)}`, title: state.job_id }, state.job_id);
     const cells = {
       kind: h("td", {}, state.kind),
       status: h("td", {}, badge(state.status)),
-      bar: h("progress", { max: "1", value: String(state.progress || 0), "aria-label": `progress of job ${state.job_id}` }),
+      bar: h("progress", { max: "1", value: String(progressOf(state)), "aria-label": `progress of job ${state.job_id}` }),
       submitted: h("td", { class: "num" }, time(state.submitted_at)),
       updated: h("td", { class: "num" }, time(state.updated_at)),
     };
@@ -115,7 +120,7 @@ export function render(main, { params, navigate }) {
       cells.submitted,
       cells.updated,
     );
-    return { tr, cells, state, shown: { status: state.status, progress: state.progress || 0, submitted: state.submitted_at, updated: state.updated_at } };
+    return { tr, cells, state, shown: { status: state.status, progress: progressOf(state), submitted: state.submitted_at, updated: state.updated_at } };
   }
 
   function paint(row) {
@@ -125,7 +130,7 @@ export function render(main, { params, navigate }) {
       tr.dataset.status = state.status;
       shown.status = state.status;
     }
-    const progress = state.status === "succeeded" ? 1 : state.progress || 0;
+    const progress = progressOf(state);
     if (shown.progress !== progress) { cells.bar.value = progress; shown.progress = progress; }
     if (shown.submitted !== state.submitted_at) { cells.submitted.textContent = time(state.submitted_at); shown.submitted = state.submitted_at; }
     if (shown.updated !== state.updated_at) { cells.updated.textContent = time(state.updated_at); shown.updated = state.updated_at; }
