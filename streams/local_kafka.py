@@ -86,9 +86,27 @@ def new_cluster_id() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """``count`` distinct ports free now, none in ``avoid``. The sockets stay bound until all are
+    chosen: two picks one after the other can get the same port (the kernel hands a just-closed
+    one out again), and a broker whose two listeners share a port does not start."""
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 _LOG4J2 = """\
@@ -134,8 +152,10 @@ class LocalKafka:
         if security not in ("plaintext", "sasl_ssl"):
             raise ValueError(f"security must be plaintext or sasl_ssl, not {security!r}")
         self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        if port:
+            self.port, (self.controller_port,) = port, free_ports(1, avoid=frozenset({port}))
+        else:
+            self.port, self.controller_port = free_ports(2)
         self.heap = heap
         self.log_level = log_level
         self.secured = security == "sasl_ssl"

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka_config import KafkaConnection
-from streams.local_kafka import LocalKafka, kafka_version, new_cluster_id
+from streams.local_kafka import LocalKafka, free_port, free_ports, kafka_version, new_cluster_id
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import ROOT
@@ -81,3 +81,16 @@ def test_cluster_ids_are_kafka_shaped_and_never_look_like_options():
     ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_the_two_listeners_never_get_the_same_port(tmp_path: Path):
+    """A broker whose listener and controller share a port does not start (seen in a bench run):
+    ports are chosen while the sockets that found them are still bound."""
+    assert len(set(free_ports(50))) == 50
+    for _ in range(100):
+        taken = free_port()  # just released: the kernel may hand it out again at once
+        assert free_ports(1, avoid=frozenset({taken})) != [taken]
+        broker = LocalKafka(tmp_path / "kafka", port=taken)
+        assert broker.port == taken and broker.controller_port != taken
+        unset = LocalKafka(tmp_path / "kafka")
+        assert unset.port != unset.controller_port
