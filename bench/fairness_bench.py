@@ -1,6 +1,7 @@
 """Fairness between tenants and priority across a backlog, on the whole pipeline (issue 17).
 
     .venv/bin/python -m bench.fairness_bench [--jobs 20000] [--seconds 30] [--burst-via kafka|api] [--baseline DIR]
+        [--rounds N] [--verbose]
 
 ``jobstream up`` with one worker (API + SSE gateway + sink in one process), two tenants by API key,
 on a local broker; small ``stats.describe`` jobs, submitted over HTTP (bursts as ``POST /v1/jobs:batch``
@@ -21,6 +22,9 @@ runs, and no backlog forms. ``--burst-via api`` submits them over HTTP. B's and 
 through the API.
 
 With ``--baseline DIR`` the same phases run first on that checkout's code, on the same broker.
+``--rounds N`` repeats phases 1 and 2 N times in one ``up``, their order alternating: A's share moves
+by ±25% between two single phases of the same code (docs/benchmarks.md, session 7), so one round
+cannot tell 90% from 100%.
 Tenant names are picked so A and B have no ordinary partition in common under this checkout's
 partitioner (a shared partition is FIFO between them: README, "Fair sharing").
 """
@@ -32,7 +36,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -162,8 +166,9 @@ def ms(values: list[float], q: float) -> float:
 
 @dataclass
 class Figures:
-    a_alone: float = 0.0  # jobs/s
+    a_alone: float = 0.0  # jobs/s (the median over rounds)
     a_with_b: float = 0.0
+    shares: list[float] = field(default_factory=list)  # A with B / A alone, per round
     b_p50_ms: float = 0.0
     b_p99_ms: float = 0.0
     b_max_ms: float = 0.0
@@ -211,26 +216,43 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
                 def flood_of_a(count: int) -> dict[str, float]:
                     return burst(clients[a], count)
 
-            alone = flood_of_a(args.jobs)
-            events.wait(list(alone), 900)
-            figures.a_alone = throughput(events, alone)
-
             mine: dict[str, float] = {}
 
-            def tenant_b() -> None:
-                time.sleep(1.0)  # bench only: B starts one second after A's burst
-                started = time.monotonic()
-                for i in range(int(args.seconds)):
-                    time.sleep(max(0.0, started + i - time.monotonic()))  # 1 job/s, open loop
-                    job_id, t0 = single(clients[b])
-                    mine[job_id] = t0
+            def a_alone() -> float:
+                alone = flood_of_a(args.jobs)
+                events.wait(list(alone), 900)
+                return throughput(events, alone)
 
-            b_thread = threading.Thread(target=tenant_b)
-            b_thread.start()
-            flood = flood_of_a(args.jobs)
-            b_thread.join()
-            events.wait(list(flood) + list(mine), 900)
-            figures.a_with_b = throughput(events, flood)
+            def a_with_b() -> float:
+                these: dict[str, float] = {}
+
+                def tenant_b() -> None:
+                    time.sleep(1.0)  # bench only: B starts one second after A's burst
+                    started = time.monotonic()
+                    for i in range(int(args.seconds)):
+                        time.sleep(max(0.0, started + i - time.monotonic()))  # 1 job/s, open loop
+                        job_id, t0 = single(clients[b])
+                        these[job_id] = t0
+
+                b_thread = threading.Thread(target=tenant_b)
+                b_thread.start()
+                flood = flood_of_a(args.jobs)
+                b_thread.join()
+                events.wait(list(flood) + list(these), 900)
+                mine.update(these)
+                return throughput(events, flood)
+
+            alone_rates, with_b_rates = [], []
+            for round_ in range(args.rounds):  # the phases' order alternates: neither always runs first
+                if round_ % 2 == 0:
+                    alone_rates.append(a_alone())
+                    with_b_rates.append(a_with_b())
+                else:
+                    with_b_rates.append(a_with_b())
+                    alone_rates.append(a_alone())
+            figures.a_alone = float(np.median(alone_rates))
+            figures.a_with_b = float(np.median(with_b_rates))
+            figures.shares = [w / a for w, a in zip(with_b_rates, alone_rates, strict=True)]
             latencies = [events.ended[j] - t0 for j, t0 in mine.items()]
             figures.b_accepted_p99_ms = ms([ACCEPTED[j] for j in mine], 99)
             figures.b_started_p99_ms = ms([events.started[j] - t0 for j, t0 in mine.items()], 99)
@@ -284,6 +306,13 @@ def main() -> None:
     )
     parser.add_argument("--baseline", type=Path, help="another checkout: its code runs first, on the same broker")
     parser.add_argument("--verbose", action="store_true", help="print each of B's jobs: its legs (ms)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat A alone / A with B this many times in one run, the order alternating (A's share per "
+        "round and the medians are printed; B's latencies are pooled over the rounds)",
+    )
     args = parser.parse_args()
     tenants = pick_tenants()
     roots = [("before", args.baseline.resolve()), ("after", ROOT)] if args.baseline else [("", ROOT)]
@@ -310,6 +339,9 @@ def main() -> None:
             f"{f.urgent_start_ms:,.0f} | "
             f"{f.urgent_end_ms:,.0f} | {f.backlog_left:,} |"
         )
+    if args.rounds > 1:
+        for label, f in results.items():
+            print(f"{label or 'this'}: A's share per round {', '.join(f'{x:.0%}' for x in f.shares)}")
 
 
 if __name__ == "__main__":
