@@ -83,9 +83,13 @@ def test_a_delivery_is_the_kafka_event_signed_with_the_tenants_secret_and_record
     assert abs(int(delivered.headers["webhook-timestamp"]) - time.time()) < 60
     with pytest.raises(WebhookVerificationError):  # another secret does not verify it
         verify("whsec_" + "A" * 43 + "=", delivered.body, delivered.headers)
-    # the events as SSE clients and ClickHouse have them: same type and seq
-    types = {orjson.loads(r.body)["type"] for r in receiver.at(where)}
-    assert types == {"running", "succeeded"}
+    # the events as SSE clients and ClickHouse have them: same type and seq (each delivery is its own
+    # attempt: running's may arrive after succeeded's)
+    wait_until(
+        lambda: {orjson.loads(r.body)["type"] for r in receiver.at(where)} == {"running", "succeeded"},
+        60,
+        message="the running and succeeded deliveries",
+    )
     rows = wait_until(
         lambda: (
             len({a["event"] for a in attempts(client, job) if a["outcome"] == "delivered"}) == 2
