@@ -43,7 +43,7 @@ class FanoutConfig:
     heartbeat_s: float
     max_stream_s: float
     rerun_memory_jobs: int
-    tail_fetch_bytes: int = 65536  #: per partition and fetch; the tail queues 16 fetches' worth
+    tail_fetch_bytes: int  #: per partition and fetch; the tail queues 16 fetches' worth
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FanoutConfig:

@@ -32,7 +32,7 @@ class KafkaTail(KafkaReader):
 
     chunk_size = CONSUME_BATCH
 
-    def __init__(self, kafka: KafkaConnection, topic: str, on_batch: OnBatch, fetch_bytes: int = 65536) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, on_batch: OnBatch, fetch_bytes: int) -> None:
         """``fetch_bytes``: per partition and fetch. librdkafka's defaults (the record size limit, 40 MB,
         per partition; 64 MB queued) let one flooded partition's fetched events sit seconds ahead of
         another partition's next event: a shallow queue keeps the tail fair between partitions."""
