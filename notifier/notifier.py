@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from streams.kafka_config import KafkaConnection
 from streams.producer import AsyncProducer, Outgoing, ProduceError
 from streams.reader import KafkaReader
 from streams.settings import Settings
-from streams.wire import decode_event, peek
+from streams.wire import decode_event, peek, webhook_in
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class _Reader(KafkaReader):
                 if topic == self._retries:
                     item = ("retry", Delivery.from_bytes(message.value()))
                 else:
-                    item = self._from_event(message.value(), subscriptions)
+                    item = self._from_event(message.value(), subscriptions, message.headers)
             except Exception:  # one bad record must not stop the notifier
                 logger.exception("notifier: skipping the record at %s[%d]@%d", topic, partition, offset)
             self._offsets.seen(topic, partition, offset, open_=item is not None)
@@ -176,13 +177,21 @@ class _Reader(KafkaReader):
             self._notifier.room.wait(0.2)
 
     @staticmethod
-    def _from_event(raw: bytes, subscriptions: Subscriptions) -> tuple[str, Any] | None:
+    def _from_event(
+        raw: bytes, subscriptions: Subscriptions, headers: Callable[[], Any] | None = None
+    ) -> tuple[str, Any] | None:
+        """What to do for one event. ``headers``: the record's, asked for only when the job is not
+        known: a worker's event may come before its job's queued event, and carries the webhook."""
         head = peek(raw)
         if head is not None:  # most events are of jobs without a webhook: skipped without a parse
-            type_, job_id, _ = head
+            type_, job_id, tenant = head
             if type_ == "queued" and b'"webhook"' not in raw:
                 return None  # no webhook ("webhook" as a key inside params only costs the parse below)
-            if type_ != "queued" and subscriptions.get(job_id) is None:
+            if (
+                type_ != "queued"
+                and subscriptions.get(job_id) is None
+                and not _learn(job_id, tenant, headers, subscriptions)
+            ):
                 return None
         event = decode_event(raw)
         if event.type is _QUEUED:
@@ -190,6 +199,8 @@ class _Reader(KafkaReader):
             if subscription is None:
                 return None
             return "subscribe", subscriptions.add(event.job_id, subscription)
+        if head is None and subscriptions.get(event.job_id) is None:
+            _learn(event.job_id, event.tenant, headers, subscriptions)
         subscription = subscriptions.get(event.job_id)
         if subscription is None or event.type.value not in subscription.events or subscription.tenant != event.tenant:
             return None
@@ -206,6 +217,17 @@ class _Reader(KafkaReader):
             now,
             now,
         )
+
+
+def _learn(job_id: str, tenant: str, headers: Callable[[], Any] | None, subscriptions: Subscriptions) -> bool:
+    """Subscribe a job from the webhook header of its event (in memory: its queued event, later on
+    the same partition, makes it durable as usual); False when the event has none."""
+    found = webhook_in(headers()) if headers is not None else None
+    subscription = Subscription.from_queued(tenant, found) if found is not None else None
+    if subscription is None:
+        return False
+    subscriptions.add(job_id, subscription)
+    return True
 
 
 class Notifier:

@@ -10,7 +10,8 @@ settled in order, by a second task); the runner acks a request's source offset o
 terminal event's callback (at-least-once). A chunk Kafka did not acknowledge is sent
 again, as is (same seqs: readers dedupe), until it is — the worker's offsets simply do
 not move meanwhile. A job with a trace context (``traces``) has it on each of its events as
-Kafka headers; while no job has one, no headers are looked at or built.
+Kafka headers, and a job with a webhook its ``webhook`` header (``streams.wire.WEBHOOK_HEADER``);
+while no job has either, no headers are looked at or built.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streams import topics
 from streams.events import TERMINAL_EVENTS, EventType, JobRequested
 from streams.producer import AsyncProducer, ProduceError
 from streams.settings import Settings
-from streams.wire import encode_event
+from streams.wire import encode_event, webhook_header
 from telemetry.tracing import JobTrace
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Outbox:
         self._queue: _Chunk = []
         #: job id -> its trace context, for jobs whose request carried one (set by the runner)
         self.traces: dict[str, JobTrace] = {}
-        self._traced = False  # a job ever had a trace: chunks must be checked for headers
+        self._traced = False  # a job ever had a trace or a webhook: chunks must be checked for headers
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -123,6 +124,9 @@ class Outbox:
             if trace is not None:
                 headers = trace.headers
                 self._traced = True
+        if request.webhook is not None:  # the notifier learns where to post even before the queued event
+            headers = [*(headers or ()), webhook_header(request.webhook, request.webhook_events)]
+            self._traced = True
         if terminal:
             seq = TERMINAL_SEQ
             self.seqs.forget(job_id)

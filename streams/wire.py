@@ -266,6 +266,30 @@ def peek(raw: bytes | None) -> tuple[str, str, str] | None:
     return type_.decode(), job_id.decode(), tenant.decode()
 
 
+# --- a job's webhook on its worker events (a Kafka header) ------------------------------------
+#: The header a worker puts on each event of a job with a webhook: the queued event's two fields.
+#: The API's queued event and the worker's request are produced together but land on their own; a
+#: worker's ``running`` may reach ``jobs.events`` before the queued event that tells the notifier
+#: where to post, and the notifier would skip it. With the header the event tells it itself.
+WEBHOOK_HEADER = "jobstream-webhook"
+
+
+def webhook_header(url: str, events: list[str] | None) -> tuple[str, bytes]:
+    return WEBHOOK_HEADER, orjson.dumps({"webhook": url, "webhook_events": events or []})
+
+
+def webhook_in(headers: list[tuple[str, bytes | None]] | None) -> dict[str, Any] | None:
+    """The ``webhook``/``webhook_events`` a worker event carries, or None (none, or not a JSON object)."""
+    for name, value in headers or ():
+        if name == WEBHOOK_HEADER and value:
+            try:
+                found = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
 def load_event(raw: bytes) -> JobEvent:
     """An event from Kafka as a model; raises ValueError for a record that is not a ``JobEvent``."""
     return decode_event(raw).model()

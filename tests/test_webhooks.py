@@ -23,12 +23,14 @@ from notifier.records import Delivery, webhook_id
 from notifier.sender import Sender, SenderConfig, Verdict
 from notifier.tenant_secrets import WebhookSecrets
 from store.clickhouse import ClickHouseStore
+from streams import topics
 from streams.events import EventType, JobEvent
 from streams.kafka_config import KafkaConnection
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.wire import webhook_header, webhook_in
 from tests.support.conformance import Delivered, assert_channels_agree, normalised
-from tests.support.kafka import produce
+from tests.support.kafka import event_headers, produce
 from tests.support.receiver import Receiver
 from tests.support.service_process import ServiceProcess, service_env
 from tests.support.waiting import wait_until
@@ -381,6 +383,78 @@ def test_nothing_is_lost_or_sent_for_the_wrong_tenant_across_a_kill_9_of_the_not
             verify(secrets.secret(other, 0), r.body, r.headers)
 
 
+def test_a_workers_events_that_land_before_the_queued_event_are_still_delivered(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+):
+    """The API's queued event and the worker's request are produced together but land on their own:
+    a worker's running and succeeded may be on jobs.events before the queued event that carries the
+    webhook. They carry it themselves (a Kafka header), so the notifier posts them anyway; an event
+    without the header of a job it does not know is still skipped."""
+    prefix = f"{settings.topic_prefix}wo{uuid.uuid4().hex[:6]}."
+    scoped = settings.model_copy(update={"topic_prefix": prefix})
+    kafka = KafkaConnection.from_settings(scoped)
+    ensure_topics(kafka, scoped)
+    env = service_env(settings.kafka_bootstrap or "", prefix, tmp_path, webhook_allow_private="true")
+    notifier = ServiceProcess(["serve", "--role", "notifier", "--log-level", "warning"], env, tmp_path / "n.log")
+    base = f"/early/{uuid.uuid4().hex}"
+    hooked = [f"hooked-{i}-{uuid.uuid4().hex[:8]}" for i in range(5)]
+    bare = f"bare-{uuid.uuid4().hex[:8]}"
+    hooks = {
+        job_id: {"webhook": receiver.url(f"{base}/{job_id}"), "webhook_events": ["running", "succeeded"]}
+        for job_id in [*hooked, bare]
+    }
+    early = [
+        e
+        for job_id in [*hooked, bare]
+        for e in (
+            _event(job_id, "acme", EventType.RUNNING, 1, {"attempt": 1}),
+            _event(job_id, "acme", EventType.SUCCEEDED, 2**31 - 1, {"result": {"n": 1}}),
+        )
+    ]
+
+    def worker_headers(event: JobEvent) -> list[tuple[str, bytes]] | None:
+        hook = hooks[event.job_id]
+        return None if event.job_id == bare else [webhook_header(hook["webhook"], hook["webhook_events"])]
+
+    notifier.start()
+    try:
+        produce(kafka, scoped, early, worker_headers)
+        produce(kafka, scoped, [_event(j, "acme", EventType.QUEUED, 0, hooks[j]) for j in [*hooked, bare]])
+
+        def posted() -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for r in receiver.requests:
+                if r.path.startswith(base):
+                    found.setdefault(r.path.rsplit("/", 1)[1], []).append(orjson.loads(r.body)["type"])
+            return found
+
+        wait_until(lambda: all(len(posted().get(j, [])) >= 2 for j in hooked), 60, 0.2, "the early events")
+    finally:
+        notifier.stop()
+    assert {j: sorted(types) for j, types in posted().items()} == {j: ["running", "succeeded"] for j in hooked}
+
+
+def test_a_workers_events_carry_their_jobs_webhook(client: httpx.Client, receiver: Receiver, settings: Settings):
+    url = receiver.url(path())
+    hooked = submit(client, webhook=url, webhook_events=["running", "succeeded"])
+    plain = submit(client)
+    done = {hooked: False, plain: False}
+
+    def finished() -> bool:
+        for job_id in done:
+            done[job_id] = done[job_id] or client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        return all(done.values())
+
+    wait_until(finished, 60, message="both jobs to succeed")
+    topic = settings.topic(topics.EVENTS)
+    bootstrap = settings.kafka_bootstrap or ""
+    headers = event_headers(bootstrap, topic, hooked)
+    assert set(headers) >= {"queued", "running", "succeeded"}
+    for type_ in ("running", "succeeded"):
+        assert webhook_in(headers[type_]) == {"webhook": url, "webhook_events": ["running", "succeeded"]}
+    assert all(webhook_in(h) is None for h in event_headers(bootstrap, topic, plain).values())
+
+
 def _all_succeeded(receiver: Receiver, base: str, jobs: dict[str, str]) -> bool:
     """Each job got at least one request that was answered 200 (not only its planned 503)."""
     counts: dict[str, int] = {}
@@ -523,6 +597,29 @@ def test_the_notifier_skips_events_of_jobs_without_a_webhook_and_acts_on_the_oth
         "hooked",
         "succeeded",
         "https://example.com/h",
+    )
+    # a worker's event of a job whose queued event is not read yet carries the webhook in a header
+    header = [("traceparent", b"00-x"), webhook_header("https://example.com/e", ["running"])]
+    assert (
+        _Reader._from_event(  # type: ignore[arg-type]
+            encode_event("bare", "acme", 1, EventType.RUNNING, "k", {"attempt": 1}, ts), subscriptions, lambda: None
+        )
+        is None
+    )
+    early = encode_event("early", "acme", 1, EventType.RUNNING, "k", {"attempt": 1}, ts)
+    kind, delivery = _Reader._from_event(early, subscriptions, lambda: header)  # type: ignore[arg-type,misc]
+    assert kind == "deliver" and (delivery.job_id, delivery.tenant, delivery.url) == (
+        "early",
+        "acme",
+        "https://example.com/e",
+    )
+    assert (
+        _Reader._from_event(  # a header that is not a webhook's: skipped, no error
+            encode_event("junk", "acme", 1, EventType.RUNNING, "k", {}, ts),
+            subscriptions,  # type: ignore[arg-type]
+            lambda: [("jobstream-webhook", b"[1")],
+        )
+        is None
     )
     spaced = (
         b'{"schema_version": 1, "job_id": "spaced", "tenant": "acme", "seq": 0, "ts": "2026-01-01T00:00:00Z", '

@@ -1,12 +1,13 @@
-"""Kafka clients for tests: put events on ``jobs.events``, count (and read the headers of) the requests on
-``jobs.requested``."""
+"""Kafka clients for tests: put events on ``jobs.events`` (and read their headers), count (and read the
+headers of) the requests on ``jobs.requested``."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams import topics
@@ -37,8 +38,14 @@ class EventProducer:
         assert self.producer.flush(30) == 0 and not errors, errors
 
 
-def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) -> None:
-    """Put events on ``jobs.events`` keyed by job id (as the API and processors do), acknowledged."""
+def produce(
+    kafka: KafkaConnection,
+    settings: Settings,
+    events: list[JobEvent],
+    headers: Callable[[JobEvent], list[tuple[str, bytes]] | None] | None = None,
+) -> None:
+    """Put events on ``jobs.events`` keyed by job id (as the API and processors do), acknowledged;
+    ``headers``: each event's Kafka headers."""
     producer = Producer(kafka.producer_config())
     topic = settings.topic(topics.EVENTS)
     failures: list[str] = []
@@ -47,6 +54,7 @@ def produce(kafka: KafkaConnection, settings: Settings, events: list[JobEvent]) 
             topic,
             key=event.job_id.encode(),
             value=dumps(event),
+            headers=headers(event) if headers is not None else None,
             on_delivery=lambda err, _: failures.append(str(err)) if err else None,
         )
         producer.poll(0)
@@ -109,6 +117,15 @@ def request_headers(bootstrap: str, topic: str, job_id: str) -> list[tuple[str, 
         if _job_of(message) == job_id:
             return message.headers()
     raise AssertionError(f"no request of job {job_id} on {topic}")
+
+
+def event_headers(bootstrap: str, topic: str, job_id: str) -> dict[str, list[tuple[str, bytes]] | None]:
+    """The Kafka headers of each of ``job_id``'s events on the topic, by event type."""
+    found = {}
+    for message in _requests(bootstrap, topic):
+        if message.key() == job_id.encode():
+            found[orjson.loads(message.value())["type"]] = message.headers()
+    return found
 
 
 def produce_requests(settings: Settings, *values: bytes, key: bytes = b"") -> None:
