@@ -348,8 +348,6 @@ class Runner:
                     EventType.RUNNING,
                     {"attempt": job.attempt, "batch_size": len(jobs), "worker": self.name},
                 )
-                if job.announced_attempt == 0:
-                    self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 0.0})
                 job.announced_attempt = job.attempt
             deadline = job.deadline
             specs.append(JobSpec(job.job_id, job.request.params, None if deadline is None else deadline - now))
@@ -476,8 +474,6 @@ class Runner:
             del self.jobs[job.job_id]
             self._let_go(job)
             self._room.set()
-        if type_ is EventType.SUCCEEDED and job.progress < 1.0:
-            self._outbox.emit(job.request, EventType.PROGRESS, {"progress": 1.0})
         self.stats.jobs_done += 1
         _count_finish(job, type_, data)
 

@@ -28,7 +28,7 @@ def stream_events(client: httpx.Client, url: str, **headers: str) -> list:
         return list(source.iter_sse())
 
 
-def test_job_goes_queued_running_progress_succeeded_with_numpys_numbers(client: httpx.Client, store: ClickHouseStore):
+def test_job_goes_queued_running_succeeded_with_numpys_numbers(client: httpx.Client, store: ClickHouseStore):
     values = np.random.default_rng(1).normal(size=2_000)
     response = submit(client, {"values": values.tolist()})
 
@@ -50,11 +50,9 @@ def test_job_goes_queued_running_progress_succeeded_with_numpys_numbers(client: 
 
     events = stream_events(client, body["links"]["events"])
     types = [e.event for e in events]
-    assert types[0] == "queued" and types[1] == "running" and "progress" in types and types[-1] == "succeeded"
+    assert types == ["queued", "running", "succeeded"]  # no progress point: running is 0, succeeded is 1
     ids = [int(e.id) for e in events]  # seq ids: strictly increasing, not contiguous; the terminal one is fixed
     assert ids == sorted(set(ids)) and ids[0] == 0 and ids[-1] == 2**31 - 1
-    progress = [orjson.loads(e.data)["data"]["progress"] for e in events if e.event == "progress"]
-    assert progress == sorted(progress) and progress[-1] == 1.0
 
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     want = {

@@ -160,7 +160,7 @@ def first_batch_size(kafka: Kafka, job_id: str) -> int:
     )
 
 
-def test_a_burst_runs_in_batches_with_start_progress_and_end(scenario):
+def test_a_burst_runs_in_batches_with_running_then_the_outcome(scenario):
     _, kafka, worker = scenario
     occupy_both_processes(kafka)  # so the burst piles up instead of trickling into free processes
     ids = [kafka.submit("stats.describe", {"values": [1.0, 2.0, float(i)]}) for i in range(40)]
@@ -168,10 +168,10 @@ def test_a_burst_runs_in_batches_with_start_progress_and_end(scenario):
     sizes = set()
     for i, job_id in enumerate(ids):
         events = kafka.of(job_id)
-        assert [e.type.value for e in events] == ["running", "progress", "progress", "succeeded"]
+        # no progress point in stats.describe: running means 0 and succeeded means 1, no progress events
+        assert [e.type.value for e in events] == ["running", "succeeded"]
         assert_seqs_strictly_increase(events)
         assert events[-1].seq == TERMINAL_SEQ and 0 < events[0].seq < TERMINAL_SEQ
-        assert [e.data["progress"] for e in events if e.type.value == "progress"] == [0.0, 1.0]
         assert events[-1].data["result"]["max"] == max(2.0, float(i))
         sizes.add(events[0].data["batch_size"])
     assert max(sizes) > 1  # a burst is batched
@@ -183,9 +183,9 @@ def test_long_jobs_report_throttled_monotonic_progress(scenario):
     kafka.wait_terminal([job_id], worker=worker)
     events = kafka.of(job_id)
     progress = [e.data["progress"] for e in events if e.type.value == "progress"]
-    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
+    assert progress == sorted(progress) and 0.0 < progress[0] and progress[-1] <= 1.0  # the calculation's own
     ran_s = (events[-1].ts - events[0].ts).total_seconds()
-    assert 2 <= len(progress) - 2 <= ran_s * 4 + 1  # intermediate reports: some, and at most ~4 per second
+    assert 2 <= len(progress) <= ran_s * 4 + 1  # some reports, and at most ~4 per second
 
 
 # --- failures -------------------------------------------------------------------------------------
