@@ -119,6 +119,7 @@ def create_app(
                     settings.topic(topics.EVENTS),
                     settings.tenant_backlog_window_s,
                     on_tick=_export_waiting if settings.metrics else None,
+                    fetch=settings.bulk_reader_fetch(),
                 ).start()
                 started.append(backlog)
                 app.state.admission = Admission(AdmissionConfig.from_settings(settings), backlog)
@@ -145,7 +146,9 @@ def create_app(
                 ).start()
                 started.append(app.state.fanout)
             if "sink" in roles:
-                app.state.sink = Sink(as_role["sink"], app.state.store, SinkConfig.from_settings(settings)).start()
+                app.state.sink = Sink(
+                    as_role["sink"], app.state.store, SinkConfig.from_settings(settings), settings.bulk_reader_fetch()
+                ).start()
                 started.append(app.state.sink)
                 app.state.reuse_sink = ReuseSink(
                     as_role["sink"], app.state.store, ReuseSinkConfig.from_settings(settings)

@@ -122,7 +122,7 @@ class _Reader(KafkaReader):
             settings.topic(topics.EVENTS),
             group_id=settings.topic(topics.NOTIFIER_GROUP),
             name="notifier",
-            **{"session.timeout.ms": int(settings.webhook_session_timeout_s * 1000)},
+            **{"session.timeout.ms": int(settings.webhook_session_timeout_s * 1000), **settings.bulk_reader_fetch()},
         )
         self._topics = [settings.topic(topics.EVENTS), settings.topic(topics.WEBHOOK_RETRIES)]
         self._retries = settings.topic(topics.WEBHOOK_RETRIES)

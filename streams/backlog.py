@@ -60,13 +60,15 @@ class TenantBacklog(KafkaReader):
         topic: str,
         window_s: float,
         on_tick: Callable[[TenantBacklog], None] | None = None,
+        fetch: dict[str, int] | None = None,
     ) -> None:
+        """``fetch``: librdkafka fetch settings (``Settings.bulk_reader_fetch``)."""
         super().__init__(
             kafka,
             topic,
             group_id=topics.reader_group(topic),  # never joins or commits
             name="tenant-backlog",
-            **{"enable.partition.eof": False, "fetch.wait.max.ms": 100},
+            **{"enable.partition.eof": False, "fetch.wait.max.ms": 100, **(fetch or {})},
         )
         self.window_s = window_s
         self._on_tick = on_tick

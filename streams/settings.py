@@ -334,6 +334,20 @@ class Settings(BaseSettings):
         description="Bytes the gateway's tail fetches per partition at a time (a bigger record still comes, alone); "
         "it queues at most 16 such fetches: under a flood of one tenant's events another's wait behind that much.",
     )
+    bulk_reader_fetch_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="How long the broker may hold a fetch of the sink, the notifier and the tenant backlog to gather "
+        "JOBSTREAM_BULK_READER_FETCH_MIN_BYTES: fewer, fuller fetches under load, at most this much later when quiet.",
+    )
+    bulk_reader_fetch_min_bytes: int = Field(
+        default=65536,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Bytes the broker gathers for a fetch of the sink, the notifier or the tenant backlog before it "
+        "answers (or the wait passes). 1: answer as soon as anything is new (librdkafka's default).",
+    )
     sse_max_connections: int = Field(default=10_000, ge=1, description="Most SSE streams per gateway process (429).")
     sse_max_connections_per_tenant: int = Field(
         default=1_000, ge=1, description="Most SSE streams of one tenant per gateway process (429)."
@@ -535,6 +549,13 @@ class Settings(BaseSettings):
     webhook_session_timeout_s: float = Field(
         default=10.0, ge=1, le=300, description="Kafka session timeout of notifiers: how soon a dead one is replaced."
     )
+
+    def bulk_reader_fetch(self) -> dict[str, int]:
+        """librdkafka settings of readers that take every event and are not waited on by a client."""
+        return {
+            "fetch.wait.max.ms": self.bulk_reader_fetch_wait_ms,
+            "fetch.min.bytes": self.bulk_reader_fetch_min_bytes,
+        }
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
