@@ -67,3 +67,13 @@ def test_topic_prefix_applies_to_every_topic():
 )
 def test_every_setting_is_in_the_readme_table(name: str):
     assert f"| `{name}` |" in README
+
+
+def test_the_bulk_readers_fetch_settings_are_librdkafkas(monkeypatch: pytest.MonkeyPatch):
+    assert Settings().bulk_reader_fetch() == {"fetch.wait.max.ms": 50, "fetch.min.bytes": 65536}
+    monkeypatch.setenv("JOBSTREAM_BULK_READER_FETCH_MIN_BYTES", "1")
+    monkeypatch.setenv("JOBSTREAM_BULK_READER_FETCH_WAIT_MS", "500")
+    assert Settings().bulk_reader_fetch() == {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1}
+    monkeypatch.setenv("JOBSTREAM_BULK_READER_FETCH_MIN_BYTES", "0")
+    with pytest.raises(ValidationError, match="bulk_reader_fetch_min_bytes"):
+        Settings()
