@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         default=40 * 1024 * 1024, ge=1024, description="Largest Kafka message (topic max.message.bytes)."
     )
     kafka_linger_ms: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         le=1_000,
         description="How long a producer waits to fill a request to Kafka: fewer, larger requests for that latency.",

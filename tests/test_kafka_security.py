@@ -206,8 +206,9 @@ def test_kafka_acls_command_prints_commands_for_the_prefix_and_named_users(monke
     assert CliRunner().invoke(app, ["kafka-acls", "--user", "root=x"]).exit_code == 2
 
 
-def test_every_producer_lingers_as_set_and_not_by_default():
-    assert KafkaConnection.from_settings(Settings(), "b:1").producer_config()["linger.ms"] == 0
+def test_every_producer_lingers_as_set_1_ms_by_default():
+    assert KafkaConnection.from_settings(Settings(), "b:1").producer_config()["linger.ms"] == 1
+    assert KafkaConnection.from_settings(Settings(kafka_linger_ms=0), "b:1").producer_config()["linger.ms"] == 0
     lingering = KafkaConnection.from_settings(Settings(kafka_linger_ms=2), "b:1")
     assert lingering.producer_config()["linger.ms"] == 2
     assert lingering.for_role("api").producer_config()["linger.ms"] == 2
