@@ -105,12 +105,17 @@ class Events:
         self._consumer.close()
 
 
-def burst(client: httpx.Client, count: int, priority: int = 0) -> dict[str, float]:
-    """Submit ``count`` jobs in batches of 500; job id → when its batch was sent."""
+def burst(
+    client: httpx.Client, count: int, priority: int = 0, started: threading.Event | None = None
+) -> dict[str, float]:
+    """Submit ``count`` jobs in batches of 500; job id → when its batch was sent. ``started`` is set
+    when the first batch goes out."""
     submitted: dict[str, float] = {}
     for start in range(0, count, SUBMIT_CHUNK):
         jobs = [{**small_job(i), "priority": priority} for i in range(start, min(count, start + SUBMIT_CHUNK))]
         t0 = time.monotonic()
+        if started is not None:
+            started.set()
         response = client.post("/v1/jobs:batch", json={"jobs": jobs})
         if response.status_code != 202 or response.json()["rejected"]:
             raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
@@ -126,13 +131,18 @@ class KafkaBurst:
         self._topics = JobTopics.from_settings(settings)
         self._partitioned = partitioned
 
-    def __call__(self, tenant: str, count: int, priority: int = 0) -> dict[str, float]:
+    def __call__(
+        self, tenant: str, count: int, priority: int = 0, started: threading.Event | None = None
+    ) -> dict[str, float]:
+        """``started`` is set when the first record is produced (after the records are built)."""
         jobs = [
             wire.build(new_job_id(), tenant, "stats.describe", small_job(i)["params"], priority, None)
             for i in range(count)
         ]
         records = [r for job in jobs for r in wire.records(job, self._topics)]  # built before the clock starts
         t0 = time.monotonic()
+        if started is not None:
+            started.set()
         for r in records:
             partition = r.partition if self._partitioned else -1
             self._producer.produce(r.topic, key=r.key, value=r.value, partition=partition)
@@ -209,12 +219,12 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
                 # a checkout from before tenant partitions: A's burst keyed by job id, as its API would
                 a_burst = KafkaBurst(kafka, settings, partitioned=(root / "streams" / "partitioning.py").exists())
 
-                def flood_of_a(count: int) -> dict[str, float]:
-                    return a_burst(a, count)
+                def flood_of_a(count: int, started: threading.Event | None = None) -> dict[str, float]:
+                    return a_burst(a, count, started=started)
             else:
 
-                def flood_of_a(count: int) -> dict[str, float]:
-                    return burst(clients[a], count)
+                def flood_of_a(count: int, started: threading.Event | None = None) -> dict[str, float]:
+                    return burst(clients[a], count, started=started)
 
             mine: dict[str, float] = {}
 
@@ -225,8 +235,10 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
 
             def a_with_b() -> float:
                 these: dict[str, float] = {}
+                a_submitting = threading.Event()
 
                 def tenant_b() -> None:
+                    a_submitting.wait()  # A's records are built: its submission starts now
                     time.sleep(1.0)  # bench only: B starts one second after A's burst
                     started = time.monotonic()
                     for i in range(int(args.seconds)):
@@ -236,7 +248,7 @@ def run(kafka: KafkaConnection, args: argparse.Namespace, root: Path, tenants: t
 
                 b_thread = threading.Thread(target=tenant_b)
                 b_thread.start()
-                flood = flood_of_a(args.jobs)
+                flood = flood_of_a(args.jobs, a_submitting)
                 b_thread.join()
                 events.wait(list(flood) + list(these), 900)
                 mine.update(these)
