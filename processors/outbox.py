@@ -63,7 +63,7 @@ class OutboxConfig:
     topic: str
     produce_timeout_s: float
     max_message_bytes: int
-    max_in_flight: int = 1  #: JOBSTREAM_OUTBOX_MAX_IN_FLIGHT: chunks handed to the producer and not yet acknowledged
+    max_in_flight: int  #: JOBSTREAM_OUTBOX_MAX_IN_FLIGHT: chunks handed to the producer and not yet acknowledged
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutboxConfig:
