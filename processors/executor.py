@@ -164,7 +164,7 @@ def _run_valid(
             for i, deadline in enumerate(deadlines):
                 if deadline is not None and now > deadline:
                     raise _Stop(i, OutcomeStatus.TIMED_OUT)
-        # 0 is not news (`running` says it), nor is the end once it is reported (the outcome says it)
+        # 0 is not news (`running` says it)
         if fraction > 0 and 0 <= index < len(ids) and now - last_report[index] >= PROGRESS_INTERVAL_S:
             last_report[index] = now
             control.progress(ids[index], min(max(float(fraction), 0.0), 1.0))

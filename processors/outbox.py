@@ -87,7 +87,7 @@ class Outbox:
         self._queue: _Chunk = []
         #: job id -> its trace context, for jobs whose request carried one (set by the runner)
         self.traces: dict[str, JobTrace] = {}
-        self._traced = False  # a job ever had a trace or a webhook: chunks must be checked for headers
+        self._headers_seen = False  # a job ever had a trace or a webhook: chunks are checked for headers
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -123,10 +123,10 @@ class Outbox:
             trace = self.traces.pop(job_id, None) if terminal else self.traces.get(job_id)
             if trace is not None:
                 headers = trace.headers
-                self._traced = True
+                self._headers_seen = True
         if request.webhook is not None:  # the notifier learns where to post even before the queued event
             headers = [*(headers or ()), webhook_header(request.webhook, request.webhook_events)]
-            self._traced = True
+            self._headers_seen = True
         if terminal:
             seq = TERMINAL_SEQ
             self.seqs.forget(job_id)
@@ -207,7 +207,7 @@ class Outbox:
     ) -> tuple[list[tuple[bytes, bytes]], float, list[list[tuple[str, bytes]] | None] | None]:
         records = [(key, value) for key, value, _, _ in chunk]
         headers = None
-        if self._traced:
+        if self._headers_seen:
             headers = [h for _, _, _, h in chunk]
             if not any(headers):
                 headers = None
