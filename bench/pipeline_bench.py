@@ -1,9 +1,14 @@
 """The whole pipeline's cost per job: single submits versus batch submits, CPU of every server process.
 
     .venv/bin/python -m bench.pipeline_bench [--jobs 3000] [--values 100] [--in-flight 64] [--batch 100]
-        [--rounds 1] [--baseline DIR] [--env NAME=VALUE ...] [--baseline-env NAME=VALUE ...]
+        [--rounds 1] [--warmup 48000] [--baseline DIR] [--env NAME=VALUE ...] [--baseline-env NAME=VALUE ...]
 
-One local broker. For each round and each checkout (``--baseline`` first, then this one, then
+One local broker, warmed up first: unmeasured single submits through each checkout in turn until the
+broker's JIT compilers are done (under 0.1 ms of their CPU per job in a pass; at most ``--warmup``
+jobs). A fresh broker's JIT runs for its first 10,000–20,000 jobs at 0.5–2 ms of CPU per job, more
+than its request handling, and would land on whichever checkout came first.
+
+For each round and each checkout (``--baseline`` first, then this one, then
 in reverse order on the next round: ABBA), a fresh ``jobstream up`` with one worker on fresh
 topics, then two phases of ``--jobs`` ``stats.describe`` jobs of ``--values`` values each, all
 submitted at once:
@@ -50,7 +55,7 @@ from bench.common import (
     percentiles_ms,
     prepare,
 )
-from streams.kafka_config import ROLES
+from streams.kafka_config import ROLES, KafkaConnection
 from streams.settings import Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -66,6 +71,20 @@ def _cpu_s(pid: int) -> float:
 
 def tree_cpu_s(pids: Iterable[int]) -> dict[int, float]:
     return {pid: _cpu_s(pid) for pid in pids}
+
+
+def jit_cpu_s(pid: int) -> float:
+    """CPU time of a JVM's JIT compiler threads ("C1 CompilerThre", "C2 CompilerThre")."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if "CompilerThre" not in (task / "comm").read_text():
+                continue
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _name(pid: int) -> str:
@@ -177,29 +196,36 @@ async def submit_batches(url: str, bodies: list[dict], size: int, in_flight: int
     return submitted
 
 
-def run_phase(name: str, url: str, up_pid: int, args: argparse.Namespace) -> Phase:
+def live_terminals(url: str, values: int) -> Terminals:
+    """A terminal-event stream, once live: a job submitted after it opened is seen finishing on it."""
     terminals = Terminals(url)
+    deadline = time.monotonic() + 120
+    while True:
+        probe = asyncio.run(submit_single(url, [job(0, values)], 1))
+        try:
+            terminals.wait(probe, 5)
+            return terminals
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                terminals.close()
+                raise
+
+
+def run_phase(name: str, url: str, up_pid: int, args: argparse.Namespace) -> Phase:
+    terminals = live_terminals(url, args.values)
     try:
-        # the stream is live once a job submitted after it opened is seen finishing on it
-        deadline = time.monotonic() + 120
-        while True:
-            probe = asyncio.run(submit_single(url, [job(0, args.values)], 1))
-            try:
-                terminals.wait(probe, 5)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
         bodies = [job(i, args.values) for i in range(args.jobs)]
         processes = [up_pid, *descendants(up_pid)]
         brokers = broker_pids()
         before, broker_before = tree_cpu_s(processes), tree_cpu_s(brokers)
+        jit_before = sum(jit_cpu_s(p) for p in brokers)
         if name == "single":
             submitted = asyncio.run(submit_single(url, bodies, args.in_flight))
         else:
             submitted = asyncio.run(submit_batches(url, bodies, args.batch, max(1, args.in_flight // args.batch)))
         terminals.wait(submitted, 600)
         after, broker_after = tree_cpu_s(processes), tree_cpu_s(brokers)
+        jit = sum(jit_cpu_s(p) for p in brokers) - jit_before
         first = min(submitted.values())
         arrivals = {j: terminals.seen[j] for j in submitted}
         last = max(t for t, _ in arrivals.values())
@@ -208,7 +234,10 @@ def run_phase(name: str, url: str, up_pid: int, args: argparse.Namespace) -> Pha
         broker = sum(broker_after[p] - broker_before[p] for p in brokers)
         if args.verbose:
             spent = {_name(p): round((after[p] - before[p]) * 1000 / len(submitted), 3) for p in processes}
-            print(f"  {name}: server CPU ms/job by process {spent}, broker {broker * 1000 / len(submitted):.3f}")
+            print(
+                f"  {name}: server CPU ms/job by process {spent}, broker {broker * 1000 / len(submitted):.3f} "
+                f"(of which JIT compilers {jit * 1000 / len(submitted):.3f})"
+            )
         q = percentiles_ms(latencies)
         return Phase(
             name,
@@ -222,6 +251,43 @@ def run_phase(name: str, url: str, up_pid: int, args: argparse.Namespace) -> Pha
         )
     finally:
         terminals.close()
+
+
+def up_env(kafka: KafkaConnection, env: dict[str, str]) -> dict[str, str]:
+    """Fresh topics and the environment of a ``jobstream up`` with one worker on them."""
+    prefix = f"pl{uuid.uuid4().hex[:6]}."
+    prepare(kafka, Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix))
+    return {
+        **kafka.env(roles=ROLES),
+        "JOBSTREAM_TOPIC_PREFIX": prefix,
+        "JOBSTREAM_WORKERS": "1",
+        "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
+        **env,
+    }
+
+
+Checkout = tuple[str, Path, dict[str, str]]  #: label, root, environment of its ``up``
+
+
+def warm_up(kafka: KafkaConnection, args: argparse.Namespace, checkouts: list[Checkout]) -> None:
+    """Unmeasured single submits, ``--jobs`` at a time through each checkout in turn, until the broker's JIT
+    compilers spent under 0.1 ms per job in a pass (or ``--warmup`` jobs went through)."""
+    brokers, started, done = broker_pids(), time.monotonic(), 0
+    while done < args.warmup:
+        for _, root, env in checkouts:
+            jit_before = sum(jit_cpu_s(p) for p in brokers)
+            with jobstream_service(["up", "--log-level", "warning"], up_env(kafka, env), free_port(), root=root) as up:
+                terminals = live_terminals(up.url, args.values)
+                try:
+                    bodies = [job(i, args.values) for i in range(args.jobs)]
+                    terminals.wait(asyncio.run(submit_single(up.url, bodies, args.in_flight)), 600)
+                finally:
+                    terminals.close()
+            done += args.jobs
+            jit_ms = (sum(jit_cpu_s(p) for p in brokers) - jit_before) * 1000 / args.jobs
+            print(f"warm-up: {done} jobs, {time.monotonic() - started:.0f} s, the broker's JIT {jit_ms:.3f} ms/job")
+        if jit_ms < 0.1:
+            return
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -241,12 +307,13 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="single submits in flight")
     parser.add_argument("--batch", type=int, default=100, help="jobs per POST /v1/jobs:batch")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (ABBA order with --baseline)")
+    parser.add_argument("--warmup", type=int, default=48_000, help="most unmeasured jobs first (0: none)")
     parser.add_argument("--baseline", type=Path, help="another checkout run side by side (before)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this checkout's up")
     parser.add_argument("--baseline-env", action="append", default=[], help="NAME=VALUE for the baseline's up")
     parser.add_argument("--verbose", action="store_true", help="print each phase's CPU by process")
     args = parser.parse_args()
-    checkouts = [("after", ROOT, parse_env(args.env))]
+    checkouts: list[Checkout] = [("after", ROOT, parse_env(args.env))]
     if args.baseline:
         checkouts.insert(0, ("before", args.baseline.resolve(), parse_env(args.baseline_env)))
     elif args.baseline_env:
@@ -255,20 +322,13 @@ def main() -> None:
     results: dict[str, list[Phase]] = {label: [] for label, _, _ in checkouts}
     load = [os.getloadavg()[0]]
     with broker_connection() as kafka:
+        if args.warmup:
+            warm_up(kafka, args, checkouts)
         for round_ in range(args.rounds):
             order = checkouts if round_ % 2 == 0 else list(reversed(checkouts))
             for label, root, env in order:
-                prefix = f"pl{uuid.uuid4().hex[:6]}."
-                settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix)
-                prepare(kafka, settings)
-                full_env = {
-                    **kafka.env(roles=ROLES),
-                    "JOBSTREAM_TOPIC_PREFIX": prefix,
-                    "JOBSTREAM_WORKERS": "1",
-                    "JOBSTREAM_MAX_QUEUED_JOBS": str(10**9),
-                    **env,
-                }
-                with jobstream_service(["up", "--log-level", "warning"], full_env, free_port(), root=root) as up:
+                command = ["up", "--log-level", "warning"]
+                with jobstream_service(command, up_env(kafka, env), free_port(), root=root) as up:
                     asyncio.run(submit_batches(up.url, [job(i, args.values) for i in range(200)], 100, 1))
                     for name in ("single", "batch"):
                         try:
