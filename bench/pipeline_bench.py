@@ -4,8 +4,8 @@
         [--rounds 1] [--warmup 48000] [--baseline DIR] [--env NAME=VALUE ...] [--baseline-env NAME=VALUE ...]
 
 One local broker, warmed up first: unmeasured single submits through each checkout in turn until the
-broker's JIT compilers are done (under 0.1 ms of their CPU per job in a pass; at most ``--warmup``
-jobs). A fresh broker's JIT runs for its first 10,000–20,000 jobs at 0.5–2 ms of CPU per job, more
+broker's JIT compilers are done (under 0.1 ms of their CPU per job in the last pass of a turn; at
+most ``--warmup`` jobs). A fresh broker's JIT runs for its first 10,000–20,000 jobs at 0.5–2 ms of CPU per job, more
 than its request handling, and would land on whichever checkout came first.
 
 For each round and each checkout (``--baseline`` first, then this one, then
@@ -274,7 +274,8 @@ WARMUP_PASS = 3000  #: jobs per warm-up pass
 
 def warm_up(kafka: KafkaConnection, args: argparse.Namespace, checkouts: list[Checkout]) -> None:
     """Unmeasured single submits, 3,000 at a time (64 in flight) through each checkout in turn, until the
-    broker's JIT compilers spent under 0.1 ms per job in a pass (or ``--warmup`` jobs went through)."""
+    broker's JIT compilers spent under 0.1 ms per job in the last pass of a turn (or ``--warmup`` jobs
+    went through): whole turns, so every checkout has had as many passes."""
     brokers, started, done = broker_pids(), time.monotonic(), 0
     while done < args.warmup:
         for _, root, env in checkouts:
